@@ -1,0 +1,1 @@
+//! Passive port pool (under construction).

@@ -1,0 +1,1 @@
+//! FTP control-connection protocol (under construction).

@@ -1,0 +1,2 @@
+//! pasv
+fn main() {}

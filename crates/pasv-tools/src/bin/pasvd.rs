@@ -1,0 +1,2 @@
+//! pasvd
+fn main() {}

@@ -1,0 +1,1 @@
+//! pasv tools library (under construction).
