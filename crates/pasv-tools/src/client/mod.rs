@@ -1,0 +1,1 @@
+//! The FTP client library behind `pasv` (under construction).
