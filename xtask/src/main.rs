@@ -1,2 +1,46 @@
-//! xtask
-fn main() {}
+//! Workspace automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! ```text
+//! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
+//! cargo xtask bench --peers KIT [--quick]          also pasvd side by side with the peer servers
+//! ```
+//!
+//! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
+//! then the targets with pass/fail) and, with `--peers`, one `peers-<workload>.md` per workload
+//! (the comparison kit's report).
+
+mod bench;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        print_help();
+        return Ok(());
+    };
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "bench" => bench::run(&rest),
+        "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`; try `cargo xtask help`"),
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT]\n\
+         \n\
+         bench   runs the criterion benches (package pasv-benches), prints every result and\n\
+         \x20       checks the targets; writes target/pasv-bench/criterion.md.\n\
+         \x20       --quick        shorter warm-up and measurement (noisier)\n\
+         \x20       --filter RE    only benchmarks whose id matches RE (criterion's filter)\n\
+         \x20       --peers KIT    also run KIT/compare.sh (the peer-server comparison kit):\n\
+         \x20                      pasvd (release) beside vsftpd, pure-ftpd, proftpd, pyftpdlib\n\
+         \x20                      on three workloads; writes target/pasv-bench/peers-*.md\n\
+         \x20       --rounds N     rounds per peer workload [3]"
+    );
+}

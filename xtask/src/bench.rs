@@ -1,0 +1,465 @@
+//! `cargo xtask bench`: runs the criterion benches, checks the performance targets, and
+//! optionally runs pasvd side by side with the peer servers.
+//!
+//! Criterion writes one `new/benchmark.json` + `new/estimates.json` pair per benchmark under
+//! `target/criterion/`; this module reads them back instead of scraping criterion's terminal
+//! output, so the report and the target checks see the same numbers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// One measured benchmark, as criterion saved it.
+#[derive(Debug, Clone)]
+struct Measurement {
+    /// `group/function[/value]`, criterion's full id.
+    id: String,
+    /// Mean time per iteration, nanoseconds.
+    mean_ns: f64,
+    /// Bytes processed per iteration, when the bench declared a byte throughput.
+    bytes: Option<f64>,
+    /// Elements processed per iteration, when the bench declared an element throughput.
+    elements: Option<f64>,
+}
+
+/// A performance target from the issues, checked against the measurements.
+enum Target {
+    /// `fast` must be at least `min` times faster than `slow`.
+    Speedup {
+        what: &'static str,
+        fast: &'static str,
+        slow: &'static str,
+        min: f64,
+    },
+    /// `id` must take at most `max_ns` per iteration.
+    MaxNanos {
+        what: &'static str,
+        id: &'static str,
+        max_ns: f64,
+    },
+    /// `id` must process at least `min` bytes per second.
+    MinBytesPerSec {
+        what: &'static str,
+        id: &'static str,
+        min: f64,
+    },
+}
+
+/// The targets of the protocol and pool issues, by benchmark id.
+const TARGETS: &[Target] = &[
+    Target::Speedup {
+        what: "227 parse vs regex baseline",
+        fast: "parse_227/pasv-protocol",
+        slow: "parse_227/regex-baseline",
+        min: 5.0,
+    },
+    Target::MinBytesPerSec {
+        what: "reply stream decoding",
+        id: "reply_stream/10000-mixed",
+        min: 500e6,
+    },
+    Target::MaxNanos {
+        what: "pool acquire+release, lrr, 64,000 ports, 99% cooling",
+        id: "acquire_release/lrr/64000-cooling99",
+        max_ns: 100.0,
+    },
+    Target::Speedup {
+        what: "pool lrr vs naive scan, 64,000 ports, 99% cooling",
+        fast: "acquire_release/lrr/64000-cooling99",
+        slow: "acquire_release/naive-scan/64000-cooling99",
+        min: 50.0,
+    },
+];
+
+struct Options {
+    quick: bool,
+    filter: Option<String>,
+    peers: Option<PathBuf>,
+    rounds: u32,
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        quick: false,
+        filter: None,
+        peers: None,
+        rounds: 3,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--filter" => {
+                options.filter = Some(it.next().context("--filter needs a value")?.clone())
+            }
+            "--peers" => {
+                options.peers = Some(PathBuf::from(it.next().context("--peers needs a value")?))
+            }
+            "--rounds" => {
+                options.rounds = it
+                    .next()
+                    .context("--rounds needs a value")?
+                    .parse()
+                    .context("--rounds takes a positive number")?
+            }
+            other => bail!("unknown option `{other}` for bench"),
+        }
+    }
+    Ok(options)
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let options = parse_options(args)?;
+    let root = workspace_root()?;
+    let out = root.join("target/pasv-bench");
+    std::fs::create_dir_all(&out)?;
+
+    run_criterion(&root, &options)?;
+    let measurements = read_criterion(&root.join("target/criterion"))?;
+    let (report, failures) = criterion_report(&measurements);
+    std::fs::write(out.join("criterion.md"), &report)?;
+    println!("{report}");
+    println!("written to {}", out.join("criterion.md").display());
+
+    if let Some(kit) = &options.peers {
+        run_peers(&root, kit, &out, &options)?;
+    }
+    if failures > 0 {
+        bail!("{failures} performance target(s) missed");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask lives one level below the workspace root")?
+        .to_path_buf())
+}
+
+fn run_criterion(root: &Path, options: &Options) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args([
+        "bench",
+        "-p",
+        "pasv-benches",
+        "--bench",
+        "protocol",
+        "--bench",
+        "pool",
+        "--",
+    ]);
+    if let Some(filter) = &options.filter {
+        cmd.arg(filter);
+    }
+    if options.quick {
+        cmd.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    } else {
+        cmd.args(["--warm-up-time", "1", "--measurement-time", "3"]);
+    }
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("cargo bench failed: {status}");
+    }
+    Ok(())
+}
+
+/// Reads every `new/benchmark.json` under `dir` with its `estimates.json`.
+fn read_criterion(dir: &Path) -> Result<Vec<Measurement>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "new") {
+                    if let Some(m) = read_measurement(&p)? {
+                        found.push(m);
+                    }
+                } else {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+fn read_measurement(new_dir: &Path) -> Result<Option<Measurement>> {
+    let (Ok(bench), Ok(estimates)) = (
+        std::fs::read_to_string(new_dir.join("benchmark.json")),
+        std::fs::read_to_string(new_dir.join("estimates.json")),
+    ) else {
+        return Ok(None);
+    };
+    let bench: Value = serde_json::from_str(&bench).context("benchmark.json")?;
+    let estimates: Value = serde_json::from_str(&estimates).context("estimates.json")?;
+    let id = bench["full_id"].as_str().unwrap_or_default().to_string();
+    let Some(mean_ns) = estimates["mean"]["point_estimate"].as_f64() else {
+        return Ok(None);
+    };
+    let throughput = &bench["throughput"];
+    Ok(Some(Measurement {
+        id,
+        mean_ns,
+        bytes: throughput["Bytes"]
+            .as_f64()
+            .or_else(|| throughput["BytesDecimal"].as_f64()),
+        elements: throughput["Elements"].as_f64(),
+    }))
+}
+
+fn format_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.1} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+/// The markdown report and the number of targets missed (a missing benchmark counts as missed).
+fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
+    let by_id: BTreeMap<&str, &Measurement> =
+        measurements.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "## Criterion benchmarks\n");
+    let _ = writeln!(out, "| benchmark | mean | throughput |\n|---|---|---|");
+    for m in measurements {
+        let throughput = match (m.bytes, m.elements) {
+            (Some(b), _) => format!("{:.0} MB/s", b / m.mean_ns * 1e9 / 1e6),
+            (_, Some(e)) => format!("{:.2} M elem/s", e / m.mean_ns * 1e9 / 1e6),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            m.id,
+            format_ns(m.mean_ns),
+            throughput
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n## Targets\n\n| target | measured | required | result |\n|---|---|---|---|"
+    );
+    let mut failures = 0;
+    for target in TARGETS {
+        let (what, measured, required, ok) = match target {
+            Target::Speedup {
+                what,
+                fast,
+                slow,
+                min,
+            } => match (by_id.get(fast), by_id.get(slow)) {
+                (Some(f), Some(s)) => {
+                    let ratio = s.mean_ns / f.mean_ns;
+                    (
+                        *what,
+                        format!("{ratio:.1}x"),
+                        format!(">= {min}x"),
+                        Some(ratio >= *min),
+                    )
+                }
+                _ => (*what, "not measured".into(), format!(">= {min}x"), None),
+            },
+            Target::MaxNanos { what, id, max_ns } => match by_id.get(id) {
+                Some(m) => (
+                    *what,
+                    format_ns(m.mean_ns),
+                    format!("<= {}", format_ns(*max_ns)),
+                    Some(m.mean_ns <= *max_ns),
+                ),
+                None => (
+                    *what,
+                    "not measured".into(),
+                    format!("<= {}", format_ns(*max_ns)),
+                    None,
+                ),
+            },
+            Target::MinBytesPerSec { what, id, min } => match by_id
+                .get(id)
+                .and_then(|m| m.bytes.map(|b| b / m.mean_ns * 1e9))
+            {
+                Some(rate) => (
+                    *what,
+                    format!("{:.0} MB/s", rate / 1e6),
+                    format!(">= {:.0} MB/s", min / 1e6),
+                    Some(rate >= *min),
+                ),
+                None => (
+                    *what,
+                    "not measured".into(),
+                    format!(">= {:.0} MB/s", min / 1e6),
+                    None,
+                ),
+            },
+        };
+        let verdict = match ok {
+            Some(true) => "pass",
+            Some(false) => {
+                failures += 1;
+                "MISSED"
+            }
+            None => {
+                failures += 1;
+                "not measured"
+            }
+        };
+        let _ = writeln!(out, "| {what} | {measured} | {required} | {verdict} |");
+    }
+    (out, failures)
+}
+
+/// One side-by-side workload: the comparison kit's arguments and pasvd's passive range.
+struct Workload {
+    name: &'static str,
+    kit_args: &'static [&'static str],
+    pasv_range: (u16, u16),
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "20ports-k32",
+        kit_args: &["--range-size", "20", "-k", "32", "--duration", "5"],
+        pasv_range: (30000, 30019),
+    },
+    Workload {
+        name: "1000ports-k8",
+        kit_args: &["--range-size", "1000", "-k", "8", "--duration", "5"],
+        pasv_range: (30000, 30999),
+    },
+    Workload {
+        name: "1mib-retr-k8",
+        kit_args: &[
+            "--range-size",
+            "1000",
+            "-k",
+            "8",
+            "--duration",
+            "5",
+            "--file",
+            "1m",
+        ],
+        pasv_range: (30000, 30999),
+    },
+];
+
+fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<()> {
+    let compare = kit.join("compare.sh");
+    if !compare.is_file() {
+        bail!(
+            "{} not found: --peers takes the comparison kit's folder",
+            compare.display()
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", "pasv-tools", "--bin", "pasvd"])
+        .status()?;
+    if !status.success() {
+        bail!("building pasvd failed");
+    }
+    let pasvd = root.join("target/release/pasvd");
+    let peers_home = std::env::var("PEERS_HOME").unwrap_or_else(|_| "/tmp/pasv-peers".into());
+    let data = PathBuf::from(&peers_home).join("data");
+    std::fs::create_dir_all(&data)?;
+    let rounds = options.rounds.to_string();
+    for workload in WORKLOADS {
+        let (lo, hi) = workload.pasv_range;
+        let mut server = PasvdProcess::start(&pasvd, &data, lo, hi)?;
+        let dir = out.join(format!("peers-{}", workload.name));
+        let target = format!(
+            "pasvd=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
+            server.port
+        );
+        let mut args: Vec<&str> = workload.kit_args.to_vec();
+        if options.quick {
+            args.extend(["--rounds", "1"]);
+        } else {
+            args.extend(["--rounds", &rounds]);
+        }
+        let dir_str = dir.to_string_lossy().into_owned();
+        args.extend(["--out", &dir_str]);
+        args.extend(["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib", &target]);
+        println!("== {}: compare.sh {}", workload.name, args.join(" "));
+        let status = Command::new("bash").arg(&compare).args(&args).status()?;
+        server.stop();
+        if !status.success() {
+            bail!("compare.sh failed for {}", workload.name);
+        }
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+        std::fs::write(out.join(format!("peers-{}.md", workload.name)), &report)?;
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// A pasvd started for one workload, killed when dropped.
+struct PasvdProcess {
+    child: Child,
+    port: u16,
+}
+
+impl PasvdProcess {
+    fn start(pasvd: &Path, root: &Path, lo: u16, hi: u16) -> Result<Self> {
+        let mut child = Command::new(pasvd)
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .args([
+                "--pasv-min-port",
+                &lo.to_string(),
+                "--pasv-max-port",
+                &hi.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", pasvd.display()))?;
+        let stdout = child.stdout.take().context("pasvd stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // pasvd prints `listening on ADDR:PORT` once it accepts connections.
+        let port = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("pasvd exited before listening");
+            };
+            let line = line?;
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                    .context("pasvd printed an address without a port")?;
+                break port;
+            }
+        };
+        // Keep draining stdout so pasvd never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, port })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PasvdProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
