@@ -1,0 +1,646 @@
+//! The pool: leases, releases, quarantine and the sans-IO timer.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::config::{AddrFilter, ConfigError, Exclusivity, PoolConfig, QuarantineScope};
+use crate::strategy::{self, Layout, Ledger, SlotId, Strategy};
+use crate::time::Instant;
+
+/// Who closed a transfer first, which decides where TIME_WAIT lands (DESIGN.md section 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum Closer {
+    /// The server closed first (RETR, LIST, NLST, MLSD in stream mode): TIME_WAIT on the
+    /// passive port. The only closer that quarantines.
+    Server,
+    /// The client closed first (STOR, APPE, STOU): TIME_WAIT on the client's port.
+    Client,
+    /// Either side reset the connection: RST leaves no TIME_WAIT.
+    Reset,
+    /// The client never connected (accept timeout, new PASV): nothing to quarantine.
+    NeverConnected,
+}
+
+/// Identity of one lease: which pool, which slot, which acquisition of that slot, which peer.
+///
+/// A generation counter per slot makes every acquisition distinct, so releasing an identity
+/// twice, or after the slot was leased again, is detected ([`ReleaseError::Stale`]) instead of
+/// freeing somebody else's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId {
+    pool: u32,
+    slot: u32,
+    generation: u32,
+    peer: IpAddr,
+}
+
+impl LeaseId {
+    /// The peer the lease was acquired for.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+}
+
+/// A leased (local address, port). Not `Clone`: it is released exactly once, by value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    id: LeaseId,
+    addr: SocketAddr,
+}
+
+impl Lease {
+    /// The local address and port to listen on and advertise.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The peer the lease was acquired for.
+    pub fn peer(&self) -> IpAddr {
+        self.id.peer
+    }
+    /// The lease's identity, for bookkeeping and [`Pool::release_id`].
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+}
+
+/// No port can be leased to this peer now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("no passive port available")]
+pub struct Exhausted {
+    /// Exactly how long until a port frees up for this peer by time alone: an acquisition by
+    /// the same peer at `now + retry_after` succeeds if nothing else happened in between, one
+    /// nanosecond earlier fails. `None`: every port is leased (or no address matches the
+    /// filter), so only a release can help.
+    pub retry_after: Option<Duration>,
+}
+
+/// A release that does not match a live lease. The pool is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The lease was issued by another pool.
+    #[error("lease was not issued by this pool")]
+    Foreign,
+    /// The lease was already released (and perhaps the slot leased again since).
+    #[error("lease was already released")]
+    Stale,
+}
+
+/// Counts for one local address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct AddressStats {
+    /// The address.
+    pub address: IpAddr,
+    /// Ports with no lease and no port-wide quarantine (under [`QuarantineScope::Peer`] some
+    /// of them may still be refused to the peers that closed them).
+    pub free: usize,
+    /// Live leases (under [`Exclusivity::PerPortAndPeer`] one port can carry several).
+    pub leased: usize,
+    /// Ports under port-wide quarantine.
+    pub cooling: usize,
+}
+
+/// A snapshot of the pool ([`Pool::stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PoolStats {
+    /// Free ports over all addresses.
+    pub free: usize,
+    /// Live leases over all addresses.
+    pub leased: usize,
+    /// Ports under port-wide quarantine over all addresses.
+    pub cooling: usize,
+    /// (port, peer) pairs under per-peer quarantine.
+    pub peer_quarantined: usize,
+    /// The same counts, per address, in configuration order.
+    pub per_address: Vec<AddressStats>,
+    /// Successful acquisitions since the pool was built.
+    pub acquisitions: u64,
+    /// Refused acquisitions.
+    pub refusals: u64,
+    /// Releases with [`Closer::Server`].
+    pub releases_server: u64,
+    /// Releases with [`Closer::Client`].
+    pub releases_client: u64,
+    /// Releases with [`Closer::Reset`].
+    pub releases_reset: u64,
+    /// Releases with [`Closer::NeverConnected`].
+    pub releases_never_connected: u64,
+    /// The largest number of simultaneous leases seen.
+    pub peak_leased: usize,
+}
+
+/// Per-peer ledger: the peer's live leases (one lease per port and peer) and its quarantined
+/// ports (peer scope). Entries leave when the lease ends or the quarantine expires, and the
+/// ledger itself when it is empty, so memory follows the leases of the last T, not history.
+#[derive(Debug, Default)]
+pub(crate) struct PeerLedger {
+    /// slot -> generation of the peer's lease on it.
+    leases: HashMap<u32, u32>,
+    /// slot -> end of the peer's quarantine on it.
+    blocked: HashMap<u32, Instant>,
+}
+
+impl PeerLedger {
+    pub(crate) fn holds_or_blocks(&self, slot: u32) -> bool {
+        self.leases.contains_key(&slot) || self.blocked.contains_key(&slot)
+    }
+    fn is_empty(&self) -> bool {
+        self.leases.is_empty() && self.blocked.is_empty()
+    }
+}
+
+/// `cooling_until` value of a slot that is not under port-wide quarantine (a quarantine always
+/// ends after `ZERO`, because it is only applied when T > 0).
+const NOT_COOLING: Instant = Instant::ZERO;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    generation: u32,
+    leases: u32,
+    cooling_until: Instant,
+}
+
+impl Slot {
+    fn cooling(&self) -> bool {
+        self.cooling_until != NOT_COOLING
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    leased: usize,
+    cooling: usize,
+    /// Slots with a lease or a port-wide quarantine.
+    occupied: usize,
+}
+
+static NEXT_POOL_TAG: AtomicU32 = AtomicU32::new(1);
+
+/// A sans-IO pool of passive (address, port) pairs. See the crate documentation.
+pub struct Pool {
+    config: PoolConfig,
+    layout: Layout,
+    ports: Vec<u16>,
+    slots: Vec<Slot>,
+    strategy: Box<dyn Strategy>,
+    /// Port-wide quarantines per address, in expiry order (one T for all, so release order is
+    /// expiry order and a FIFO is a priority queue). Entries whose slot was re-quarantined
+    /// later are skipped when they come up.
+    cooling: Vec<VecDeque<(Instant, u32)>>,
+    /// Per-peer quarantines, in expiry order.
+    peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
+    peers: HashMap<IpAddr, PeerLedger>,
+    counts: Vec<Counts>,
+    allowed: Vec<bool>,
+    quarantine: Duration,
+    latest: Instant,
+    tag: u32,
+    leased_total: usize,
+    peak_leased: usize,
+    acquisitions: u64,
+    refusals: u64,
+    releases: [u64; 4],
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.config)
+            .field("strategy", &self.strategy.name())
+            .field("leased", &self.leased_total)
+            .field("latest", &self.latest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Builds a pool with the configured built-in strategy. Every port starts free.
+    pub fn new(config: PoolConfig) -> Result<Pool, ConfigError> {
+        config.validate()?;
+        let layout = Layout {
+            addresses: config.addresses.len(),
+            ports: config.ports.len(),
+        };
+        let strategy = strategy::build(config.strategy, layout, config.seed);
+        Pool::with_strategy(config, strategy)
+    }
+
+    /// Builds a pool with a custom accounted strategy, which must be empty (no slot inserted);
+    /// `config.strategy` is then only a label.
+    pub fn with_strategy(
+        config: PoolConfig,
+        mut strategy: Box<dyn Strategy>,
+    ) -> Result<Pool, ConfigError> {
+        config.validate()?;
+        let layout = Layout {
+            addresses: config.addresses.len(),
+            ports: config.ports.len(),
+        };
+        let ports: Vec<u16> = config.ports.iter().collect();
+        if layout.slots() > u32::MAX as usize {
+            return Err(ConfigError::EmptyPortSet);
+        }
+        for s in 0..layout.slots() {
+            strategy.insert(SlotId(s as u32));
+        }
+        let quarantine = config.quarantine;
+        Ok(Pool {
+            layout,
+            ports,
+            slots: vec![Slot::default(); layout.slots()],
+            strategy,
+            cooling: vec![VecDeque::new(); layout.addresses],
+            peer_expiry: VecDeque::new(),
+            peers: HashMap::new(),
+            counts: vec![Counts::default(); layout.addresses],
+            allowed: vec![false; layout.addresses],
+            quarantine,
+            latest: Instant::ZERO,
+            tag: NEXT_POOL_TAG.fetch_add(1, Ordering::Relaxed),
+            leased_total: 0,
+            peak_leased: 0,
+            acquisitions: 0,
+            refusals: 0,
+            releases: [0; 4],
+            config,
+        })
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// The pool's shape (addresses × ports).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Leases a port on any configured address to `peer`.
+    pub fn acquire(&mut self, now: Instant, peer: IpAddr) -> Result<Lease, Exhausted> {
+        self.acquire_with(now, peer, AddrFilter::Any)
+    }
+
+    /// Leases a port on an address that passes `filter` to `peer`.
+    ///
+    /// Quarantines due at `now` end first, so this is correct even if the caller never drives
+    /// [`Pool::handle_timeout`]. Time never runs backwards inside the pool: a `now` earlier
+    /// than one seen before is taken as the latest seen.
+    pub fn acquire_with(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        filter: AddrFilter,
+    ) -> Result<Lease, Exhausted> {
+        let now = self.advance(now);
+        let restricted = filter != AddrFilter::Any;
+        if restricted {
+            for (ok, addr) in self.allowed.iter_mut().zip(&self.config.addresses) {
+                *ok = filter.matches(*addr);
+            }
+        }
+        let per_peer = self.config.exclusivity == Exclusivity::PerPortAndPeer
+            || self.config.scope == QuarantineScope::Peer;
+        let ledger = Ledger {
+            peer,
+            layout: self.layout,
+            allowed: restricted.then_some(&self.allowed[..]),
+            peer_state: if per_peer {
+                self.peers.get(&peer)
+            } else {
+                None
+            },
+        };
+        let Some(slot) = self.strategy.pick(&ledger) else {
+            self.refusals += 1;
+            let retry_after = self
+                .next_free_for(peer, restricted)
+                .map(|t| t.saturating_duration_since(now));
+            return Err(Exhausted { retry_after });
+        };
+        let i = slot.index();
+        let a = self.layout.address_of(slot);
+        let s = &mut self.slots[i];
+        s.generation = s.generation.wrapping_add(1);
+        let generation = s.generation;
+        if s.leases == 0 && !s.cooling() {
+            self.counts[a].occupied += 1;
+        }
+        s.leases += 1;
+        match self.config.exclusivity {
+            Exclusivity::PerPort => self.strategy.remove(slot),
+            Exclusivity::PerPortAndPeer => {
+                self.strategy.touch(slot);
+                self.peers
+                    .entry(peer)
+                    .or_default()
+                    .leases
+                    .insert(slot.0, generation);
+            }
+        }
+        self.counts[a].leased += 1;
+        self.leased_total += 1;
+        self.peak_leased = self.peak_leased.max(self.leased_total);
+        self.acquisitions += 1;
+        let addr = SocketAddr::new(
+            self.config.addresses[a],
+            self.ports[self.layout.port_of(slot)],
+        );
+        Ok(Lease {
+            id: LeaseId {
+                pool: self.tag,
+                slot: slot.0,
+                generation,
+                peer,
+            },
+            addr,
+        })
+    }
+
+    /// Returns a lease. Only [`Closer::Server`] quarantines the port, under the configured
+    /// scope, for T from `now`.
+    pub fn release(
+        &mut self,
+        lease: Lease,
+        now: Instant,
+        closer: Closer,
+    ) -> Result<(), ReleaseError> {
+        self.release_id(lease.id, now, closer)
+    }
+
+    /// Returns a lease by identity, for owners that keep only the [`LeaseId`]. Releasing an
+    /// identity twice is [`ReleaseError::Stale`] and changes nothing.
+    pub fn release_id(
+        &mut self,
+        id: LeaseId,
+        now: Instant,
+        closer: Closer,
+    ) -> Result<(), ReleaseError> {
+        if id.pool != self.tag || id.slot as usize >= self.slots.len() {
+            return Err(ReleaseError::Foreign);
+        }
+        let i = id.slot as usize;
+        let slot = SlotId(id.slot);
+        match self.config.exclusivity {
+            Exclusivity::PerPort => {
+                let s = &self.slots[i];
+                if s.leases == 0 || s.generation != id.generation {
+                    return Err(ReleaseError::Stale);
+                }
+            }
+            Exclusivity::PerPortAndPeer => {
+                let ledger = self.peers.get_mut(&id.peer).ok_or(ReleaseError::Stale)?;
+                if ledger.leases.get(&id.slot) != Some(&id.generation) {
+                    return Err(ReleaseError::Stale);
+                }
+                ledger.leases.remove(&id.slot);
+                if ledger.is_empty() {
+                    self.peers.remove(&id.peer);
+                }
+            }
+        }
+        let now = self.advance(now);
+        let a = self.layout.address_of(slot);
+        self.slots[i].leases -= 1;
+        self.counts[a].leased -= 1;
+        self.leased_total -= 1;
+        self.releases[closer as usize] += 1;
+        let quarantine = closer == Closer::Server && !self.quarantine.is_zero();
+        let until = now + self.quarantine;
+        let per_port = self.config.exclusivity == Exclusivity::PerPort;
+        match self.config.scope {
+            QuarantineScope::Port if quarantine => {
+                // The slot stays occupied (it was leased, now it cools); under one lease per
+                // (port, peer) it was offerable to other peers and no longer is.
+                let s = &mut self.slots[i];
+                if !s.cooling() {
+                    self.counts[a].cooling += 1;
+                    if !per_port {
+                        self.strategy.remove(slot);
+                    }
+                }
+                s.cooling_until = until;
+                self.cooling[a].push_back((until, id.slot));
+            }
+            QuarantineScope::Peer if quarantine => {
+                self.peers
+                    .entry(id.peer)
+                    .or_default()
+                    .blocked
+                    .insert(id.slot, until);
+                self.peer_expiry.push_back((until, id.peer, id.slot));
+                self.after_unlease(slot, a, per_port);
+            }
+            _ => self.after_unlease(slot, a, per_port),
+        }
+        Ok(())
+    }
+
+    /// A lease on `slot` ended without quarantine: it may become free.
+    fn after_unlease(&mut self, slot: SlotId, a: usize, per_port: bool) {
+        let s = &self.slots[slot.index()];
+        if s.leases == 0 && !s.cooling() {
+            self.counts[a].occupied -= 1;
+            if per_port {
+                self.strategy.insert(slot);
+            }
+        }
+    }
+
+    /// When the next quarantine ends: call [`Pool::handle_timeout`] then (or don't: every
+    /// operation first ends the quarantines due at its `now`).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ports = self
+            .cooling
+            .iter()
+            .filter_map(|q| q.front().map(|e| e.0))
+            .min();
+        let peers = self.peer_expiry.front().map(|e| e.0);
+        match (ports, peers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends every quarantine due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    fn advance(&mut self, now: Instant) -> Instant {
+        let now = now.max(self.latest);
+        self.latest = now;
+        for a in 0..self.cooling.len() {
+            while let Some(&(t, slot)) = self.cooling[a].front() {
+                if t > now {
+                    break;
+                }
+                self.cooling[a].pop_front();
+                let s = &mut self.slots[slot as usize];
+                if s.cooling_until != t {
+                    continue; // re-quarantined later; a later entry ends it
+                }
+                s.cooling_until = NOT_COOLING;
+                self.counts[a].cooling -= 1;
+                match self.config.exclusivity {
+                    Exclusivity::PerPort => {
+                        self.counts[a].occupied -= 1;
+                        self.strategy.insert(SlotId(slot));
+                    }
+                    Exclusivity::PerPortAndPeer => {
+                        if s.leases == 0 {
+                            self.counts[a].occupied -= 1;
+                        }
+                        self.strategy.insert(SlotId(slot));
+                    }
+                }
+            }
+        }
+        while let Some(&(t, peer, slot)) = self.peer_expiry.front() {
+            if t > now {
+                break;
+            }
+            self.peer_expiry.pop_front();
+            if let Some(ledger) = self.peers.get_mut(&peer) {
+                if ledger.blocked.get(&slot) == Some(&t) {
+                    ledger.blocked.remove(&slot);
+                    if ledger.is_empty() {
+                        self.peers.remove(&peer);
+                    }
+                }
+            }
+        }
+        now
+    }
+
+    /// The earliest instant at which a port frees up for `peer` by time alone (quarantines
+    /// ending), given that nothing is offerable to it now.
+    fn next_free_for(&self, peer: IpAddr, restricted: bool) -> Option<Instant> {
+        let ledger = self.peers.get(&peer);
+        let mut best: Option<Instant> = None;
+        for (a, queue) in self.cooling.iter().enumerate() {
+            if restricted && !self.allowed[a] {
+                continue;
+            }
+            // The first live entry wins, unless this peer holds a lease on that slot (one
+            // lease per port and peer): then the port stays refused to it after the expiry.
+            for &(t, slot) in queue {
+                if self.slots[slot as usize].cooling_until != t {
+                    continue;
+                }
+                if ledger.is_some_and(|l| l.leases.contains_key(&slot)) {
+                    continue;
+                }
+                best = Some(best.map_or(t, |b| b.min(t)));
+                break;
+            }
+        }
+        if let Some(l) = ledger {
+            let per_port = self.config.exclusivity == Exclusivity::PerPort;
+            for (&slot, &t) in &l.blocked {
+                let s = &self.slots[slot as usize];
+                if restricted && !self.allowed[self.layout.address_of(SlotId(slot))] {
+                    continue;
+                }
+                if (per_port && s.leases > 0) || s.cooling() {
+                    continue;
+                }
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        }
+        best
+    }
+
+    /// Counts as of `now` (quarantines due at `now` count as ended).
+    pub fn stats(&self, now: Instant) -> PoolStats {
+        let now = now.max(self.latest);
+        let mut per_address = Vec::with_capacity(self.layout.addresses);
+        for (a, c) in self.counts.iter().enumerate() {
+            let due = self.cooling[a]
+                .iter()
+                .take_while(|e| e.0 <= now)
+                .filter(|&&(t, slot)| self.slots[slot as usize].cooling_until == t)
+                .map(|&(_, slot)| usize::from(self.slots[slot as usize].leases == 0))
+                .sum::<usize>();
+            let cooling_due = self.cooling[a]
+                .iter()
+                .take_while(|e| e.0 <= now)
+                .filter(|&&(t, slot)| self.slots[slot as usize].cooling_until == t)
+                .count();
+            per_address.push(AddressStats {
+                address: self.config.addresses[a],
+                free: self.layout.ports - (c.occupied - due),
+                leased: c.leased,
+                cooling: c.cooling - cooling_due,
+            });
+        }
+        let peer_quarantined = self
+            .peers
+            .values()
+            .map(|l| l.blocked.values().filter(|&&t| t > now).count())
+            .sum();
+        PoolStats {
+            free: per_address.iter().map(|s| s.free).sum(),
+            leased: self.leased_total,
+            cooling: per_address.iter().map(|s| s.cooling).sum(),
+            peer_quarantined,
+            per_address,
+            acquisitions: self.acquisitions,
+            refusals: self.refusals,
+            releases_server: self.releases[Closer::Server as usize],
+            releases_client: self.releases[Closer::Client as usize],
+            releases_reset: self.releases[Closer::Reset as usize],
+            releases_never_connected: self.releases[Closer::NeverConnected as usize],
+            peak_leased: self.peak_leased,
+        }
+    }
+
+    /// When the port-wide quarantine of `addr` ends, if it is cooling.
+    pub fn cooling_until(&self, addr: SocketAddr) -> Option<Instant> {
+        let a = self.config.addresses.iter().position(|&x| x == addr.ip())?;
+        let p = self.ports.binary_search(&addr.port()).ok()?;
+        let s = &self.slots[self.layout.slot(a, p).index()];
+        (s.cooling() && s.cooling_until > self.latest).then_some(s.cooling_until)
+    }
+}
+
+impl Pool {
+    /// Debug-only consistency check used by tests: counters agree with the slots.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut leased = 0usize;
+        for (a, c) in self.counts.iter().enumerate() {
+            let (mut l, mut co, mut oc) = (0, 0, 0);
+            for p in 0..self.layout.ports {
+                let s = &self.slots[self.layout.slot(a, p).index()];
+                l += s.leases as usize;
+                co += usize::from(s.cooling());
+                oc += usize::from(s.cooling() || s.leases > 0);
+                if self.config.exclusivity == Exclusivity::PerPort && s.leases > 1 {
+                    return Err(format!("slot {a}/{p} has {} leases", s.leases));
+                }
+            }
+            if (l, co, oc) != (c.leased, c.cooling, c.occupied) {
+                return Err(format!(
+                    "address {a}: counted ({}, {}, {}) but slots say ({l}, {co}, {oc})",
+                    c.leased, c.cooling, c.occupied
+                ));
+            }
+            leased += l;
+        }
+        if leased != self.leased_total {
+            return Err(format!(
+                "leased_total {} but slots say {leased}",
+                self.leased_total
+            ));
+        }
+        Ok(())
+    }
+}
