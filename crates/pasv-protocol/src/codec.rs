@@ -1,0 +1,119 @@
+//! tokio-util `Decoder`/`Encoder` adapters over the sans-IO framers.
+//!
+//! Items are `Result`s so that a recoverable protocol error (a line too long, a bad
+//! argument) does not end the stream: the decoder has already skipped the bad input
+//! and the caller answers and keeps reading. The codec's own error is `io::Error`,
+//! which only the transport produces.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::{Command, CommandDecoder, CommandError, Reply, ReplyDecoder, ReplyError};
+
+/// Client side: decodes replies, encodes commands.
+#[derive(Debug, Default)]
+pub struct ClientCodec {
+    replies: ReplyDecoder,
+}
+
+impl ClientCodec {
+    /// A codec with a lenient [`ReplyDecoder`] and the default caps.
+    pub fn new() -> Self {
+        ClientCodec::default()
+    }
+
+    /// A codec around the given reply decoder.
+    pub fn with_decoder(replies: ReplyDecoder) -> Self {
+        ClientCodec { replies }
+    }
+}
+
+fn item<T, E>(r: Result<Option<T>, E>) -> Option<Result<T, E>> {
+    match r {
+        Ok(Some(v)) => Some(Ok(v)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Result<Reply, ReplyError>;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+        Ok(item(self.replies.decode(src)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+        Ok(item(self.replies.decode_eof(src)))
+    }
+}
+
+impl Encoder<&Command> for ClientCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, command: &Command, dst: &mut BytesMut) -> io::Result<()> {
+        dst.reserve(command.encoded_len());
+        command.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<Command> for ClientCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, command: Command, dst: &mut BytesMut) -> io::Result<()> {
+        self.encode(&command, dst)
+    }
+}
+
+/// Server side: decodes commands, encodes replies.
+#[derive(Debug, Default)]
+pub struct ServerCodec {
+    commands: CommandDecoder,
+}
+
+impl ServerCodec {
+    /// A codec with the default 4096-byte line cap.
+    pub fn new() -> Self {
+        ServerCodec::default()
+    }
+
+    /// A codec around the given command decoder.
+    pub fn with_decoder(commands: CommandDecoder) -> Self {
+        ServerCodec { commands }
+    }
+}
+
+impl Decoder for ServerCodec {
+    type Item = Result<Command, CommandError>;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+        Ok(item(self.commands.decode(src)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+        Ok(item(self.commands.decode_eof(src)))
+    }
+}
+
+impl Encoder<&Reply> for ServerCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, reply: &Reply, dst: &mut BytesMut) -> io::Result<()> {
+        dst.reserve(reply.encoded_len());
+        reply.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<Reply> for ServerCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, reply: Reply, dst: &mut BytesMut) -> io::Result<()> {
+        self.encode(&reply, dst)
+    }
+}
