@@ -1,2 +1,823 @@
-//! pasv
-fn main() {}
+//! `pasv`: an FTP client, load generator, passive-port probe, capacity planner and protocol
+//! decoder.
+//!
+//! Exit codes (also in docs/CLIENT.md): 0 success; 1 usage error or a local precondition
+//! (bad arguments, unusable URL, local file larger than the remote one); 2 permanent FTP
+//! error (a 5xx reply); 3 transient FTP error (a 4xx reply, or retries exhausted); 4 network
+//! or I/O error (connection refused or reset, timeout, malformed reply, local file error).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pasv_tools::client::{
+    decode, load, plan, probe, Client, ClientConfig, ClientError, DataMode, EntryKind, FtpUrl,
+    RetryPolicy,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// An FTP client for passive-mode work: transfers, load generation, probing and planning.
+#[derive(Debug, Parser)]
+#[command(name = "pasv", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+const EXIT_CODES: &str =
+    "Exit codes: 0 ok, 1 usage or local precondition, 2 permanent FTP error (5xx), \
+3 transient FTP error (4xx) or retries exhausted, 4 network or I/O error.";
+
+#[derive(Debug, Args)]
+struct Global {
+    /// How data connections are set up.
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+    /// Shorthand for --mode active (PORT/EPRT).
+    #[arg(long, global = true)]
+    active: bool,
+    /// Connect to the address a 227 reply advertises instead of the control connection's peer.
+    #[arg(long, global = true)]
+    trust_pasv_ip: bool,
+    /// Attempts for a 421 greeting, 425 or 426, the first included (1 = no retry).
+    #[arg(long, global = true, default_value_t = 5)]
+    attempts: u32,
+    /// Seconds after the first attempt beyond which no retry starts.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    retry_budget: f64,
+    /// Seconds to wait for each reply and data connection.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    timeout: f64,
+    /// No progress bar, no informational messages.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log protocol events to stderr (RUST_LOG syntax also works).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// EPSV, then PASV once the server refuses EPSV.
+    Auto,
+    /// PASV only.
+    Pasv,
+    /// EPSV only.
+    Epsv,
+    /// PORT/EPRT: the server connects to us.
+    Active,
+}
+
+impl Mode {
+    fn data_mode(self) -> DataMode {
+        match self {
+            Mode::Auto => DataMode::Auto,
+            Mode::Pasv => DataMode::Pasv,
+            Mode::Epsv => DataMode::Epsv,
+            Mode::Active => DataMode::Active,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ResumeUpload {
+    /// APPE: append the rest (curl's way).
+    Appe,
+    /// REST offset + STOR (ftplib's way).
+    Rest,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List a directory (LIST by default).
+    Ls {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+        /// Names only (NLST).
+        #[arg(long, conflicts_with = "mlsd")]
+        names: bool,
+        /// Machine listing (MLSD), printed as type, size, modify time and name.
+        #[arg(long)]
+        mlsd: bool,
+    },
+    /// Download a file.
+    Get {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+        /// Local file ("-" for stdout); default: the remote file's name.
+        output: Option<PathBuf>,
+        /// Resume: fetch only what the local file lacks (REST).
+        #[arg(short = 'c', long = "continue")]
+        resume: bool,
+    },
+    /// Upload a file.
+    Put {
+        /// ftp://[user[:pass]@]host[:port]/path (a path ending in / takes the local name)
+        url: String,
+        /// Local file.
+        input: PathBuf,
+        /// Resume: send only what the remote file lacks (SIZE, then APPE or REST + STOR).
+        #[arg(short = 'c', long = "continue")]
+        resume: bool,
+        /// How to resume an upload.
+        #[arg(long, value_enum, default_value_t = ResumeUpload::Appe)]
+        resume_with: ResumeUpload,
+    },
+    /// Delete a file (DELE).
+    Rm {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+    },
+    /// Rename (RNFR + RNTO).
+    Mv {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+        /// New path (relative to the login directory), or an ftp:// URL on the same server.
+        to: String,
+    },
+    /// Create a directory (MKD).
+    Mkdir {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+    },
+    /// Remove a directory (RMD).
+    Rmdir {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+    },
+    /// Print a file's size in bytes (SIZE).
+    Size {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+    },
+    /// Print a file's modification time, YYYYMMDDHHMMSS in UTC (MDTM).
+    Mdtm {
+        /// ftp://[user[:pass]@]host[:port]/path
+        url: String,
+    },
+    /// Load generator: K sessions looping transfers.
+    Load(LoadArgs),
+    /// Infer a server's passive-port behaviour from the outside.
+    Probe(ProbeArgs),
+    /// Capacity planner for a passive range.
+    Plan(PlanArgs),
+    /// Decode raw bytes from stdin as replies or commands, one JSON object per line.
+    Decode {
+        /// What the bytes are.
+        #[arg(value_enum)]
+        kind: DecodeKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DecodeKind {
+    /// Server replies.
+    Reply,
+    /// Client commands.
+    Command,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// ftp://[user[:pass]@]host[:port]/file (RETR fetches the file; LIST lists its directory)
+    url: String,
+    /// Concurrent sessions.
+    #[arg(short = 'k', long, default_value_t = 8)]
+    sessions: usize,
+    /// Seconds to run (at most 3600).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many transfer attempts.
+    #[arg(long)]
+    max_transfers: Option<u64>,
+    /// Operation weights, e.g. retr=8,stor=1,list=1.
+    #[arg(long, default_value = "retr=1")]
+    mix: load::Mix,
+    /// Bytes per STOR (and the size RETR must return with --expect-size).
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    size: u64,
+    /// Count a RETR of another length than --size as an error.
+    #[arg(long)]
+    expect_size: bool,
+    /// Remote path for STOR ({session} is the session number).
+    #[arg(long, default_value = "upload/pasv-load-{session}.bin")]
+    stor_path: String,
+    /// Delete each session's STOR file at the end.
+    #[arg(long)]
+    delete_after: bool,
+    /// The server's passive range; offers outside it are counted.
+    #[arg(long, value_parser = parse_range)]
+    expect_range: Option<(u16, u16)>,
+    /// Data setup for the load (overrides the global --mode; PASV by default, like ftpload.py).
+    #[arg(long = "load-mode", value_enum, default_value_t = LoadMode::Pasv)]
+    load_mode: LoadMode,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LoadMode {
+    /// PASV.
+    Pasv,
+    /// EPSV.
+    Epsv,
+    /// EPSV, then PASV once refused.
+    Auto,
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// ftp://[user[:pass]@]host[:port]/dir (the directory listed in the transfer phase)
+    url: String,
+    /// Passive requests without connecting.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Listings, to see whether just-closed ports come back.
+    #[arg(long, default_value_t = 40)]
+    transfers: usize,
+    /// Most extra sessions holding a passive listener when pushing (0: no push).
+    #[arg(long, default_value_t = 64)]
+    push: usize,
+    /// Quarantine assumed for the capacity estimates, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    time_wait: f64,
+    /// Data setup for the probe.
+    #[arg(long = "probe-mode", value_enum, default_value_t = LoadMode::Pasv)]
+    probe_mode: LoadMode,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Passive range LO-HI.
+    #[arg(long, value_parser = parse_range)]
+    ports: (u16, u16),
+    /// Local addresses the range is available on.
+    #[arg(long, default_value_t = 1)]
+    addresses: u64,
+    /// Quarantine after a server-side close, seconds (Linux TIME_WAIT: 60).
+    #[arg(long)]
+    time_wait: f64,
+    /// Mean lease time (listen + transfer), seconds.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
+    /// Fraction of transfers the server closes first (1 for downloads, 0 for uploads).
+    #[arg(long, default_value_t = 1.0)]
+    server_close: f64,
+    /// Target rate, transfers per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Acceptable refusal rate when sizing the range (0.001 = 0.1%).
+    #[arg(long, default_value_t = 0.001)]
+    target_refusal: f64,
+    /// Print one JSON object instead of the summary and chart.
+    #[arg(long)]
+    json: bool,
+    /// No chart.
+    #[arg(long)]
+    no_chart: bool,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected LO-HI, got {s:?}"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("range {lo}-{hi} is empty or starts at 0"));
+    }
+    Ok((lo, hi))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (digits, mult) = match t.strip_suffix(['k', 'm', 'g']) {
+        Some(d) if t.ends_with('k') => (d, 1u64 << 10),
+        Some(d) if t.ends_with('m') => (d, 1 << 20),
+        Some(d) => (d, 1 << 30),
+        None => (t.as_str(), 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("bad size {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+fn parse_secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow!("{what} must be a non-negative number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            // Printing help or an error can only fail on a closed stream; the code says it all.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.global.verbose);
+    let threads = match &cli.command {
+        Cmd::Load(args) => args.threads.max(1),
+        _ => 1,
+    };
+    let runtime = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pasv: cannot start the runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pasv: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A second initialisation can only happen in tests; the first subscriber stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Maps an error to the documented exit code.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(client) = cause.downcast_ref::<ClientError>() {
+            return match client {
+                ClientError::Url(_) | ClientError::InvalidArgument(_) => 1,
+                _ if client.is_exhausted() => 3,
+                _ if client.is_permanent() => 2,
+                _ if client.is_transient() => 3,
+                _ => 4,
+            };
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return 4;
+        }
+    }
+    1
+}
+
+fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
+    let timeout = parse_secs(g.timeout, "--timeout")?;
+    Ok(ClientConfig {
+        data_mode: if g.active {
+            DataMode::Active
+        } else {
+            g.mode.data_mode()
+        },
+        trust_pasv_ip: g.trust_pasv_ip,
+        retry: RetryPolicy {
+            max_attempts: g.attempts.max(1),
+            budget: parse_secs(g.retry_budget, "--retry-budget")?,
+            ..RetryPolicy::default()
+        },
+        reply_timeout: timeout,
+        data_timeout: timeout,
+        connect_timeout: timeout,
+        ..ClientConfig::default()
+    })
+}
+
+fn url(s: &str) -> anyhow::Result<FtpUrl> {
+    FtpUrl::parse(s).map_err(|e| anyhow::Error::new(ClientError::Url(e)).context(format!("{s:?}")))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Cmd::Ls {
+            url: u,
+            names,
+            mlsd,
+        } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            let path = (!u.path().is_empty()).then_some(u.path());
+            let mut out = std::io::stdout().lock();
+            if names {
+                for name in client.nlst(path).await? {
+                    out.write_all(&name)?;
+                    out.write_all(b"\n")?;
+                }
+            } else if mlsd {
+                for entry in client.mlsd(path).await? {
+                    let kind = match entry.kind() {
+                        Some(EntryKind::File) => "file".to_owned(),
+                        Some(EntryKind::Dir) => "dir".to_owned(),
+                        Some(EntryKind::CurrentDir) => "cdir".to_owned(),
+                        Some(EntryKind::ParentDir) => "pdir".to_owned(),
+                        Some(EntryKind::Other(t)) => t,
+                        Some(_) | None => "-".to_owned(),
+                    };
+                    let size = entry.size().map_or("-".to_owned(), |s| s.to_string());
+                    write!(
+                        out,
+                        "{kind:<5} {size:>12} {:<14} ",
+                        entry.modify().unwrap_or("-")
+                    )?;
+                    out.write_all(&entry.name)?;
+                    out.write_all(b"\n")?;
+                }
+            } else {
+                out.write_all(&client.list(path).await?)?;
+            }
+            out.flush()?;
+            client.quit().await?;
+        }
+        Cmd::Get {
+            url: u,
+            output,
+            resume,
+        } => {
+            let u = url(&u)?;
+            get(g, &u, output, resume).await?;
+        }
+        Cmd::Put {
+            url: u,
+            input,
+            resume,
+            resume_with,
+        } => {
+            let u = url(&u)?;
+            put(g, &u, &input, resume, resume_with).await?;
+        }
+        Cmd::Rm { url: u } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            client.delete(u.path()).await?;
+            client.quit().await?;
+        }
+        Cmd::Mv { url: u, to } => {
+            let u = url(&u)?;
+            let to_path = if to.to_ascii_lowercase().starts_with("ftp://") {
+                url(&to)?.path().to_vec()
+            } else {
+                to.into_bytes()
+            };
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            client.rename(u.path(), &to_path).await?;
+            client.quit().await?;
+        }
+        Cmd::Mkdir { url: u } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            client.mkdir(u.path()).await?;
+            client.quit().await?;
+        }
+        Cmd::Rmdir { url: u } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            client.rmdir(u.path()).await?;
+            client.quit().await?;
+        }
+        Cmd::Size { url: u } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            println!("{}", client.size(u.path()).await?);
+            client.quit().await?;
+        }
+        Cmd::Mdtm { url: u } => {
+            let u = url(&u)?;
+            let mut client = Client::open(&u, client_config(g)?).await?;
+            println!("{}", client.mdtm(u.path()).await?);
+            client.quit().await?;
+        }
+        Cmd::Load(args) => run_load(g, args).await?,
+        Cmd::Probe(args) => run_probe(g, args).await?,
+        Cmd::Plan(args) => run_plan(args)?,
+        Cmd::Decode { kind } => {
+            let mut input = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut input)?;
+            let values = match kind {
+                DecodeKind::Reply => decode::replies(&input),
+                DecodeKind::Command => decode::commands(&input),
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(decode::to_json_lines(&values).as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise (scripts and pipes see
+/// no escape codes).
+fn progress(g: &Global, total: Option<u64>) -> ProgressBar {
+    if g.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+    };
+    let template = if total.is_some() {
+        "{bytes:>10}/{total_bytes} {binary_bytes_per_sec:>12} ETA {eta:>4} [{wide_bar}]"
+    } else {
+        "{spinner} {bytes:>10} {binary_bytes_per_sec:>12} {elapsed}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+async fn get(g: &Global, u: &FtpUrl, output: Option<PathBuf>, resume: bool) -> anyhow::Result<()> {
+    let config = client_config(g)?;
+    let policy = config.retry;
+    let mut client = Client::open(u, config).await?;
+    let to_stdout = output.as_deref() == Some(Path::new("-"));
+    let path = match output {
+        Some(p) => p,
+        None => {
+            let name = String::from_utf8_lossy(u.file_name()).into_owned();
+            if name.is_empty() || name == "." || name == ".." {
+                bail!("the URL names no file; give an output path");
+            }
+            PathBuf::from(name)
+        }
+    };
+    let remote_size = client.size(u.path()).await.ok();
+    let mut offset = 0;
+    if resume && !to_stdout {
+        offset = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+        };
+        if let Some(size) = remote_size {
+            if offset == size {
+                if !g.quiet {
+                    eprintln!("{}: already complete ({size} bytes)", path.display());
+                }
+                client.quit().await?;
+                return Ok(());
+            }
+            if offset > size {
+                bail!(
+                    "{} has {offset} bytes, more than the remote {size}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let bar = progress(g, remote_size);
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = if to_stdout {
+        Box::new(tokio::io::stdout())
+    } else {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(offset > 0)
+            .truncate(offset == 0)
+            .open(&path)
+            .await
+            .with_context(|| format!("{}", path.display()))?;
+        Box::new(file)
+    };
+    let mut buf = vec![0u8; 256 << 10];
+    let mut failed = 0;
+    // A transfer cut short (426, reset data connection) resumes from what was written, as
+    // long as the control connection is alive and the retry policy allows.
+    loop {
+        bar.set_position(offset);
+        let result = async {
+            let mut download = client.retrieve(u.path(), offset).await?;
+            loop {
+                let n = download.read(&mut buf).await.map_err(ClientError::Io)?;
+                if n == 0 {
+                    break;
+                }
+                sink.write_all(&buf[..n]).await.map_err(ClientError::Io)?;
+                offset += n as u64;
+                bar.set_position(offset);
+            }
+            download.finish().await?;
+            Ok::<_, ClientError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => break,
+            Err(e) if (e.is_retryable() || e.is_network()) && !client.is_broken() && !to_stdout => {
+                failed += 1;
+                if failed >= policy.max_attempts {
+                    return Err(ClientError::RetriesExhausted {
+                        attempts: failed,
+                        last: Box::new(e),
+                    }
+                    .into());
+                }
+                let delay = e.retry_after().unwrap_or_else(|| policy.backoff(failed));
+                tracing::info!(%e, ?delay, offset, "transfer interrupted, resuming");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    sink.flush().await?;
+    bar.finish_and_clear();
+    client.quit().await?;
+    Ok(())
+}
+
+async fn put(
+    g: &Global,
+    u: &FtpUrl,
+    input: &Path,
+    resume: bool,
+    resume_with: ResumeUpload,
+) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(input)
+        .await
+        .with_context(|| format!("{}", input.display()))?;
+    let len = file.metadata().await?.len();
+    let remote = if u.path().is_empty() || u.path().ends_with(b"/") {
+        let name = input
+            .file_name()
+            .ok_or_else(|| anyhow!("{} has no file name", input.display()))?;
+        let mut p = u.path().to_vec();
+        p.extend_from_slice(name.to_string_lossy().as_bytes());
+        p
+    } else {
+        u.path().to_vec()
+    };
+    let mut client = Client::open(u, client_config(g)?).await?;
+    let mut offset = 0;
+    if resume {
+        offset = match client.size(&remote).await {
+            Ok(size) => size,
+            // 550: no such file yet, so nothing to resume.
+            Err(e) if e.is_permanent() => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if offset == len {
+            if !g.quiet {
+                eprintln!(
+                    "{}: already complete ({len} bytes)",
+                    String::from_utf8_lossy(&remote)
+                );
+            }
+            client.quit().await?;
+            return Ok(());
+        }
+        if offset > len {
+            bail!("the remote file has {offset} bytes, more than the local {len}");
+        }
+    }
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let bar = progress(g, Some(len));
+    bar.set_position(offset);
+    let mut upload = match (offset, resume_with) {
+        (0, _) => client.store(&remote).await?,
+        (_, ResumeUpload::Appe) => client.append(&remote).await?,
+        (_, ResumeUpload::Rest) => client.store_at(&remote, offset).await?,
+    };
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        upload.write_all(&buf[..n]).await.map_err(ClientError::Io)?;
+        bar.set_position(offset + upload.bytes_written());
+    }
+    upload.finish().await?;
+    bar.finish_and_clear();
+    client.quit().await?;
+    Ok(())
+}
+
+async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
+    let u = url(&args.url)?;
+    if args.sessions == 0 {
+        bail!("-k must be at least 1");
+    }
+    let duration = parse_secs(args.duration, "--duration")?.min(Duration::from_secs(3600));
+    let mut config = load::LoadConfig::new(u, args.sessions, duration);
+    config.max_transfers = args.max_transfers;
+    config.mix = args.mix;
+    config.size = args.size;
+    config.expect_size = args.expect_size;
+    config.stor_path = args.stor_path;
+    config.delete_after = args.delete_after;
+    config.expect_range = args.expect_range;
+    config.data_mode = match args.load_mode {
+        LoadMode::Pasv => DataMode::Pasv,
+        LoadMode::Epsv => DataMode::Epsv,
+        LoadMode::Auto => DataMode::Auto,
+    };
+    config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
+    let report = load::run(config).await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    out.flush()?;
+    if report.transfers == 0 && !report.errors.is_empty() {
+        bail!("no transfer completed");
+    }
+    Ok(())
+}
+
+async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
+    let u = url(&args.url)?;
+    let mut config = probe::ProbeConfig::new(u);
+    config.count = args.count.min(100_000);
+    config.transfers = args.transfers.min(100_000);
+    config.push_sessions = args.push.min(1024);
+    config.time_wait = parse_secs(args.time_wait, "--time-wait")?;
+    config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
+    config.data_mode = match args.probe_mode {
+        LoadMode::Pasv => DataMode::Pasv,
+        LoadMode::Epsv => DataMode::Epsv,
+        LoadMode::Auto => DataMode::Auto,
+    };
+    let report = probe::run(&config).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let finite = |x: f64, what: &str| {
+        if x.is_finite() && x >= 0.0 {
+            Ok(x)
+        } else {
+            Err(anyhow!("{what} must be a non-negative number"))
+        }
+    };
+    let input = plan::PlanInput {
+        port_lo: args.ports.0,
+        port_hi: args.ports.1,
+        addresses: args.addresses.max(1),
+        time_wait_s: finite(args.time_wait, "--time-wait")?,
+        hold_s: finite(args.hold, "--hold")?,
+        server_close: finite(args.server_close, "--server-close")?.min(1.0),
+        rate: args.rate.map(|r| finite(r, "--rate")).transpose()?,
+        target_refusal: finite(args.target_refusal, "--target-refusal")?,
+    };
+    if input.hold_s + input.server_close * input.time_wait_s <= 0.0 {
+        bail!("h + f*T is zero: give --hold or a server-closed share of --time-wait");
+    }
+    let result = plan::plan(input);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &result)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{result}")?;
+        if !args.no_chart {
+            writeln!(out)?;
+            write!(out, "{}", result.chart())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,709 @@
+//! The control connection and the commands sent on it.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pasv_protocol::{
+    Argument, Command, EpsvArg, Password, Reply, ReplyClass, ReplyCode, ReplyDecoder, TransferType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::data::{Download, Upload};
+use super::listing::{parse_mlsd, MlsdEntry};
+use super::retry::Backoff;
+use super::{ClientError, FtpUrl, RetryPolicy};
+
+/// How the data connection is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DataMode {
+    /// EPSV (RFC 2428) first; once the server refuses it, PASV for the rest of the connection.
+    #[default]
+    Auto,
+    /// PASV only (RFC 959): one round trip less against servers known to lack EPSV.
+    Pasv,
+    /// EPSV only.
+    Epsv,
+    /// Active mode: the client listens and sends PORT (IPv4) or EPRT (IPv6).
+    Active,
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How data connections are set up.
+    pub data_mode: DataMode,
+    /// Connect to the address a 227 reply advertises instead of the control connection's
+    /// peer. Off by default: curl, ftplib and commons-net all ignore the advertised address,
+    /// which is often private (behind NAT) or hostile (a bounce to a third host).
+    pub trust_pasv_ip: bool,
+    /// Retries of 421 greetings, 425 and 426.
+    pub retry: RetryPolicy,
+    /// Limit for the TCP connect of the control connection.
+    pub connect_timeout: Duration,
+    /// Limit for each reply.
+    pub reply_timeout: Duration,
+    /// Limit for opening a data connection (connect in passive mode, accept in active mode).
+    pub data_timeout: Duration,
+    /// SO_RCVBUF and SO_SNDBUF for data sockets; `None` leaves the kernel's autotuning on,
+    /// which on Linux grows the buffers past what a fixed size would give on a fast path.
+    pub data_socket_buffer: Option<u32>,
+    /// Send `TYPE I` after login, so that SIZE and REST count bytes (RFC 3659 section 4).
+    pub binary: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            data_mode: DataMode::Auto,
+            trust_pasv_ip: false,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(10),
+            data_socket_buffer: None,
+            binary: true,
+        }
+    }
+}
+
+/// Which listing command to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListCommand {
+    /// LIST: human-readable lines, format up to the server.
+    List,
+    /// NLST: one name per line.
+    Nlst,
+    /// MLSD (RFC 3659): machine-readable facts per entry.
+    Mlsd,
+}
+
+/// A logged-in (or about to be) FTP control connection.
+///
+/// Every method sends one command, or a short fixed sequence, and waits for the final reply.
+/// Transfers return a [`Download`] or [`Upload`] that borrows the client, so no other command
+/// can be sent while a data connection is open.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: ReplyDecoder,
+    config: ClientConfig,
+    peer: SocketAddr,
+    local: SocketAddr,
+    greeting: Reply,
+    epsv_refused: bool,
+    last_data_addr: Option<SocketAddr>,
+    broken: bool,
+}
+
+enum PendingData {
+    Connected(TcpStream),
+    Listening(TcpListener),
+}
+
+impl Client {
+    /// Connects to `host:port` and reads the greeting, retrying a 421 greeting within the
+    /// retry policy.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&authority).await?.collect();
+        if addrs.is_empty() {
+            return Err(ClientError::NoAddress(host.to_owned()));
+        }
+        let mut backoff = Backoff::new(config.retry);
+        loop {
+            match Client::connect_once(&addrs, config.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => backoff.retry(e).await?,
+            }
+        }
+    }
+
+    /// Connects to a resolved address and reads the greeting, without retries.
+    pub async fn connect_addr(
+        addr: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        Client::connect_once(&[addr], config).await
+    }
+
+    /// Connects to the URL's host, reads the greeting and logs in (anonymously when the URL
+    /// names no user), retrying a 421 at either step within the retry policy.
+    pub async fn open(url: &FtpUrl, config: ClientConfig) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(url.authority()).await?.collect();
+        if addrs.is_empty() {
+            return Err(ClientError::NoAddress(url.host().to_owned()));
+        }
+        let mut backoff = Backoff::new(config.retry);
+        loop {
+            let attempt = async {
+                let mut client = Client::connect_once(&addrs, config.clone()).await?;
+                client.login(url.user(), url.password()).await?;
+                Ok::<_, ClientError>(client)
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(e) => backoff.retry(e).await?,
+            }
+        }
+    }
+
+    async fn connect_once(
+        addrs: &[SocketAddr],
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let mut last = None;
+        for &addr in addrs {
+            match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Client::handshake(stream, config).await,
+                Ok(Err(e)) => last = Some(ClientError::Io(e)),
+                Err(_) => last = Some(ClientError::Timeout("connect")),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    async fn handshake(stream: TcpStream, config: ClientConfig) -> Result<Client, ClientError> {
+        // Commands are small and each waits for its reply: Nagle's algorithm would only add
+        // delay (up to the peer's delayed-ACK timer) to every round trip.
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let mut client = Client {
+            stream,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(512),
+            decoder: ReplyDecoder::new(),
+            config,
+            peer,
+            local,
+            greeting: Reply::new(ReplyCode::SERVICE_READY, ""),
+            epsv_refused: false,
+            last_data_addr: None,
+            broken: false,
+        };
+        // RFC 959 section 5.4: 120 (ready in nnn minutes) may precede 220.
+        let greeting = client.read_final_reply().await?;
+        if greeting.code() != ReplyCode::SERVICE_READY {
+            return Err(ClientError::from_reply("greeting", greeting));
+        }
+        client.greeting = greeting;
+        Ok(client)
+    }
+
+    /// Logs in with USER, then PASS when asked (331), then `TYPE I` when configured.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let reply = self
+            .command(&Command::User(Argument::new(user.as_bytes().to_vec())?))
+            .await?;
+        match reply.code().get() {
+            230 => {}
+            331 => {
+                let pass = Password::new(password.as_bytes().to_vec())?;
+                let reply = self.command(&Command::Pass(pass)).await?;
+                if !matches!(reply.code().get(), 230 | 202) {
+                    return Err(ClientError::from_reply("PASS", reply));
+                }
+            }
+            _ => return Err(ClientError::from_reply("USER", reply)),
+        }
+        if self.config.binary {
+            self.expect(&Command::Type(TransferType::Image), |c| c == 200)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The control connection's peer (the server).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The control connection's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Whether the server refused EPSV on this connection (so PASV is used from now on).
+    pub fn epsv_refused(&self) -> bool {
+        self.epsv_refused
+    }
+
+    /// The address of the last passive data connection the server offered (as connected to,
+    /// after the control-peer policy).
+    pub fn last_data_addr(&self) -> Option<SocketAddr> {
+        self.last_data_addr
+    }
+
+    /// Sends one command and returns its final reply, whatever its code (preliminary 1xx
+    /// replies are skipped).
+    pub async fn command(&mut self, command: &Command) -> Result<Reply, ClientError> {
+        self.send(command).await?;
+        self.read_final_reply().await
+    }
+
+    /// Sends one command and returns its reply when `accept(code)`, an error otherwise.
+    async fn expect(
+        &mut self,
+        command: &Command,
+        accept: impl Fn(u16) -> bool,
+    ) -> Result<Reply, ClientError> {
+        let reply = self.command(command).await?;
+        if accept(reply.code().get()) {
+            Ok(reply)
+        } else {
+            Err(ClientError::from_reply(command.verb(), reply))
+        }
+    }
+
+    /// Whether the control connection is unusable: a read or write failed, it timed out, the
+    /// server closed it or said 421 (closing). Only [`Client::quit`] or dropping is left.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Writes one command on the control connection.
+    pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
+        self.wbuf.clear();
+        command.encode(&mut self.wbuf);
+        if let Err(e) = self.stream.write_all(&self.wbuf).await {
+            self.broken = true;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Reads the next reply, preliminary or not.
+    pub async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let result = self.read_reply_inner().await;
+        match &result {
+            Ok(reply) if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE => self.broken = true,
+            Ok(_) | Err(ClientError::Malformed(_)) => {}
+            Err(_) => self.broken = true,
+        }
+        result
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            if let Some(reply) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(reply);
+            }
+            self.rbuf.reserve(4096);
+            let read = tokio::time::timeout(
+                self.config.reply_timeout,
+                self.stream.read_buf(&mut self.rbuf),
+            )
+            .await
+            .map_err(|_| ClientError::Timeout("reply"))??;
+            if read == 0 {
+                return match self.decoder.decode_eof(&mut self.rbuf)? {
+                    Some(reply) => Ok(reply),
+                    None => Err(ClientError::Closed),
+                };
+            }
+        }
+    }
+
+    /// Reads replies until one is not preliminary (1xx).
+    pub async fn read_final_reply(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            let reply = self.read_reply().await?;
+            if reply.code().class() != ReplyClass::PositivePreliminary {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Asks for a passive data address (EPSV or PASV after the data mode and what the server
+    /// refused before) without connecting to it. The address is the control peer's with the
+    /// offered port, or the advertised one with `trust_pasv_ip`.
+    pub async fn request_passive(&mut self) -> Result<SocketAddr, ClientError> {
+        let use_epsv = match self.config.data_mode {
+            DataMode::Epsv => true,
+            DataMode::Auto => !self.epsv_refused,
+            DataMode::Pasv | DataMode::Active => false,
+        };
+        if use_epsv {
+            let reply = self.command(&Command::Epsv(EpsvArg::Any)).await?;
+            let code = reply.code();
+            if code == ReplyCode::ENTERING_EXTENDED_PASSIVE {
+                match reply.epsv_port() {
+                    Ok(port) => {
+                        return Ok(self.note_data_addr(SocketAddr::new(self.peer.ip(), port)))
+                    }
+                    Err(e) if self.config.data_mode == DataMode::Epsv => return Err(e.into()),
+                    Err(_) => {}
+                }
+            } else if code.is_transient() || self.config.data_mode == DataMode::Epsv {
+                // 4xx is "not now" (our pool says 425 when exhausted), not "unsupported".
+                return Err(ClientError::from_reply("EPSV", reply));
+            }
+            // RFC 2428 section 4 leaves "unsupported" to any other answer: fall back once and
+            // remember, as curl does.
+            tracing::debug!(%reply, "EPSV refused, using PASV from now on");
+            self.epsv_refused = true;
+        }
+        let reply = self.command(&Command::Pasv).await?;
+        if reply.code() != ReplyCode::ENTERING_PASSIVE {
+            return Err(ClientError::from_reply("PASV", reply));
+        }
+        let advertised = reply.pasv_addr()?;
+        let ip = if self.config.trust_pasv_ip && !advertised.ip().is_unspecified() {
+            IpAddr::V4(*advertised.ip())
+        } else {
+            self.peer.ip()
+        };
+        Ok(self.note_data_addr(SocketAddr::new(ip, advertised.port())))
+    }
+
+    /// Like [`Client::last_data_addr`], and forgets it, so that the next call tells whether a
+    /// new passive reply came in between.
+    pub fn take_last_data_addr(&mut self) -> Option<SocketAddr> {
+        self.last_data_addr.take()
+    }
+
+    fn note_data_addr(&mut self, addr: SocketAddr) -> SocketAddr {
+        self.last_data_addr = Some(addr);
+        addr
+    }
+
+    async fn connect_data(&self, addr: SocketAddr) -> Result<TcpStream, ClientError> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(size) = self.config.data_socket_buffer {
+            socket.set_recv_buffer_size(size)?;
+            socket.set_send_buffer_size(size)?;
+        }
+        match tokio::time::timeout(self.config.data_timeout, socket.connect(addr)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ClientError::Timeout("data connection")),
+        }
+    }
+
+    async fn listen_active(&mut self) -> Result<TcpListener, ClientError> {
+        let socket = match self.local {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(size) = self.config.data_socket_buffer {
+            socket.set_recv_buffer_size(size)?;
+            socket.set_send_buffer_size(size)?;
+        }
+        socket.bind(SocketAddr::new(self.local.ip(), 0))?;
+        let listener = socket.listen(1)?;
+        let addr = listener.local_addr()?;
+        let command = match addr {
+            SocketAddr::V4(v4) => Command::Port(SocketAddrV4::new(*v4.ip(), v4.port())),
+            SocketAddr::V6(_) => Command::Eprt(addr),
+        };
+        self.expect(&command, |c| c == 200).await?;
+        Ok(listener)
+    }
+
+    async fn accept_data(&self, listener: TcpListener) -> Result<TcpStream, ClientError> {
+        let server_ip = self.peer.ip();
+        let accept = async {
+            loop {
+                let (stream, from) = listener.accept().await?;
+                // Only the server may connect: anyone else racing for the port is dropped,
+                // and we keep waiting for the real one.
+                if from.ip() == server_ip {
+                    return Ok::<_, ClientError>(stream);
+                }
+                tracing::warn!(%from, "dropped data connection from a foreign address");
+            }
+        };
+        tokio::time::timeout(self.config.data_timeout, accept)
+            .await
+            .map_err(|_| ClientError::Timeout("data connection"))?
+    }
+
+    /// Opens a data connection, sends `command` (after `REST offset` when given) and waits for
+    /// the preliminary reply, retrying 425 and 426 within the retry policy. Returns the data
+    /// stream and, for a server that skipped 1xx, the final reply already read.
+    async fn start_transfer(
+        &mut self,
+        command: &Command,
+        offset: Option<u64>,
+    ) -> Result<(TcpStream, Option<Reply>), ClientError> {
+        let mut backoff = Backoff::new(self.config.retry);
+        loop {
+            match self.try_start_transfer(command, offset).await {
+                Ok(started) => return Ok(started),
+                Err(e) => backoff.retry(e).await?,
+            }
+        }
+    }
+
+    async fn try_start_transfer(
+        &mut self,
+        command: &Command,
+        offset: Option<u64>,
+    ) -> Result<(TcpStream, Option<Reply>), ClientError> {
+        let pending = if self.config.data_mode == DataMode::Active {
+            PendingData::Listening(self.listen_active().await?)
+        } else {
+            let addr = self.request_passive().await?;
+            PendingData::Connected(self.connect_data(addr).await?)
+        };
+        if let Some(offset) = offset {
+            // After PASV, not before: some servers forget the restart point on PASV.
+            self.expect(&Command::Rest(offset), |c| c == 350).await?;
+        }
+        self.send(command).await?;
+        let reply = self.read_reply().await?;
+        let early_final = match reply.code().class() {
+            ReplyClass::PositivePreliminary => None,
+            // A server may answer an empty listing with 226 and no 150.
+            ReplyClass::PositiveCompletion => Some(reply),
+            _ => return Err(ClientError::from_reply(command.verb(), reply)),
+        };
+        let stream = match pending {
+            PendingData::Connected(stream) => stream,
+            PendingData::Listening(listener) => self.accept_data(listener).await?,
+        };
+        Ok((stream, early_final))
+    }
+
+    /// Reads the final reply of a transfer and checks it is 2xx.
+    pub(crate) async fn finish_transfer(
+        &mut self,
+        verb: &str,
+        early_final: Option<Reply>,
+    ) -> Result<Reply, ClientError> {
+        let reply = match early_final {
+            Some(reply) => reply,
+            None => self.read_final_reply().await?,
+        };
+        if reply.code().class() == ReplyClass::PositiveCompletion {
+            Ok(reply)
+        } else {
+            Err(ClientError::from_reply(verb, reply))
+        }
+    }
+
+    /// Starts a download of `path` from byte `offset` (REST when non-zero).
+    pub async fn retrieve(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        offset: u64,
+    ) -> Result<Download<'_>, ClientError> {
+        let command = Command::Retr(argument(path)?);
+        let (stream, early) = self
+            .start_transfer(&command, (offset > 0).then_some(offset))
+            .await?;
+        Ok(Download::new(self, stream, early, "RETR"))
+    }
+
+    /// Starts a listing; read it from the returned stream.
+    pub async fn list_stream(
+        &mut self,
+        kind: ListCommand,
+        path: Option<&[u8]>,
+    ) -> Result<Download<'_>, ClientError> {
+        let arg = path.filter(|p| !p.is_empty()).map(argument).transpose()?;
+        let (command, verb) = match kind {
+            ListCommand::List => (Command::List(arg), "LIST"),
+            ListCommand::Nlst => (Command::Nlst(arg), "NLST"),
+            ListCommand::Mlsd => (Command::Mlsd(arg), "MLSD"),
+        };
+        let (stream, early) = self.start_transfer(&command, None).await?;
+        Ok(Download::new(self, stream, early, verb))
+    }
+
+    async fn listing(
+        &mut self,
+        kind: ListCommand,
+        path: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut download = self.list_stream(kind, path).await?;
+        let mut out = Vec::new();
+        // A listing is held in memory: cap it so a hostile server cannot exhaust it.
+        let read = (&mut download)
+            .take(MAX_LISTING + 1)
+            .read_to_end(&mut out)
+            .await?;
+        if read as u64 > MAX_LISTING {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "listing larger than 256 MiB",
+            )));
+        }
+        download.finish().await?;
+        Ok(out)
+    }
+
+    /// LIST: the server's listing, raw.
+    pub async fn list(&mut self, path: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+        self.listing(ListCommand::List, path).await
+    }
+
+    /// NLST: the names, one per line (CR stripped), raw bytes.
+    pub async fn nlst(&mut self, path: Option<&[u8]>) -> Result<Vec<Vec<u8>>, ClientError> {
+        let raw = self.listing(ListCommand::Nlst, path).await?;
+        Ok(raw
+            .split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect())
+    }
+
+    /// MLSD: the entries with their facts (RFC 3659 section 7).
+    pub async fn mlsd(&mut self, path: Option<&[u8]>) -> Result<Vec<MlsdEntry>, ClientError> {
+        let raw = self.listing(ListCommand::Mlsd, path).await?;
+        Ok(parse_mlsd(&raw))
+    }
+
+    /// Starts an upload to `path` (STOR), replacing it.
+    pub async fn store(&mut self, path: impl AsRef<[u8]>) -> Result<Upload<'_>, ClientError> {
+        let command = Command::Stor(argument(path)?);
+        let (stream, early) = self.start_transfer(&command, None).await?;
+        Ok(Upload::new(self, stream, early, "STOR"))
+    }
+
+    /// Starts an upload that overwrites `path` from byte `offset` (REST + STOR), the way
+    /// ftplib resumes.
+    pub async fn store_at(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        offset: u64,
+    ) -> Result<Upload<'_>, ClientError> {
+        let command = Command::Stor(argument(path)?);
+        let (stream, early) = self
+            .start_transfer(&command, (offset > 0).then_some(offset))
+            .await?;
+        Ok(Upload::new(self, stream, early, "STOR"))
+    }
+
+    /// Starts an upload appended to `path` (APPE), the way curl resumes.
+    pub async fn append(&mut self, path: impl AsRef<[u8]>) -> Result<Upload<'_>, ClientError> {
+        let command = Command::Appe(argument(path)?);
+        let (stream, early) = self.start_transfer(&command, None).await?;
+        Ok(Upload::new(self, stream, early, "APPE"))
+    }
+
+    /// DELE.
+    pub async fn delete(&mut self, path: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        self.expect(&Command::Dele(argument(path)?), |c| c == 250)
+            .await
+            .map(drop)
+    }
+
+    /// RNFR then RNTO.
+    pub async fn rename(
+        &mut self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+    ) -> Result<(), ClientError> {
+        self.expect(&Command::Rnfr(argument(from)?), |c| c == 350)
+            .await?;
+        self.expect(&Command::Rnto(argument(to)?), |c| c == 250)
+            .await
+            .map(drop)
+    }
+
+    /// MKD; returns the 257 reply (which names the directory created).
+    pub async fn mkdir(&mut self, path: impl AsRef<[u8]>) -> Result<Reply, ClientError> {
+        self.expect(&Command::Mkd(argument(path)?), |c| c == 257 || c == 250)
+            .await
+    }
+
+    /// RMD.
+    pub async fn rmdir(&mut self, path: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        self.expect(&Command::Rmd(argument(path)?), |c| c == 250)
+            .await
+            .map(drop)
+    }
+
+    /// CWD.
+    pub async fn cwd(&mut self, path: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        self.expect(&Command::Cwd(argument(path)?), |c| c == 250 || c == 200)
+            .await
+            .map(drop)
+    }
+
+    /// SIZE (RFC 3659 section 4): the size in bytes of a file.
+    pub async fn size(&mut self, path: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        let reply = self
+            .expect(&Command::Size(argument(path)?), |c| c == 213)
+            .await?;
+        let text = reply.text();
+        text.trim()
+            .parse()
+            .map_err(|_| ClientError::from_reply("SIZE", reply))
+    }
+
+    /// MDTM (RFC 3659 section 3): the modification time as the server sent it,
+    /// `YYYYMMDDHHMMSS[.sss]` in UTC.
+    pub async fn mdtm(&mut self, path: impl AsRef<[u8]>) -> Result<String, ClientError> {
+        let reply = self
+            .expect(&Command::Mdtm(argument(path)?), |c| c == 213)
+            .await?;
+        let text = reply.text();
+        let stamp = text.trim();
+        let valid = stamp.len() >= 14
+            && stamp.bytes().take(14).all(|b| b.is_ascii_digit())
+            && stamp
+                .bytes()
+                .skip(14)
+                .all(|b| b.is_ascii_digit() || b == b'.');
+        if valid {
+            Ok(stamp.to_owned())
+        } else {
+            Err(ClientError::from_reply("MDTM", reply))
+        }
+    }
+
+    /// NOOP.
+    pub async fn noop(&mut self) -> Result<(), ClientError> {
+        self.expect(&Command::Noop, |c| c == 200).await.map(drop)
+    }
+
+    /// QUIT, then closes the connection. A server that closes without answering is fine.
+    pub async fn quit(mut self) -> Result<(), ClientError> {
+        self.send(&Command::Quit).await?;
+        match self.read_final_reply().await {
+            Ok(reply) if reply.code().is_positive() => {}
+            Ok(reply) => return Err(ClientError::from_reply("QUIT", reply)),
+            Err(ClientError::Closed) => {}
+            Err(e) => return Err(e),
+        }
+        // The peer may already be gone; the connection is closed either way.
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+}
+
+/// The largest listing [`Client::list`], [`Client::nlst`] and [`Client::mlsd`] accept.
+pub const MAX_LISTING: u64 = 256 << 20;
+
+fn argument(path: impl AsRef<[u8]>) -> Result<Argument, ClientError> {
+    Ok(Argument::new(path.as_ref().to_vec())?)
+}

@@ -1,0 +1,178 @@
+//! Data connections as async streams.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pasv_protocol::{Command, Reply};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Client, ClientError};
+
+/// An open download (RETR, LIST, NLST, MLSD): read the data, then call [`Download::finish`].
+///
+/// The server marks the end of the data by closing the connection (stream mode, RFC 959
+/// section 3.4.1), so read to EOF before `finish`; finishing early closes the connection
+/// with data unread, which the server reports as a failed transfer (426). [`Download::abort`]
+/// stops a transfer on purpose.
+#[derive(Debug)]
+pub struct Download<'a> {
+    client: &'a mut Client,
+    data: Option<TcpStream>,
+    early_final: Option<Reply>,
+    verb: &'static str,
+    bytes: u64,
+}
+
+impl<'a> Download<'a> {
+    pub(crate) fn new(
+        client: &'a mut Client,
+        data: TcpStream,
+        early_final: Option<Reply>,
+        verb: &'static str,
+    ) -> Download<'a> {
+        Download {
+            client,
+            data: Some(data),
+            early_final,
+            verb,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Closes the data connection and reads the final reply; a reply other than 2xx (such as
+    /// 426) is an error.
+    pub async fn finish(mut self) -> Result<Reply, ClientError> {
+        drop(self.data.take());
+        self.client
+            .finish_transfer(self.verb, self.early_final.take())
+            .await
+    }
+
+    /// Sends ABOR (RFC 959 section 4.1.3), closes the data connection and reads the replies
+    /// (426 for the transfer, then 226 or 225 for the ABOR, in whichever form the server uses).
+    pub async fn abort(mut self) -> Result<(), ClientError> {
+        self.client.send(&Command::Abor).await?;
+        drop(self.data.take());
+        if self.early_final.is_some() {
+            // The transfer had already ended: the only reply left is the one to ABOR.
+            self.client.read_final_reply().await?;
+            return Ok(());
+        }
+        let first = self.client.read_final_reply().await?;
+        if matches!(first.code().get(), 426 | 451) {
+            let second = self.client.read_final_reply().await?;
+            if !second.code().is_positive() {
+                return Err(ClientError::from_reply("ABOR", second));
+            }
+        } else if !first.code().is_positive() {
+            return Err(ClientError::from_reply("ABOR", first));
+        } else if first.code().get() == 226 {
+            // The transfer completed before ABOR arrived: 226 for it, then 225/226 for ABOR.
+            self.client.read_final_reply().await?;
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for Download<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(data) = this.data.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        let poll = Pin::new(data).poll_read(cx, buf);
+        this.bytes += (buf.filled().len() - before) as u64;
+        poll
+    }
+}
+
+/// An open upload (STOR, APPE): write the data, then call [`Upload::finish`].
+#[derive(Debug)]
+pub struct Upload<'a> {
+    client: &'a mut Client,
+    data: Option<TcpStream>,
+    early_final: Option<Reply>,
+    verb: &'static str,
+    bytes: u64,
+}
+
+impl<'a> Upload<'a> {
+    pub(crate) fn new(
+        client: &'a mut Client,
+        data: TcpStream,
+        early_final: Option<Reply>,
+        verb: &'static str,
+    ) -> Upload<'a> {
+        Upload {
+            client,
+            data: Some(data),
+            early_final,
+            verb,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Marks the end of the data (FIN, which is EOF in stream mode), closes the connection
+    /// and reads the final reply; a reply other than 2xx is an error.
+    pub async fn finish(mut self) -> Result<Reply, ClientError> {
+        if let Some(mut data) = self.data.take() {
+            // A server that already failed the transfer may have reset the connection; its
+            // reply below says why, which is more useful than the socket error.
+            if let Err(e) = data.shutdown().await {
+                tracing::debug!(error = %e, "data shutdown failed");
+            }
+        }
+        self.client
+            .finish_transfer(self.verb, self.early_final.take())
+            .await
+    }
+}
+
+impl AsyncWrite for Upload<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(data) = this.data.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let poll = Pin::new(data).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.bytes += n as u64;
+        }
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().data.as_mut() {
+            Some(data) => Pin::new(data).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().data.as_mut() {
+            Some(data) => Pin::new(data).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Retry with backoff for transient failures.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::ClientError;
+use crate::clock;
+
+/// How the client retries a 421 greeting, a 425 or a 426.
+///
+/// The delay before attempt n+1 is the server's hint ([`pasv_protocol::Reply::retry_after`])
+/// when its reply carries one, plus up to 10% so that sessions refused together do not come
+/// back together; otherwise an exponential backoff from `initial_backoff`, doubled per
+/// attempt up to `max_backoff`, drawn uniformly from its upper half ("equal jitter"). No
+/// attempt starts once the total time since the first would exceed `budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    pub max_attempts: u32,
+    /// The first backoff when the server gives no hint.
+    pub initial_backoff: Duration,
+    /// The largest backoff when the server gives no hint.
+    pub max_backoff: Duration,
+    /// Time from the first attempt after which no new attempt starts.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            budget: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The backoff before the attempt after `failed` failures (1-based), without jitter.
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let shift = failed.saturating_sub(1).min(20);
+        self.initial_backoff
+            .saturating_mul(1 << shift)
+            .min(self.max_backoff)
+    }
+}
+
+/// The state of one retried operation.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    policy: RetryPolicy,
+    started: tokio::time::Instant,
+    failed: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(policy: RetryPolicy) -> Backoff {
+        Backoff {
+            policy,
+            started: clock::now(),
+            failed: 0,
+        }
+    }
+
+    /// Called with the error of a failed attempt: sleeps and returns `Ok` when another attempt
+    /// should be made, or returns the error to give up with.
+    pub(crate) async fn retry(&mut self, error: ClientError) -> Result<(), ClientError> {
+        if !error.is_retryable() || self.policy.max_attempts <= 1 {
+            return Err(error);
+        }
+        self.failed += 1;
+        let exhausted = |failed, error| ClientError::RetriesExhausted {
+            attempts: failed,
+            last: Box::new(error),
+        };
+        if self.failed >= self.policy.max_attempts {
+            return Err(exhausted(self.failed, error));
+        }
+        let delay = match error.retry_after() {
+            Some(hint) => hint + hint.mul_f64(rand::thread_rng().gen_range(0.0..0.1)),
+            None => {
+                let full = self.policy.backoff(self.failed);
+                full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+            }
+        };
+        let elapsed = clock::now().saturating_duration_since(self.started);
+        if elapsed + delay > self.policy.budget {
+            return Err(exhausted(self.failed, error));
+        }
+        tracing::debug!(?delay, attempt = self.failed, %error, "retrying");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(4), Duration::from_millis(800));
+        assert_eq!(p.backoff(40), Duration::from_secs(5));
+    }
+}
