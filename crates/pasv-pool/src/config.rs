@@ -195,6 +195,20 @@ impl PortSet {
         Ok(self)
     }
 
+    /// The `n` highest ports, `65536 - n ..= 65535` (empty for `n` = 0).
+    pub(crate) fn top(n: u16) -> PortSet {
+        if n == 0 {
+            return PortSet {
+                ranges: Vec::new(),
+                excluded: BTreeSet::new(),
+            };
+        }
+        PortSet {
+            ranges: vec![(65_535 - n + 1, 65_535)],
+            excluded: BTreeSet::new(),
+        }
+    }
+
     /// Removes one port (a port outside the set is ignored).
     pub fn without(mut self, port: u16) -> PortSet {
         if self.contains(port) {

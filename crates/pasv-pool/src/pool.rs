@@ -425,8 +425,12 @@ impl Pool {
                         self.strategy.remove(slot);
                     }
                 }
-                s.cooling_until = until;
-                self.cooling[a].push_back((until, id.slot));
+                // Two server closes on one port at one instant (one lease per port and
+                // peer) need one queue entry, or stats() would count the port twice.
+                if s.cooling_until != until {
+                    s.cooling_until = until;
+                    self.cooling[a].push_back((until, id.slot));
+                }
             }
             QuarantineScope::Peer if quarantine => {
                 self.peers
@@ -600,6 +604,11 @@ impl Pool {
             releases_never_connected: self.releases[Closer::NeverConnected as usize],
             peak_leased: self.peak_leased,
         }
+    }
+
+    /// Ports under port-wide quarantine, as of the latest operation.
+    pub(crate) fn cooling_now(&self) -> usize {
+        self.counts.iter().map(|c| c.cooling).sum()
     }
 
     /// When the port-wide quarantine of `addr` ends, if it is cooling.
