@@ -1,2 +1,213 @@
-//! pasvd
-fn main() {}
+//! `pasvd`: an FTP server whose passive ports come from a TIME_WAIT-aware pool.
+//!
+//! With no configuration it serves a demo directory on 127.0.0.1:2121, anonymous read-only,
+//! with passive ports 30000-30019. `pasvd passwd` prints an argon2 hash for the users file.
+
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pasv_tools::server::{self, Config, ConfigFile, Server};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pasvd",
+    version,
+    about = "FTP server with a TIME_WAIT-aware passive port pool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// TOML configuration file (keys named like the flags, with underscores).
+    #[arg(long, env = "PASVD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control connection address (port 0 picks a free one).
+    #[arg(long, env = "PASVD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Served directory (default: a demo directory under the system temp dir).
+    #[arg(long, env = "PASVD_ROOT")]
+    root: Option<PathBuf>,
+    /// Lowest passive port.
+    #[arg(long, env = "PASVD_PASV_MIN_PORT")]
+    pasv_min_port: Option<u16>,
+    /// Highest passive port (inclusive).
+    #[arg(long, env = "PASVD_PASV_MAX_PORT")]
+    pasv_max_port: Option<u16>,
+    /// Local address whose passive ports are leased (repeat for several).
+    #[arg(long, env = "PASVD_PASV_ADDRESS", value_delimiter = ',')]
+    pasv_address: Vec<IpAddr>,
+    /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable).
+    #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS", value_delimiter = ',')]
+    pasv_public_address: Vec<String>,
+    /// Let anonymous users upload, rename, delete and create directories.
+    #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
+    anonymous_write: bool,
+    /// Refuse anonymous logins.
+    #[arg(long, env = "PASVD_NO_ANONYMOUS")]
+    no_anonymous: bool,
+    /// TOML users file with argon2 hashes (see `pasvd passwd`).
+    #[arg(long, env = "PASVD_USERS")]
+    users: Option<PathBuf>,
+    /// What a server-closed port blocks: port, peer or none (default: none with
+    /// SO_REUSEADDR, port without).
+    #[arg(long, env = "PASVD_QUARANTINE")]
+    quarantine: Option<String>,
+    /// Quarantine length in seconds (Linux TIME_WAIT: 60).
+    #[arg(long, env = "PASVD_TIME_WAIT")]
+    time_wait: Option<f64>,
+    /// Bind passive listeners without SO_REUSEADDR (shows the classic exhaustion).
+    #[arg(long, env = "PASVD_NO_REUSEADDR")]
+    no_reuseaddr: bool,
+    /// Longest wait in seconds for a port that frees soon before answering 425.
+    #[arg(long, env = "PASVD_PASV_WAIT")]
+    pasv_wait: Option<f64>,
+    /// Seconds a passive listener waits for the client.
+    #[arg(long, env = "PASVD_ACCEPT_TIMEOUT")]
+    accept_timeout: Option<f64>,
+    /// Maximum concurrent sessions (0 = unlimited).
+    #[arg(long, env = "PASVD_MAX_CLIENTS")]
+    max_clients: Option<usize>,
+    /// Maximum concurrent sessions per client address (0 = unlimited).
+    #[arg(long, env = "PASVD_MAX_PER_IP")]
+    max_per_ip: Option<usize>,
+    /// Idle control connection timeout in seconds.
+    #[arg(long, env = "PASVD_IDLE_TIMEOUT")]
+    idle_timeout: Option<f64>,
+    /// Data connection stall timeout in seconds.
+    #[arg(long, env = "PASVD_DATA_TIMEOUT")]
+    data_timeout: Option<f64>,
+    /// wu-ftpd format transfer log.
+    #[arg(long, env = "PASVD_XFERLOG")]
+    xferlog: Option<PathBuf>,
+    /// per-lease (bind per PASV) or prebound (every port bound once).
+    #[arg(long, env = "PASVD_LISTENER_MODE")]
+    listener_mode: Option<String>,
+    /// Pool strategy: lrr, round-robin, lowest-free, keyed.
+    #[arg(long, env = "PASVD_PASV_STRATEGY")]
+    pasv_strategy: Option<String>,
+    /// Refuse PORT and EPRT.
+    #[arg(long, env = "PASVD_NO_PORT")]
+    no_port: bool,
+    /// Do not fsync uploads before renaming them into place.
+    #[arg(long, env = "PASVD_NO_FSYNC")]
+    no_fsync: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Reads a password from stdin and prints its argon2 hash for the users file.
+    Passwd,
+}
+
+impl Cli {
+    fn overrides(&self) -> ConfigFile {
+        let mut o = ConfigFile::default();
+        o.listen = self.listen;
+        o.root = self.root.clone();
+        o.pasv_min_port = self.pasv_min_port;
+        o.pasv_max_port = self.pasv_max_port;
+        o.pasv_address = (!self.pasv_address.is_empty()).then(|| self.pasv_address.clone());
+        o.pasv_public_address =
+            (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
+        o.anonymous_write = self.anonymous_write.then_some(true);
+        o.anonymous_enable = self.no_anonymous.then_some(false);
+        o.users = self.users.clone();
+        o.quarantine = self.quarantine.clone();
+        o.time_wait = self.time_wait;
+        o.no_reuseaddr = self.no_reuseaddr.then_some(true);
+        o.pasv_wait = self.pasv_wait;
+        o.accept_timeout = self.accept_timeout;
+        o.max_clients = self.max_clients;
+        o.max_per_ip = self.max_per_ip;
+        o.idle_timeout = self.idle_timeout;
+        o.data_timeout = self.data_timeout;
+        o.xferlog = self.xferlog.clone();
+        o.listener_mode = self.listener_mode.clone();
+        o.pasv_strategy = self.pasv_strategy.clone();
+        o.port_enable = self.no_port.then_some(false);
+        o.fsync_uploads = self.no_fsync.then_some(false);
+        o
+    }
+}
+
+fn passwd() -> anyhow::Result<()> {
+    eprintln!("password (read from stdin, one line):");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    println!("{}", server::hash_password(password.as_bytes())?);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::Passwd) = cli.command {
+        return passwd();
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PASVD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = Config::default();
+    if let Some(path) = &cli.config {
+        config.load_file(path)?;
+    }
+    let configured_root =
+        cli.root.is_some() || cli.config.is_some() && config.root != server::config::demo_root();
+    cli.overrides().apply(&mut config)?;
+    let demo = !configured_root;
+    if demo {
+        server::populate_demo(&config.root)
+            .with_context(|| format!("creating the demo directory {}", config.root.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config.clone()).await?;
+        let addr = server.local_addr();
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {addr}")?;
+            out.flush()?;
+        }
+        if demo {
+            eprintln!(
+                "serving the demo directory {} (anonymous, read-only)\n  try: curl ftp://{addr}/hello.txt\n       lftp -p {} {}",
+                config.root.display(),
+                addr.port(),
+                addr.ip()
+            );
+        }
+        server.run_until(shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,1 +1,307 @@
-//! The FTP server behind `pasvd` (under construction).
+//! `pasvd`, an FTP server whose passive data connections come from [`pasv_pool`].
+//!
+//! Every PASV/EPSV leases one (address, port) from a shared [`pasv_pool::Pool`], listens for
+//! exactly one connection from the control connection's peer, and reports the close to the
+//! pool with who closed first, so the pool knows where TIME_WAIT landed. When the range is
+//! exhausted a session waits a bounded time for the next port (woken by any release) and
+//! otherwise answers `425 ... (retry after Ns)`; it never advertises a port outside the range
+//! and never ends a session for lack of ports.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pasv_tools::server::ServerError> {
+//! use pasv_tools::server::{Config, Server};
+//!
+//! let mut config = Config::for_tests("/srv/ftp".into());
+//! config.pasv_min_port = 30000;
+//! config.pasv_max_port = 30019;
+//! let server = Server::bind(config).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
+//! rules), `session` (the control loop), `transfer` (the data copy and who closes), `vfs`
+//! (paths confined to the root), `listing` (LIST/NLST/MLSD), `users` (argon2 accounts),
+//! `xferlog`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub mod config;
+mod demo;
+mod listing;
+mod passive;
+mod session;
+mod transfer;
+mod users;
+mod vfs;
+mod xferlog;
+
+pub use config::{Config, ConfigFile, ListenerMode};
+pub use demo::populate_demo;
+pub use users::hash_password;
+
+use passive::PassivePorts;
+use users::Users;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A configuration value is wrong.
+    #[error("configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The served root is unusable.
+    #[error("root {}: {source}", path.display())]
+    Root {
+        /// The configured root.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The users file is unusable.
+    #[error("users: {reason}")]
+    Users {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The transfer log cannot be opened.
+    #[error("xferlog {}: {source}", path.display())]
+    Xferlog {
+        /// The configured file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Accepting control connections failed for good.
+    #[error("accept: {0}")]
+    Accept(io::Error),
+}
+
+/// State shared by all sessions.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) root: PathBuf,
+    pub(crate) ports: Arc<PassivePorts>,
+    pub(crate) users: Users,
+    pub(crate) xferlog: Option<xferlog::Xferlog>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Session counts for `max_clients` and `max_per_ip`.
+#[derive(Default)]
+struct Admission {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A session's place in the counts, given back on drop.
+struct Slot {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        a.total = a.total.saturating_sub(1);
+        if let Some(n) = a.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                a.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Checks the configuration, binds the control socket (and, in prebound mode, every
+    /// passive port), loads the users file and opens the transfer log.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let root = vfs::Vfs::new(&config.root)
+            .map_err(|source| ServerError::Root {
+                path: config.root.clone(),
+                source,
+            })?
+            .root()
+            .to_path_buf();
+        let users = Users::load(
+            config.users.as_deref(),
+            config.anonymous_enable,
+            config.anonymous_write,
+        )?;
+        let xferlog = match &config.xferlog {
+            Some(path) => {
+                Some(
+                    xferlog::Xferlog::open(path).map_err(|source| ServerError::Xferlog {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let listener = passive::bind_listener(config.listen, true, config.listen_backlog).map_err(
+            |source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            },
+        )?;
+        let local_addr = listener.local_addr().map_err(ServerError::Accept)?;
+        let ports = PassivePorts::new(&config, local_addr).await?;
+        Ok(Server {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                config,
+                root,
+                ports,
+                users,
+                xferlog,
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The control address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets sessions finish their
+    /// transfers for up to `shutdown_timeout`, ends the rest and releases every port.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener, shared, ..
+        } = self;
+        let admission = Arc::new(Mutex::new(Admission::default()));
+        let mut sessions = JoinSet::new();
+        let next_id = AtomicU64::new(1);
+        tokio::pin!(shutdown);
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let Some(slot) = admit(&shared.config, &admission, peer.ip()) else {
+                            refuse(stream, peer);
+                            continue;
+                        };
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        let shared = Arc::clone(&shared);
+                        sessions.spawn(async move {
+                            session::serve(shared, stream, peer, id).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(e) if is_transient_accept_error(&e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => {
+                        result = Err(ServerError::Accept(e));
+                        break;
+                    }
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(sessions = sessions.len(), "shutting down");
+        shared.shutdown.cancel();
+        let drain = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(shared.config.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "shutdown deadline passed; ending sessions"
+            );
+            sessions.shutdown().await;
+        }
+        shared.ports.shutdown();
+        let stats = shared.ports.stats();
+        tracing::info!(
+            acquisitions = stats.acquisitions,
+            refusals = stats.refusals,
+            leased = stats.leased,
+            "stopped"
+        );
+        result
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    // Per-connection failures and descriptor exhaustion: the listener itself is fine.
+    !matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
+}
+
+fn admit(config: &Config, admission: &Arc<Mutex<Admission>>, ip: IpAddr) -> Option<Slot> {
+    let ip = ip.to_canonical();
+    let mut a = admission.lock().unwrap_or_else(|e| e.into_inner());
+    if config.max_clients > 0 && a.total >= config.max_clients {
+        return None;
+    }
+    let n = a.per_ip.entry(ip).or_insert(0);
+    if config.max_per_ip > 0 && *n >= config.max_per_ip {
+        return None;
+    }
+    *n += 1;
+    a.total += 1;
+    Some(Slot {
+        admission: Arc::clone(admission),
+        ip,
+    })
+}
+
+fn refuse(stream: TcpStream, peer: SocketAddr) {
+    tracing::warn!(peer = %peer, "connection refused: session limit");
+    // A fresh socket's send buffer is empty: this write does not block or fail short.
+    let _ = stream.try_write(b"421 Too many connections, try later.\r\n");
+}

@@ -1,0 +1,405 @@
+//! Server configuration: embedded defaults, a TOML file, command-line flags.
+//!
+//! Keys are named after the vsftpd ones where vsftpd has one (`pasv_min_port`, `max_clients`,
+//! `max_per_ip`, `accept_timeout`, `idle_session_timeout` is `idle_timeout` here). The layers
+//! are applied in order: [`Config::default`], then a file ([`ConfigFile`]), then flags (also a
+//! [`ConfigFile`], built by the binary), so a flag overrides the file.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use pasv_pool::{QuarantineScope, StrategyKind};
+use serde::Deserialize;
+
+use super::ServerError;
+
+/// How passive listeners are bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ListenerMode {
+    /// A listener is bound for each lease and closed right after its one accept (portable).
+    #[default]
+    PerLease,
+    /// Every passive port is bound once at start and kept; an accepted connection goes to the
+    /// session that holds the lease for that port and that peer address.
+    Prebound,
+}
+
+impl FromStr for ListenerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "per-lease" | "per_lease" | "perlease" => Ok(ListenerMode::PerLease),
+            "prebound" | "pre-bound" => Ok(ListenerMode::Prebound),
+            _ => Err(format!(
+                "unknown listener mode {s:?} (per-lease or prebound)"
+            )),
+        }
+    }
+}
+
+/// Parses a quarantine scope name: `port`, `peer` or `none`.
+pub fn parse_scope(s: &str) -> Result<QuarantineScope, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "port" => Ok(QuarantineScope::Port),
+        "peer" => Ok(QuarantineScope::Peer),
+        "none" => Ok(QuarantineScope::None),
+        _ => Err(format!(
+            "unknown quarantine scope {s:?} (port, peer or none)"
+        )),
+    }
+}
+
+/// Everything `pasvd` can be told. Field names are the TOML keys.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Control connection address (`127.0.0.1:2121`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The served directory.
+    pub root: PathBuf,
+    /// Lowest passive port.
+    pub pasv_min_port: u16,
+    /// Highest passive port (inclusive).
+    pub pasv_max_port: u16,
+    /// Local addresses whose passive ports are leased; empty means the listen address (or,
+    /// when that is unspecified, any address, advertising the control connection's local one).
+    pub pasv_address: Vec<IpAddr>,
+    /// Address advertised in 227 replies instead of the leased one (NAT): `local -> public`.
+    /// The key `0.0.0.0` applies to every local address without its own entry.
+    pub pasv_public_address: HashMap<IpAddr, Ipv4Addr>,
+    /// Anonymous logins (`anonymous`, `ftp`) allowed.
+    pub anonymous_enable: bool,
+    /// Anonymous users may upload, rename, delete and create directories.
+    pub anonymous_write: bool,
+    /// TOML users file with argon2 password hashes.
+    pub users: Option<PathBuf>,
+    /// What a closed port blocks; `None` here means: derived from `no_reuseaddr`
+    /// (`Port` without SO_REUSEADDR, `None` with it, which Linux allows).
+    pub quarantine: Option<QuarantineScope>,
+    /// Quarantine length (Linux TIME_WAIT is 60 s).
+    pub time_wait: Duration,
+    /// Bind passive listeners without SO_REUSEADDR (reproduces classic exhaustion).
+    pub no_reuseaddr: bool,
+    /// Longest wait for a port that the pool says frees soon, before answering 425.
+    pub pasv_wait: Duration,
+    /// Time a passive listener waits for the client's connection.
+    pub accept_timeout: Duration,
+    /// Time an active (PORT/EPRT) connect may take.
+    pub connect_timeout: Duration,
+    /// Maximum concurrent sessions (0 = unlimited).
+    pub max_clients: usize,
+    /// Maximum concurrent sessions per client address (0 = unlimited).
+    pub max_per_ip: usize,
+    /// Idle control connection timeout.
+    pub idle_timeout: Duration,
+    /// Data connection stall timeout (no byte moved for this long).
+    pub data_timeout: Duration,
+    /// Optional wu-ftpd format transfer log.
+    pub xferlog: Option<PathBuf>,
+    /// Passive listener mode.
+    pub listener_mode: ListenerMode,
+    /// Port selection strategy of the pool.
+    pub pasv_strategy: StrategyKind,
+    /// PORT and EPRT allowed.
+    pub port_enable: bool,
+    /// Lowest port PORT/EPRT may name (1024 blocks bounces to well-known services).
+    pub port_min_port: u16,
+    /// Delay before answering a failed login.
+    pub login_fail_delay: Duration,
+    /// Failed logins after which the session is closed.
+    pub max_login_fails: u32,
+    /// Time running transfers get to finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+    /// Listen backlog of the control and passive sockets.
+    pub listen_backlog: u32,
+    /// Data copy buffer size in bytes.
+    pub buffer_size: usize,
+    /// fsync uploads before renaming them into place.
+    pub fsync_uploads: bool,
+    /// Greeting text.
+    pub banner: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2121)),
+            root: demo_root(),
+            pasv_min_port: 30000,
+            pasv_max_port: 30019,
+            pasv_address: Vec::new(),
+            pasv_public_address: HashMap::new(),
+            anonymous_enable: true,
+            anonymous_write: false,
+            users: None,
+            quarantine: None,
+            time_wait: Duration::from_secs(60),
+            no_reuseaddr: false,
+            pasv_wait: Duration::from_secs(2),
+            accept_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            max_clients: 512,
+            max_per_ip: 64,
+            idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(300),
+            xferlog: None,
+            listener_mode: ListenerMode::PerLease,
+            pasv_strategy: StrategyKind::default(),
+            port_enable: true,
+            port_min_port: 1024,
+            login_fail_delay: Duration::from_secs(1),
+            max_login_fails: 3,
+            shutdown_timeout: Duration::from_secs(10),
+            listen_backlog: 1024,
+            buffer_size: 256 * 1024,
+            fsync_uploads: true,
+            banner: "pasvd ready".to_owned(),
+        }
+    }
+}
+
+/// Where the demo directory lives when no root is configured.
+pub fn demo_root() -> PathBuf {
+    std::env::temp_dir().join("pasvd-demo")
+}
+
+impl Config {
+    /// A configuration for tests: `127.0.0.1:0`, the given root, passive ports leased on
+    /// 127.0.0.1 from the default range (tests usually set their own), anonymous with write
+    /// access, short timeouts and no login delay.
+    pub fn for_tests(root: PathBuf) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            root,
+            pasv_address: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            anonymous_write: true,
+            accept_timeout: Duration::from_secs(10),
+            login_fail_delay: Duration::from_millis(10),
+            shutdown_timeout: Duration::from_secs(2),
+            fsync_uploads: false,
+            ..Config::default()
+        }
+    }
+
+    /// The quarantine scope in effect: the configured one, else derived from SO_REUSEADDR.
+    pub fn effective_quarantine(&self) -> QuarantineScope {
+        match self.quarantine {
+            Some(scope) => scope,
+            None if self.no_reuseaddr => QuarantineScope::Port,
+            None => QuarantineScope::None,
+        }
+    }
+
+    /// Reads a TOML file and applies it over `self`.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Config {
+            reason: format!("cannot read {}: {source}", path.display()),
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ServerError::Config {
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        file.apply(self)
+    }
+
+    /// Checks the values that cannot be checked one by one.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |reason: String| Err(ServerError::Config { reason });
+        if self.pasv_min_port == 0 || self.pasv_min_port > self.pasv_max_port {
+            return bad(format!(
+                "passive range {}-{} is empty or starts at 0",
+                self.pasv_min_port, self.pasv_max_port
+            ));
+        }
+        if self.buffer_size < 4096 {
+            return bad("buffer_size must be at least 4096".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// One configuration layer: every key optional. Used for the TOML file and for the flags.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    pub root: Option<PathBuf>,
+    pub pasv_min_port: Option<u16>,
+    pub pasv_max_port: Option<u16>,
+    pub pasv_address: Option<Vec<IpAddr>>,
+    /// Entries `PUBLIC` (for every local address) or `LOCAL=PUBLIC`.
+    pub pasv_public_address: Option<Vec<String>>,
+    pub anonymous_enable: Option<bool>,
+    pub anonymous_write: Option<bool>,
+    pub users: Option<PathBuf>,
+    pub quarantine: Option<String>,
+    pub time_wait: Option<f64>,
+    pub no_reuseaddr: Option<bool>,
+    pub pasv_wait: Option<f64>,
+    pub accept_timeout: Option<f64>,
+    pub connect_timeout: Option<f64>,
+    pub max_clients: Option<usize>,
+    pub max_per_ip: Option<usize>,
+    pub idle_timeout: Option<f64>,
+    pub data_timeout: Option<f64>,
+    pub xferlog: Option<PathBuf>,
+    pub listener_mode: Option<String>,
+    pub pasv_strategy: Option<String>,
+    pub port_enable: Option<bool>,
+    pub port_min_port: Option<u16>,
+    pub login_fail_delay: Option<f64>,
+    pub max_login_fails: Option<u32>,
+    pub shutdown_timeout: Option<f64>,
+    pub listen_backlog: Option<u32>,
+    pub buffer_size: Option<usize>,
+    pub fsync_uploads: Option<bool>,
+    pub banner: Option<String>,
+}
+
+fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
+    Duration::try_from_secs_f64(v).map_err(|_| ServerError::Config {
+        reason: format!("{key}: {v} is not a duration in seconds"),
+    })
+}
+
+/// Parses `PUBLIC` or `LOCAL=PUBLIC`.
+pub fn parse_public_address(s: &str) -> Result<(IpAddr, Ipv4Addr), String> {
+    let (local, public) = match s.split_once('=') {
+        Some((l, p)) => (
+            l.trim()
+                .parse::<IpAddr>()
+                .map_err(|e| format!("{s:?}: {e}"))?,
+            p.trim(),
+        ),
+        None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), s.trim()),
+    };
+    let public = public
+        .parse::<Ipv4Addr>()
+        .map_err(|e| format!("{s:?}: public address must be IPv4 ({e})"))?;
+    Ok((local, public))
+}
+
+impl ConfigFile {
+    /// Applies every key that is set over `config`.
+    pub fn apply(self, config: &mut Config) -> Result<(), ServerError> {
+        let cfg = |reason: String| ServerError::Config { reason };
+        macro_rules! set {
+            ($($key:ident),*) => { $( if let Some(v) = self.$key { config.$key = v; } )* };
+        }
+        macro_rules! set_secs {
+            ($($key:ident),*) => {
+                $( if let Some(v) = self.$key { config.$key = secs(stringify!($key), v)?; } )*
+            };
+        }
+        set!(
+            listen,
+            root,
+            pasv_min_port,
+            pasv_max_port,
+            pasv_address,
+            anonymous_enable,
+            anonymous_write,
+            no_reuseaddr,
+            max_clients,
+            max_per_ip,
+            listen_backlog,
+            buffer_size,
+            fsync_uploads,
+            banner,
+            port_enable,
+            port_min_port,
+            max_login_fails
+        );
+        set_secs!(
+            time_wait,
+            pasv_wait,
+            accept_timeout,
+            connect_timeout,
+            idle_timeout,
+            data_timeout,
+            login_fail_delay,
+            shutdown_timeout
+        );
+        if let Some(v) = self.users {
+            config.users = Some(v);
+        }
+        if let Some(v) = self.xferlog {
+            config.xferlog = Some(v);
+        }
+        if let Some(v) = self.quarantine {
+            config.quarantine = Some(parse_scope(&v).map_err(cfg)?);
+        }
+        if let Some(v) = self.listener_mode {
+            config.listener_mode = v.parse().map_err(cfg)?;
+        }
+        if let Some(v) = self.pasv_strategy {
+            config.pasv_strategy = v
+                .parse()
+                .map_err(|_| cfg(format!("unknown pasv_strategy {v:?}")))?;
+        }
+        if let Some(v) = self.pasv_public_address {
+            config.pasv_public_address.clear();
+            for entry in v {
+                let (local, public) = parse_public_address(&entry).map_err(cfg)?;
+                config.pasv_public_address.insert(local, public);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str(
+            "pasv_min_port = 40000\npasv_max_port = 40009\npasv_wait = 0.5\nquarantine = \"peer\"\n\
+             listener_mode = \"prebound\"\npasv_public_address = [\"203.0.113.7\"]\n",
+        )
+        .unwrap();
+        file.apply(&mut config).unwrap();
+        assert_eq!((config.pasv_min_port, config.pasv_max_port), (40000, 40009));
+        assert_eq!(config.pasv_wait, Duration::from_millis(500));
+        assert_eq!(config.effective_quarantine(), QuarantineScope::Peer);
+        assert_eq!(config.listener_mode, ListenerMode::Prebound);
+        assert_eq!(
+            config.pasv_public_address[&IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            Ipv4Addr::new(203, 0, 113, 7)
+        );
+        let flags = ConfigFile {
+            pasv_max_port: Some(40001),
+            ..ConfigFile::default()
+        };
+        flags.apply(&mut config).unwrap();
+        assert_eq!(config.pasv_max_port, 40001);
+        assert_eq!(config.pasv_min_port, 40000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(toml::from_str::<ConfigFile>("pasv_min = 1").is_err());
+        let file: ConfigFile = toml::from_str("quarantine = \"sometimes\"").unwrap();
+        assert!(file.apply(&mut Config::default()).is_err());
+        let file: ConfigFile = toml::from_str("pasv_wait = -1.0").unwrap();
+        assert!(file.apply(&mut Config::default()).is_err());
+    }
+
+    #[test]
+    fn scope_follows_reuseaddr_unless_set() {
+        let mut config = Config::default();
+        assert_eq!(config.effective_quarantine(), QuarantineScope::None);
+        config.no_reuseaddr = true;
+        assert_eq!(config.effective_quarantine(), QuarantineScope::Port);
+        config.quarantine = Some(QuarantineScope::Peer);
+        assert_eq!(config.effective_quarantine(), QuarantineScope::Peer);
+    }
+}
