@@ -119,8 +119,10 @@ pub struct ProbeReport {
     /// `sequential` (each offer the previous + 1, wrapping), `round-robin` (the same cycle
     /// in another order), `same-port`, `random`, or `unknown` (fewer than 4 offers).
     pub pattern: String,
-    /// Whether the server offered a port again less than T after it had closed a transfer
-    /// on it; `null` when no transfer completed.
+    /// `true` when the server offered a port again less than T after it had closed a
+    /// transfer on it (TIME_WAIT does not block it); `false` when it refused a transfer (4xx)
+    /// before any closed port came back; `null` when the transfers did not tell (give
+    /// `transfers` above the range size).
     pub reuses_closed_ports: Option<bool>,
     /// Shortest time between a server-side close on a port and the next offer of it, ms.
     pub min_reuse_after_ms: Option<f64>,
@@ -170,6 +172,7 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
     let mut min_reuse: Option<Duration> = None;
     let mut hold_total = Duration::ZERO;
     let mut transfers = 0usize;
+    let mut refused_in_transfers = false;
     let mut transfer_ports = Vec::new();
     let dir = config.url.path().to_vec();
     for _ in 0..config.transfers {
@@ -194,6 +197,7 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
             }
             Err(e) => {
                 note_failure(&mut exhaustion, &e);
+                refused_in_transfers = e.is_transient();
                 if client.is_broken() {
                     exhaustion.sessions_killed += 1;
                 }
@@ -218,7 +222,13 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
     }
 
     let time_wait = config.time_wait;
-    let reuses_closed_ports = (transfers > 0).then(|| min_reuse.is_some_and(|gap| gap < time_wait));
+    // Seen again within T: TIME_WAIT does not block the server. Refused before any port came
+    // back: it does. Neither (fewer transfers than ports, say): unknown.
+    let reuses_closed_ports = match min_reuse {
+        Some(gap) if gap < time_wait => Some(true),
+        _ if refused_in_transfers => Some(false),
+        _ => None,
+    };
     let capacity = match (range, transfers) {
         (Some((lo, hi)), n) if n > 0 => {
             let ports = u64::from(hi - lo) + 1;
