@@ -41,6 +41,8 @@ use crate::clock;
 const MAX_QUEUED: usize = 16;
 /// Unprocessed control input beyond which the session stops reading.
 const MAX_INPUT: usize = 64 * 1024;
+/// Retry hint when every port is leased and none is cooling (see `refused`).
+const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
 
 const FEATURES: &str = "Features:\n EPRT\n EPSV\n MDTM\n MFMT\n MLST type*;size*;modify*;perm*;unix.mode*;\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\n CLNT\n HOST\nEnd";
 
@@ -386,32 +388,29 @@ impl Session {
         tracing::debug!(session = self.id, command = %cmd, "command");
         // Commands allowed before login.
         match cmd {
-            Command::User(name) => return self.user(name),
-            Command::Pass(pass) => return self.pass(pass.expose()).await,
+            Command::User(name) => self.user(name),
+            Command::Pass(pass) => self.pass(pass.expose()).await,
             Command::Quit => {
                 self.closing = true;
-                return;
             }
-            Command::Feat => return self.multi(211, FEATURES),
-            Command::Syst => return self.reply(215, b"UNIX Type: L8"),
-            Command::Help(_) => return self.multi(214, HELP),
-            Command::Noop => return self.reply(200, b"NOOP ok."),
-            Command::Auth(_) => return self.reply(504, b"AUTH not supported: no TLS configured."),
+            Command::Feat => self.multi(211, FEATURES),
+            Command::Syst => self.reply(215, b"UNIX Type: L8"),
+            Command::Help(_) => self.multi(214, HELP),
+            Command::Noop => self.reply(200, b"NOOP ok."),
+            Command::Auth(_) => self.reply(504, b"AUTH not supported: no TLS configured."),
             Command::Pbsz(_) | Command::Prot(_) => {
-                return self.reply(503, b"PBSZ and PROT need a security exchange (AUTH).")
+                self.reply(503, b"PBSZ and PROT need a security exchange (AUTH).")
             }
-            Command::Ccc => return self.reply(533, b"Control connection is not protected."),
-            Command::Opts(arg) => return self.opts(arg.as_bytes()),
-            Command::Clnt(_) => return self.reply(200, b"Noted."),
-            Command::Host(_) => {
-                return match self.login {
-                    Login::LoggedIn(_) => self.reply(503, b"HOST must come before USER."),
-                    _ => self.reply(220, b"Host accepted."),
-                }
-            }
+            Command::Ccc => self.reply(533, b"Control connection is not protected."),
+            Command::Opts(arg) => self.opts(arg.as_bytes()),
+            Command::Clnt(_) => self.reply(200, b"Noted."),
+            Command::Host(_) => match self.login {
+                Login::LoggedIn(_) => self.reply(503, b"HOST must come before USER."),
+                _ => self.reply(220, b"Host accepted."),
+            },
             Command::Abor => {
                 self.release_data();
-                return self.reply(226, b"No transfer to abort.");
+                self.reply(226, b"No transfer to abort.");
             }
             Command::Rein => {
                 self.release_data();
@@ -420,15 +419,14 @@ impl Session {
                 self.rest = 0;
                 self.rnfr = None;
                 self.epsv_all = false;
-                return self.reply(220, b"Ready for a new user.");
+                self.reply(220, b"Ready for a new user.");
             }
             Command::Unknown { verb, .. } => {
                 let text = format!("{} not implemented.", verb.to_string_lossy());
-                return self.reply(502, text.as_bytes());
+                self.reply(502, text.as_bytes());
             }
-            cmd if self.account().is_none() => {
-                let _ = cmd;
-                return self.reply(530, b"Please login with USER and PASS.");
+            _ if self.account().is_none() => {
+                self.reply(530, b"Please login with USER and PASS.");
             }
             cmd => self.logged_in(cmd).await,
         }
@@ -896,11 +894,10 @@ impl Session {
                 self.reply_full(&Reply::try_later(d));
             }
             Refusal::Exhausted { retry_after: None } => {
+                // Every port is held by a live lease, so no time is known; a lease lasts
+                // about as long as one transfer, and a second is a generous guess for that.
                 tracing::info!(session = self.id, "passive ports all leased");
-                self.reply(
-                    425,
-                    b"Can't open data connection: every passive port is in use.",
-                );
+                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
             }
             Refusal::NoAddress => self.reply(425, b"No passive address of this family; use EPSV."),
             Refusal::Bind(e) => {
@@ -959,15 +956,15 @@ impl Session {
 
     fn listing(&mut self, vfs: &Vfs, path: Option<&[u8]>, format: Format, verb: &'static str) {
         self.rest = 0;
-        if matches!(self.data, Data::None) {
-            return self.reply(425, b"Use PORT, PASV or EPSV first.");
-        }
         let resolved = match vfs.existing(&self.cwd, path.unwrap_or(b"")) {
             Ok(r) => r,
             Err(e) => return self.path_error(&e),
         };
         if matches!(format, Format::Mlsd { .. }) && !resolved.real.is_dir() {
             return self.reply(501, b"MLSD needs a directory.");
+        }
+        if matches!(self.data, Data::None) {
+            return self.reply(425, b"Use PORT, PASV or EPSV first.");
         }
         let now = listing::unix_secs(clock::wall_now());
         match listing::render(&resolved.real, &resolved.virt, format, now) {

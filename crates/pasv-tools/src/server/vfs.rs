@@ -42,14 +42,19 @@ impl PathError {
 
 /// Short reply text for a file system error.
 pub(crate) fn io_text(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::NotFound => "No such file or directory",
-        io::ErrorKind::PermissionDenied => "Permission denied",
-        io::ErrorKind::AlreadyExists => "File exists",
-        io::ErrorKind::DirectoryNotEmpty => "Directory not empty",
-        io::ErrorKind::NotADirectory => "Not a directory",
-        io::ErrorKind::IsADirectory => "Is a directory",
-        io::ErrorKind::StorageFull => "No space left on device",
+    // errno values (Linux numbering) for the kinds that are newer than our MSRV.
+    const ENOTDIR: i32 = 20;
+    const EISDIR: i32 = 21;
+    const ENOSPC: i32 = 28;
+    const ENOTEMPTY: i32 = 39;
+    match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => "No such file or directory",
+        (io::ErrorKind::PermissionDenied, _) => "Permission denied",
+        (io::ErrorKind::AlreadyExists, _) => "File exists",
+        (_, Some(ENOTEMPTY)) => "Directory not empty",
+        (_, Some(ENOTDIR)) => "Not a directory",
+        (_, Some(EISDIR)) => "Is a directory",
+        (_, Some(ENOSPC)) => "No space left on device",
         _ => "Operation failed",
     }
 }
@@ -73,7 +78,7 @@ impl Vfs {
         let root = root.canonicalize()?;
         if !root.is_dir() {
             return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
+                io::ErrorKind::InvalidInput,
                 "root is not a directory",
             ));
         }
@@ -154,8 +159,7 @@ impl Vfs {
         Ok(Resolved { virt, real })
     }
 
-    /// The virtual path of a real path inside the root (for PWD after a symlinked CWD, the
-    /// virtual path is kept instead; this is used for listings of resolved directories).
+    /// The canonical root.
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }

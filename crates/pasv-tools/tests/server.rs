@@ -1,0 +1,738 @@
+//! pasvd end to end on loopback sockets, driven by a raw test client.
+
+mod support;
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use pasv_pool::QuarantineScope;
+use pasv_tools::server::{Config, ListenerMode};
+use support::{connect_data, connect_from, pattern, read_all, Ftp, TestServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn upload_temporaries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.starts_with(".pasvd-upload-").then_some(name)
+        })
+        .collect()
+}
+
+async fn start(root: &Path, ports: u16, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = TestServer::config(root, ports);
+    tweak(&mut config);
+    TestServer::start(config).await
+}
+
+#[tokio::test]
+async fn login_sequence_and_simple_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 2, |_| {}).await;
+    let (mut ftp, greeting) = Ftp::connect(server.addr).await;
+    assert_eq!(greeting.code().get(), 220);
+    // Before login: FEAT, SYST, HOST, AUTH answered; file commands refused.
+    let feat = ftp.expect("FEAT", 211).await;
+    for feature in [
+        "EPSV",
+        "EPRT",
+        "MLST type*;size*",
+        "REST STREAM",
+        "SIZE",
+        "MDTM",
+        "UTF8",
+    ] {
+        assert!(
+            feat.text().contains(feature),
+            "FEAT lacks {feature}: {feat}"
+        );
+    }
+    ftp.expect("AUTH TLS", 504).await;
+    ftp.expect("HOST localhost", 220).await;
+    ftp.expect("PWD", 530).await;
+    ftp.expect("PASS nobody", 503).await;
+    ftp.expect("USER anonymous", 331).await;
+    ftp.expect("PASS guest@", 230).await;
+    ftp.expect("HOST localhost", 503).await;
+    ftp.expect("SYST", 215).await;
+    ftp.expect("NOOP", 200).await;
+    ftp.expect("ACCT x", 202).await;
+    ftp.expect("ALLO 100", 202).await;
+    ftp.expect("CLNT test", 200).await;
+    ftp.expect("OPTS UTF8 ON", 200).await;
+    ftp.expect("OPTS NONSENSE", 501).await;
+    ftp.expect("TYPE A", 200).await;
+    ftp.expect("TYPE I", 200).await;
+    ftp.expect("TYPE E", 504).await;
+    ftp.expect("TYPE X", 501).await;
+    ftp.expect("MODE S", 200).await;
+    ftp.expect("MODE B", 504).await;
+    ftp.expect("STRU F", 200).await;
+    ftp.expect("STRU R", 504).await;
+    ftp.expect("XYZZY", 502).await;
+    ftp.expect("RETR", 501).await;
+    ftp.expect("REST abc", 501).await;
+    ftp.expect("RNTO x", 503).await;
+    ftp.expect("RETR nothing-here", 425).await;
+    let help = ftp.expect("HELP", 214).await;
+    assert!(help.is_multiline());
+    let stat = ftp.expect("STAT", 211).await;
+    assert!(stat.text().contains("anonymous"), "{stat}");
+    let pwd = ftp.expect("PWD", 257).await;
+    assert!(pwd.text().starts_with("\"/\""), "{pwd}");
+    // An over-long line is answered with 500 and the session goes on.
+    let mut long = vec![b'A'; 5000];
+    long.extend_from_slice(b"\r\n");
+    ftp.send_raw(&long).await;
+    assert_eq!(ftp.reply().await.code().get(), 500);
+    ftp.expect("NOOP", 200).await;
+    // Pipelined commands are all answered, in order.
+    ftp.send_raw(b"NOOP\r\nSYST\r\nPWD\r\n").await;
+    let codes = [ftp.reply().await, ftp.reply().await, ftp.reply().await].map(|r| r.code().get());
+    assert_eq!(codes, [200, 215, 257]);
+    ftp.expect("QUIT", 221).await;
+    assert!(ftp.closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn downloads_and_listings_over_pasv_and_epsv() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(300_000, 7);
+    fs::write(dir.path().join("data.bin"), &body).unwrap();
+    fs::write(dir.path().join(".hidden"), b"h").unwrap();
+    fs::create_dir(dir.path().join("sub")).unwrap();
+    fs::write(dir.path().join("sub/inner.txt"), b"inner\n").unwrap();
+    // A name that is not UTF-8 stays listed and reachable.
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(dir.path().join(odd), b"latin-1").unwrap();
+    let server = start(dir.path(), 4, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+
+    assert_eq!(ftp.retr("data.bin").await, body);
+    let mut data = ftp.open_data(true).await;
+    ftp.expect("RETR /sub/inner.txt", 150).await;
+    assert_eq!(read_all(&mut data).await, b"inner\n");
+    assert_eq!(ftp.reply().await.code().get(), 226);
+
+    let size = ftp.expect("SIZE data.bin", 213).await;
+    assert_eq!(size.text(), "300000");
+    ftp.expect("SIZE sub", 550).await;
+    ftp.expect("SIZE missing", 550).await;
+    let mdtm = ftp.expect("MDTM data.bin", 213).await;
+    assert_eq!(mdtm.text().len(), 14, "{mdtm}");
+
+    let list = String::from_utf8_lossy(&ftp.listing("LIST").await).into_owned();
+    let line = list
+        .lines()
+        .find(|l| l.ends_with(" data.bin"))
+        .expect("data.bin listed");
+    assert!(line.starts_with("-rw"), "{line}");
+    assert!(line.contains(" 300000 "), "{line}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with('d') && l.ends_with(" sub")),
+        "{list}"
+    );
+    assert!(!list.contains(".hidden"), "{list}");
+    // wget's `LIST -a`: options are not file names.
+    let all = String::from_utf8_lossy(&ftp.listing("LIST -a").await).into_owned();
+    assert!(all.contains(".hidden"), "{all}");
+    let one = String::from_utf8_lossy(&ftp.listing("LIST -l sub").await).into_owned();
+    assert!(one.contains("inner.txt"), "{one}");
+
+    let nlst = ftp.listing("NLST").await;
+    let names: HashSet<&[u8]> = nlst
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let expected: HashSet<&[u8]> = [&b"data.bin"[..], b"sub", b"caf\xe9.txt"].into();
+    assert_eq!(names, expected);
+    let mut data = ftp.open_data(false).await;
+    let first = ftp.cmd_bytes(b"RETR caf\xe9.txt").await;
+    assert_eq!(first.code().get(), 150, "{first}");
+    assert_eq!(read_all(&mut data).await, b"latin-1");
+    assert_eq!(ftp.reply().await.code().get(), 226);
+
+    let mlsd = String::from_utf8_lossy(&ftp.listing("MLSD").await).into_owned();
+    let entry = mlsd
+        .lines()
+        .find(|l| l.ends_with(" data.bin"))
+        .expect("MLSD entry");
+    assert!(
+        entry.starts_with("type=file;size=300000;modify="),
+        "{entry}"
+    );
+    assert!(entry.contains(";perm="), "{entry}");
+    assert!(mlsd
+        .lines()
+        .any(|l| l.starts_with("type=dir;") && l.ends_with(" sub")));
+    assert!(mlsd.lines().any(|l| l.starts_with("type=cdir;")));
+    let mlst = ftp.expect("MLST data.bin", 250).await;
+    let fact_line = &mlst.lines()[1];
+    assert!(
+        fact_line.as_bytes().starts_with(b" type=file;size=300000;"),
+        "{mlst}"
+    );
+    ftp.expect("MLSD data.bin", 501).await;
+
+    ftp.expect("CWD sub", 250).await;
+    assert!(ftp.expect("PWD", 257).await.text().starts_with("\"/sub\""));
+    ftp.expect("CWD ../sub/../sub", 250).await;
+    ftp.expect("CDUP", 250).await;
+    assert!(ftp.expect("PWD", 257).await.text().starts_with("\"/\""));
+    ftp.expect("CWD data.bin", 550).await;
+    ftp.expect("CWD nowhere", 550).await;
+    let stat = ftp.expect("STAT sub", 213).await;
+    assert!(stat.text().contains("inner.txt"), "{stat}");
+
+    // REST before RETR: the rest of the file; REST past the end: 554.
+    ftp.expect("REST 299990", 350).await;
+    assert_eq!(ftp.retr("data.bin").await, &body[299_990..]);
+    let _data = ftp.open_data(false).await;
+    ftp.expect("REST 300001", 350).await;
+    ftp.expect("RETR data.bin", 554).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_and_file_management() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 4, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let root = dir.path();
+
+    let body = pattern(200_000, 3);
+    assert_eq!(ftp.upload("STOR up.bin", &body).await.code().get(), 226);
+    assert_eq!(fs::read(root.join("up.bin")).unwrap(), body);
+    // Overwrite replaces the whole file.
+    assert_eq!(ftp.upload("STOR up.bin", b"short").await.code().get(), 226);
+    assert_eq!(fs::read(root.join("up.bin")).unwrap(), b"short");
+    // REST + STOR keeps the first bytes (ftplib's resume).
+    ftp.expect("REST 2", 350).await;
+    assert_eq!(ftp.upload("STOR up.bin", b"ORE").await.code().get(), 226);
+    assert_eq!(fs::read(root.join("up.bin")).unwrap(), b"shORE");
+    // REST past the end of the existing file: 554 before any data.
+    let _data = ftp.open_data(false).await;
+    ftp.expect("REST 99", 350).await;
+    ftp.expect("STOR up.bin", 554).await;
+    // APPE (curl's resume) appends; to a new name it creates.
+    assert_eq!(ftp.upload("APPE up.bin", b"++").await.code().get(), 226);
+    assert_eq!(fs::read(root.join("up.bin")).unwrap(), b"shORE++");
+    assert_eq!(ftp.upload("APPE new.txt", b"n").await.code().get(), 226);
+    assert_eq!(fs::read(root.join("new.txt")).unwrap(), b"n");
+    // STOU never replaces a file.
+    let stou = ftp.upload("STOU new.txt", b"unique").await;
+    assert_eq!(stou.code().get(), 226, "{stou}");
+    assert!(stou.text().contains("new.txt.1"), "{stou}");
+    assert_eq!(fs::read(root.join("new.txt")).unwrap(), b"n");
+    assert_eq!(fs::read(root.join("new.txt.1")).unwrap(), b"unique");
+
+    // Directories, rename, delete.
+    let mkd = ftp.expect("MKD dir \"q\"", 257).await;
+    assert!(mkd.text().starts_with("\"/dir \"\"q\"\"\""), "{mkd}");
+    ftp.expect("MKD dir \"q\"", 550).await;
+    ftp.expect("RNFR up.bin", 350).await;
+    ftp.expect("RNTO dir \"q\"/moved.bin", 250).await;
+    assert_eq!(
+        fs::read(root.join("dir \"q\"/moved.bin")).unwrap(),
+        b"shORE++"
+    );
+    ftp.expect("RNFR missing", 550).await;
+    ftp.expect("RMD dir \"q\"", 550).await;
+    ftp.expect("DELE dir \"q\"", 550).await;
+    ftp.expect("DELE dir \"q\"/moved.bin", 250).await;
+    ftp.expect("DELE dir \"q\"/moved.bin", 550).await;
+    ftp.expect("RMD dir \"q\"", 250).await;
+
+    // MFMT and SITE CHMOD.
+    let mfmt = ftp.expect("MFMT 20200102030405 new.txt", 213).await;
+    assert!(mfmt.text().starts_with("Modify=20200102030405;"), "{mfmt}");
+    assert_eq!(
+        ftp.expect("MDTM new.txt", 213).await.text(),
+        "20200102030405"
+    );
+    ftp.expect("MFMT 20201302030405 new.txt", 501).await;
+    ftp.expect("SITE CHMOD 600 new.txt", 200).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(root.join("new.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    ftp.expect("SITE CHMOD 99 new.txt", 501).await;
+    ftp.expect("SITE FOO", 504).await;
+    assert!(upload_temporaries(root).is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_is_read_only_unless_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"x").unwrap();
+    let server = start(dir.path(), 2, |c| c.anonymous_write = false).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let _data = ftp.open_data(false).await;
+    ftp.expect("STOR g", 550).await;
+    ftp.expect("DELE f", 550).await;
+    ftp.expect("MKD d", 550).await;
+    ftp.expect("RNFR f", 550).await;
+    ftp.expect("SITE CHMOD 777 f", 550).await;
+    assert_eq!(ftp.retr("f").await, b"x");
+    assert!(!dir.path().join("g").exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn abor_during_a_download_gives_426_then_226() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: larger than loopback socket buffers, so the transfer is still running.
+    let file = fs::File::create(dir.path().join("big.bin")).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let server = start(dir.path(), 2, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut data = ftp.open_data(false).await;
+    ftp.expect("RETR big.bin", 150).await;
+    let mut first = [0u8; 1024];
+    data.read_exact(&mut first).await.unwrap();
+    // As ftplib sends it: Telnet IP and DM before the command.
+    ftp.send_raw(b"\xff\xf4\xff\xf2ABOR\r\n").await;
+    let aborted = ftp.reply().await;
+    assert_eq!(aborted.code().get(), 426, "{aborted}");
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    // The data connection was reset, not completed.
+    let mut sink = Vec::new();
+    let rest = tokio::time::timeout(WAIT, data.read_to_end(&mut sink))
+        .await
+        .unwrap();
+    assert!(rest.is_err() || sink.len() + 1024 < 64 << 20);
+    // The session goes on, and the port is usable again.
+    ftp.expect("NOOP", 200).await;
+    fs::write(dir.path().join("small"), b"s").unwrap();
+    assert_eq!(ftp.retr("small").await, b"s");
+    ftp.expect("ABOR", 226).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn quit_during_a_download_finishes_it_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(8 << 20, 9);
+    fs::write(dir.path().join("f.bin"), &body).unwrap();
+    let server = start(dir.path(), 2, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut data = ftp.open_data(true).await;
+    ftp.expect("RETR f.bin", 150).await;
+    ftp.send_raw(b"QUIT\r\n").await;
+    assert_eq!(read_all(&mut data).await, body);
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    assert_eq!(ftp.reply().await.code().get(), 221);
+    assert!(ftp.closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_leaves_the_old_file_and_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::write(root.join("keep.txt"), b"old contents").unwrap();
+    let server = start(root, 2, |_| {}).await;
+
+    // The data connection is reset mid-upload.
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut data = ftp.open_data(false).await;
+    ftp.expect("STOR keep.txt", 150).await;
+    data.write_all(&pattern(100_000, 1)).await.unwrap();
+    socket2::SockRef::from(&data)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(data);
+    let reply = ftp.reply().await;
+    assert_eq!(reply.code().get(), 426, "{reply}");
+    assert_eq!(fs::read(root.join("keep.txt")).unwrap(), b"old contents");
+    assert!(upload_temporaries(root).is_empty());
+
+    // ABOR mid-upload.
+    let mut data = ftp.open_data(true).await;
+    ftp.expect("APPE keep.txt", 150).await;
+    data.write_all(b"partial").await.unwrap();
+    ftp.send_raw(b"ABOR\r\n").await;
+    assert_eq!(ftp.reply().await.code().get(), 426);
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    assert_eq!(fs::read(root.join("keep.txt")).unwrap(), b"old contents");
+    assert!(upload_temporaries(root).is_empty());
+    drop(data);
+
+    // The client vanishes: control connection closed first, then the data connection.
+    let mut data = ftp.open_data(false).await;
+    ftp.expect("STOR keep.txt", 150).await;
+    data.write_all(b"half").await.unwrap();
+    drop(ftp);
+    // The server sees the control EOF before the data EOF only if it read it first; wait
+    // until it has abandoned the session (bounded), then close the data side.
+    let mut probe = Ftp::login(server.addr).await;
+    probe.expect("NOOP", 200).await;
+    data.shutdown().await.unwrap();
+    drop(data);
+    let mut temporaries_gone = false;
+    for _ in 0..200 {
+        if upload_temporaries(root).is_empty() {
+            temporaries_gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(temporaries_gone, "temporary upload file left behind");
+    assert_eq!(fs::read(root.join("keep.txt")).unwrap(), b"old contents");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_from_another_address_is_dropped_and_the_client_served() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"the real data").unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 2, |c| c.listener_mode = mode).await;
+        let mut ftp = Ftp::login(server.addr).await;
+        let addr = ftp.pasv().await;
+        let intruder_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let mut intruder = connect_from(intruder_ip, addr)
+            .await
+            .expect("intruder connects");
+        let mut buf = Vec::new();
+        // Dropped by the server: EOF or reset, never data.
+        let read = tokio::time::timeout(WAIT, intruder.read_to_end(&mut buf))
+            .await
+            .expect("intruder dropped in time");
+        assert!(
+            read.is_err() || buf.is_empty(),
+            "{mode:?}: intruder got data"
+        );
+        let mut data = connect_data(addr).await;
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(read_all(&mut data).await, b"the real data", "{mode:?}");
+        assert_eq!(ftp.reply().await.code().get(), 226);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn port_and_eprt_are_checked_before_any_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"active data").unwrap();
+    let server = start(dir.path(), 2, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let foreign = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let fport = foreign.local_addr().unwrap().port();
+    let port_arg = |ip: [u8; 4], port: u16| {
+        format!(
+            "PORT {},{},{},{},{},{}",
+            ip[0],
+            ip[1],
+            ip[2],
+            ip[3],
+            port >> 8,
+            port & 0xff
+        )
+    };
+    ftp.expect(&port_arg([127, 0, 0, 2], fport), 501).await;
+    ftp.expect(&format!("EPRT |1|127.0.0.2|{fport}|"), 501)
+        .await;
+    ftp.expect(&port_arg([127, 0, 0, 1], 80), 501).await;
+    ftp.expect("EPRT |1|127.0.0.1|1023|", 501).await;
+    ftp.expect("RETR f", 425).await;
+    assert!(
+        foreign.accept().now_or_never().is_none(),
+        "the server connected to a foreign address"
+    );
+    // The client's own address and an unprivileged port: active mode works.
+    let own = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own_port = own.local_addr().unwrap().port();
+    ftp.expect(&port_arg([127, 0, 0, 1], own_port), 200).await;
+    ftp.expect("RETR f", 150).await;
+    let (mut data, _) = tokio::time::timeout(WAIT, own.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_all(&mut data).await, b"active data");
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    ftp.expect(&format!("EPRT |1|127.0.0.1|{own_port}|"), 200)
+        .await;
+    ftp.expect("EPSV ALL", 200).await;
+    ftp.expect("PASV", 503).await;
+    ftp.expect(&port_arg([127, 0, 0, 1], own_port), 503).await;
+    server.stop().await;
+
+    let server = start(dir.path(), 2, |c| c.port_enable = false).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    ftp.expect(&port_arg([127, 0, 0, 1], own_port), 502).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn paths_cannot_escape_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("secret"), b"secret").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir(root.join("d")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), root.join("d/leak")).unwrap();
+    std::os::unix::fs::symlink("../d", root.join("d/self")).unwrap();
+    fs::write(root.join(".pasvd-upload-0000"), b"hidden").unwrap();
+    let server = start(root, 2, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    ftp.expect("CWD out", 550).await;
+    ftp.expect("CWD ../../..", 250).await;
+    assert!(ftp.expect("PWD", 257).await.text().starts_with("\"/\""));
+    let _data = ftp.open_data(false).await;
+    for path in [
+        "out/secret",
+        "d/leak",
+        "../secret",
+        "/etc/passwd",
+        "../../../../etc/passwd",
+    ] {
+        ftp.expect(&format!("RETR {path}"), 550).await;
+    }
+    ftp.expect("SIZE d/leak", 550).await;
+    ftp.expect("MLST out", 550).await;
+    ftp.expect("STOR out/new", 550).await;
+    ftp.expect("MKD out/new", 550).await;
+    ftp.expect("RNFR d", 350).await;
+    ftp.expect("RNTO out/d", 550).await;
+    ftp.expect("RETR .pasvd-upload-0000", 550).await;
+    ftp.expect("DELE .pasvd-upload-0000", 550).await;
+    // Symlinks inside the root work.
+    ftp.expect("CWD d/self", 250).await;
+    assert!(!outside.path().join("new").exists() && !outside.path().join("d").exists());
+    let list = String::from_utf8_lossy(&ftp.listing("LIST -a /").await).into_owned();
+    assert!(!list.contains(".pasvd-upload-"), "{list}");
+    server.stop().await;
+}
+
+/// 8 sessions share 2 ports: waits absorb the contention, nobody is refused or dropped, and
+/// every advertised port is in the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ports_eight_sessions_wait_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), pattern(1024, 5)).unwrap();
+    let server = start(dir.path(), 2, |c| c.pasv_wait = Duration::from_secs(20)).await;
+    let (lo, hi) = server.ports;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let addr = server.addr;
+        clients.push(tokio::spawn(async move {
+            let mut ftp = Ftp::login(addr).await;
+            let mut ports = Vec::new();
+            for _ in 0..10 {
+                let data_addr = ftp.pasv().await;
+                ports.push(data_addr.port());
+                let mut data = connect_data(data_addr).await;
+                ftp.expect("RETR f", 150).await;
+                assert_eq!(read_all(&mut data).await.len(), 1024);
+                assert_eq!(ftp.reply().await.code().get(), 226);
+            }
+            ftp.expect("QUIT", 221).await;
+            ports
+        }));
+    }
+    for client in clients {
+        let ports = client.await.expect("session completed every transfer");
+        assert!(ports.iter().all(|p| (lo..=hi).contains(p)), "{ports:?}");
+    }
+    server.stop().await;
+}
+
+/// With a port-scoped quarantine and no wait, the range really runs dry: the 425s carry a
+/// retry hint no longer than the quarantine, clients that honour it get through, and no
+/// session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_answers_425_with_a_correct_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"x").unwrap();
+    let quarantine = Duration::from_millis(300);
+    let server = start(dir.path(), 2, |c| {
+        c.quarantine = Some(QuarantineScope::Port);
+        c.time_wait = quarantine;
+        c.pasv_wait = Duration::ZERO;
+    })
+    .await;
+    let (lo, hi) = server.ports;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let addr = server.addr;
+        clients.push(tokio::spawn(async move {
+            let mut ftp = Ftp::login(addr).await;
+            let (mut done, mut refused) = (0, 0);
+            for _ in 0..200 {
+                if done == 3 {
+                    break;
+                }
+                let reply = ftp.cmd("PASV").await;
+                match reply.code().get() {
+                    227 => {
+                        let data_addr = reply.pasv_addr().unwrap();
+                        assert!((lo..=hi).contains(&data_addr.port()), "{reply}");
+                        let mut data = connect_data(SocketAddr::V4(data_addr)).await;
+                        ftp.expect("RETR f", 150).await;
+                        assert_eq!(read_all(&mut data).await, b"x");
+                        assert_eq!(ftp.reply().await.code().get(), 226);
+                        done += 1;
+                    }
+                    425 => {
+                        let hint = reply.retry_after().expect("425 carries a retry hint");
+                        // A cooling port frees within the quarantine; when all are leased
+                        // the server's guess is one second.
+                        assert!(
+                            hint > Duration::ZERO && hint <= Duration::from_secs(1),
+                            "{reply}"
+                        );
+                        refused += 1;
+                        tokio::time::sleep(hint).await;
+                    }
+                    _ => panic!("unexpected {reply}"),
+                }
+            }
+            ftp.expect("NOOP", 200).await;
+            (done, refused)
+        }));
+    }
+    let mut total_refused = 0;
+    for client in clients {
+        let (done, refused) = client.await.unwrap();
+        assert_eq!(done, 3);
+        total_refused += refused;
+    }
+    // 24 server-closed transfers through 2 ports quarantined 300 ms each cannot all pass
+    // without refusals.
+    assert!(total_refused > 0);
+    server.stop().await;
+}
+
+/// A PASV the client never uses gives its port back after the accept timeout; a session
+/// waiting for a port gets it then. Paused clock: the 10 s timeout passes at once.
+#[tokio::test(start_paused = true)]
+async fn an_unused_pasv_port_returns_after_the_accept_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 1, |c| {
+        c.accept_timeout = Duration::from_secs(10);
+        c.pasv_wait = Duration::from_secs(25);
+    })
+    .await;
+    let mut a = Ftp::login(server.addr).await;
+    let mut b = Ftp::login(server.addr).await;
+    let port = a.pasv().await.port();
+    // B waits for the only port, which comes back when A's accept times out.
+    assert_eq!(b.pasv().await.port(), port);
+    // A's endpoint is gone.
+    a.expect("RETR x", 425).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn session_limits_and_login_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = pasv_tools::server::hash_password(b"right").unwrap();
+    let users = dir.path().join("users.toml");
+    let served = dir.path().join("served");
+    let alice_root = dir.path().join("alice");
+    fs::create_dir(&served).unwrap();
+    fs::create_dir(&alice_root).unwrap();
+    fs::write(alice_root.join("mine.txt"), b"alice's").unwrap();
+    fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"alice\"\npassword = \"{hash}\"\nroot = \"{}\"\nwrite = true\n",
+            alice_root.display()
+        ),
+    )
+    .unwrap();
+    let server = start(&served, 2, |c| {
+        c.users = Some(users.clone());
+        c.anonymous_enable = false;
+        c.max_per_ip = 2;
+        c.max_login_fails = 2;
+        c.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (mut one, _) = Ftp::connect(server.addr).await;
+    one.expect("USER anonymous", 530).await;
+    one.expect("USER alice", 331).await;
+    one.expect("PASS wrong", 530).await;
+    one.expect("USER alice", 331).await;
+    assert_eq!(one.cmd("PASS wrong again").await.code().get(), 421);
+    assert!(one.closed().await);
+
+    let (mut two, _) = Ftp::connect(server.addr).await;
+    two.expect("USER alice", 331).await;
+    two.expect("PASS right", 230).await;
+    assert_eq!(two.retr("mine.txt").await, b"alice's");
+    let (_three, _) = Ftp::connect(server.addr).await;
+    let (_, refused) = Ftp::connect(server.addr).await;
+    assert_eq!(refused.code().get(), 421, "{refused}");
+    // Idle sessions are closed with 421.
+    let timeout = two.reply().await;
+    assert_eq!(timeout.code().get(), 421, "{timeout}");
+    assert!(two.closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_transfer_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(8 << 20, 2);
+    fs::write(dir.path().join("f"), &body).unwrap();
+    let server = start(dir.path(), 2, |c| {
+        c.shutdown_timeout = Duration::from_secs(20)
+    })
+    .await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut idle = Ftp::login(server.addr).await;
+    let mut data = ftp.open_data(false).await;
+    ftp.expect("RETR f", 150).await;
+    let mut head = vec![0u8; 4096];
+    data.read_exact(&mut head).await.unwrap();
+    let stopping = tokio::spawn(server.stop());
+    // The idle session is told at once; the transfer completes, then 421.
+    assert_eq!(idle.reply().await.code().get(), 421);
+    let mut rest = read_all(&mut data).await;
+    head.append(&mut rest);
+    assert_eq!(head, body);
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    assert_eq!(ftp.reply().await.code().get(), 421);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn xferlog_records_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("f"), b"12345").unwrap();
+    let log = dir.path().join("xferlog");
+    let server = start(&root, 2, |c| c.xferlog = Some(log.clone())).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    assert_eq!(ftp.retr("f").await, b"12345");
+    assert_eq!(ftp.upload("STOR g", b"abc").await.code().get(), 226);
+    server.stop().await;
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].ends_with(" 127.0.0.1 5 /f b _ o a anonymous ftp 0 * c"),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with(" 127.0.0.1 3 /g b _ i a anonymous ftp 0 * c"),
+        "{text}"
+    );
+}
