@@ -316,10 +316,16 @@ async fn push(
             }
             Err(e) => {
                 note_failure(exhaustion, &e);
-                if client.is_broken() {
-                    exhaustion.sessions_killed += 1;
-                } else {
+                // vsftpd answers "500 OOPS" and then closes: only the next command tells.
+                let alive = !client.is_broken()
+                    && matches!(
+                        tokio::time::timeout(config.timeout, client.noop()).await,
+                        Ok(Ok(()))
+                    );
+                if alive {
                     held.push(client);
+                } else {
+                    exhaustion.sessions_killed += 1;
                 }
                 failures_in_a_row += 1;
             }
