@@ -269,9 +269,12 @@ pub struct SimReport {
     pub rate_max: f64,
     /// Erlang B for the configuration's Poisson rate (0 for closed loops).
     pub erlang_b: f64,
+    /// Bind attempts made for measured arrivals (none with one lease per port and peer:
+    /// listeners are bound once).
+    pub bind_attempts: u64,
     /// Bind attempts per served arrival.
     pub binds_per_success: f64,
-    /// Total kernel time spent in bind attempts, in seconds.
+    /// Kernel time spent in the bind attempts of measured arrivals, in seconds.
     pub bind_cost_s: f64,
     /// Waiting time of served arrivals.
     pub wait: Percentiles,
@@ -310,6 +313,7 @@ impl SimReport {
             ("outside_range", self.outside_range),
             ("still_waiting", self.still_waiting),
             ("bind_failures", self.bind_failures),
+            ("bind_attempts", self.bind_attempts),
         ] {
             let _ = write!(s, ",\"{k}\":{v}");
         }
@@ -405,6 +409,7 @@ struct Sim<'c> {
     holds: Vec<u64>,
     leased: usize,
     leased_area: f64,
+    bind_cost_ns: u64,
     last_t: Instant,
     slots: usize,
 }
@@ -462,6 +467,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, ConfigError> {
         holds: Vec::new(),
         leased: 0,
         leased_area: 0.0,
+        bind_cost_ns: 0,
         last_t: Instant::ZERO,
         slots,
     };
@@ -576,6 +582,23 @@ impl Sim<'_> {
     /// Tries to lease and start a transfer; `Err(retry_after)` when refused. Blind outcomes
     /// other than success are counted here and reported as `Err(None)`.
     fn try_allocate(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        session: Option<usize>,
+        measured: bool,
+        arrived: Instant,
+    ) -> Result<(), Option<Duration>> {
+        let before = (self.kernel.attempts(), self.kernel.total_cost_ns());
+        let result = self.allocate_inner(now, peer, session, measured, arrived);
+        if measured {
+            self.report.bind_attempts += self.kernel.attempts() - before.0;
+            self.bind_cost_ns += self.kernel.total_cost_ns() - before.1;
+        }
+        result
+    }
+
+    fn allocate_inner(
         &mut self,
         now: Instant,
         peer: IpAddr,
@@ -800,13 +823,12 @@ impl Sim<'_> {
             ),
             Arrivals::ClosedLoop { .. } => 0.0,
         };
-        let attempts = self.kernel.attempts();
         r.binds_per_success = if r.served == 0 {
             0.0
         } else {
-            attempts as f64 / r.served as f64
+            r.bind_attempts as f64 / r.served as f64
         };
-        r.bind_cost_s = self.kernel.total_cost_ns() as f64 / 1e9;
+        r.bind_cost_s = self.bind_cost_ns as f64 / 1e9;
         r.wait = Percentiles::of(std::mem::take(&mut self.waits));
         r.hold = Percentiles::of(std::mem::take(&mut self.holds));
         r.utilization = if window > 0.0 && self.slots > 0 {
