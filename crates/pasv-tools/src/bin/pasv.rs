@@ -282,6 +282,10 @@ struct PlanArgs {
     /// Acceptable refusal rate when sizing the range (0.001 = 0.1%).
     #[arg(long, default_value_t = 0.001)]
     target_refusal: f64,
+    /// Seconds an arrival may wait for a port before refusal, for the simulated case
+    /// (pasvd's pasv_wait; 0 = refuse at once).
+    #[arg(long, default_value_t = 2.0)]
+    max_wait: f64,
     /// Print one JSON object instead of the summary and chart.
     #[arg(long)]
     json: bool,
@@ -802,6 +806,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         server_close: finite(args.server_close, "--server-close")?.min(1.0),
         rate: args.rate.map(|r| finite(r, "--rate")).transpose()?,
         target_refusal: finite(args.target_refusal, "--target-refusal")?,
+        max_wait_s: finite(args.max_wait, "--max-wait")?,
     };
     if input.hold_s + input.server_close * input.time_wait_s <= 0.0 {
         bail!("h + f*T is zero: give --hold or a server-closed share of --time-wait");

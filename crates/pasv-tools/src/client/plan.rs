@@ -8,7 +8,10 @@
 
 use std::fmt;
 
-use pasv_pool::capacity;
+use std::time::Duration;
+
+use pasv_pool::sim::{self, Arrivals, HoldDist, SimConfig};
+use pasv_pool::{capacity, PortSet, QuarantineScope};
 use serde::Serialize;
 
 /// The planner's inputs.
@@ -30,6 +33,28 @@ pub struct PlanInput {
     pub rate: Option<f64>,
     /// Acceptable refusal rate for sizing (0.001 = 0.1%).
     pub target_refusal: f64,
+    /// How long an arrival may wait for a port before it is refused (pasvd's `pasv_wait`);
+    /// with a rate, the simulator measures this bounded-wait case.
+    pub max_wait_s: f64,
+}
+
+/// The simulated bounded-wait case: Poisson arrivals at the target rate that may wait up to
+/// `max_wait_s` for the next port ([`pasv_pool::sim`], seeded, port-wide quarantine,
+/// exponential holds).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoundedWait {
+    /// The longest wait allowed, seconds.
+    pub max_wait_s: f64,
+    /// Measured arrivals.
+    pub arrivals: u64,
+    /// Share refused after waiting `max_wait_s`.
+    pub refusal_rate: f64,
+    /// Share refused in the same run without waiting (checks the Erlang B figure).
+    pub refusal_rate_no_wait: f64,
+    /// Median wait of served arrivals, seconds.
+    pub wait_p50_s: f64,
+    /// 99th percentile wait of served arrivals, seconds.
+    pub wait_p99_s: f64,
 }
 
 /// One point of the refusal curve.
@@ -72,6 +97,9 @@ pub struct Plan {
     pub rate_at_target_refusal: f64,
     /// Refusal rate against offered load, 10% to 150% of `rate_max`.
     pub curve: Vec<CurvePoint>,
+    /// The simulated bounded-wait case; `null` without a rate, or when the simulation would
+    /// be too large (more than 2 million arrivals) or cannot run.
+    pub bounded_wait: Option<BoundedWait>,
 }
 
 /// Computes the plan.
@@ -114,8 +142,52 @@ pub fn plan(input: PlanInput) -> Plan {
         min_range,
         rate_at_target_refusal: rate_at_refusal(ports_total, busy, rate_max, input.target_refusal),
         curve,
+        bounded_wait: input.rate.and_then(|r| simulate(&input, r)),
         input,
     }
+}
+
+/// Runs the simulator with and without the wait. The run lasts 20 busy times after a
+/// warm-up of 2 (so quarantines reach their steady state), within 2 million arrivals.
+fn simulate(input: &PlanInput, rate: f64) -> Option<BoundedWait> {
+    const MAX_ARRIVALS: f64 = 2e6;
+    let busy = capacity::busy_time(input.hold_s, input.server_close, input.time_wait_s);
+    if !(rate > 0.0 && busy > 0.0 && input.max_wait_s.is_finite()) {
+        return None;
+    }
+    let warmup = 2.0 * busy;
+    let duration = warmup + (20.0 * busy).max(20_000.0 / rate);
+    if rate * duration > MAX_ARRIVALS {
+        return None;
+    }
+    let secs = |s: f64| Duration::try_from_secs_f64(s).ok();
+    let hold = secs(input.hold_s)?;
+    let mut config = SimConfig::new(1);
+    config.ports = PortSet::range(input.port_lo, input.port_hi).ok()?;
+    config.addresses = usize::try_from(input.addresses).ok()?;
+    config.quarantine = secs(input.time_wait_s)?;
+    config.scope = QuarantineScope::Port;
+    config.arrivals = Arrivals::Poisson { rate };
+    config.hold = if hold.is_zero() {
+        HoldDist::Fixed(hold)
+    } else {
+        HoldDist::Exponential(hold)
+    };
+    config.server_close_fraction = input.server_close;
+    config.warmup = secs(warmup)?;
+    config.duration = secs(duration)?;
+    config.max_wait = secs(input.max_wait_s)?;
+    let waiting = sim::run(&config).ok()?;
+    config.max_wait = Duration::ZERO;
+    let no_wait = sim::run(&config).ok()?;
+    Some(BoundedWait {
+        max_wait_s: input.max_wait_s,
+        arrivals: waiting.offered,
+        refusal_rate: waiting.refusal_rate,
+        refusal_rate_no_wait: no_wait.refusal_rate,
+        wait_p50_s: waiting.wait.p50,
+        wait_p99_s: waiting.wait.p99,
+    })
 }
 
 /// The largest rate whose Erlang B refusal is at most `target`, by bisection (Erlang B grows
@@ -141,6 +213,8 @@ pub fn percent(p: f64) -> String {
     let pct = p * 100.0;
     if pct == 0.0 {
         "0%".into()
+    } else if pct < 1e-9 {
+        "<1e-9%".into()
     } else if pct >= 1.0 {
         format!("{pct:.1}%")
     } else if pct >= 0.01 {
@@ -204,6 +278,19 @@ impl fmt::Display for Plan {
             writeln!(f, "headroom        {}", percent(headroom))?;
             writeln!(f, "refusal rate    {} (Erlang B)", percent(refusal))?;
         }
+        if let Some(w) = &self.bounded_wait {
+            writeln!(
+                f,
+                "simulated       {} refused without waiting, {} when waiting up to {} s \
+                 (wait p50 {:.3} s, p99 {:.3} s; {} arrivals)",
+                percent(w.refusal_rate_no_wait),
+                percent(w.refusal_rate),
+                w.max_wait_s,
+                w.wait_p50_s,
+                w.wait_p99_s,
+                w.arrivals
+            )?;
+        }
         if let Some(n) = self.min_ports_for_rate {
             let range = self.min_range.as_deref().unwrap_or("(beyond port 65535)");
             writeln!(
@@ -230,6 +317,7 @@ mod tests {
             server_close: f,
             rate,
             target_refusal: 0.001,
+            max_wait_s: 2.0,
         }
     }
 
@@ -243,5 +331,20 @@ mod tests {
         assert!(capacity::erlang_b(n - 1, 3600.0) > 0.001);
         assert!(p.rate_at_target_refusal < p.rate_max);
         assert_eq!(p.chart().lines().count(), 16);
+    }
+
+    #[test]
+    fn simulation_agrees_with_erlang_b_and_waiting_helps() {
+        // 20 ports at 95% of rate_max: Erlang B says about 13% refused.
+        let rate = 0.95 * 20.0 / 60.0;
+        let p = plan(input(1, 20, 60.0, 0.0, 1.0, Some(rate)));
+        let w = p.bounded_wait.expect("simulated");
+        let b = p.refusal_rate.unwrap();
+        assert!(
+            (w.refusal_rate_no_wait - b).abs() < 0.03,
+            "{} vs {b}",
+            w.refusal_rate_no_wait
+        );
+        assert!(w.refusal_rate < w.refusal_rate_no_wait, "{w:?}");
     }
 }
