@@ -848,3 +848,52 @@ fn grammar<T>(
     let arg = required(verb, arg)?;
     parse::complete(parser, arg.as_bytes()).ok_or(CommandError::InvalidArgument { verb, reason })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_search_matches_a_plain_scan() {
+        for len in 0..80 {
+            for at in 0..len {
+                for byte in [b'\n', b'\r', 0, b'\t'] {
+                    let mut hay = vec![b'a'; len];
+                    hay[at] = byte;
+                    assert_eq!(find_control(&hay), Some(at), "{len} {at} {byte}");
+                    assert_eq!(find_lf(&hay), (byte == b'\n').then_some(at), "{len} {at}");
+                }
+            }
+            assert_eq!(find_control(&vec![b'a'; len]), None);
+            assert_eq!(find_lf(&vec![b'a'; len]), None);
+        }
+    }
+
+    #[test]
+    fn telnet_sequences() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"ABOR", b"ABOR"),
+            (b"\xff\xf4\xff\xf2ABOR", b"ABOR"),
+            (b"\xff\xf4\xffABOR", b"ABOR"),
+            (b"a\xff\xffb", b"a\xffb"),
+            (b"\xff\xfb\x01x", b"x"),
+            (b"\xff\xfe", b""),
+            (b"\xff\xfa\x18\x00abc\xff\xf0x", b"x"),
+            (b"\xff\xfa\x18 never ends", b""),
+            (b"x\xff", b"x"),
+        ];
+        for &(input, out) in table {
+            assert_eq!(strip_telnet(input), out, "{}", input.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn closing_lines() {
+        assert_eq!(closing_code(b"211 End"), ReplyCode::new(211));
+        assert_eq!(closing_code(b"211"), ReplyCode::new(211));
+        assert_eq!(closing_code(b"211-"), None);
+        assert_eq!(closing_code(b"2110"), None);
+        assert_eq!(closing_code(b"099 x"), None);
+        assert_eq!(closing_code(b" 211 x"), None);
+    }
+}

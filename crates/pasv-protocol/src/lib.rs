@@ -33,11 +33,13 @@
 //! # pasv-protocol
 //!
 //! The crate is the shared vocabulary of the pasv client and server. It is layered
-//! like imap-codec: value types validate themselves ([`reply`](ReplyCode),
-//! [`command`](Command), [`address`](parse_pasv), the retry hint), framers cut the
-//! stream into lines, and nom parsers, private to the crate and named after the RFC
-//! grammar rule they implement, run on complete lines only. Only the `codec` module
-//! (feature `codec`) knows tokio-util.
+//! like imap-codec: value types validate themselves ([`ReplyCode`], [`Reply`],
+//! [`Command`], [`Argument`]), framers ([`ReplyDecoder`], [`CommandDecoder`]) cut the
+//! stream into size-capped lines, and nom parsers, private to the crate and named after
+//! the RFC grammar rule they implement, run on complete lines only. Only the `codec`
+//! module (feature `codec`: `codec::ClientCodec` and `codec::ServerCodec`, tokio-util
+//! `Decoder`/`Encoder` adapters whose items are `Result`s, so a bad line is an item and
+//! not the end of the stream) knows tokio-util.
 //!
 //! ## Framing
 //!

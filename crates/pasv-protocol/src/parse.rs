@@ -404,3 +404,54 @@ pub(crate) fn retry_hint_text(text: &[u8]) -> Option<Duration> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_takes_the_whole_digit_run() {
+        assert_eq!(number(b"0,"), Ok((&b","[..], 0)));
+        assert_eq!(number(b"255)"), Ok((&b")"[..], 255)));
+        assert_eq!(number(b"007"), Ok((&b""[..], 7)));
+        assert!(number(b"256").is_err());
+        assert!(number(b"1000").is_err());
+        assert!(number(b"2550").is_err());
+        assert!(number(b"").is_err());
+        assert!(number(b"x1").is_err());
+    }
+
+    #[test]
+    fn host_port_rule() {
+        let (rest, addr) = host_port(b"1,2,3,4,5,6)").expect("matches");
+        assert_eq!(rest, b")");
+        assert_eq!(addr, "1.2.3.4:1286".parse().expect("addr"));
+        assert!(host_port(b"1,2,3,4,5").is_err());
+        assert!(host_port(b"1,2,3,4,5,").is_err());
+        assert_eq!(
+            host_port(b"1, 2,  3,4,5,6").map(|(_, a)| a),
+            Ok("1.2.3.4:1286".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn small_rules() {
+        assert_eq!(complete(type_code, b"a n"), Some(TransferType::Ascii));
+        assert_eq!(complete(type_code, b"L 36"), Some(TransferType::Local(36)));
+        assert_eq!(complete(type_code, b"I N"), None);
+        assert_eq!(complete(structure_code, b"r"), Some(Structure::Record));
+        assert_eq!(complete(mode_code, b"b"), Some(TransferMode::Block));
+        assert_eq!(complete(rest_marker, b"0012"), Some(12));
+        assert_eq!(complete(epsv_arg, b"All"), Some(EpsvArg::All));
+        assert_eq!(
+            complete(time_val, b"20240229235959.5"),
+            Some(&b"20240229235959.5"[..])
+        );
+        assert_eq!(complete(time_val, b"2024022923595"), None);
+        assert_eq!(
+            complete(retry_hint, b"retry after 1.25s"),
+            Some(Duration::from_millis(1250))
+        );
+        assert_eq!(complete(retry_hint, b"retry after 1.25"), None);
+    }
+}
