@@ -250,7 +250,11 @@ impl PassivePorts {
         if let Err(e) = result {
             tracing::error!(error = %e, "pool refused a release");
         }
-        self.released.notify_waiters();
+        // One port freed wakes one waiter: waking all of them would have every waiting
+        // session race for the one port (measured: a thundering herd at 32 sessions on 20
+        // ports). A woken waiter that is cancelled passes the wake-up on (tokio's Notified
+        // forwards a notify_one on drop), and every waiter also wakes at its deadline.
+        self.released.notify_one();
     }
 
     /// Pool statistics now.

@@ -41,6 +41,9 @@ use crate::clock;
 const MAX_QUEUED: usize = 16;
 /// Unprocessed control input beyond which the session stops reading.
 const MAX_INPUT: usize = 64 * 1024;
+/// Largest download sent inline by the session (see `send_inline`); loopback and typical
+/// socket buffers take this much at once.
+const INLINE_MAX: usize = 64 * 1024;
 /// Retry hint when every port is leased and none is cooling (see `refused`).
 const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
 
@@ -118,6 +121,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         Err(_) => return,
     };
     let _ = stream.set_nodelay(true);
+    // Clients send ABOR with its first byte as TCP urgent data (RFC 959 section 4.1.3, Python's
+    // ftplib does): inline, it stays part of the command instead of vanishing out of band.
+    let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     tracing::info!(session = id, peer = %peer, "session opened");
     let mut session = Session {
         id,
@@ -164,18 +170,35 @@ async fn wait_transfer(transfer: &mut Option<Running>) -> Outcome {
     match transfer {
         Some(r) => match (&mut r.handle).await {
             Ok(outcome) => outcome,
-            Err(e) => Outcome {
-                ending: Ending::Local(io::Error::other(format!("transfer task failed: {e}"))),
-                bytes: 0,
-                duration: Duration::ZERO,
-                port: None,
-                closer: None,
-                upload: None,
-                buffer: Vec::new(),
-            },
+            Err(e) => Outcome::failed(Ending::Local(io::Error::other(format!(
+                "transfer task failed: {e}"
+            )))),
         },
         None => std::future::pending().await,
     }
+}
+
+/// Reads the rest of a line that a TCP urgent mark cut short; returns true at EOF.
+///
+/// Clients send ABOR with MSG_OOB (RFC 959 section 4.1.3; Python's ftplib does). Even with
+/// SO_OOBINLINE a read stops at the urgent mark, so the first read returns `ABOR\r` only.
+/// tokio takes a short read as proof that the socket is drained and waits for the next
+/// epoll edge, which never comes for bytes already queued: read them here, directly. Only a
+/// read that ended inside a line pays this extra call.
+fn read_past_urgent_mark(stream: &TcpStream, input: &mut BytesMut) -> bool {
+    let mut tmp = [0u8; 512];
+    for _ in 0..4 {
+        if input.is_empty() || input.last() == Some(&b'\n') {
+            return false;
+        }
+        let socket = socket2::SockRef::from(stream);
+        match io::Read::read(&mut &*socket, &mut tmp) {
+            Ok(0) => return true,
+            Ok(n) => input.extend_from_slice(&tmp[..n]),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn sanitize(text: &[u8], out: &mut BytesMut) {
@@ -238,7 +261,11 @@ impl Session {
         let mut decoder = CommandDecoder::new();
         let shutdown = self.shared.shutdown.clone();
         let idle = self.shared.config.idle_timeout;
-        let mut idle_deadline = clock::now() + idle;
+        // One timer for the whole session, re-armed only when it fires early: arming a timer
+        // per command would cost a timer-wheel insert and removal for every command.
+        let mut last_activity = clock::now();
+        let idle_timer = tokio::time::sleep_until(last_activity + idle);
+        tokio::pin!(idle_timer);
         let mut read_closed = false;
         loop {
             // Everything already buffered first: a pipelining client gets all its replies in
@@ -257,7 +284,7 @@ impl Session {
                 }
                 match decoder.decode(&mut input) {
                     Ok(Some(cmd)) => {
-                        idle_deadline = clock::now() + idle;
+                        last_activity = clock::now();
                         self.dispatch(cmd).await;
                     }
                     Ok(None) => break,
@@ -285,9 +312,13 @@ impl Session {
                 outcome = wait_transfer(&mut self.transfer), if has_transfer => {
                     let stream_ref = &mut *stream;
                     self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed);
-                    idle_deadline = clock::now() + idle;
+                    last_activity = clock::now();
                 }
                 read = stream.read_buf(&mut input), if can_read => {
+                    let read = match read {
+                        Ok(n) if n > 0 && read_past_urgent_mark(stream, &mut input) => Ok(0),
+                        other => other,
+                    };
                     match read {
                         Ok(0) | Err(_) => {
                             read_closed = true;
@@ -319,9 +350,14 @@ impl Session {
                         (_, other) => self.data = other,
                     }
                 }
-                () = tokio::time::sleep_until(idle_deadline), if !has_transfer => {
-                    self.reply(421, b"Timeout.");
-                    self.done = true;
+                () = &mut idle_timer, if !has_transfer => {
+                    let due = last_activity + idle;
+                    if clock::now() >= due {
+                        self.reply(421, b"Timeout.");
+                        self.done = true;
+                    } else {
+                        idle_timer.as_mut().reset(due);
+                    }
                 }
                 () = shutdown.cancelled(), if !self.closing => {
                     self.closing = true;
@@ -927,11 +963,15 @@ impl Session {
         path: Vec<u8>,
         target: Option<(PathBuf, bool)>,
     ) {
+        let (job, pre_sent) = match self.send_inline(job) {
+            Ok(outcome) => return self.report(verb, &path, false, &outcome, None, false),
+            Err(rest) => rest,
+        };
         let Some(source) = self.take_source() else {
             return self.reply(425, b"Use PORT, PASV or EPSV first.");
         };
         let (tx, rx) = oneshot::channel();
-        let progress = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(AtomicU64::new(pre_sent));
         let incoming = matches!(job, Job::Receive(_));
         let transfer = Transfer {
             source,
@@ -952,6 +992,112 @@ impl Session {
             target,
             abor: false,
         });
+    }
+
+    /// Small downloads on an already accepted connection are written right here: one
+    /// non-blocking send into an empty socket buffer, our FIN, and the 150 and 226 leave in
+    /// one control write. That saves a task, two wake-ups and a control write per transfer,
+    /// which is most of the per-transfer cost for small files. Anything that does not fit at
+    /// once goes to a transfer task, with what was sent counted.
+    fn send_inline(&mut self, job: Job) -> Result<Outcome, (Job, u64)> {
+        if !matches!(self.data, Data::Connected(..)) {
+            return Err((job, 0));
+        }
+        let start = clock::now();
+        match job {
+            Job::SendBytes(bytes) if bytes.len() <= INLINE_MAX => {
+                let len = bytes.len();
+                self.write_inline(start, bytes, len)
+            }
+            Job::SendFile { mut file, len } if len <= INLINE_MAX as u64 => {
+                let want = len as usize;
+                let mut body = std::mem::take(&mut self.buffer);
+                if body.len() < want {
+                    body.resize(want, 0);
+                }
+                let mut filled = 0;
+                while filled < want {
+                    match io::Read::read(&mut file, &mut body[filled..want]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            self.buffer = body;
+                            self.release_data();
+                            return Ok(Outcome::failed(Ending::Local(e)));
+                        }
+                    }
+                }
+                self.write_inline(start, body, filled)
+            }
+            job => Err((job, 0)),
+        }
+    }
+
+    fn write_inline(
+        &mut self,
+        start: tokio::time::Instant,
+        body: Vec<u8>,
+        len: usize,
+    ) -> Result<Outcome, (Job, u64)> {
+        let Data::Connected(stream, guard) = std::mem::replace(&mut self.data, Data::None) else {
+            return Err((Job::SendBytes(body[..len].to_vec()), 0));
+        };
+        let port = guard.addr().map(|a| a.port());
+        let written = stream.try_write(&body[..len]);
+        let finished = |ending, closer, bytes| Outcome {
+            ending,
+            bytes,
+            duration: clock::now().saturating_duration_since(start),
+            port,
+            closer: Some(closer),
+            upload: None,
+            buffer: Vec::new(),
+        };
+        match written {
+            Ok(n) if n == len => {
+                // Our FIN first, as in the task: TIME_WAIT on the passive port.
+                let shut = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+                self.keep_buffer(body);
+                match shut {
+                    Ok(()) => {
+                        drop(stream);
+                        guard.release(Closer::Server);
+                        Ok(finished(Ending::Complete, Closer::Server, n as u64))
+                    }
+                    Err(e) => {
+                        super::passive::reset(stream);
+                        guard.release(Closer::Reset);
+                        Ok(finished(Ending::Network(e), Closer::Reset, n as u64))
+                    }
+                }
+            }
+            Ok(n) => {
+                let rest = body[n..len].to_vec();
+                self.keep_buffer(body);
+                self.data = Data::Connected(stream, guard);
+                Err((Job::SendBytes(rest), n as u64))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let rest = body[..len].to_vec();
+                self.keep_buffer(body);
+                self.data = Data::Connected(stream, guard);
+                Err((Job::SendBytes(rest), 0))
+            }
+            Err(e) => {
+                self.keep_buffer(body);
+                super::passive::reset(stream);
+                guard.release(Closer::Reset);
+                Ok(finished(Ending::Network(e), Closer::Reset, 0))
+            }
+        }
+    }
+
+    /// Keeps the larger of the two buffers for the next transfer.
+    fn keep_buffer(&mut self, body: Vec<u8>) {
+        if body.capacity() > self.buffer.capacity() {
+            self.buffer = body;
+        }
     }
 
     fn listing(&mut self, vfs: &Vfs, path: Option<&[u8]>, format: Format, verb: &'static str) {
@@ -1132,6 +1278,28 @@ impl Session {
                 }
             }
         }
+        let abor = std::mem::take(&mut running.abor);
+        let path = std::mem::take(&mut running.path);
+        self.report(
+            running.verb,
+            &path,
+            running.incoming,
+            &outcome,
+            final_name,
+            abor,
+        );
+    }
+
+    /// Logs a finished transfer and writes its final reply (and ABOR's, when it came).
+    fn report(
+        &mut self,
+        verb: &'static str,
+        path: &[u8],
+        incoming: bool,
+        outcome: &Outcome,
+        final_name: Option<Vec<u8>>,
+        abor: bool,
+    ) {
         let ok = matches!(outcome.ending, Ending::Complete);
         let closer = outcome.closer.map_or("none", |c| match c {
             Closer::Server => "server",
@@ -1142,8 +1310,8 @@ impl Session {
         tracing::info!(
             session = self.id,
             peer = %self.peer.ip(),
-            command = running.verb,
-            path = %String::from_utf8_lossy(&running.path),
+            command = verb,
+            path = %String::from_utf8_lossy(path),
             bytes = outcome.bytes,
             duration_us = outcome.duration.as_micros() as u64,
             port = outcome.port.unwrap_or(0),
@@ -1153,7 +1321,7 @@ impl Session {
         );
         if let (Some(log), true) = (
             &self.shared.xferlog,
-            matches!(running.verb, "RETR" | "STOR" | "APPE" | "STOU"),
+            matches!(verb, "RETR" | "STOR" | "APPE" | "STOU"),
         ) {
             let user = self.account().map_or("?", |a| a.grant.name.as_str());
             log.write(&xferlog::Entry {
@@ -1161,9 +1329,9 @@ impl Session {
                 duration: outcome.duration,
                 remote: self.peer.ip(),
                 bytes: outcome.bytes,
-                path: &running.path,
+                path,
                 binary: self.binary,
-                incoming: running.incoming,
+                incoming,
                 anonymous: self.account().is_some_and(|a| a.grant.anonymous),
                 user,
                 complete: ok,
@@ -1192,7 +1360,7 @@ impl Session {
                 self.reply(451, text.as_bytes());
             }
         }
-        if std::mem::take(&mut running.abor) {
+        if abor {
             self.reply(226, b"ABOR successful.");
         }
     }

@@ -100,6 +100,21 @@ pub(crate) struct Outcome {
     pub(crate) buffer: Vec<u8>,
 }
 
+impl Outcome {
+    /// A transfer that ended before moving anything.
+    pub(crate) fn failed(ending: Ending) -> Outcome {
+        Outcome {
+            ending,
+            bytes: 0,
+            duration: Duration::ZERO,
+            port: None,
+            closer: None,
+            upload: None,
+            buffer: Vec::new(),
+        }
+    }
+}
+
 /// Everything a transfer task needs.
 pub(crate) struct Transfer {
     pub(crate) source: DataSource,
@@ -286,7 +301,7 @@ async fn copy(
                 Ok(Err(e)) => return Err(Ending::Network(e)),
                 Err(_) => return Err(stalled()),
             }
-            progress.store(bytes.len() as u64, Ordering::Relaxed);
+            progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             Ok(())
         }
         Job::SendFile { file, len } => {
@@ -299,7 +314,6 @@ async fn copy(
                 buffer.resize(want, 0);
             }
             let buf = &mut buffer[..want];
-            let mut sent = 0u64;
             loop {
                 let n = match file.read(buf) {
                     Ok(0) => break,
@@ -312,8 +326,7 @@ async fn copy(
                     Ok(Err(e)) => return Err(Ending::Network(e)),
                     Err(_) => return Err(stalled()),
                 }
-                sent += n as u64;
-                progress.store(sent, Ordering::Relaxed);
+                progress.fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(())
         }

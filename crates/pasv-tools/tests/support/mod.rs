@@ -18,14 +18,18 @@ use tokio::task::JoinHandle;
 /// Upper bound on any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Passive ranges for tests: blocks of 10 from 25000 (below the kernel's ephemeral range, so
-/// client sockets do not take them), one block per call in this process.
-pub fn port_block(len: u16) -> (u16, u16) {
+/// Passive ranges for tests: consecutive blocks from `base` (below the kernel's ephemeral
+/// range, so client sockets do not take them), one block per call in this process. Each test
+/// binary passes its own base so binaries never share a port.
+pub fn port_block_from(base: u16, len: u16) -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 25_000 + NEXT.fetch_add(len.max(10), Ordering::Relaxed);
-    let pid_offset = (std::process::id() % 8) as u16 * 500;
-    let lo = base + pid_offset;
+    let lo = base + NEXT.fetch_add(len.max(10), Ordering::Relaxed);
     (lo, lo + len - 1)
+}
+
+/// A block for the server tests (25000-25499).
+pub fn port_block(len: u16) -> (u16, u16) {
+    port_block_from(25_000, len)
 }
 
 /// A server running in-process; stops when dropped or with [`TestServer::stop`].

