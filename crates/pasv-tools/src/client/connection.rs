@@ -284,6 +284,33 @@ impl Client {
         self.broken
     }
 
+    /// Checks, without waiting, whether the server has closed the control connection (or sent
+    /// something unasked, kept for the next read), and returns whether it is still usable.
+    /// Servers that end a session after a failure ("500 OOPS" from vsftpd) close right after
+    /// their reply; this tells so before the next command fails.
+    pub fn check_connection(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        self.rbuf.reserve(4096);
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + spare, 0);
+        match self.stream.try_read(&mut self.rbuf[start..]) {
+            Ok(0) => {
+                self.rbuf.truncate(start);
+                self.broken = true;
+            }
+            Ok(n) => self.rbuf.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.rbuf.truncate(start),
+            Err(_) => {
+                self.rbuf.truncate(start);
+                self.broken = true;
+            }
+        }
+        !self.broken
+    }
+
     /// Writes one command on the control connection.
     pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
         self.wbuf.clear();

@@ -416,6 +416,7 @@ async fn run_session(
                 }
             }
         }
+        let result_failed = result.is_err();
         match result {
             Ok(bytes) if op == Op::Retr && config.expect_size && bytes != config.size => {
                 stats.error(
@@ -439,6 +440,9 @@ async fn run_session(
                 }
                 stats.error(e.kind(), error_text(&e));
             }
+        }
+        if result_failed && !c.is_broken() {
+            c.check_connection();
         }
         if c.is_broken() {
             stats.sessions_lost += 1;

@@ -237,8 +237,9 @@ impl Plan {
                 Some(r) if (point.rate - r).abs() <= self.rate_max * 0.05 => '*',
                 _ => ' ',
             };
+            let decimals = if self.rate_max < 10.0 { 3 } else { 1 };
             out.push_str(&format!(
-                "{marker}{:>4.0}% {:>10.1}/s |{:<width$}| {}\n",
+                "{marker}{:>4.0}% {:>10.decimals$}/s |{:<width$}| {}\n",
                 point.load_fraction * 100.0,
                 point.rate,
                 "#".repeat(filled),

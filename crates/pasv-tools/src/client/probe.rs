@@ -317,7 +317,7 @@ async fn push(
             Err(e) => {
                 note_failure(exhaustion, &e);
                 // vsftpd answers "500 OOPS" and then closes: only the next command tells.
-                let alive = !client.is_broken()
+                let alive = client.check_connection()
                     && matches!(
                         tokio::time::timeout(config.timeout, client.noop()).await,
                         Ok(Ok(()))
