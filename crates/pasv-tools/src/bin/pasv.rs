@@ -97,7 +97,7 @@ enum ResumeUpload {
 enum Cmd {
     /// List a directory (LIST by default).
     Ls {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
         /// Names only (NLST).
         #[arg(long, conflicts_with = "mlsd")]
@@ -108,7 +108,7 @@ enum Cmd {
     },
     /// Download a file.
     Get {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
         /// Local file ("-" for stdout); default: the remote file's name.
         output: Option<PathBuf>,
@@ -118,7 +118,7 @@ enum Cmd {
     },
     /// Upload a file.
     Put {
-        /// ftp://[user[:pass]@]host[:port]/path (a path ending in / takes the local name)
+        /// `ftp://[user[:pass]@]host[:port]/path` (a path ending in / takes the local name)
         url: String,
         /// Local file.
         input: PathBuf,
@@ -131,34 +131,34 @@ enum Cmd {
     },
     /// Delete a file (DELE).
     Rm {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
     /// Rename (RNFR + RNTO).
     Mv {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
         /// New path (relative to the login directory), or an ftp:// URL on the same server.
         to: String,
     },
     /// Create a directory (MKD).
     Mkdir {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
     /// Remove a directory (RMD).
     Rmdir {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
     /// Print a file's size in bytes (SIZE).
     Size {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
     /// Print a file's modification time, YYYYMMDDHHMMSS in UTC (MDTM).
     Mdtm {
-        /// ftp://[user[:pass]@]host[:port]/path
+        /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
     /// Load generator: K sessions looping transfers.
@@ -185,7 +185,7 @@ enum DecodeKind {
 
 #[derive(Debug, Args)]
 struct LoadArgs {
-    /// ftp://[user[:pass]@]host[:port]/file (RETR fetches the file; LIST lists its directory)
+    /// `ftp://[user[:pass]@]host[:port]/file` (RETR fetches the file; LIST lists its directory)
     url: String,
     /// Concurrent sessions.
     #[arg(short = 'k', long, default_value_t = 8)]
@@ -237,7 +237,7 @@ enum LoadMode {
 
 #[derive(Debug, Args)]
 struct ProbeArgs {
-    /// ftp://[user[:pass]@]host[:port]/dir (the directory listed in the transfer phase)
+    /// `ftp://[user[:pass]@]host[:port]/dir` (the directory listed in the transfer phase)
     url: String,
     /// Passive requests without connecting.
     #[arg(long, default_value_t = 200)]
