@@ -1,2 +1,115 @@
-//! placeholder
-fn main() {}
+//! Cost of one acquire + release in `pasv_pool::Pool`, per strategy, at 20, 1,000 and 64,000
+//! ports with 0% and 99% of the ports cooling, beside the naive allocator many servers use:
+//! scan the range from the bottom for a port that is neither leased nor still in its
+//! quarantine. Numbers are written down in docs/CAPACITY.md ("Cost").
+//!
+//! `cargo bench -p pasv-benches --bench pool -- --warm-up-time 1 --measurement-time 2`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{criterion_main, BenchmarkId, Criterion};
+use pasv_pool::{Closer, Instant, Pool, PoolConfig, PortSet, StrategyKind};
+
+const SIZES: [u16; 3] = [20, 1_000, 64_000];
+const COOLING: [u32; 2] = [0, 99];
+const LOW: u16 = 1_024;
+
+fn peer() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))
+}
+
+/// A pool of `n` ports with `cooling`% of them in a quarantine that outlasts the benchmark.
+fn pool(strategy: StrategyKind, n: u16, cooling: u32) -> Pool {
+    let config = PoolConfig::new(
+        vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
+        PortSet::range(LOW, LOW + n - 1).expect("valid range"),
+    )
+    .with_strategy(strategy)
+    .with_quarantine(Duration::from_secs(1_000_000));
+    let mut pool = Pool::new(config).expect("valid config");
+    let leases: Vec<_> = (0..n)
+        .map(|_| pool.acquire(Instant::ZERO, peer()).expect("free"))
+        .collect();
+    let cool = (u32::from(n) * cooling / 100) as usize;
+    for (i, lease) in leases.into_iter().enumerate() {
+        let closer = if i < cool {
+            Closer::Server
+        } else {
+            Closer::Client
+        };
+        pool.release(lease, Instant::ZERO, closer)
+            .expect("live lease");
+    }
+    pool
+}
+
+/// The naive allocator: per port, "leased" and "quarantined until"; acquire scans from the
+/// lowest port. Its cooling ports sit at the bottom of the range, where a lowest-first scan
+/// put them.
+struct NaiveScan {
+    leased: Vec<bool>,
+    until: Vec<u64>,
+}
+
+impl NaiveScan {
+    fn new(n: u16, cooling: u32) -> NaiveScan {
+        let cool = (u32::from(n) * cooling / 100) as usize;
+        let until = (0..usize::from(n))
+            .map(|i| if i < cool { u64::MAX } else { 0 })
+            .collect();
+        NaiveScan {
+            leased: vec![false; usize::from(n)],
+            until,
+        }
+    }
+
+    fn acquire(&mut self, now: u64) -> Option<usize> {
+        let i = (0..self.leased.len()).find(|&i| !self.leased[i] && self.until[i] <= now)?;
+        self.leased[i] = true;
+        Some(i)
+    }
+
+    fn release(&mut self, i: usize) {
+        self.leased[i] = false;
+    }
+}
+
+fn acquire_release(c: &mut Criterion) {
+    let mut group = c.benchmark_group("acquire_release");
+    let now = Instant::from_nanos(1);
+    for &n in &SIZES {
+        for &cooling in &COOLING {
+            let param = format!("{n}/{cooling}%");
+            for strategy in StrategyKind::ALL {
+                let mut p = pool(strategy, n, cooling);
+                group.bench_function(BenchmarkId::new(strategy.name(), &param), |b| {
+                    b.iter(|| {
+                        let lease = p
+                            .acquire(black_box(now), black_box(peer()))
+                            .expect("a free port");
+                        p.release(lease, now, Closer::Client).expect("live lease");
+                    })
+                });
+            }
+            let mut naive = NaiveScan::new(n, cooling);
+            group.bench_function(BenchmarkId::new("naive-scan", &param), |b| {
+                b.iter(|| {
+                    let i = naive.acquire(black_box(1)).expect("a free port");
+                    naive.release(black_box(i));
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The benchmark group, written out: `criterion_group!` would generate an undocumented
+/// `pub fn`, which the workspace's `missing_docs` lint rejects.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    acquire_release(&mut c);
+}
+
+criterion_main!(benches);

@@ -79,26 +79,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    println!("\n## A short wait for the next expiry: 20 ports at 95% load, T = 60 s, f = 1\n");
-    println!("| max_wait | refused | served waited p50 | p99 | max |");
-    println!("|---|---|---|---|---|");
-    for wait_ms in [0u64, 500, 1_000, 2_000, 5_000, 10_000] {
-        let mut c = SimConfig::new(20);
-        c.hold = HoldDist::Exponential(Duration::from_millis(100));
-        c.max_wait = Duration::from_millis(wait_ms);
-        c.warmup = Duration::from_secs(600);
-        c.duration = Duration::from_secs(600 + 4_000_000);
-        c.seed = 5;
-        let c = c.with_load(0.95);
-        let r = run(&c)?;
-        println!(
-            "| {:.1} s | {:.2}% | {:.3} s | {:.3} s | {:.3} s |",
-            wait_ms as f64 / 1000.0,
-            r.refusal_rate * 100.0,
-            r.wait.p50,
-            r.wait.p99,
-            r.wait.max
-        );
+    println!("\n## A short wait for the next expiry (Poisson, T = 60 s, f = 1, h ~ exp(100 ms))\n");
+    println!(
+        "| ports | load | max_wait | refused | Erlang B | served after waiting: p50 | p99 | max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (ports, load, secs_sim) in [(20u16, 0.95, 2_000_000u64), (1000, 1.0, 20_000)] {
+        for wait_ms in [0u64, 500, 2_000, 10_000, 60_000] {
+            let mut c = SimConfig::new(ports);
+            c.hold = HoldDist::Exponential(Duration::from_millis(100));
+            c.max_wait = Duration::from_millis(wait_ms);
+            c.warmup = Duration::from_secs(600);
+            c.duration = Duration::from_secs(600 + secs_sim);
+            c.seed = 5;
+            let c = c.with_load(load);
+            let r = run(&c)?;
+            println!(
+                "| {ports} | {:.0}% | {:.1} s | {:.3}% | {:.3}% | {:.3} s | {:.3} s | {:.3} s |",
+                load * 100.0,
+                wait_ms as f64 / 1000.0,
+                r.refusal_rate * 100.0,
+                r.erlang_b * 100.0,
+                r.wait.p50,
+                r.wait.p99,
+                r.wait.max
+            );
+        }
     }
 
     println!("\n## Sizing: ports needed for a refusal target (Erlang B, h = 0, f = 1, T = 60 s)\n");
@@ -122,14 +128,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         erlang_b(4000, a)
     );
 
-    println!(
-        "\n## Strategies at 20 ports: closed loop, K sessions, h = 0.5 ms, Linux kernel model\n"
-    );
-    println!("Every transfer closed by the server (RETR), TIME_WAIT 60 s, 60 s simulated.\n");
-    println!("| strategy | kernel | K | served/s | refused | killed | outside | binds/success | bind µs/success |");
+    println!("\n## Strategies at 20 ports: K closed-loop sessions on Linux with SO_REUSEADDR\n");
+    println!("Scope None (re-binding over TIME_WAIT works), every transfer closed by the server");
+    println!("(RETR), h ~ exp(0.5 ms), TIME_WAIT 60 s, 10 s simulated.\n");
+    println!("| strategy | K | served/s | refused | killed | outside range | binds/success | bind µs/success | peak TIME_WAIT |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let strategies = [
         SimStrategy::Accounted(StrategyKind::LeastRecentlyReleased),
+        SimStrategy::Accounted(StrategyKind::RoundRobin),
         SimStrategy::Accounted(StrategyKind::LowestFree),
         SimStrategy::Accounted(StrategyKind::KeyedPermutation),
         SimStrategy::Blind(BlindKind::Vsftpd),
@@ -138,49 +144,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         SimStrategy::Blind(BlindKind::Pyftpdlib),
         SimStrategy::Blind(BlindKind::FileZilla),
     ];
-    for reuse in [true, false] {
-        for k in [8usize, 32] {
-            for s in strategies {
-                let mut c = SimConfig::new(20);
-                c.strategy = s;
-                c.scope = if reuse {
-                    QuarantineScope::None
+    for k in [1usize, 8, 32] {
+        for s in strategies {
+            let mut c = SimConfig::new(20);
+            c.strategy = s;
+            c.scope = QuarantineScope::None;
+            c.exclusivity = Exclusivity::PerPort;
+            c.bind = BindSpec::default();
+            c.arrivals = Arrivals::ClosedLoop {
+                sessions: k,
+                backoff: Duration::from_millis(100),
+            };
+            c.hold = HoldDist::Exponential(Duration::from_micros(500));
+            c.duration = Duration::from_secs(10);
+            c.seed = 3;
+            let r = run(&c)?;
+            println!(
+                "| {} | {k} | {:.0} | {} | {} | {} | {:.2} | {:.1} | {} |",
+                s.name(),
+                r.served_rate,
+                r.refused,
+                r.sessions_killed,
+                r.outside_range,
+                r.binds_per_success,
+                if r.served > 0 {
+                    r.bind_cost_s * 1e6 / r.served as f64
                 } else {
-                    QuarantineScope::Port
-                };
-                c.exclusivity = Exclusivity::PerPort;
-                c.bind = BindSpec {
-                    reuse_addr: reuse,
-                    ..BindSpec::default()
-                };
-                c.arrivals = Arrivals::ClosedLoop {
-                    sessions: k,
-                    backoff: Duration::from_millis(100),
-                };
-                c.hold = HoldDist::Exponential(Duration::from_micros(500));
-                c.duration = Duration::from_secs(60);
-                c.seed = 3;
-                let r = run(&c)?;
-                println!(
-                    "| {} | {} | {k} | {:.0} | {} | {} | {} | {:.2} | {:.1} |",
-                    s.name(),
-                    if reuse {
-                        "SO_REUSEADDR, scope None"
-                    } else {
-                        "no SO_REUSEADDR, scope Port"
-                    },
-                    r.served_rate,
-                    r.refused,
-                    r.sessions_killed,
-                    r.outside_range,
-                    r.binds_per_success,
-                    if r.served > 0 {
-                        r.bind_cost_s * 1e6 / r.served as f64
-                    } else {
-                        0.0
-                    },
-                );
-            }
+                    0.0
+                },
+                r.peak_time_wait,
+            );
         }
     }
     Ok(())

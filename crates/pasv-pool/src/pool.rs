@@ -47,6 +47,7 @@ impl LeaseId {
 
 /// A leased (local address, port). Not `Clone`: it is released exactly once, by value.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a lease holds its port until it is released"]
 pub struct Lease {
     id: LeaseId,
     addr: SocketAddr,

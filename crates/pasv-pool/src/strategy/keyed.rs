@@ -11,7 +11,7 @@ const TABLE_LEN: usize = 256;
 /// Offers, to each peer, the next offerable slot along a sequence only the key determines.
 ///
 /// RFC 6056 algorithm 4: `offset = F(peer, key)` picks the peer's starting point,
-/// `index = G(peer, key)` one of [`TABLE_LEN`] counters, and the candidate is
+/// `index = G(peer, key)` one of 256 counters, and the candidate is
 /// `(offset + table[index]) mod N·A`; the counter advances past every candidate tried. Another
 /// client, which sees only its own ports, cannot predict the port a peer will be offered and
 /// connect to it first (the port theft of RFC 2577 section 8), while the ledger is still
@@ -56,9 +56,11 @@ impl Strategy for KeyedPermutation {
         if n == 0 {
             return None;
         }
-        let bytes = Self::peer_bytes(ledger.peer());
-        let offset = keyed_hash(self.key, 1, &bytes);
-        let index = (keyed_hash(self.key, 2, &bytes) % TABLE_LEN as u64) as usize;
+        // One keyed hash serves as both F and G of RFC 6056 algorithm 4: its top byte picks
+        // the counter, its low 56 bits the offset, so the two are independent.
+        let h = keyed_hash(self.key, 1, &Self::peer_bytes(ledger.peer()));
+        let index = (h >> 56) as usize % TABLE_LEN;
+        let offset = h & ((1 << 56) - 1);
         let start = (offset.wrapping_add(self.table[index]) % n) as usize;
         let (i, distance) = self
             .bits
