@@ -4,6 +4,30 @@
 //! argument) does not end the stream: the decoder has already skipped the bad input
 //! and the caller answers and keeps reading. The codec's own error is `io::Error`,
 //! which only the transport produces.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use pasv_protocol::codec::ServerCodec;
+//! use pasv_protocol::{Command, CommandError, Reply, ReplyCode};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec = ServerCodec::new();
+//! let mut input = BytesMut::from(&b"RETR\r\nPASV\r\n"[..]);
+//! let mut output = BytesMut::new();
+//! while let Some(item) = codec.decode(&mut input)? {
+//!     let reply = match item {
+//!         Ok(Command::Pasv) => Reply::entering_passive("127.0.0.1:50000".parse()?),
+//!         Ok(_) => Reply::new(ReplyCode::NOT_IMPLEMENTED, "Not implemented."),
+//!         Err(e) => Reply::new(e.reply_code(), e.to_string()),
+//!     };
+//!     codec.encode(reply, &mut output)?;
+//! }
+//! assert_eq!(
+//!     &output[..],
+//!     b"501 RETR needs an argument\r\n227 Entering Passive Mode (127,0,0,1,195,80).\r\n"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io;
 

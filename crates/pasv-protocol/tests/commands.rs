@@ -392,7 +392,7 @@ fn line_cap_and_recovery() {
     // 4096 bytes before the LF (CR included) pass; 4097 do not.
     for (len, ok) in [(4096usize, true), (4097, false)] {
         let mut line = b"RETR ".to_vec();
-        line.extend(std::iter::repeat_n(b'x', len - 6));
+        line.extend(vec![b'x'; len - 6]);
         line.extend_from_slice(b"\r\n");
         let all = commands(&line);
         assert_eq!(all.len(), 1);

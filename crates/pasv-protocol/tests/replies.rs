@@ -236,7 +236,7 @@ fn truncated_replies_at_eof() {
 #[test]
 fn over_long_line_is_an_error_then_the_next_reply_decodes() {
     let mut input = b"200 ".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 9000));
+    input.extend(vec![b'x'; 9000]);
     input.extend_from_slice(b"\r\n200 ok\r\n");
     assert_eq!(
         replies(&input),
@@ -252,7 +252,7 @@ fn line_cap_is_exact() {
     // 8192 bytes before LF (CR included) pass, 8193 do not.
     for (len, ok) in [(8192usize, true), (8193, false)] {
         let mut input = b"200 ".to_vec();
-        input.extend(std::iter::repeat_n(b'x', len - 5));
+        input.extend(vec![b'x'; len - 5]);
         input.extend_from_slice(b"\r\n");
         let all = replies(&input);
         assert_eq!(all.len(), 1);
@@ -263,7 +263,7 @@ fn line_cap_is_exact() {
 #[test]
 fn over_long_inner_line_discards_the_whole_multiline_reply() {
     let mut input = b"211-a\r\n".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 9000));
+    input.extend(vec![b'x'; 9000]);
     input.extend_from_slice(b"\r\n more\r\n211 end\r\n200 ok\r\n");
     assert_eq!(
         replies(&input),
@@ -277,7 +277,7 @@ fn over_long_inner_line_discards_the_whole_multiline_reply() {
 #[test]
 fn over_long_closing_line_ends_the_reply() {
     let mut input = b"211-a\r\n211 ".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 9000));
+    input.extend(vec![b'x'; 9000]);
     input.extend_from_slice(b"\r\n200 ok\r\n");
     assert_eq!(
         replies(&input),
@@ -292,7 +292,7 @@ fn over_long_closing_line_ends_the_reply() {
 fn over_long_reply_is_an_error_then_the_next_reply_decodes() {
     let mut input = b"211-a\r\n".to_vec();
     for _ in 0..100 {
-        input.extend(std::iter::repeat_n(b'y', 1000));
+        input.extend(vec![b'y'; 1000]);
         input.extend_from_slice(b"\r\n");
     }
     input.extend_from_slice(b"211 end\r\n200 ok\r\n");
@@ -309,7 +309,7 @@ fn over_long_reply_is_an_error_then_the_next_reply_decodes() {
 fn strict_reply_that_never_closes_hits_the_cap() {
     let mut input = b"211-a\r\n".to_vec();
     for _ in 0..70 {
-        input.extend(std::iter::repeat_n(b'z', 1000));
+        input.extend(vec![b'z'; 1000]);
         input.extend_from_slice(b"\r\n200 not the end\r\n");
     }
     let all = replies_mode(&input, MultilineMode::Strict);
