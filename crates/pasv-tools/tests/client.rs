@@ -837,6 +837,8 @@ async fn load_reports_against_pasvd() {
             "--expect-range",
             "26190-26209",
             "--delete-after",
+            "--mode",
+            "epsv",
             "--json",
         ],
         None,

@@ -36,9 +36,9 @@ const EXIT_CODES: &str =
 
 #[derive(Debug, Args)]
 struct Global {
-    /// How data connections are set up.
-    #[arg(long, global = true, value_enum, default_value_t = Mode::Auto)]
-    mode: Mode,
+    /// How data connections are set up [default: auto; pasv for load and probe].
+    #[arg(long, global = true, value_enum)]
+    mode: Option<Mode>,
     /// Shorthand for --mode active (PORT/EPRT).
     #[arg(long, global = true)]
     active: bool,
@@ -214,25 +214,12 @@ struct LoadArgs {
     /// The server's passive range; offers outside it are counted.
     #[arg(long, value_parser = parse_range)]
     expect_range: Option<(u16, u16)>,
-    /// Data setup for the load (overrides the global --mode; PASV by default, like ftpload.py).
-    #[arg(long = "load-mode", value_enum, default_value_t = LoadMode::Pasv)]
-    load_mode: LoadMode,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LoadMode {
-    /// PASV.
-    Pasv,
-    /// EPSV.
-    Epsv,
-    /// EPSV, then PASV once refused.
-    Auto,
 }
 
 #[derive(Debug, Args)]
@@ -251,9 +238,6 @@ struct ProbeArgs {
     /// Quarantine assumed for the capacity estimates, seconds.
     #[arg(long, default_value_t = 60.0)]
     time_wait: f64,
-    /// Data setup for the probe.
-    #[arg(long = "probe-mode", value_enum, default_value_t = LoadMode::Pasv)]
-    probe_mode: LoadMode,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -406,7 +390,7 @@ fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
         data_mode: if g.active {
             DataMode::Active
         } else {
-            g.mode.data_mode()
+            g.mode.unwrap_or(Mode::Auto).data_mode()
         },
         trust_pasv_ip: g.trust_pasv_ip,
         retry: RetryPolicy {
@@ -729,6 +713,17 @@ async fn put(
     Ok(())
 }
 
+/// Load and probe default to PASV, as ftpload.py does: one command per transfer, and the
+/// peers all answer it. Active mode would measure the client's accept, not the server.
+fn load_data_mode(g: &Global) -> anyhow::Result<DataMode> {
+    match (g.active, g.mode) {
+        (true, _) | (_, Some(Mode::Active)) => bail!("load and probe use passive mode only"),
+        (_, None | Some(Mode::Pasv)) => Ok(DataMode::Pasv),
+        (_, Some(Mode::Epsv)) => Ok(DataMode::Epsv),
+        (_, Some(Mode::Auto)) => Ok(DataMode::Auto),
+    }
+}
+
 async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     let u = url(&args.url)?;
     if args.sessions == 0 {
@@ -743,11 +738,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.stor_path = args.stor_path;
     config.delete_after = args.delete_after;
     config.expect_range = args.expect_range;
-    config.data_mode = match args.load_mode {
-        LoadMode::Pasv => DataMode::Pasv,
-        LoadMode::Epsv => DataMode::Epsv,
-        LoadMode::Auto => DataMode::Auto,
-    };
+    config.data_mode = load_data_mode(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
     let report = load::run(config).await;
     let mut out = std::io::stdout().lock();
@@ -772,11 +763,7 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     config.push_sessions = args.push.min(1024);
     config.time_wait = parse_secs(args.time_wait, "--time-wait")?;
     config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
-    config.data_mode = match args.probe_mode {
-        LoadMode::Pasv => DataMode::Pasv,
-        LoadMode::Epsv => DataMode::Epsv,
-        LoadMode::Auto => DataMode::Auto,
-    };
+    config.data_mode = load_data_mode(g)?;
     let report = probe::run(&config).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
