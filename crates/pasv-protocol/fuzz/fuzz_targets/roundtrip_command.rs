@@ -30,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
         (5, Some(a)) => Command::Site(a),
         (6, a) => Command::Mlsd(a),
         (7, Some(a)) => Command::Rnfr(a),
-        (8, _) => Command::Rest(rest.iter().fold(0u64, |n, &b| n.wrapping_mul(257) ^ u64::from(b))),
+        (8, _) => Command::Rest(
+            rest.iter()
+                .fold(0u64, |n, &b| n.wrapping_mul(257) ^ u64::from(b)),
+        ),
         (9, a) => Command::Unknown {
             verb: Argument::new("XFUZZ").expect("valid verb"),
             arg: a,
