@@ -159,6 +159,9 @@ pub enum ConfigError {
     /// The same local address given twice.
     #[error("duplicate local address {0}")]
     DuplicateAddress(IpAddr),
+    /// More (address, port) pairs than a pool can number (2^32).
+    #[error("too many address and port pairs ({0})")]
+    TooLarge(usize),
 }
 
 /// A set of ports: inclusive ranges that do not overlap, minus excluded ports.
@@ -326,6 +329,10 @@ impl PoolConfig {
         }
         if self.ports.is_empty() {
             return Err(ConfigError::EmptyPortSet);
+        }
+        let slots = self.addresses.len().saturating_mul(self.ports.len());
+        if slots > u32::MAX as usize {
+            return Err(ConfigError::TooLarge(slots));
         }
         Ok(())
     }

@@ -244,9 +244,6 @@ impl Pool {
             ports: config.ports.len(),
         };
         let ports: Vec<u16> = config.ports.iter().collect();
-        if layout.slots() > u32::MAX as usize {
-            return Err(ConfigError::EmptyPortSet);
-        }
         for s in 0..layout.slots() {
             strategy.insert(SlotId(s as u32));
         }
@@ -276,6 +273,42 @@ impl Pool {
     /// The configuration the pool was built with.
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// The fluid capacity of this pool, `N·A / (h + f·T)` leases per second, for a mean hold
+    /// time h and a fraction f of server-side closes ([`crate::capacity::rate_max`]). Only
+    /// [`QuarantineScope::Port`] charges T to every close; with the other scopes it is the
+    /// bound for a single peer.
+    pub fn rate_max(&self, hold: Duration, server_close_fraction: f64) -> f64 {
+        let t = match self.config.scope {
+            QuarantineScope::None => 0.0,
+            QuarantineScope::Port | QuarantineScope::Peer => self.quarantine.as_secs_f64(),
+        };
+        crate::capacity::rate_max(
+            self.layout.slots() as u64,
+            hold.as_secs_f64(),
+            server_close_fraction,
+            t,
+        )
+    }
+
+    /// The Erlang B refusal probability of this pool for Poisson arrivals at `rate` per
+    /// second without waiting ([`crate::capacity::erlang_b`]); exact for one lease per port
+    /// and the port scope.
+    pub fn refusal_probability(
+        &self,
+        rate: f64,
+        hold: Duration,
+        server_close_fraction: f64,
+    ) -> f64 {
+        let t = match self.config.scope {
+            QuarantineScope::None => 0.0,
+            QuarantineScope::Port | QuarantineScope::Peer => self.quarantine.as_secs_f64(),
+        };
+        crate::capacity::erlang_b(
+            self.layout.slots() as u64,
+            crate::capacity::offered_load(rate, hold.as_secs_f64(), server_close_fraction, t),
+        )
     }
 
     /// The pool's shape (addresses × ports).

@@ -70,10 +70,10 @@ impl HoldDist {
     fn sample(&self, rng: &mut Rng) -> Duration {
         match *self {
             HoldDist::Fixed(d) => d,
-            HoldDist::Exponential(m) => Duration::from_secs_f64(rng.exponential(m.as_secs_f64())),
+            HoldDist::Exponential(m) => secs_f64(rng.exponential(m.as_secs_f64())),
             HoldDist::Uniform(a, b) => {
                 let (lo, hi) = (nanos(a.min(b)), nanos(a.max(b)));
-                Duration::from_nanos(lo + rng.below(hi - lo + 1))
+                Duration::from_nanos(lo + rng.below((hi - lo).saturating_add(1)))
             }
         }
     }
@@ -128,7 +128,8 @@ impl Default for BindSpec {
 pub struct SimConfig {
     /// The passive port range (the same on every address).
     pub ports: PortSet,
-    /// Number of local addresses (accounted strategies; blind ones use the first only).
+    /// Number of local addresses, 1 to 256 (accounted strategies; blind ones use the first
+    /// only).
     pub addresses: usize,
     /// Quarantine T of the pool.
     pub quarantine: Duration,
@@ -186,7 +187,7 @@ impl SimConfig {
     /// The fluid bound for this configuration ([`crate::capacity::rate_max`]).
     pub fn rate_max(&self) -> f64 {
         crate::capacity::rate_max(
-            (self.ports.len() * self.addresses.max(1)) as u64,
+            (self.ports.len() * self.addresses.clamp(1, 256)) as u64,
             self.hold.mean().as_secs_f64(),
             self.server_close_fraction,
             self.quarantine.as_secs_f64(),
@@ -200,6 +201,15 @@ impl SimConfig {
         };
         self
     }
+}
+
+/// Seconds to a `Duration`, saturating (absurd rates or means must not panic).
+fn secs_f64(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(if s > 0.0 {
+        Duration::MAX
+    } else {
+        Duration::ZERO
+    })
 }
 
 /// `n` ports ending at 65535 (`n` = 0 gives an empty set, which [`run`] rejects).
@@ -347,7 +357,7 @@ impl SimReport {
 
 fn num(x: f64) -> String {
     if x.is_finite() {
-        format!("{x}")
+        format!("{x:?}")
     } else {
         "null".to_owned()
     }
@@ -416,7 +426,7 @@ struct Sim<'c> {
 
 /// Runs one simulation. Errors only on an invalid pool configuration.
 pub fn run(cfg: &SimConfig) -> Result<SimReport, ConfigError> {
-    let addresses = cfg.addresses.max(1);
+    let addresses = cfg.addresses.clamp(1, 256);
     let locals: Vec<IpAddr> = (0..addresses)
         .map(|a| IpAddr::V4(Ipv4Addr::from(0xC000_0200u32 + a as u32 + 1)))
         .collect();
@@ -496,8 +506,7 @@ impl Sim<'_> {
         match self.cfg.arrivals {
             Arrivals::Poisson { rate } => {
                 if rate > 0.0 && rate.is_finite() {
-                    let t =
-                        Instant::ZERO + Duration::from_secs_f64(self.rng.exponential(1.0 / rate));
+                    let t = Instant::ZERO + secs_f64(self.rng.exponential(1.0 / rate));
                     self.push(t, Event::Arrival);
                 }
             }
@@ -519,7 +528,7 @@ impl Sim<'_> {
             match e {
                 Event::Arrival => {
                     if let Arrivals::Poisson { rate } = self.cfg.arrivals {
-                        let next = t + Duration::from_secs_f64(self.rng.exponential(1.0 / rate));
+                        let next = t + secs_f64(self.rng.exponential(1.0 / rate));
                         self.push(next, Event::Arrival);
                     }
                     self.arrive(t, None);

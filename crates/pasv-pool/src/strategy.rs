@@ -8,7 +8,7 @@
 //!   when a slot becomes offerable ([`Strategy::insert`]) or stops being offerable
 //!   ([`Strategy::remove`]). [`LeastRecentlyReleased`] is the default.
 //! * **Blind** strategies ([`BlindStrategy`]) model what other FTP servers do (vsftpd,
-//!   ProFTPD, Pure-FTPd, pyftpdlib, FileZilla Server): they propose ports and learn only from
+//!   ProFTPD, Pure-FTPd, pyftpdlib, libunftp, FileZilla Server): they propose ports and learn only from
 //!   a bind attempt, answered by a [`crate::BindModel`] that reproduces the kernel. They exist
 //!   for the simulator, to compare against.
 
@@ -21,6 +21,7 @@ use crate::StrategyKind;
 
 mod filezilla;
 mod keyed;
+mod libunftp;
 mod lowest_free;
 mod lrr;
 mod proftpd;
@@ -31,6 +32,7 @@ mod vsftpd;
 
 pub use filezilla::FileZilla;
 pub use keyed::KeyedPermutation;
+pub use libunftp::Libunftp;
 pub use lowest_free::LowestFree;
 pub use lrr::LeastRecentlyReleased;
 pub use proftpd::ProFtpd;
@@ -312,6 +314,8 @@ pub enum BlindKind {
     PureFtpd,
     /// pyftpdlib: random without replacement over the range, then a kernel port.
     Pyftpdlib,
+    /// libunftp: 9 random binds, then 425.
+    Libunftp,
     /// FileZilla Server: random start, three relaxation levels over a 4-minute
     /// (port, peer) ledger, then 425.
     FileZilla,
@@ -319,11 +323,12 @@ pub enum BlindKind {
 
 impl BlindKind {
     /// Every blind strategy.
-    pub const ALL: [BlindKind; 5] = [
+    pub const ALL: [BlindKind; 6] = [
         BlindKind::Vsftpd,
         BlindKind::ProFtpd,
         BlindKind::PureFtpd,
         BlindKind::Pyftpdlib,
+        BlindKind::Libunftp,
         BlindKind::FileZilla,
     ];
 
@@ -334,6 +339,7 @@ impl BlindKind {
             BlindKind::ProFtpd => "proftpd",
             BlindKind::PureFtpd => "pure-ftpd",
             BlindKind::Pyftpdlib => "pyftpdlib",
+            BlindKind::Libunftp => "libunftp",
             BlindKind::FileZilla => "filezilla",
         }
     }
@@ -345,6 +351,7 @@ impl BlindKind {
             BlindKind::ProFtpd => Box::new(ProFtpd),
             BlindKind::PureFtpd => Box::new(PureFtpd),
             BlindKind::Pyftpdlib => Box::new(Pyftpdlib),
+            BlindKind::Libunftp => Box::new(Libunftp),
             BlindKind::FileZilla => Box::new(FileZilla::default()),
         }
     }

@@ -934,7 +934,11 @@ mod sim {
                 r.binds_per_success
             );
         }
-        for kind in [BlindKind::PureFtpd, BlindKind::FileZilla] {
+        for kind in [
+            BlindKind::PureFtpd,
+            BlindKind::FileZilla,
+            BlindKind::Libunftp,
+        ] {
             let r = closed_loop(SimStrategy::Blind(kind), 32, true);
             assert!(
                 r.refused > 0 && r.outside_range == 0 && r.sessions_killed == 0,
@@ -1019,6 +1023,60 @@ mod sim {
         assert!(r.peak_leased > 150, "{}", r.peak_leased);
         assert_eq!(r.bind_failures, 0);
         assert!(r.served > 20_000, "{}", r.served);
+    }
+
+    /// Absurd inputs give an error or a report, never a panic.
+    #[test]
+    fn hostile_configurations_do_not_panic() {
+        let mut c = SimConfig::new(0);
+        assert_eq!(run(&c).unwrap_err(), ConfigError::EmptyPortSet);
+        c = SimConfig::new(5);
+        c.duration = secs(10);
+        for rate in [f64::NAN, -1.0, 0.0, f64::INFINITY, 1e-300] {
+            c.arrivals = Arrivals::Poisson { rate };
+            assert_eq!(run(&c).unwrap().offered, 0, "{rate}");
+        }
+        c.arrivals = Arrivals::Poisson { rate: 10.0 };
+        c.hold = HoldDist::Exponential(Duration::MAX);
+        c.server_close_fraction = f64::NAN;
+        c.quarantine = Duration::MAX;
+        assert!(run(&c).unwrap().served > 0);
+        c.hold = HoldDist::Uniform(Duration::MAX, Duration::ZERO);
+        c.addresses = usize::MAX;
+        c.peers = 0;
+        assert!(run(&c).unwrap().served > 0);
+        c.strategy = SimStrategy::Blind(BlindKind::FileZilla);
+        assert!(run(&c).unwrap().served > 0);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_report_has_the_same_fields_as_to_json() {
+        let mut c = SimConfig::new(20);
+        c.duration = secs(100);
+        let r = run(&c.clone().with_load(1.0)).unwrap();
+        let ours: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let theirs = serde_json::to_value(&r).unwrap();
+        assert_eq!(ours, theirs);
+        assert!(serde_json::to_string(&c)
+            .unwrap()
+            .contains("\"quarantine\""));
+    }
+
+    /// The pool's own capacity helpers agree with the capacity module.
+    #[test]
+    fn pool_capacity_helpers() {
+        let config = PoolConfig::new(vec![v4(1), v4(2)], PortSet::range(1000, 2999).unwrap())
+            .with_quarantine(secs(120));
+        let p = Pool::new(config).unwrap();
+        let r = p.rate_max(Duration::ZERO, 1.0);
+        assert!((r - 4000.0 / 120.0).abs() < 1e-9);
+        let b = p.refusal_probability(30.0, Duration::ZERO, 1.0);
+        assert!((b - capacity::erlang_b(4000, 3600.0)).abs() < 1e-15);
+        let none = PoolConfig::new(vec![v4(1)], PortSet::range(1, 20).unwrap())
+            .with_scope(QuarantineScope::None);
+        let p = Pool::new(none).unwrap();
+        assert!((p.rate_max(Duration::from_millis(500), 1.0) - 40.0).abs() < 1e-9);
     }
 
     /// A refused closed-loop session comes back after exactly `retry_after` and is served.

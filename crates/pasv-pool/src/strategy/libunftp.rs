@@ -1,0 +1,40 @@
+//! libunftp's passive port choice (per-transfer mode).
+
+use std::net::IpAddr;
+
+use super::{BlindOutcome, BlindStrategy};
+use crate::rng::Rng;
+use crate::time::Instant;
+
+/// Random binds before libunftp gives up.
+const TRIES: usize = 9;
+
+/// libunftp: like vsftpd, up to 9 uniformly random ports with repetition, but a failure is a
+/// 425 and the session survives. (Its pooled mode, with every port bound once and connections
+/// routed by client address, is what [`crate::Exclusivity::PerPortAndPeer`] accounts for.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Libunftp;
+
+impl BlindStrategy for Libunftp {
+    fn name(&self) -> &'static str {
+        "libunftp"
+    }
+    fn allocate(
+        &mut self,
+        _now: Instant,
+        _peer: IpAddr,
+        range: &[u16],
+        rng: &mut Rng,
+        bind: &mut dyn FnMut(u16) -> bool,
+    ) -> BlindOutcome {
+        for _ in 0..TRIES {
+            let Some(&port) = range.get(rng.below(range.len() as u64) as usize) else {
+                break;
+            };
+            if bind(port) {
+                return BlindOutcome::InRange(port);
+            }
+        }
+        BlindOutcome::Refused
+    }
+}
