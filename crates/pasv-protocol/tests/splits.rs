@@ -153,3 +153,82 @@ proptest! {
         }
     }
 }
+
+/// Reply-like token soup: codes, separators, line ends, stray bytes, long runs.
+fn reply_soup() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"211-".to_vec()),
+        Just(b"211 ".to_vec()),
+        Just(b"200 ".to_vec()),
+        Just(b"200".to_vec()),
+        Just(b"099 ".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\0".to_vec()),
+        Just(b" 1".to_vec()),
+        Just(b"x".to_vec()),
+        (1usize..40).prop_map(|n| vec![b'y'; n]),
+    ];
+    proptest::collection::vec(token, 0..40).prop_map(|t| t.concat())
+}
+
+fn command_soup() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"RETR ".to_vec()),
+        Just(b"NOOP".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\0".to_vec()),
+        Just(b"\xff".to_vec()),
+        Just(b"\xff\xf4".to_vec()),
+        Just(b" ".to_vec()),
+        (1usize..30).prop_map(|n| vec![b'z'; n]),
+    ];
+    proptest::collection::vec(token, 0..40).prop_map(|t| t.concat())
+}
+
+fn cut<'a>(input: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut last = 0;
+    for p in points {
+        chunks.push(&input[last..p]);
+        last = p;
+    }
+    chunks.push(&input[last..]);
+    chunks
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Random streams near the caps: any cutting gives the one-shot result.
+    #[test]
+    fn reply_soup_cut_anywhere(
+        input in reply_soup(),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        strict in any::<bool>(),
+    ) {
+        let mode = if strict { MultilineMode::Strict } else { MultilineMode::Lenient };
+        let make = || ReplyDecoder::with_mode(mode).with_limits(16, 48);
+        prop_assert_eq!(
+            replies_chunked(&mut make(), &cut(&input, &cuts)),
+            replies_chunked(&mut make(), &[&input])
+        );
+    }
+
+    #[test]
+    fn command_soup_cut_anywhere(
+        input in command_soup(),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let make = || CommandDecoder::with_max_line_length(16);
+        prop_assert_eq!(
+            commands_chunked(&mut make(), &cut(&input, &cuts)),
+            commands_chunked(&mut make(), &[&input])
+        );
+    }
+}
