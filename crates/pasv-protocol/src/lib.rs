@@ -57,7 +57,11 @@
 //! including the rest of a multi-line reply, then decodes the next. A command line may
 //! hold 4096 bytes; beyond that [`CommandError::LineTooLong`] is returned and input is
 //! discarded up to the next LF. The result never depends on how the stream was split
-//! into reads.
+//! into reads. Between calls the buffer holds at most the reply cap plus four bytes (the
+//! first bytes of a line decide whether it closes a reply) or the command line cap.
+//! Scanning resumes where it stopped, so bytes arriving one at a time cost no more
+//! than bytes arriving at once; completed replies are split off the buffer without
+//! copying their text.
 //!
 //! ## Commands
 //!
