@@ -166,6 +166,18 @@ async fn library_commands_against_pasvd() {
     c.noop().await.unwrap();
     assert!(!c.is_broken());
 
+    // ABOR in the middle of a large download; the session goes on.
+    std::fs::write(server.path("huge.bin"), vec![7u8; 32 << 20]).unwrap();
+    let mut d = c.retrieve("huge.bin", 0).await.unwrap();
+    let mut first = vec![0u8; 65536];
+    d.read_exact(&mut first).await.unwrap();
+    d.abort().await.unwrap();
+    c.cwd("sub").await.unwrap();
+    c.cwd("..").await.unwrap();
+    let mut d = c.retrieve("hello.txt", 0).await.unwrap();
+    assert_eq!(read_all(&mut d).await, b"hello, world\n");
+    d.finish().await.unwrap();
+
     // pasvd speaks EPSV: the default mode never falls back.
     assert!(!c.epsv_refused());
     let port = c.last_data_addr().unwrap().port();
@@ -205,6 +217,8 @@ struct FakeOptions {
     refuse_passive: Option<(usize, &'static str)>,
     /// The address a 227 advertises (the real listener is always on 127.0.0.1).
     advertise: Option<[u8; 4]>,
+    /// Greet the first N connections with this reply and close them.
+    refuse_greeting: Option<(usize, &'static str)>,
 }
 
 type CommandLog = Arc<Mutex<Vec<(String, tokio::time::Instant)>>>;
@@ -218,10 +232,17 @@ async fn fake_server(options: FakeOptions) -> (SocketAddr, CommandLog) {
     tokio::spawn(async move {
         let mut refused = 0usize;
         // Bounded: a test opens at most a few sessions.
-        for _ in 0..16 {
-            let Ok((stream, _)) = listener.accept().await else {
+        for i in 0..16 {
+            let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            log2.lock().unwrap().push(("CONNECT".into(), clock::now()));
+            if let Some((n, text)) = options.refuse_greeting {
+                if i < n {
+                    let _ = stream.write_all(format!("{text}\r\n").as_bytes()).await;
+                    continue;
+                }
+            }
             refused = fake_session(stream, &options, &log2, refused).await;
         }
     });
@@ -393,6 +414,38 @@ async fn retries_425_honouring_the_hint() {
     // room for a busy machine.
     assert!(waited >= Duration::from_millis(200), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[tokio::test]
+async fn retries_a_421_greeting() {
+    let options = FakeOptions {
+        refuse_greeting: Some((2, "421 Too many connections, retry after 0.05s")),
+        ..Default::default()
+    };
+    let (addr, log) = fake_server(options).await;
+    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+    let mut c = Client::open(&url, quick_config()).await.unwrap();
+    assert_eq!(c.greeting().code().get(), 220);
+    assert_eq!(fetch(&mut c).await.unwrap(), b"fake data");
+    c.quit().await.unwrap();
+    assert_eq!(count(&log, "CONNECT"), 3);
+
+    // Without retries the 421 is returned as it is: transient, with the server's text.
+    let options = FakeOptions {
+        refuse_greeting: Some((1, "421 Too many connections")),
+        ..Default::default()
+    };
+    let (addr, _log) = fake_server(options).await;
+    let config = ClientConfig {
+        retry: RetryPolicy::none(),
+        ..quick_config()
+    };
+    let err = Client::connect("127.0.0.1", addr.port(), config)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.get()), Some(421), "{err}");
+    assert!(err.is_transient() && !err.is_exhausted());
+    assert!(err.to_string().contains("Too many connections"), "{err}");
 }
 
 #[tokio::test]
@@ -827,7 +880,7 @@ async fn load_reports_against_pasvd() {
             "-k",
             "3",
             "--duration",
-            "5",
+            "30",
             "--max-transfers",
             "150",
             "--mix",
