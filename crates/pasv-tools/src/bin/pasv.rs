@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// An FTP client for passive-mode work: transfers, load generation, probing and planning.
 #[derive(Debug, Parser)]
-#[command(name = "pasv", version, about, after_help = EXIT_CODES)]
+#[command(name = "pasv", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     global: Global,
