@@ -52,6 +52,12 @@ impl Argument {
         Ok(Argument(bytes))
     }
 
+    /// Wraps bytes the caller has checked: non-empty, no CR, LF or NUL.
+    pub(crate) fn from_checked(bytes: Vec<u8>) -> Argument {
+        debug_assert!(!bytes.is_empty() && check(&bytes).is_ok());
+        Argument(bytes)
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -610,8 +610,9 @@ impl CommandDecoder {
                     limit: self.max_line,
                 });
             }
-            let line = buf.split_to(lf + 1);
-            return parse_command_line(&line[..lf]).map(Some);
+            let command = parse_command_line(&buf[..lf]);
+            buf.advance(lf + 1);
+            return command.map(Some);
         }
     }
 
@@ -699,8 +700,8 @@ pub(crate) fn parse_command_line(line: &[u8]) -> Result<Command, CommandError> {
     let upper = &mut upper[..verb.len()];
     upper.copy_from_slice(verb);
     upper.make_ascii_uppercase();
-    // Checked above: no CR, LF or NUL remain, so only emptiness can fail.
-    let arg = Argument::new(arg).ok();
+    // Checked above: no CR, LF or NUL remain (LF ended the line).
+    let arg = (!arg.is_empty()).then(|| Argument::from_checked(arg.to_vec()));
     command(upper, arg)
 }
 
