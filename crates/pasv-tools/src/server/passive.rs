@@ -14,7 +14,6 @@ use std::time::Duration;
 use pasv_pool::{AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
@@ -55,7 +54,8 @@ pub(crate) struct PassivePorts {
     public: HashMap<IpAddr, Ipv4Addr>,
     addresses: Vec<IpAddr>,
     registry: Registry,
-    accept_loops: Mutex<Vec<JoinHandle<()>>>,
+    /// Prebound mode: every passive listener, bound once at start.
+    prebound: Mutex<HashMap<SocketAddr, Arc<TcpListener>>>,
 }
 
 impl PassivePorts {
@@ -94,33 +94,27 @@ impl PassivePorts {
             public: config.pasv_public_address.clone(),
             addresses: addresses.clone(),
             registry: Arc::default(),
-            accept_loops: Mutex::new(Vec::new()),
+            prebound: Mutex::new(HashMap::new()),
         });
         if config.listener_mode == ListenerMode::Prebound {
-            let mut loops = Vec::new();
+            let mut listeners = HashMap::new();
             for &ip in &addresses {
                 for port in ports.iter() {
                     let addr = SocketAddr::new(ip, port);
                     let listener =
                         bind_listener(addr, ports_state.reuseaddr, config.listen_backlog)
                             .map_err(|source| ServerError::Bind { addr, source })?;
-                    loops.push(tokio::spawn(prebound_accept_loop(
-                        listener,
-                        addr,
-                        Arc::clone(&ports_state.registry),
-                    )));
+                    listeners.insert(addr, Arc::new(listener));
                 }
             }
-            *lock(&ports_state.accept_loops) = loops;
+            *lock(&ports_state.prebound) = listeners;
         }
         Ok(ports_state)
     }
 
-    /// Stops the prebound accept loops (their listeners close).
+    /// Closes the prebound listeners.
     pub(crate) fn shutdown(&self) {
-        for handle in lock(&self.accept_loops).drain(..) {
-            handle.abort();
-        }
+        lock(&self.prebound).clear();
     }
 
     /// The filter for EPSV: the control connection's local address when it is a passive
@@ -226,9 +220,16 @@ impl PassivePorts {
                 Err(e) => return Err((lease, e)),
             },
             ListenerMode::Prebound => {
+                let Some(listener) = lock(&self.prebound).get(&addr).cloned() else {
+                    return Err((lease, io::Error::from(io::ErrorKind::AddrNotAvailable)));
+                };
                 let (tx, rx) = oneshot::channel();
                 lock(&self.registry).insert((addr, peer), tx);
-                Acceptor::Prebound(rx)
+                Acceptor::Prebound {
+                    listener,
+                    routed: rx,
+                    registry: Arc::clone(&self.registry),
+                }
             }
         };
         Ok(Passive {
@@ -286,32 +287,6 @@ pub(crate) fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-async fn prebound_accept_loop(listener: TcpListener, addr: SocketAddr, registry: Registry) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, from)) => {
-                let waiting = lock(&registry).remove(&(addr, from.ip().to_canonical()));
-                match waiting {
-                    Some(tx) => {
-                        if let Err(stream) = tx.send(stream) {
-                            reset(stream);
-                        }
-                    }
-                    None => {
-                        tracing::warn!(port = addr.port(), from = %from, "unexpected data connection dropped");
-                        reset(stream);
-                    }
-                }
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning on a full descriptor table.
-                tracing::warn!(port = addr.port(), error = %e, "passive accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// A lease that goes back to the pool exactly once: explicitly with the right [`Closer`], or
 /// on drop as a reset (a panic or a cancelled task must not leak a port).
 pub(crate) struct LeaseGuard {
@@ -343,8 +318,21 @@ impl Drop for LeaseGuard {
 
 enum Acceptor {
     Listener(TcpListener),
-    Prebound(oneshot::Receiver<TcpStream>),
+    /// A listener shared by every lease on its port (one per peer address). Whichever waiting
+    /// session accepts a connection routes it by peer address: its own, another session's
+    /// (through the registry), or nobody's (reset). No separate accept task, so no hop
+    /// between threads on the way to the session.
+    Prebound {
+        listener: Arc<TcpListener>,
+        routed: oneshot::Receiver<TcpStream>,
+        registry: Registry,
+    },
     Done,
+}
+
+enum PreboundEvent {
+    Routed(Result<TcpStream, oneshot::error::RecvError>),
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
 }
 
 /// Why the client's data connection did not arrive.
@@ -394,15 +382,49 @@ impl Passive {
                     }
                 }
             },
-            Acceptor::Prebound(rx) => match tokio::time::timeout_at(self.deadline, rx).await {
-                Err(_) => return Err(AcceptError::Timeout),
-                Ok(Err(_)) => {
-                    return Err(AcceptError::Io(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "passive listener closed",
-                    )))
+            Acceptor::Prebound {
+                listener,
+                routed,
+                registry,
+            } => loop {
+                let event = tokio::time::timeout_at(self.deadline, async {
+                    tokio::select! {
+                        r = &mut *routed => PreboundEvent::Routed(r),
+                        r = listener.accept() => PreboundEvent::Accepted(r),
+                    }
+                })
+                .await;
+                match event {
+                    Err(_) => return Err(AcceptError::Timeout),
+                    Ok(PreboundEvent::Routed(Ok(stream))) => break stream,
+                    Ok(PreboundEvent::Routed(Err(_))) => {
+                        return Err(AcceptError::Io(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "passive endpoint withdrawn",
+                        )))
+                    }
+                    Ok(PreboundEvent::Accepted(Err(e))) => return Err(AcceptError::Io(e)),
+                    Ok(PreboundEvent::Accepted(Ok((stream, from)))) => {
+                        let from_ip = from.ip().to_canonical();
+                        if from_ip == self.peer {
+                            break stream;
+                        }
+                        let port = self.guard.addr().map_or(0, |a| a.port());
+                        let key = (self.guard.addr().unwrap_or(from), from_ip);
+                        let waiting = lock(registry).remove(&key);
+                        match waiting {
+                            Some(tx) => {
+                                if let Err(stream) = tx.send(stream) {
+                                    reset(stream);
+                                }
+                            }
+                            None => {
+                                tracing::warn!(port, from = %from, "unexpected data connection dropped");
+                                reset(stream);
+                            }
+                        }
+                    }
                 }
-                Ok(Ok(stream)) => stream,
             },
             Acceptor::Done => {
                 return Err(AcceptError::Io(io::Error::new(

@@ -309,10 +309,25 @@ impl Session {
             let accepting = self.transfer.is_none() && matches!(self.data, Data::Passive(_));
             let has_transfer = self.transfer.is_some();
             tokio::select! {
+                // Fixed order: a finished transfer and an arrived data connection are
+                // handled before the next command, which may need them.
+                biased;
                 outcome = wait_transfer(&mut self.transfer), if has_transfer => {
                     let stream_ref = &mut *stream;
                     self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed);
                     last_activity = clock::now();
+                }
+                accepted = wait_accept(&mut self.data), if accepting => {
+                    match (accepted, std::mem::replace(&mut self.data, Data::None)) {
+                        (Ok(conn), Data::Passive(p)) => {
+                            self.data = Data::Connected(conn, p.into_guard());
+                        }
+                        (Err(e), Data::Passive(p)) => {
+                            tracing::info!(session = self.id, port = p.addr().port(), error = ?e, "passive endpoint released unused");
+                            p.never_connected();
+                        }
+                        (_, other) => self.data = other,
+                    }
                 }
                 read = stream.read_buf(&mut input), if can_read => {
                     let read = match read {
@@ -336,18 +351,6 @@ impl Session {
                             self.close_reply = Some((421, "Control connection closed."));
                         }
                         Ok(_) => {}
-                    }
-                }
-                accepted = wait_accept(&mut self.data), if accepting => {
-                    match (accepted, std::mem::replace(&mut self.data, Data::None)) {
-                        (Ok(conn), Data::Passive(p)) => {
-                            self.data = Data::Connected(conn, p.into_guard());
-                        }
-                        (Err(e), Data::Passive(p)) => {
-                            tracing::info!(session = self.id, port = p.addr().port(), error = ?e, "passive endpoint released unused");
-                            p.never_connected();
-                        }
-                        (_, other) => self.data = other,
                     }
                 }
                 () = &mut idle_timer, if !has_transfer => {
@@ -963,6 +966,15 @@ impl Session {
         path: Vec<u8>,
         target: Option<(PathBuf, bool)>,
     ) {
+        // The client usually connects right after 227: take a connection that is already
+        // waiting, so a small download can go out inline.
+        if let Data::Passive(p) = &mut self.data {
+            if let Some(Ok(conn)) = p.accept().now_or_never() {
+                if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
+                    self.data = Data::Connected(conn, p.into_guard());
+                }
+            }
+        }
         let (job, pre_sent) = match self.send_inline(job) {
             Ok(outcome) => return self.report(verb, &path, false, &outcome, None, false),
             Err(rest) => rest,

@@ -138,9 +138,29 @@ impl Vfs {
     pub(crate) fn existing(&self, cwd: &[u8], arg: &[u8]) -> Result<Resolved, PathError> {
         let virt = Vfs::join(cwd, arg);
         Vfs::check_hidden(&virt)?;
-        let real = self.real_of(&virt).canonicalize()?;
+        let lexical = self.real_of(&virt);
+        let real = if self.has_symlink(&virt)? {
+            lexical.canonicalize()?
+        } else {
+            // The root is canonical, `..` is gone and no component is a link: the lexical
+            // path is the canonical one. One lstat per component below the root instead of
+            // realpath's readlink on every component from `/`.
+            lexical
+        };
         self.confined(&real)?;
         Ok(Resolved { virt, real })
+    }
+
+    /// Whether any component of `virt` below the root is a symlink (errors if one is missing).
+    fn has_symlink(&self, virt: &[u8]) -> io::Result<bool> {
+        let mut path = self.root.clone();
+        for part in virt.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            path.push(OsStr::from_bytes(part));
+            if std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Resolves a name whose parent must exist inside the root; the name itself is not
@@ -153,7 +173,12 @@ impl Vfs {
         Vfs::check_hidden(&virt)?;
         let split = virt.iter().rposition(|&b| b == b'/').unwrap_or(0);
         let (parent, name) = (&virt[..split.max(1)], &virt[split + 1..]);
-        let parent_real = self.real_of(parent).canonicalize()?;
+        let parent_lexical = self.real_of(parent);
+        let parent_real = if self.has_symlink(parent)? {
+            parent_lexical.canonicalize()?
+        } else {
+            parent_lexical
+        };
         self.confined(&parent_real)?;
         let real = parent_real.join(OsStr::from_bytes(name));
         Ok(Resolved { virt, real })
