@@ -209,6 +209,23 @@ impl Transfer {
         let stall = self.stall;
         let buffer_size = self.buffer_size;
         let sending = !matches!(self.job, Job::Receive(_));
+        match std::mem::replace(&mut self.job, Job::SendBytes(Vec::new())) {
+            Job::SendFile { file, len } if len >= SENDFILE_MIN => {
+                let (ending, closer, sent) =
+                    send_file(stream, file, len, stall, &mut self.abort).await;
+                progress.fetch_add(sent, Ordering::Relaxed);
+                outcome.bytes = progress.load(Ordering::Relaxed);
+                outcome.ending = ending;
+                outcome.closer = Some(closer);
+                if let Some(guard) = guard {
+                    guard.release(closer);
+                }
+                outcome.buffer = buffer;
+                outcome.duration = clock::now().saturating_duration_since(start);
+                return outcome;
+            }
+            job => self.job = job,
+        }
         let result = {
             let copy = copy(
                 &mut stream,
@@ -276,6 +293,98 @@ impl Transfer {
         outcome.buffer = buffer;
         outcome.duration = clock::now().saturating_duration_since(start);
         outcome
+    }
+}
+
+/// Downloads at least this large go through `sendfile` (see [`send_file`]).
+const SENDFILE_MIN: u64 = 256 * 1024;
+
+/// Sends a file with `sendfile(2)` (std's `io::copy` specialisation for a regular file into a
+/// socket) on a blocking-pool thread: the pages go from the page cache to the socket without
+/// a copy through user space, which halves the server's CPU per byte on large files. The
+/// socket is switched to blocking mode with a send timeout as the stall timeout; an abort
+/// shuts the socket down from here, which wakes the blocked `sendfile`.
+async fn send_file(
+    stream: TcpStream,
+    file: File,
+    len: u64,
+    stall: Duration,
+    abort: &mut oneshot::Receiver<()>,
+) -> (Ending, Closer, u64) {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => return (Ending::Network(e), Closer::Reset, 0),
+    };
+    let prepared = std_stream
+        .set_nonblocking(false)
+        .and_then(|()| std_stream.set_write_timeout(Some(stall.max(Duration::from_millis(1)))))
+        .and_then(|()| std_stream.try_clone());
+    let killer = match prepared {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = socket2::SockRef::from(&std_stream).set_linger(Some(Duration::ZERO));
+            return (Ending::Network(e), Closer::Reset, 0);
+        }
+    };
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut source = Read::take(file, len);
+        let copied = std::io::copy(&mut source, &mut &std_stream);
+        (copied, std_stream)
+    });
+    let mut aborted = false;
+    let joined = tokio::select! {
+        r = &mut task => r,
+        _ = &mut *abort => {
+            aborted = true;
+            let _ = killer.shutdown(std::net::Shutdown::Both);
+            task.await
+        }
+    };
+    let (copied, std_stream) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = socket2::SockRef::from(&killer).set_linger(Some(Duration::ZERO));
+            return (
+                Ending::Local(io::Error::other(e.to_string())),
+                Closer::Reset,
+                0,
+            );
+        }
+    };
+    drop(killer);
+    let rst = |s: &std::net::TcpStream| {
+        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    };
+    match copied {
+        _ if aborted => {
+            rst(&std_stream);
+            (Ending::Aborted, Closer::Reset, 0)
+        }
+        Ok(n) if n == len => match std_stream.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => (Ending::Complete, Closer::Server, n),
+            Err(e) => {
+                rst(&std_stream);
+                (Ending::Network(e), Closer::Reset, n)
+            }
+        },
+        Ok(n) => {
+            // The file shrank under us: the client must not take a short file for a whole one.
+            rst(&std_stream);
+            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank during transfer");
+            (Ending::Local(e), Closer::Reset, n)
+        }
+        Err(e) => {
+            rst(&std_stream);
+            let ending = if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                stalled()
+            } else {
+                Ending::Network(e)
+            };
+            (ending, Closer::Reset, 0)
+        }
     }
 }
 
