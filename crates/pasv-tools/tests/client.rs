@@ -178,6 +178,20 @@ async fn library_commands_against_pasvd() {
     assert_eq!(read_all(&mut d).await, b"hello, world\n");
     d.finish().await.unwrap();
 
+    // Transfers dropped without finish: their final replies are skipped, not taken for the
+    // next command's.
+    {
+        let mut d = c.retrieve("hello.txt", 0).await.unwrap();
+        assert_eq!(read_all(&mut d).await, b"hello, world\n");
+    }
+    assert_eq!(c.size("big.bin").await.unwrap(), 300_000);
+    {
+        let mut d = c.retrieve("huge.bin", 0).await.unwrap();
+        d.read_exact(&mut first).await.unwrap();
+    }
+    c.noop().await.unwrap();
+    assert_eq!(c.size("hello.txt").await.unwrap(), 13);
+
     // pasvd speaks EPSV: the default mode never falls back.
     assert!(!c.epsv_refused());
     let port = c.last_data_addr().unwrap().port();

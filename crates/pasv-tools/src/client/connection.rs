@@ -98,6 +98,7 @@ pub struct Client {
     epsv_refused: bool,
     last_data_addr: Option<SocketAddr>,
     broken: bool,
+    pub(crate) unread_final_reply: bool,
 }
 
 enum PendingData {
@@ -193,6 +194,7 @@ impl Client {
             epsv_refused: false,
             last_data_addr: None,
             broken: false,
+            unread_final_reply: false,
         };
         // RFC 959 section 5.4: 120 (ready in nnn minutes) may precede 220.
         let greeting = client.read_final_reply().await?;
@@ -260,8 +262,20 @@ impl Client {
     /// Sends one command and returns its final reply, whatever its code (preliminary 1xx
     /// replies are skipped).
     pub async fn command(&mut self, command: &Command) -> Result<Reply, ClientError> {
+        self.skip_abandoned_reply().await?;
         self.send(command).await?;
         self.read_final_reply().await
+    }
+
+    /// Reads the final reply of a transfer that was dropped without `finish`, so that the
+    /// next command does not take it for its own.
+    async fn skip_abandoned_reply(&mut self) -> Result<(), ClientError> {
+        if self.unread_final_reply {
+            self.unread_final_reply = false;
+            let reply = self.read_final_reply().await?;
+            tracing::debug!(%reply, "skipped the final reply of an abandoned transfer");
+        }
+        Ok(())
     }
 
     /// Sends one command and returns its reply when `accept(code)`, an error otherwise.
@@ -715,6 +729,7 @@ impl Client {
 
     /// QUIT, then closes the connection. A server that closes without answering is fine.
     pub async fn quit(mut self) -> Result<(), ClientError> {
+        self.skip_abandoned_reply().await?;
         self.send(&Command::Quit).await?;
         match self.read_final_reply().await {
             Ok(reply) if reply.code().is_positive() => {}

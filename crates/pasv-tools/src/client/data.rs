@@ -23,9 +23,15 @@ pub struct Download<'a> {
     early_final: Option<Reply>,
     verb: &'static str,
     bytes: u64,
+    done: bool,
 }
 
 impl<'a> Download<'a> {
+    /// From here on the final reply is read by this call, not left for the client to skip.
+    fn settle(&mut self) {
+        self.done = true;
+    }
+
     pub(crate) fn new(
         client: &'a mut Client,
         data: TcpStream,
@@ -38,6 +44,7 @@ impl<'a> Download<'a> {
             early_final,
             verb,
             bytes: 0,
+            done: false,
         }
     }
 
@@ -49,6 +56,7 @@ impl<'a> Download<'a> {
     /// Closes the data connection and reads the final reply; a reply other than 2xx (such as
     /// 426) is an error.
     pub async fn finish(mut self) -> Result<Reply, ClientError> {
+        self.settle();
         drop(self.data.take());
         self.client
             .finish_transfer(self.verb, self.early_final.take())
@@ -58,6 +66,7 @@ impl<'a> Download<'a> {
     /// Sends ABOR (RFC 959 section 4.1.3), closes the data connection and reads the replies
     /// (426 for the transfer, then 226 or 225 for the ABOR, in whichever form the server uses).
     pub async fn abort(mut self) -> Result<(), ClientError> {
+        self.settle();
         self.client.send(&Command::Abor).await?;
         drop(self.data.take());
         if self.early_final.is_some() {
@@ -106,9 +115,15 @@ pub struct Upload<'a> {
     early_final: Option<Reply>,
     verb: &'static str,
     bytes: u64,
+    done: bool,
 }
 
 impl<'a> Upload<'a> {
+    /// From here on the final reply is read by this call, not left for the client to skip.
+    fn settle(&mut self) {
+        self.done = true;
+    }
+
     pub(crate) fn new(
         client: &'a mut Client,
         data: TcpStream,
@@ -121,6 +136,7 @@ impl<'a> Upload<'a> {
             early_final,
             verb,
             bytes: 0,
+            done: false,
         }
     }
 
@@ -132,6 +148,7 @@ impl<'a> Upload<'a> {
     /// Marks the end of the data (FIN, which is EOF in stream mode), closes the connection
     /// and reads the final reply; a reply other than 2xx is an error.
     pub async fn finish(mut self) -> Result<Reply, ClientError> {
+        self.settle();
         if let Some(mut data) = self.data.take() {
             // A server that already failed the transfer may have reset the connection; its
             // reply below says why, which is more useful than the socket error.
@@ -173,6 +190,25 @@ impl AsyncWrite for Upload<'_> {
         match self.get_mut().data.as_mut() {
             Some(data) => Pin::new(data).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A transfer dropped without `finish` or `abort` leaves its final reply (226, or 426 for a
+/// cut connection) on the control connection; the client skips it before its next command.
+impl Drop for Download<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.client.unread_final_reply = self.early_final.is_none();
+        }
+    }
+}
+
+/// See the `Drop` of [`Download`].
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.client.unread_final_reply = self.early_final.is_none();
         }
     }
 }

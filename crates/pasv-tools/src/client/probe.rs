@@ -158,10 +158,11 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
         match client.request_passive().await {
             Ok(addr) => offers.push(addr.port()),
             Err(e) => {
-                note_failure(&mut exhaustion, &e);
-                if client.is_broken() {
+                // A server that cannot do passive mode at all has nothing to probe.
+                if client.is_broken() || (offers.is_empty() && e.is_permanent()) {
                     return Err(e);
                 }
+                note_failure(&mut exhaustion, &e);
                 break;
             }
         }
