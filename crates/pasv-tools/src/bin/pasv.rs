@@ -726,8 +726,8 @@ fn load_data_mode(g: &Global) -> anyhow::Result<DataMode> {
 
 async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     let u = url(&args.url)?;
-    if args.sessions == 0 {
-        bail!("-k must be at least 1");
+    if !(1..=10_000).contains(&args.sessions) {
+        bail!("-k must be between 1 and 10000");
     }
     let duration = parse_secs(args.duration, "--duration")?.min(Duration::from_secs(3600));
     let mut config = load::LoadConfig::new(u, args.sessions, duration);
