@@ -813,3 +813,46 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_sizes() {
+        assert_eq!(parse_range("30000-30019"), Ok((30000, 30019)));
+        assert!(parse_range("30019-30000").is_err());
+        assert!(parse_range("0-10").is_err());
+        assert!(parse_range("1-70000").is_err());
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2m"), Ok(2 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("k").is_err());
+        assert!(parse_size("99999999999999g").is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        let reply = |code| {
+            let reply =
+                pasv_protocol::Reply::new(pasv_protocol::ReplyCode::new(code).unwrap(), "x");
+            anyhow::Error::new(ClientError::Reply {
+                command: "RETR".into(),
+                reply,
+            })
+        };
+        assert_eq!(exit_code(&reply(550)), 2);
+        assert_eq!(exit_code(&reply(425)), 3);
+        assert_eq!(exit_code(&anyhow::Error::new(ClientError::Closed)), 4);
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "x");
+        assert_eq!(exit_code(&anyhow::Error::new(io).context("local file")), 4);
+        assert_eq!(exit_code(&anyhow!("bad argument")), 1);
+        let exhausted = ClientError::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(ClientError::Closed),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(exhausted)), 3);
+    }
+}
