@@ -54,6 +54,9 @@ struct Global {
     /// Seconds to wait for each reply and data connection.
     #[arg(long, global = true, default_value_t = 30.0)]
     timeout: f64,
+    /// SO_RCVBUF/SO_SNDBUF for data sockets, bytes (k/m suffixes); default: kernel autotuning.
+    #[arg(long, global = true, value_parser = parse_size)]
+    socket_buffer: Option<u64>,
     /// No progress bar, no informational messages.
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -401,8 +404,15 @@ fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
         reply_timeout: timeout,
         data_timeout: timeout,
         connect_timeout: timeout,
+        data_socket_buffer: socket_buffer(g)?,
         ..ClientConfig::default()
     })
+}
+
+fn socket_buffer(g: &Global) -> anyhow::Result<Option<u32>> {
+    g.socket_buffer
+        .map(|b| u32::try_from(b).map_err(|_| anyhow!("--socket-buffer must be below 4 GiB")))
+        .transpose()
 }
 
 fn url(s: &str) -> anyhow::Result<FtpUrl> {
@@ -739,6 +749,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.delete_after = args.delete_after;
     config.expect_range = args.expect_range;
     config.data_mode = load_data_mode(g)?;
+    config.socket_buffer = socket_buffer(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
     let report = load::run(config).await;
     let mut out = std::io::stdout().lock();

@@ -125,6 +125,8 @@ pub struct LoadConfig {
     pub data_mode: DataMode,
     /// Limit for each reply and data connection.
     pub timeout: Duration,
+    /// SO_RCVBUF/SO_SNDBUF for data sockets (`None`: kernel autotuning).
+    pub socket_buffer: Option<u32>,
 }
 
 impl LoadConfig {
@@ -143,6 +145,7 @@ impl LoadConfig {
             expect_range: None,
             data_mode: DataMode::Pasv,
             timeout: Duration::from_secs(10),
+            socket_buffer: None,
         }
     }
 }
@@ -373,6 +376,7 @@ async fn run_session(
         reply_timeout: config.timeout,
         data_timeout: config.timeout,
         connect_timeout: config.timeout,
+        data_socket_buffer: config.socket_buffer,
         ..ClientConfig::default()
     };
     let mut stored = false;
