@@ -50,7 +50,7 @@ pub struct ClientConfig {
     /// SO_RCVBUF and SO_SNDBUF for data sockets; `None` (the default) leaves Linux's
     /// autotuning on, which a fixed size disables. Measured on loopback (one 64 MiB download
     /// from pasvd): autotuning 1.6 GiB/s, 256 KiB 1.55 GiB/s, 1 to 4 MiB 1.6 GiB/s.
-    /// Transfers read and write through 256 KiB application buffers either way.
+    /// `pasv` itself moves data through 256 KiB application buffers either way.
     pub data_socket_buffer: Option<u32>,
     /// Send `TYPE I` after login, so that SIZE and REST count bytes (RFC 3659 section 4).
     pub binary: bool,
