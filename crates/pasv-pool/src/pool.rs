@@ -351,7 +351,18 @@ impl Pool {
                 None
             },
         };
-        let Some(slot) = self.strategy.pick(&ledger) else {
+        // A custom strategy that breaks its contract (a slot out of range, leased, cooling
+        // or refused by the ledger)
+        // is treated as finding nothing rather than allowed to corrupt the ledger.
+        let picked = self.strategy.pick(&ledger).filter(|&s| {
+            ledger.admits(s)
+                && self.slots.get(s.index()).is_some_and(|st| {
+                    !st.cooling()
+                        && (self.config.exclusivity == Exclusivity::PerPortAndPeer
+                            || st.leases == 0)
+                })
+        });
+        let Some(slot) = picked else {
             self.refusals += 1;
             let retry_after = self
                 .next_free_for(peer, restricted)

@@ -116,8 +116,11 @@ impl Ledger<'_> {
     }
     /// Whether `slot`, offerable in the pool, may be given to this peer now.
     pub fn admits(&self, slot: SlotId) -> bool {
-        if !self.admits_address(self.layout.address_of(slot)) {
-            return false;
+        if let Some(allowed) = self.allowed {
+            let a = self.layout.address_of(slot);
+            if !allowed.get(a).copied().unwrap_or(false) {
+                return false;
+            }
         }
         match self.peer_state {
             None => true,

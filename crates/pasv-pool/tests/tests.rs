@@ -491,6 +491,42 @@ mod strategies {
         assert_eq!(got, [10_000, 10_001, 10_002, 10_003]);
     }
 
+    /// A custom strategy that keeps offering the same slot, leased or not.
+    #[derive(Debug, Default)]
+    struct Stubborn(Option<pasv_pool::strategy::SlotId>);
+
+    impl pasv_pool::strategy::Strategy for Stubborn {
+        fn name(&self) -> &'static str {
+            "stubborn"
+        }
+        fn insert(&mut self, slot: pasv_pool::strategy::SlotId) {
+            self.0.get_or_insert(slot);
+        }
+        fn remove(&mut self, _slot: pasv_pool::strategy::SlotId) {}
+        fn pick(
+            &mut self,
+            _ledger: &pasv_pool::strategy::Ledger<'_>,
+        ) -> Option<pasv_pool::strategy::SlotId> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_broken_custom_strategy_cannot_double_lease() {
+        let config = PoolConfig::new(vec![v4(1)], PortSet::range(5000, 5001).unwrap());
+        let mut p = Pool::with_strategy(config, Box::new(Stubborn::default())).unwrap();
+        let a = p.acquire(at(0), peer(1)).unwrap();
+        assert_eq!(a.addr().port(), 5000);
+        assert_eq!(p.acquire(at(0), peer(2)).unwrap_err().retry_after, None);
+        p.release(a, at(1), Closer::Server).unwrap();
+        assert_eq!(
+            p.acquire(at(1), peer(2)).unwrap_err().retry_after,
+            Some(secs(60))
+        );
+        assert!(p.acquire(at(61), peer(2)).is_ok());
+        p.check_invariants().unwrap();
+    }
+
     #[test]
     fn every_strategy_honours_the_ledger() {
         for s in StrategyKind::ALL {
