@@ -106,7 +106,7 @@ pub struct Plan {
 pub fn plan(input: PlanInput) -> Plan {
     let ports = u64::from(input.port_hi.saturating_sub(input.port_lo)) + 1;
     let addresses = input.addresses.max(1);
-    let ports_total = ports * addresses;
+    let ports_total = ports.saturating_mul(addresses);
     let (h, f, t) = (input.hold_s, input.server_close, input.time_wait_s);
     let busy = capacity::busy_time(h, f, t);
     let rate_max = capacity::rate_max(ports_total, h, f, t);
@@ -116,7 +116,7 @@ pub fn plan(input: PlanInput) -> Plan {
         .rate
         .map(|r| capacity::min_ports_for(r, h, f, t, addresses, input.target_refusal));
     let min_range = min_ports.and_then(|n| {
-        let hi = u64::from(input.port_lo) + n.max(1) - 1;
+        let hi = u64::from(input.port_lo).saturating_add(n.max(1) - 1);
         (hi <= 65535).then(|| format!("{}-{}", input.port_lo, hi))
     });
     let curve = (1..=15)

@@ -86,15 +86,20 @@ impl Backoff {
         if self.failed >= self.policy.max_attempts {
             return Err(exhausted(self.failed, error));
         }
+        // The hint comes from the server: no arithmetic on it may overflow (a hostile
+        // `retry after 1e30s` simply exceeds the budget).
+        let scaled = |d: Duration, factor: f64| {
+            Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+        };
         let delay = match error.retry_after() {
-            Some(hint) => hint + hint.mul_f64(rand::thread_rng().gen_range(0.0..0.1)),
-            None => {
-                let full = self.policy.backoff(self.failed);
-                full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
-            }
+            Some(hint) => hint.saturating_add(scaled(hint, rand::thread_rng().gen_range(0.0..0.1))),
+            None => scaled(
+                self.policy.backoff(self.failed),
+                rand::thread_rng().gen_range(0.5..=1.0),
+            ),
         };
         let elapsed = clock::now().saturating_duration_since(self.started);
-        if elapsed + delay > self.policy.budget {
+        if elapsed.saturating_add(delay) > self.policy.budget {
             return Err(exhausted(self.failed, error));
         }
         tracing::debug!(?delay, attempt = self.failed, %error, "retrying");
@@ -114,5 +119,53 @@ mod tests {
         assert_eq!(p.backoff(2), Duration::from_millis(200));
         assert_eq!(p.backoff(4), Duration::from_millis(800));
         assert_eq!(p.backoff(40), Duration::from_secs(5));
+    }
+
+    fn refusal(text: &str) -> ClientError {
+        let code = pasv_protocol::ReplyCode::CANT_OPEN_DATA;
+        ClientError::from_reply("PASV", pasv_protocol::Reply::new(code, text))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hints_beyond_the_budget_give_up_at_once() {
+        let mut backoff = Backoff::new(RetryPolicy::default());
+        let started = clock::now();
+        let err = backoff
+            .retry(refusal("Try later (retry after 31s)"))
+            .await
+            .unwrap_err();
+        assert!(err.is_exhausted(), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(31)));
+        assert_eq!(clock::now(), started);
+        // Absurd hints either exceed the budget or do not parse (then the backoff applies);
+        // neither may overflow.
+        for text in [
+            "Try later (retry after 18446744073709551615s)",
+            "Try later (retry after 99999999999999999999999999.5s)",
+        ] {
+            let mut backoff = Backoff::new(RetryPolicy::default());
+            let started = clock::now();
+            match backoff.retry(refusal(text)).await {
+                Err(err) => assert!(err.is_exhausted(), "{text}: {err}"),
+                Ok(()) => assert!(clock::now() - started <= Duration::from_secs(5), "{text}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_is_waited_for_with_at_most_ten_percent_more() {
+        let mut backoff = Backoff::new(RetryPolicy::default());
+        let started = clock::now();
+        backoff
+            .retry(refusal("Try later (retry after 2s)"))
+            .await
+            .unwrap();
+        let waited = clock::now() - started;
+        assert!(waited >= Duration::from_secs(2) && waited <= Duration::from_millis(2200));
+        // Not retryable: returned as it is, without waiting.
+        let code = pasv_protocol::ReplyCode::FILE_UNAVAILABLE;
+        let permanent = ClientError::from_reply("RETR", pasv_protocol::Reply::new(code, "no"));
+        let err = backoff.retry(permanent).await.unwrap_err();
+        assert!(err.is_permanent() && !err.is_exhausted());
     }
 }
