@@ -940,3 +940,100 @@ async fn load_reports_against_pasvd() {
     let left: Vec<_> = std::fs::read_dir(server.path("upload")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile servers: every bad answer is an error, never a panic or a hang
+
+/// Greets with `script[0]`, answers the n-th command line with `script[n]`, then closes.
+async fn scripted_server(script: Vec<Vec<u8>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut chunks = script.into_iter();
+        if let Some(greeting) = chunks.next() {
+            let _ = write.write_all(&greeting).await;
+        }
+        for chunk in chunks {
+            if !matches!(lines.next_line().await, Ok(Some(_))) {
+                return;
+            }
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hostile_replies_are_errors() {
+    let login = || {
+        vec![
+            b"220 hi\r\n".to_vec(),
+            b"331 pw\r\n".to_vec(),
+            b"230 ok\r\n".to_vec(),
+            b"200 binary\r\n".to_vec(),
+        ]
+    };
+    let with = |tail: &[&[u8]]| {
+        let mut script = login();
+        script.extend(tail.iter().map(|t| t.to_vec()));
+        script
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "octet above 255",
+            with(&[b"227 Entering Passive Mode (999,0,0,1,4,1)\r\n"]),
+        ),
+        (
+            "digit run",
+            with(&[b"227 Entering Passive Mode (1216,256,2,3,4,5)\r\n"]),
+        ),
+        ("no numbers", with(&[b"227 Entering Passive Mode\r\n"])),
+        ("epsv port 0", with(&[b"229 Extended (|||0|)\r\n"])),
+        ("not a reply", with(&[b"hello there\r\n"])),
+        ("endless line", with(&[&vec![b'2'; 100_000]])),
+        ("unclosed multi-line", with(&[b"227-a\r\n227-b\r\n"])),
+        ("huge multi-line", {
+            let mut big = b"211-x\r\n".to_vec();
+            for _ in 0..10_000 {
+                big.extend_from_slice(b" more text in a reply that never ends\r\n");
+            }
+            with(&[&big])
+        }),
+        (
+            "preliminary then close",
+            with(&[b"227 Entering Passive Mode (127,0,0,1,0,1)\r\n"]),
+        ),
+        ("bad greeting", vec![b"554 go away\r\n".to_vec()]),
+        ("greeting cut", vec![b"220-welcome\r\n".to_vec()]),
+        (
+            "nul and cr in text",
+            vec![b"220 a\0b\rc\r\n".to_vec(), b"530 \0no\r\n".to_vec()],
+        ),
+    ];
+    for (name, script) in cases {
+        let addr = scripted_server(script).await;
+        let config = ClientConfig {
+            data_mode: DataMode::Pasv,
+            retry: RetryPolicy::none(),
+            reply_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(2),
+            ..quick_config()
+        };
+        let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut c = Client::open(&url, config).await?;
+            fetch(&mut c).await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the client hung"));
+        let err = outcome.expect_err(name);
+        assert!(!err.to_string().is_empty(), "{name}");
+    }
+}
