@@ -6,7 +6,8 @@
 #                            [--k K] [PEER...]
 #
 # DIR is the peer-server kit (peers.sh, ftpload.py; see its README). PEER is any of
-# pyftpdlib vsftpd pure-ftpd proftpd (default: pyftpdlib vsftpd). Each peer is started with
+# pyftpdlib vsftpd pure-ftpd proftpd (default: pyftpdlib vsftpd), or pasvd (this workspace's
+# server, built in release mode and started here). Each peer is started with
 # its own 20-port passive range; the probe must report exactly that range (min_port,
 # max_port, 20 ports seen; ProFTPD: one port less, see below) or the script fails. With --bench, each peer is also loaded by
 # `pasv load` and by ftpload.py, alternately, R rounds of S seconds with K sessions
@@ -46,6 +47,14 @@ if [ -z "$PASV_BIN" ]; then
     (cd "$ROOT_DIR" && cargo build --release -q -p pasv-tools --bin pasv)
     PASV_BIN="$ROOT_DIR/target/release/pasv"
 fi
+PASVD_BIN="$(dirname "$PASV_BIN")/pasvd"
+for peer in "${PEERS[@]}"; do
+    if [ "$peer" = pasvd ] && [ ! -x "$PASVD_BIN" ]; then
+        (cd "$ROOT_DIR" && cargo build --release -q -p pasv-tools --bin pasvd)
+        PASVD_BIN="$ROOT_DIR/target/release/pasvd"
+    fi
+done
+PASVD_PID=""
 
 WORK="$(mktemp -d)"
 export PEERS_RUN="$WORK/run"
@@ -55,6 +64,7 @@ chmod 755 "$WORK" "$DATA"
 head -c 1024 /dev/urandom > "$DATA/f1k.bin"
 chmod 644 "$DATA/f1k.bin"
 cleanup() {
+    [ -n "$PASVD_PID" ] && kill "$PASVD_PID" 2>/dev/null || true
     "$KIT/peers.sh" stop all >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -74,9 +84,21 @@ for peer in "${PEERS[@]}"; do
     lo=$((24500 + 100 * i))
     hi=$((lo + 19))
     i=$((i + 1))
-    line="$("$KIT/peers.sh" start "$peer" --port "$ctl" --pasv "$lo-$hi" --root "$DATA" | grep ' listening on ' | tail -1)"
-    user="$(sed -n 's/.* user=\([^ ]*\).*/\1/p' <<<"$line")"
-    pass="$(sed -n 's/.* pass=\([^ ]*\).*/\1/p' <<<"$line")"
+    if [ "$peer" = pasvd ]; then
+        "$PASVD_BIN" --listen "127.0.0.1:$ctl" --root "$DATA" --pasv-min-port "$lo" \
+            --pasv-max-port "$hi" > "$WORK/pasvd.log" 2>&1 &
+        PASVD_PID=$!
+        for _ in $(seq 50); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$ctl") 2>/dev/null && break
+            sleep 0.1
+        done
+        user=anonymous
+        pass=guest
+    else
+        line="$("$KIT/peers.sh" start "$peer" --port "$ctl" --pasv "$lo-$hi" --root "$DATA" | grep ' listening on ' | tail -1)"
+        user="$(sed -n 's/.* user=\([^ ]*\).*/\1/p' <<<"$line")"
+        pass="$(sed -n 's/.* pass=\([^ ]*\).*/\1/p' <<<"$line")"
+    fi
     url="ftp://$user:$pass@127.0.0.1:$ctl/"
     "$PASV_BIN" probe "$url" --json > "$WORK/out.json"
     got="$(field '"%s-%s %s %s reuse=%s exhaustion=%s" % (d["min_port"], d["max_port"], d["ports_seen"], d["pattern"], d["reuses_closed_ports"], d["on_exhaustion"])')"
@@ -101,6 +123,12 @@ for peer in "${PEERS[@]}"; do
             echo "  round $r ftpload.py  $(field 'round(d["transfers_per_s"])') transfers/s, cpu ${cpu}s in ${DURATION}s, errors $(field 'd["errors_by_text"]')"
         done
     fi
-    "$KIT/peers.sh" stop "$peer" >/dev/null
+    if [ "$peer" = pasvd ]; then
+        kill "$PASVD_PID" 2>/dev/null || true
+        wait "$PASVD_PID" 2>/dev/null || true
+        PASVD_PID=""
+    else
+        "$KIT/peers.sh" stop "$peer" >/dev/null
+    fi
 done
 exit $status
