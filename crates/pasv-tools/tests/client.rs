@@ -628,6 +628,11 @@ async fn binary_commands_and_exit_codes() {
     let o = pasv(&["rm", &server.url("no-such-file")], None).await;
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("550"));
+    // A refused download leaves an existing local file alone.
+    std::fs::write(at("keep.txt"), b"precious").unwrap();
+    let o = pasv(&["get", &server.url("no-such-file"), &at("keep.txt")], None).await;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_eq!(std::fs::read(at("keep.txt")).unwrap(), b"precious");
     let o = pasv(&["get"], None).await;
     assert_eq!(o.status.code(), Some(1));
     let o = pasv(&["ls", "http://example.invalid/"], None).await;

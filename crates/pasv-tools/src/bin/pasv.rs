@@ -598,19 +598,9 @@ async fn get(g: &Global, u: &FtpUrl, output: Option<PathBuf>, resume: bool) -> a
         }
     }
     let bar = progress(g, remote_size);
-    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = if to_stdout {
-        Box::new(tokio::io::stdout())
-    } else {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(offset > 0)
-            .truncate(offset == 0)
-            .open(&path)
-            .await
-            .with_context(|| format!("{}", path.display()))?;
-        Box::new(file)
-    };
+    // The local file is opened (and truncated) only once the server has accepted RETR, so a
+    // refused download leaves an existing file alone.
+    let mut sink: Option<Box<dyn tokio::io::AsyncWrite + Unpin>> = None;
     let mut buf = vec![0u8; 256 << 10];
     let mut failed = 0;
     // A transfer cut short (426, reset data connection) resumes from what was written, as
@@ -619,41 +609,76 @@ async fn get(g: &Global, u: &FtpUrl, output: Option<PathBuf>, resume: bool) -> a
         bar.set_position(offset);
         let result = async {
             let mut download = client.retrieve(u.path(), offset).await?;
+            let out = match &mut sink {
+                Some(out) => out,
+                None => sink.insert(open_output(&path, to_stdout, offset).await?),
+            };
             loop {
                 let n = download.read(&mut buf).await.map_err(ClientError::Io)?;
                 if n == 0 {
                     break;
                 }
-                sink.write_all(&buf[..n]).await.map_err(ClientError::Io)?;
+                out.write_all(&buf[..n])
+                    .await
+                    .with_context(|| format!("{}", path.display()))?;
                 offset += n as u64;
                 bar.set_position(offset);
             }
             download.finish().await?;
-            Ok::<_, ClientError>(())
+            Ok::<_, anyhow::Error>(())
         }
         .await;
-        match result {
+        let e = match result {
             Ok(()) => break,
-            Err(e) if (e.is_retryable() || e.is_network()) && !client.is_broken() && !to_stdout => {
-                failed += 1;
-                if failed >= policy.max_attempts {
-                    return Err(ClientError::RetriesExhausted {
-                        attempts: failed,
-                        last: Box::new(e),
-                    }
-                    .into());
+            Err(e) => match e.downcast::<ClientError>() {
+                Ok(c)
+                    if (c.is_retryable() || c.is_network())
+                        && !to_stdout
+                        && !client.is_broken() =>
+                {
+                    c
                 }
-                let delay = e.retry_after().unwrap_or_else(|| policy.backoff(failed));
-                tracing::info!(%e, ?delay, offset, "transfer interrupted, resuming");
-                tokio::time::sleep(delay).await;
+                Ok(c) => return Err(c.into()),
+                Err(other) => return Err(other),
+            },
+        };
+        failed += 1;
+        if failed >= policy.max_attempts {
+            return Err(ClientError::RetriesExhausted {
+                attempts: failed,
+                last: Box::new(e),
             }
-            Err(e) => return Err(e.into()),
+            .into());
         }
+        let delay = e.retry_after().unwrap_or_else(|| policy.backoff(failed));
+        tracing::info!(%e, ?delay, offset, "transfer interrupted, resuming");
+        tokio::time::sleep(delay).await;
     }
-    sink.flush().await?;
+    if let Some(mut out) = sink {
+        out.flush().await?;
+    }
     bar.finish_and_clear();
     client.quit().await?;
     Ok(())
+}
+
+async fn open_output(
+    path: &Path,
+    to_stdout: bool,
+    offset: u64,
+) -> anyhow::Result<Box<dyn tokio::io::AsyncWrite + Unpin>> {
+    if to_stdout {
+        return Ok(Box::new(tokio::io::stdout()));
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(offset > 0)
+        .truncate(offset == 0)
+        .open(path)
+        .await
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(Box::new(file))
 }
 
 async fn put(
