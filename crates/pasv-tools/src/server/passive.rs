@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pasv_pool::{AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use std::os::fd::AsFd;
+
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -25,7 +28,15 @@ const LEASE_BACKLOG: u32 = 16;
 /// How many leased ports may fail to bind in a row before PASV gives up.
 const MAX_BIND_FAILURES: usize = 4;
 
-type Registry = Arc<Mutex<HashMap<(SocketAddr, IpAddr), oneshot::Sender<TcpStream>>>>;
+/// An accepted data connection: a plain non-blocking socket, not registered with the
+/// runtime. A small download is written and closed without ever touching epoll (two
+/// `epoll_ctl` calls and a registration saved per transfer); a transfer task registers it.
+pub(crate) type DataConn = std::net::TcpStream;
+
+/// A passive listener, registered with the runtime for readiness only.
+type PassiveListener = AsyncFd<std::net::TcpListener>;
+
+type Registry = Arc<Mutex<HashMap<(SocketAddr, IpAddr), oneshot::Sender<DataConn>>>>;
 
 /// Locks a mutex, ignoring poisoning: the data it guards stays consistent between statements.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,7 +66,7 @@ pub(crate) struct PassivePorts {
     addresses: Vec<IpAddr>,
     registry: Registry,
     /// Prebound mode: every passive listener, bound once at start.
-    prebound: Mutex<HashMap<SocketAddr, Arc<TcpListener>>>,
+    prebound: Mutex<HashMap<SocketAddr, Arc<PassiveListener>>>,
 }
 
 impl PassivePorts {
@@ -101,9 +112,8 @@ impl PassivePorts {
             for &ip in &addresses {
                 for port in ports.iter() {
                     let addr = SocketAddr::new(ip, port);
-                    let listener =
-                        bind_listener(addr, ports_state.reuseaddr, config.listen_backlog)
-                            .map_err(|source| ServerError::Bind { addr, source })?;
+                    let listener = bind_passive(addr, ports_state.reuseaddr, config.listen_backlog)
+                        .map_err(|source| ServerError::Bind { addr, source })?;
                     listeners.insert(addr, Arc::new(listener));
                 }
             }
@@ -215,7 +225,7 @@ impl PassivePorts {
     fn listen(self: &Arc<Self>, lease: Lease, peer: IpAddr) -> Result<Passive, (Lease, io::Error)> {
         let addr = lease.addr();
         let acceptor = match self.mode {
-            ListenerMode::PerLease => match bind_listener(addr, self.reuseaddr, LEASE_BACKLOG) {
+            ListenerMode::PerLease => match bind_passive(addr, self.reuseaddr, LEASE_BACKLOG) {
                 Ok(listener) => Acceptor::Listener(listener),
                 Err(e) => return Err((lease, e)),
             },
@@ -281,8 +291,42 @@ pub(crate) fn bind_listener(
     socket.listen(backlog)
 }
 
+/// Binds a passive listener (SO_REUSEADDR as asked, never SO_REUSEPORT), non-blocking from
+/// creation, registered for readiness.
+fn bind_passive(addr: SocketAddr, reuseaddr: bool, backlog: u32) -> io::Result<PassiveListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(reuseaddr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // `AsyncFd::new` is deprecated because a wrapped type could close or replace its
+    // descriptor while registered; `std::net::TcpListener` owns its descriptor and does
+    // neither, and the safe constructor keeps this crate free of `unsafe`.
+    #[allow(deprecated)]
+    AsyncFd::new(std::net::TcpListener::from(socket))
+}
+
+/// Accepts one connection, made non-blocking. Cancel-safe.
+async fn accept_raw(listener: &PassiveListener) -> io::Result<(DataConn, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|l| l.get_ref().accept()) {
+            Ok(Ok((stream, from))) => {
+                stream.set_nonblocking(true)?;
+                return Ok((stream, from));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
 /// Drops a connection with RST (SO_LINGER 0): no TIME_WAIT, and the peer learns at once.
-pub(crate) fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: impl AsFd) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }
@@ -317,22 +361,22 @@ impl Drop for LeaseGuard {
 }
 
 enum Acceptor {
-    Listener(TcpListener),
+    Listener(PassiveListener),
     /// A listener shared by every lease on its port (one per peer address). Whichever waiting
     /// session accepts a connection routes it by peer address: its own, another session's
     /// (through the registry), or nobody's (reset). No separate accept task, so no hop
     /// between threads on the way to the session.
     Prebound {
-        listener: Arc<TcpListener>,
-        routed: oneshot::Receiver<TcpStream>,
+        listener: Arc<PassiveListener>,
+        routed: oneshot::Receiver<DataConn>,
         registry: Registry,
     },
     Done,
 }
 
 enum PreboundEvent {
-    Routed(Result<TcpStream, oneshot::error::RecvError>),
-    Accepted(io::Result<(TcpStream, SocketAddr)>),
+    Routed(Result<DataConn, oneshot::error::RecvError>),
+    Accepted(io::Result<(DataConn, SocketAddr)>),
 }
 
 /// Why the client's data connection did not arrive.
@@ -361,10 +405,10 @@ impl Passive {
     /// Waits for the control peer's connection; a connection from any other address is reset
     /// and the wait goes on. The listener is closed as soon as the connection is accepted.
     /// Cancel-safe: dropping the future loses nothing.
-    pub(crate) async fn accept(&mut self) -> Result<TcpStream, AcceptError> {
+    pub(crate) async fn accept(&mut self) -> Result<DataConn, AcceptError> {
         let stream = match &mut self.acceptor {
             Acceptor::Listener(listener) => loop {
-                let accepted = tokio::time::timeout_at(self.deadline, listener.accept()).await;
+                let accepted = tokio::time::timeout_at(self.deadline, accept_raw(listener)).await;
                 match accepted {
                     Err(_) => return Err(AcceptError::Timeout),
                     Ok(Err(e)) => return Err(AcceptError::Io(e)),
@@ -390,7 +434,7 @@ impl Passive {
                 let event = tokio::time::timeout_at(self.deadline, async {
                     tokio::select! {
                         r = &mut *routed => PreboundEvent::Routed(r),
-                        r = listener.accept() => PreboundEvent::Accepted(r),
+                        r = accept_raw(listener) => PreboundEvent::Accepted(r),
                     }
                 })
                 .await;

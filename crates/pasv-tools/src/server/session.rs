@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::listing::{self, Civil, Format};
-use super::passive::{AcceptError, LeaseGuard, Passive, Refusal};
+use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, PathError, Resolved, Vfs, UPLOAD_PREFIX};
@@ -66,7 +66,7 @@ struct Account {
 enum Data {
     None,
     Passive(Passive),
-    Connected(TcpStream, LeaseGuard),
+    Connected(DataConn, LeaseGuard),
     Active(SocketAddr),
 }
 
@@ -159,7 +159,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     }
 }
 
-async fn wait_accept(data: &mut Data) -> Result<TcpStream, AcceptError> {
+async fn wait_accept(data: &mut Data) -> Result<DataConn, AcceptError> {
     match data {
         Data::Passive(p) => p.accept().await,
         _ => std::future::pending().await,
@@ -940,8 +940,10 @@ impl Session {
             }
             Refusal::NoAddress => self.reply(425, b"No passive address of this family; use EPSV."),
             Refusal::Bind(e) => {
+                // Something outside the pool holds the ports it picked; they are cooling now,
+                // so another try soon may get a different one.
                 tracing::warn!(session = self.id, error = %e, "passive ports unbindable");
-                self.reply(425, b"Can't open data connection.");
+                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
             }
         }
     }
@@ -1056,7 +1058,14 @@ impl Session {
             return Err((Job::SendBytes(body[..len].to_vec()), 0));
         };
         let port = guard.addr().map(|a| a.port());
-        let written = stream.try_write(&body[..len]);
+        // Corked, the data waits in the socket until our FIN joins it: one segment carries
+        // both, so the client gets data and EOF in one wake-up and one packet less crosses
+        // the stack each way (the FIN is sent with Nagle and cork overridden).
+        let corked = socket2::SockRef::from(&stream).set_cork(true).is_ok();
+        let written = io::Write::write(&mut &stream, &body[..len]);
+        if corked && !matches!(&written, Ok(n) if *n == len) {
+            let _ = socket2::SockRef::from(&stream).set_cork(false);
+        }
         let finished = |ending, closer, bytes| Outcome {
             ending,
             bytes,
@@ -1069,7 +1078,7 @@ impl Session {
         match written {
             Ok(n) if n == len => {
                 // Our FIN first, as in the task: TIME_WAIT on the passive port.
-                let shut = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+                let shut = stream.shutdown(std::net::Shutdown::Write);
                 self.keep_buffer(body);
                 match shut {
                     Ok(()) => {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
-use super::passive::{reset, AcceptError, LeaseGuard, Passive};
+use super::passive::{reset, AcceptError, DataConn, LeaseGuard, Passive};
 use crate::clock;
 
 /// Where the data connection comes from.
@@ -31,7 +31,7 @@ pub(crate) enum DataSource {
     /// A passive endpoint still waiting for the client.
     Passive(Passive),
     /// A passive connection the session already accepted.
-    Connected(TcpStream, LeaseGuard),
+    Connected(DataConn, LeaseGuard),
     /// PORT/EPRT: we connect to the client (address already checked).
     Active {
         addr: SocketAddr,
@@ -187,12 +187,15 @@ impl Transfer {
             } => {
                 let connect = connect_active(addr, local, timeout);
                 tokio::select! {
-                    r = connect => r.map(|s| (s, None)).map_err(|e| Ending::NoConnection(e.to_string())),
+                    r = connect => r
+                        .and_then(TcpStream::into_std)
+                        .map(|s| (s, None))
+                        .map_err(|e| Ending::NoConnection(e.to_string())),
                     _ = &mut self.abort => Err(Ending::Aborted),
                 }
             }
         };
-        let (mut stream, guard) = match connected {
+        let (stream, guard) = match connected {
             Ok(c) => c,
             Err(ending) => {
                 outcome.ending = ending;
@@ -226,6 +229,18 @@ impl Transfer {
             }
             job => self.job = job,
         }
+        let mut stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(guard) = guard {
+                    guard.release(Closer::Reset);
+                }
+                outcome.ending = Ending::Network(e);
+                outcome.closer = Some(Closer::Reset);
+                outcome.buffer = buffer;
+                return outcome;
+            }
+        };
         let result = {
             let copy = copy(
                 &mut stream,
@@ -305,16 +320,12 @@ const SENDFILE_MIN: u64 = 256 * 1024;
 /// socket is switched to blocking mode with a send timeout as the stall timeout; an abort
 /// shuts the socket down from here, which wakes the blocked `sendfile`.
 async fn send_file(
-    stream: TcpStream,
+    std_stream: DataConn,
     file: File,
     len: u64,
     stall: Duration,
     abort: &mut oneshot::Receiver<()>,
 ) -> (Ending, Closer, u64) {
-    let std_stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => return (Ending::Network(e), Closer::Reset, 0),
-    };
     let prepared = std_stream
         .set_nonblocking(false)
         .and_then(|()| std_stream.set_write_timeout(Some(stall.max(Duration::from_millis(1)))))
