@@ -1,6 +1,6 @@
 //! The pool: leases, releases, quarantine and the sans-IO timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -192,8 +192,11 @@ pub struct Pool {
     strategy: Box<dyn Strategy>,
     /// Port-wide quarantines per address, in expiry order (one T for all, so release order is
     /// expiry order and a FIFO is a priority queue). Entries whose slot was re-quarantined
-    /// later are skipped when they come up.
+    /// later move to `extended` when they come up.
     cooling: Vec<VecDeque<(Instant, u32)>>,
+    /// Quarantines extended after their entry was queued (a second server close while
+    /// cooling), by new end. At most one entry per slot, in `cooling` or here.
+    extended: BTreeSet<(Instant, u32)>,
     /// Per-peer quarantines, in expiry order.
     peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
     peers: HashMap<IpAddr, PeerLedger>,
@@ -254,6 +257,7 @@ impl Pool {
             slots: vec![Slot::default(); layout.slots()],
             strategy,
             cooling: vec![VecDeque::new(); layout.addresses],
+            extended: BTreeSet::new(),
             peer_expiry: VecDeque::new(),
             peers: HashMap::new(),
             counts: vec![Counts::default(); layout.addresses],
@@ -463,16 +467,18 @@ impl Pool {
             QuarantineScope::Port if quarantine => {
                 // The slot stays occupied (it was leased, now it cools); under one lease per
                 // (port, peer) it was offerable to other peers and no longer is.
+                // A cooling slot has exactly one expiry entry, so memory follows the range,
+                // not the number of closes: a second server close on a port still cooling
+                // (other peers' leases, one lease per port and peer) only moves its end;
+                // the old entry finds that out when it comes up and moves to `extended`.
                 let s = &mut self.slots[i];
-                if !s.cooling() {
+                if s.cooling() {
+                    s.cooling_until = s.cooling_until.max(until);
+                } else {
                     self.counts[a].cooling += 1;
                     if !per_port {
                         self.strategy.remove(slot);
                     }
-                }
-                // Two server closes on one port at one instant (one lease per port and
-                // peer) need one queue entry, or stats() would count the port twice.
-                if s.cooling_until != until {
                     s.cooling_until = until;
                     self.cooling[a].push_back((until, id.slot));
                 }
@@ -503,13 +509,16 @@ impl Pool {
     }
 
     /// When the next quarantine ends: call [`Pool::handle_timeout`] then (or don't: every
-    /// operation first ends the quarantines due at its `now`).
+    /// operation first ends the quarantines due at its `now`). Under one lease per port and
+    /// peer, a port closed again while cooling has its quarantine extended; the instant
+    /// returned may then be its original end, where `handle_timeout` only files the new one.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ports = self
             .cooling
             .iter()
             .filter_map(|q| q.front().map(|e| e.0))
+            .chain(self.extended.first().map(|e| e.0))
             .min();
         let peers = self.peer_expiry.front().map(|e| e.0);
         match (ports, peers) {
@@ -532,25 +541,15 @@ impl Pool {
                     break;
                 }
                 self.cooling[a].pop_front();
-                let s = &mut self.slots[slot as usize];
-                if s.cooling_until != t {
-                    continue; // re-quarantined later; a later entry ends it
-                }
-                s.cooling_until = NOT_COOLING;
-                self.counts[a].cooling -= 1;
-                match self.config.exclusivity {
-                    Exclusivity::PerPort => {
-                        self.counts[a].occupied -= 1;
-                        self.strategy.insert(SlotId(slot));
-                    }
-                    Exclusivity::PerPortAndPeer => {
-                        if s.leases == 0 {
-                            self.counts[a].occupied -= 1;
-                        }
-                        self.strategy.insert(SlotId(slot));
-                    }
-                }
+                self.expire_slot(slot, now);
             }
+        }
+        while let Some(&(t, slot)) = self.extended.first() {
+            if t > now {
+                break;
+            }
+            self.extended.pop_first();
+            self.expire_slot(slot, now);
         }
         while let Some(&(t, peer, slot)) = self.peer_expiry.front() {
             if t > now {
@@ -569,25 +568,60 @@ impl Pool {
         now
     }
 
+    /// The expiry entry of `slot` came up at or before `now`: end its quarantine, or, if it
+    /// was extended past `now`, file it under its new end.
+    fn expire_slot(&mut self, slot: u32, now: Instant) {
+        let s = &mut self.slots[slot as usize];
+        if !s.cooling() {
+            return;
+        }
+        if s.cooling_until > now {
+            self.extended.insert((s.cooling_until, slot));
+            return;
+        }
+        s.cooling_until = NOT_COOLING;
+        let a = self.layout.address_of(SlotId(slot));
+        self.counts[a].cooling -= 1;
+        if s.leases == 0 {
+            self.counts[a].occupied -= 1;
+        }
+        self.strategy.insert(SlotId(slot));
+    }
+
     /// The earliest instant at which a port frees up for `peer` by time alone (quarantines
     /// ending), given that nothing is offerable to it now.
     fn next_free_for(&self, peer: IpAddr, restricted: bool) -> Option<Instant> {
         let ledger = self.peers.get(&peer);
         let mut best: Option<Instant> = None;
+        // Entries are in order of their time, and an entry's time is never after the end
+        // of its slot's quarantine (an extension only moves the end later), so the scan
+        // stops at the first entry not earlier than the best end found.
+        let consider = |t: Instant, slot: u32, best: &mut Option<Instant>| -> bool {
+            if best.is_some_and(|b| t >= b) {
+                return false;
+            }
+            let s = &self.slots[slot as usize];
+            // A port this peer still holds stays refused to it after the quarantine.
+            if s.cooling() && !ledger.is_some_and(|l| l.leases.contains_key(&slot)) {
+                *best = Some(best.map_or(s.cooling_until, |b| b.min(s.cooling_until)));
+            }
+            true
+        };
         for (a, queue) in self.cooling.iter().enumerate() {
             if restricted && !self.allowed[a] {
                 continue;
             }
-            // The first live entry wins, unless this peer holds a lease on that slot (one
-            // lease per port and peer): then the port stays refused to it after the expiry.
             for &(t, slot) in queue {
-                if self.slots[slot as usize].cooling_until != t {
-                    continue;
+                if !consider(t, slot, &mut best) {
+                    break;
                 }
-                if ledger.is_some_and(|l| l.leases.contains_key(&slot)) {
-                    continue;
-                }
-                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        }
+        for &(t, slot) in &self.extended {
+            if restricted && !self.allowed[self.layout.address_of(SlotId(slot))] {
+                continue;
+            }
+            if !consider(t, slot, &mut best) {
                 break;
             }
         }
@@ -610,24 +644,30 @@ impl Pool {
     /// Counts as of `now` (quarantines due at `now` count as ended).
     pub fn stats(&self, now: Instant) -> PoolStats {
         let now = now.max(self.latest);
+        // Quarantines due at `now` but not yet ended count as ended. Each cooling slot has
+        // exactly one expiry entry, at or before its end, so no slot is counted twice.
+        let mut due_cooling = vec![0usize; self.layout.addresses];
+        let mut due_free = vec![0usize; self.layout.addresses];
+        let entries = self
+            .cooling
+            .iter()
+            .flat_map(|q| q.iter().take_while(|e| e.0 <= now))
+            .chain(self.extended.iter().take_while(|e| e.0 <= now));
+        for &(_, slot) in entries {
+            let s = &self.slots[slot as usize];
+            if s.cooling() && s.cooling_until <= now {
+                let a = self.layout.address_of(SlotId(slot));
+                due_cooling[a] += 1;
+                due_free[a] += usize::from(s.leases == 0);
+            }
+        }
         let mut per_address = Vec::with_capacity(self.layout.addresses);
         for (a, c) in self.counts.iter().enumerate() {
-            let due = self.cooling[a]
-                .iter()
-                .take_while(|e| e.0 <= now)
-                .filter(|&&(t, slot)| self.slots[slot as usize].cooling_until == t)
-                .map(|&(_, slot)| usize::from(self.slots[slot as usize].leases == 0))
-                .sum::<usize>();
-            let cooling_due = self.cooling[a]
-                .iter()
-                .take_while(|e| e.0 <= now)
-                .filter(|&&(t, slot)| self.slots[slot as usize].cooling_until == t)
-                .count();
             per_address.push(AddressStats {
                 address: self.config.addresses[a],
-                free: self.layout.ports - (c.occupied - due),
+                free: self.layout.ports - (c.occupied - due_free[a]),
                 leased: c.leased,
-                cooling: c.cooling - cooling_due,
+                cooling: c.cooling - due_cooling[a],
             });
         }
         let peer_quarantined = self

@@ -80,6 +80,14 @@ impl Sub<Instant> for Instant {
     }
 }
 
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Saturates at [`Instant::ZERO`].
+    fn sub(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_sub(nanos(d)))
+    }
+}
+
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -113,6 +121,8 @@ mod tests {
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
         assert_eq!(t - Instant::from_nanos(9), Duration::ZERO);
         assert_eq!(Instant::from_nanos(9) - t, Duration::from_nanos(4));
+        assert_eq!(t - Duration::from_nanos(2), Instant::from_nanos(3));
+        assert_eq!(t - Duration::from_secs(1), Instant::ZERO);
         assert_eq!(Instant::MAX.checked_add(Duration::from_nanos(1)), None);
         assert_eq!(
             Instant::from_secs_f64(1.5),

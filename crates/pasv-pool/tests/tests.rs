@@ -290,6 +290,44 @@ mod leases {
         p.check_invariants().unwrap();
     }
 
+    /// Under one lease per (port, peer), a second server close on a port still cooling
+    /// extends its quarantine.
+    #[test]
+    fn a_second_close_extends_the_quarantine() {
+        let mut p = pool(
+            1,
+            QuarantineScope::Port,
+            Exclusivity::PerPortAndPeer,
+            StrategyKind::LeastRecentlyReleased,
+        );
+        let a = p.acquire(at(0), peer(1)).unwrap();
+        let b = p.acquire(at(0), peer(2)).unwrap();
+        let c = p.acquire(at(0), peer(3)).unwrap();
+        p.release(a, at(0), Closer::Server).unwrap();
+        p.release(b, at(30), Closer::Server).unwrap();
+        p.release(c, at(45), Closer::Client).unwrap();
+        assert_eq!(
+            p.acquire(at(45), peer(4)).unwrap_err().retry_after,
+            Some(secs(45))
+        );
+        // The timer may wake at the first end; nothing frees then, and the next one is exact.
+        assert_eq!(p.poll_timeout(), Some(at(60)));
+        p.handle_timeout(at(60));
+        assert_eq!(p.poll_timeout(), Some(at(90)));
+        let s = p.stats(at(60));
+        assert_eq!((s.free, s.cooling, s.leased), (0, 1, 0));
+        assert_eq!(
+            p.acquire(at(60), peer(4)).unwrap_err().retry_after,
+            Some(secs(30))
+        );
+        assert!(p
+            .acquire(at(90) - Duration::from_nanos(1), peer(4))
+            .is_err());
+        assert_eq!(p.stats(at(90)).free, 1);
+        assert!(p.acquire(at(90), peer(4)).is_ok());
+        p.check_invariants().unwrap();
+    }
+
     #[test]
     fn several_addresses_and_filters() {
         let config = PoolConfig::new(
@@ -676,7 +714,11 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        // 512 cases by default; PROPTEST_CASES raises it for a deeper local run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
 
         /// No double lease, no quarantined port offered, refusals only when the model has
         /// nothing to offer, and `retry_after` exact; after all releases and T, all free.
@@ -685,86 +727,127 @@ mod props {
             (ports, two, scope, excl, strat) in config_strategy(),
             ops in proptest::collection::vec(op(), 1..120),
         ) {
-            let (mut pool, mut m) = build(ports, two, scope, excl, strat);
-            let peers = [peer(1), peer(2), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-            let mut now = 0u64;
-            for op in ops {
-                match op {
-                    Op::Acquire { peer: who, filter: f } => {
-                        let who = peers[usize::from(who)];
-                        let f = filter(&m.addrs, f);
-                        let expected = m.earliest(who, f);
-                        match pool.acquire_with(Instant::from_nanos(now), who, f) {
-                            Ok(lease) => {
-                                prop_assert!(f.matches(lease.addr().ip()));
-                                let avail = m.available_from(lease.addr(), who);
-                                prop_assert!(avail.is_some(), "leased twice: {:?}", lease.addr());
-                                prop_assert!(avail.unwrap() <= now, "quarantined until {:?}, now {now}", avail);
-                                m.live.push(lease);
-                            }
-                            Err(e) => {
-                                match expected {
-                                    None => prop_assert_eq!(e.retry_after, None),
-                                    Some(t) => {
-                                        prop_assert!(t > now, "refused although {t} <= {now}");
-                                        prop_assert_eq!(e.retry_after, Some(Duration::from_nanos(t - now)));
-                                        // Exactness, directly: one nanosecond early fails...
-                                        now = t - 1;
-                                        let early = pool.acquire_with(Instant::from_nanos(now), who, f);
-                                        prop_assert!(early.is_err());
-                                        // ...and on time succeeds.
-                                        now = t;
-                                        let lease = pool.acquire_with(Instant::from_nanos(now), who, f);
-                                        prop_assert!(lease.is_ok());
-                                        m.live.push(lease.unwrap());
-                                    }
+            check(ports, two, scope, excl, strat, ops)?;
+        }
+
+        /// The same on one or two ports shared by three peers under one lease per (port,
+        /// peer) and the port scope, where quarantines get extended.
+        #[test]
+        fn shared_ports_match_the_model(
+            ports in 1u16..=2,
+            strat in 0u8..4,
+            ops in proptest::collection::vec(op(), 1..160),
+        ) {
+            check(ports, false, 0, 1, strat, ops)?;
+        }
+    }
+
+    fn check(
+        ports: u16,
+        two: bool,
+        scope: u8,
+        excl: u8,
+        strat: u8,
+        ops: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        let (mut pool, mut m) = build(ports, two, scope, excl, strat);
+        let peers = [peer(1), peer(2), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let mut now = 0u64;
+        for op in ops {
+            match op {
+                Op::Acquire {
+                    peer: who,
+                    filter: f,
+                } => {
+                    let who = peers[usize::from(who)];
+                    let f = filter(&m.addrs, f);
+                    let expected = m.earliest(who, f);
+                    match pool.acquire_with(Instant::from_nanos(now), who, f) {
+                        Ok(lease) => {
+                            prop_assert!(f.matches(lease.addr().ip()));
+                            let avail = m.available_from(lease.addr(), who);
+                            prop_assert!(avail.is_some(), "leased twice: {:?}", lease.addr());
+                            prop_assert!(
+                                avail.unwrap() <= now,
+                                "quarantined until {:?}, now {now}",
+                                avail
+                            );
+                            m.live.push(lease);
+                        }
+                        Err(e) => {
+                            match expected {
+                                None => prop_assert_eq!(e.retry_after, None),
+                                Some(t) => {
+                                    prop_assert!(t > now, "refused although {t} <= {now}");
+                                    prop_assert_eq!(
+                                        e.retry_after,
+                                        Some(Duration::from_nanos(t - now))
+                                    );
+                                    // Exactness, directly: one nanosecond early fails...
+                                    now = t - 1;
+                                    let early = pool.acquire_with(Instant::from_nanos(now), who, f);
+                                    prop_assert!(early.is_err());
+                                    // ...and on time succeeds.
+                                    now = t;
+                                    let lease = pool.acquire_with(Instant::from_nanos(now), who, f);
+                                    prop_assert!(lease.is_ok());
+                                    m.live.push(lease.unwrap());
                                 }
                             }
                         }
                     }
-                    Op::Release { index, closer: c } => {
-                        if m.live.is_empty() {
-                            continue;
-                        }
-                        let lease = m.live.swap_remove(index % m.live.len());
-                        let (addr, who, id) = (lease.addr(), lease.peer(), lease.id());
-                        pool.release(lease, Instant::from_nanos(now), closer(c)).unwrap();
-                        prop_assert_eq!(pool.release_id(id, Instant::from_nanos(now), closer(c)), Err(ReleaseError::Stale));
-                        if closer(c) == Closer::Server {
-                            m.closes.push((addr, who, now));
-                        }
+                }
+                Op::Release { index, closer: c } => {
+                    if m.live.is_empty() {
+                        continue;
                     }
-                    Op::Advance(d) => now += d,
-                    Op::Timeout => {
-                        if let Some(t) = pool.poll_timeout() {
-                            now = now.max(t.as_nanos());
-                            pool.handle_timeout(Instant::from_nanos(now));
-                            prop_assert!(pool.poll_timeout().map_or(true, |n| n.as_nanos() > now));
-                        }
+                    let lease = m.live.swap_remove(index % m.live.len());
+                    let (addr, who, id) = (lease.addr(), lease.peer(), lease.id());
+                    pool.release(lease, Instant::from_nanos(now), closer(c))
+                        .unwrap();
+                    prop_assert_eq!(
+                        pool.release_id(id, Instant::from_nanos(now), closer(c)),
+                        Err(ReleaseError::Stale)
+                    );
+                    if closer(c) == Closer::Server {
+                        m.closes.push((addr, who, now));
                     }
                 }
-                prop_assert_eq!(pool.check_invariants(), Ok(()));
-                prop_assert_eq!(pool.stats(Instant::from_nanos(now)).leased, m.live.len());
+                Op::Advance(d) => now += d,
+                Op::Timeout => {
+                    if let Some(t) = pool.poll_timeout() {
+                        now = now.max(t.as_nanos());
+                        pool.handle_timeout(Instant::from_nanos(now));
+                        prop_assert!(pool.poll_timeout().map_or(true, |n| n.as_nanos() > now));
+                    }
+                }
             }
-            // Release everything, wait T: everything is free and every port can be leased.
-            for lease in std::mem::take(&mut m.live) {
-                pool.release(lease, Instant::from_nanos(now), Closer::Server).unwrap();
-            }
-            now += T;
-            let s = pool.stats(Instant::from_nanos(now));
-            let total = m.addrs.len() * m.ports.len();
-            prop_assert_eq!((s.free, s.leased, s.cooling, s.peer_quarantined), (total, 0, 0, 0));
-            pool.handle_timeout(Instant::from_nanos(now));
-            prop_assert_eq!(pool.poll_timeout(), None);
-            let mut seen = HashMap::new();
-            for _ in 0..total {
-                let l = pool.acquire(Instant::from_nanos(now), peers[0]);
-                prop_assert!(l.is_ok());
-                let l = l.unwrap();
-                prop_assert!(seen.insert(l.addr(), ()).is_none());
-            }
-            prop_assert!(pool.acquire(Instant::from_nanos(now), peers[0]).is_err());
+            prop_assert_eq!(pool.check_invariants(), Ok(()));
+            prop_assert_eq!(pool.stats(Instant::from_nanos(now)).leased, m.live.len());
         }
+        // Release everything, wait T: everything is free and every port can be leased.
+        for lease in std::mem::take(&mut m.live) {
+            pool.release(lease, Instant::from_nanos(now), Closer::Server)
+                .unwrap();
+        }
+        now += T;
+        let s = pool.stats(Instant::from_nanos(now));
+        let total = m.addrs.len() * m.ports.len();
+        prop_assert_eq!(
+            (s.free, s.leased, s.cooling, s.peer_quarantined),
+            (total, 0, 0, 0)
+        );
+        pool.handle_timeout(Instant::from_nanos(now));
+        prop_assert_eq!(pool.poll_timeout(), None);
+        let mut seen = HashMap::new();
+        for _ in 0..total {
+            let l = pool.acquire(Instant::from_nanos(now), peers[0]);
+            prop_assert!(l.is_ok());
+            let l = l.unwrap();
+            prop_assert!(seen.insert(l.addr(), ()).is_none());
+        }
+        prop_assert!(pool.acquire(Instant::from_nanos(now), peers[0]).is_err());
+        Ok(())
     }
 }
 
