@@ -81,7 +81,8 @@ fn acquire_release(c: &mut Criterion) {
     let now = Instant::from_nanos(1);
     for &n in &SIZES {
         for &cooling in &COOLING {
-            let param = format!("{n}/{cooling}%");
+            // Ids as `cargo xtask bench` checks them: acquire_release/lrr/64000-cooling99.
+            let param = format!("{n}-cooling{cooling}");
             for strategy in StrategyKind::ALL {
                 let mut p = pool(strategy, n, cooling);
                 group.bench_function(BenchmarkId::new(strategy.name(), &param), |b| {
