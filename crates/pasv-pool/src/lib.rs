@@ -58,9 +58,11 @@
 //! With the default [`StrategyKind::LeastRecentlyReleased`], acquire and release are O(A)
 //! (A = number of addresses) whatever the range size and however many ports are cooling:
 //! slots live in intrusive FIFOs, and with one T for all, quarantines end in the order they
-//! began, so a `VecDeque` per address is the priority queue. Memory is proportional to the
-//! range; per-peer ledgers (peer scope, one lease per port and peer) hold only the entries
-//! of the last T. See `docs/CAPACITY.md` for the measured numbers.
+//! began, so a `VecDeque` per address is the priority queue (about 30 ns per acquire +
+//! release at 64,000 ports with 99% of them cooling). Memory is proportional to the range:
+//! every cooling port has one expiry entry, and per-peer ledgers (peer scope, one lease per
+//! port and peer) hold only the entries of the last T. See `docs/CAPACITY.md` for the
+//! measured numbers.
 //!
 //! # Also in this crate
 //!
