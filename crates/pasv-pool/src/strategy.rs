@@ -305,6 +305,57 @@ pub trait BlindStrategy: fmt::Debug + Send {
     }
 }
 
+/// The blind models' ways of walking a range. Each returns the first port that binds, or
+/// `None` when the walk ends without one; what the server does then is the model's own.
+pub(crate) mod walk {
+    use crate::rng::Rng;
+
+    /// Up to `tries` uniformly random ports of `range`, with repetition: tried ports are not
+    /// remembered.
+    pub(crate) fn random_tries(
+        tries: usize,
+        range: &[u16],
+        rng: &mut Rng,
+        bind: &mut dyn FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        (0..tries)
+            .map_while(|_| range.get(rng.below(range.len() as u64) as usize).copied())
+            .find(|&port| bind(port))
+    }
+
+    /// Every port of `range` at most once, drawn without replacement: a uniformly shuffled
+    /// order that costs nothing for the ports a successful bind leaves unvisited.
+    pub(crate) fn shuffled(
+        range: &[u16],
+        rng: &mut Rng,
+        bind: &mut dyn FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        let mut left = range.to_vec();
+        while !left.is_empty() {
+            let port = left.swap_remove(rng.below(left.len() as u64) as usize);
+            if bind(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// A random start, then one linear scan of `range` (wrapping), trying to bind only the
+    /// ports `admit` accepts.
+    pub(crate) fn scan_from_random(
+        range: &[u16],
+        rng: &mut Rng,
+        mut admit: impl FnMut(u16) -> bool,
+        bind: &mut dyn FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        let n = range.len();
+        let start = rng.below(n as u64) as usize;
+        (0..n)
+            .map(|k| range[(start + k) % n])
+            .find(|&port| admit(port) && bind(port))
+    }
+}
+
 /// The blind strategies modelled after other servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{BlindOutcome, BlindStrategy};
+use super::{walk, BlindOutcome, BlindStrategy};
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -57,22 +57,16 @@ impl BlindStrategy for FileZilla {
         bind: &mut dyn FnMut(u16) -> bool,
     ) -> BlindOutcome {
         self.purge(now);
-        let n = range.len();
-        for level in 0..3 {
-            let start = rng.below(n as u64) as usize;
-            for k in 0..n {
-                let port = range[(start + k) % n];
-                let allowed = match level {
+        (0..3)
+            .find_map(|level| {
+                let admit = |port| match level {
                     0 => !self.per_port.contains_key(&port),
                     1 => !self.recent.contains_key(&(port, peer)),
                     _ => true,
                 };
-                if allowed && bind(port) {
-                    return BlindOutcome::InRange(port);
-                }
-            }
-        }
-        BlindOutcome::Refused
+                walk::scan_from_random(range, rng, admit, bind)
+            })
+            .map_or(BlindOutcome::Refused, BlindOutcome::InRange)
     }
     fn on_release(&mut self, now: Instant, port: u16, peer: IpAddr, _server_closed: bool) {
         self.purge(now);

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{BlindOutcome, BlindStrategy};
+use super::{walk, BlindOutcome, BlindStrategy};
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -27,14 +27,7 @@ impl BlindStrategy for Libunftp {
         rng: &mut Rng,
         bind: &mut dyn FnMut(u16) -> bool,
     ) -> BlindOutcome {
-        for _ in 0..TRIES {
-            let Some(&port) = range.get(rng.below(range.len() as u64) as usize) else {
-                break;
-            };
-            if bind(port) {
-                return BlindOutcome::InRange(port);
-            }
-        }
-        BlindOutcome::Refused
+        walk::random_tries(TRIES, range, rng, bind)
+            .map_or(BlindOutcome::Refused, BlindOutcome::InRange)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{BlindOutcome, BlindStrategy};
+use super::{walk, BlindOutcome, BlindStrategy};
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -26,17 +26,8 @@ impl BlindStrategy for ProFtpd {
         rng: &mut Rng,
         bind: &mut dyn FnMut(u16) -> bool,
     ) -> BlindOutcome {
-        for _ in 0..PASSES {
-            // Drawing without replacement visits the range in a uniformly shuffled order,
-            // and costs nothing for the ports a successful bind leaves unvisited.
-            let mut left = range.to_vec();
-            while !left.is_empty() {
-                let port = left.swap_remove(rng.below(left.len() as u64) as usize);
-                if bind(port) {
-                    return BlindOutcome::InRange(port);
-                }
-            }
-        }
-        BlindOutcome::OutsideRange
+        (0..PASSES)
+            .find_map(|_| walk::shuffled(range, rng, bind))
+            .map_or(BlindOutcome::OutsideRange, BlindOutcome::InRange)
     }
 }

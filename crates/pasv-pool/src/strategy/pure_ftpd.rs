@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{BlindOutcome, BlindStrategy};
+use super::{walk, BlindOutcome, BlindStrategy};
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -24,14 +24,7 @@ impl BlindStrategy for PureFtpd {
         rng: &mut Rng,
         bind: &mut dyn FnMut(u16) -> bool,
     ) -> BlindOutcome {
-        let n = range.len();
-        let start = rng.below(n as u64) as usize;
-        for k in 0..n {
-            let port = range[(start + k) % n];
-            if bind(port) {
-                return BlindOutcome::InRange(port);
-            }
-        }
-        BlindOutcome::Refused
+        walk::scan_from_random(range, rng, |_| true, bind)
+            .map_or(BlindOutcome::Refused, BlindOutcome::InRange)
     }
 }

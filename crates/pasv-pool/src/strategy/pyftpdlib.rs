@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{BlindOutcome, BlindStrategy};
+use super::{walk, BlindOutcome, BlindStrategy};
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -23,13 +23,6 @@ impl BlindStrategy for Pyftpdlib {
         rng: &mut Rng,
         bind: &mut dyn FnMut(u16) -> bool,
     ) -> BlindOutcome {
-        let mut left = range.to_vec();
-        while !left.is_empty() {
-            let port = left.swap_remove(rng.below(left.len() as u64) as usize);
-            if bind(port) {
-                return BlindOutcome::InRange(port);
-            }
-        }
-        BlindOutcome::OutsideRange
+        walk::shuffled(range, rng, bind).map_or(BlindOutcome::OutsideRange, BlindOutcome::InRange)
     }
 }
