@@ -17,7 +17,16 @@ use super::{Client, ClientError};
 /// with data unread, which the server reports as a failed transfer (426). [`Download::abort`]
 /// stops a transfer on purpose.
 #[derive(Debug)]
-pub struct Download<'a> {
+pub struct Download<'a>(Transfer<'a>);
+
+/// An open upload (STOR, APPE): write the data, then call [`Upload::finish`].
+#[derive(Debug)]
+pub struct Upload<'a>(Transfer<'a>);
+
+/// What a download and an upload share: the control connection their final reply comes on,
+/// the data connection, and the final reply if it came before the data did.
+#[derive(Debug)]
+struct Transfer<'a> {
     client: &'a mut Client,
     data: Option<TcpStream>,
     early_final: Option<Reply>,
@@ -26,19 +35,14 @@ pub struct Download<'a> {
     done: bool,
 }
 
-impl<'a> Download<'a> {
-    /// From here on the final reply is read by this call, not left for the client to skip.
-    fn settle(&mut self) {
-        self.done = true;
-    }
-
-    pub(crate) fn new(
+impl<'a> Transfer<'a> {
+    fn new(
         client: &'a mut Client,
         data: TcpStream,
         early_final: Option<Reply>,
         verb: &'static str,
-    ) -> Download<'a> {
-        Download {
+    ) -> Transfer<'a> {
+        Transfer {
             client,
             data: Some(data),
             early_final,
@@ -48,35 +52,68 @@ impl<'a> Download<'a> {
         }
     }
 
+    /// From here on the final reply is read by this call, not left for the client to skip.
+    /// Returns the data connection, for the caller to close.
+    fn settle(&mut self) -> Option<TcpStream> {
+        self.done = true;
+        self.data.take()
+    }
+
+    /// Reads the final reply of the transfer; a reply other than 2xx is an error.
+    async fn final_reply(&mut self) -> Result<Reply, ClientError> {
+        self.client
+            .finish_transfer(self.verb, self.early_final.take())
+            .await
+    }
+}
+
+/// A transfer dropped without `finish` or `abort` leaves its final reply (226, or 426 for a
+/// cut connection) on the control connection; the client skips it before its next command.
+impl Drop for Transfer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.client.unread_final_reply = self.early_final.is_none();
+        }
+    }
+}
+
+impl<'a> Download<'a> {
+    pub(crate) fn new(
+        client: &'a mut Client,
+        data: TcpStream,
+        early_final: Option<Reply>,
+        verb: &'static str,
+    ) -> Download<'a> {
+        Download(Transfer::new(client, data, early_final, verb))
+    }
+
     /// Bytes read so far.
     pub fn bytes_read(&self) -> u64 {
-        self.bytes
+        self.0.bytes
     }
 
     /// Closes the data connection and reads the final reply; a reply other than 2xx (such as
     /// 426) is an error.
     pub async fn finish(mut self) -> Result<Reply, ClientError> {
-        self.settle();
-        drop(self.data.take());
-        self.client
-            .finish_transfer(self.verb, self.early_final.take())
-            .await
+        drop(self.0.settle());
+        self.0.final_reply().await
     }
 
     /// Sends ABOR (RFC 959 section 4.1.3), closes the data connection and reads the replies
     /// (426 for the transfer, then 226 or 225 for the ABOR, in whichever form the server uses).
     pub async fn abort(mut self) -> Result<(), ClientError> {
-        self.settle();
-        self.client.send(&Command::Abor).await?;
-        drop(self.data.take());
-        if self.early_final.is_some() {
+        let t = &mut self.0;
+        let data = t.settle();
+        t.client.send(&Command::Abor).await?;
+        drop(data);
+        if t.early_final.is_some() {
             // The transfer had already ended: the only reply left is the one to ABOR.
-            self.client.read_final_reply().await?;
+            t.client.read_final_reply().await?;
             return Ok(());
         }
-        let first = self.client.read_final_reply().await?;
+        let first = t.client.read_final_reply().await?;
         if matches!(first.code().get(), 426 | 451) {
-            let second = self.client.read_final_reply().await?;
+            let second = t.client.read_final_reply().await?;
             if !second.code().is_positive() {
                 return Err(ClientError::from_reply("ABOR", second));
             }
@@ -84,7 +121,7 @@ impl<'a> Download<'a> {
             return Err(ClientError::from_reply("ABOR", first));
         } else if first.code().get() == 226 {
             // The transfer completed before ABOR arrived: 226 for it, then 225/226 for ABOR.
-            self.client.read_final_reply().await?;
+            t.client.read_final_reply().await?;
         }
         Ok(())
     }
@@ -96,7 +133,7 @@ impl AsyncRead for Download<'_> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         let Some(data) = this.data.as_mut() else {
             return Poll::Ready(Ok(()));
         };
@@ -107,58 +144,32 @@ impl AsyncRead for Download<'_> {
     }
 }
 
-/// An open upload (STOR, APPE): write the data, then call [`Upload::finish`].
-#[derive(Debug)]
-pub struct Upload<'a> {
-    client: &'a mut Client,
-    data: Option<TcpStream>,
-    early_final: Option<Reply>,
-    verb: &'static str,
-    bytes: u64,
-    done: bool,
-}
-
 impl<'a> Upload<'a> {
-    /// From here on the final reply is read by this call, not left for the client to skip.
-    fn settle(&mut self) {
-        self.done = true;
-    }
-
     pub(crate) fn new(
         client: &'a mut Client,
         data: TcpStream,
         early_final: Option<Reply>,
         verb: &'static str,
     ) -> Upload<'a> {
-        Upload {
-            client,
-            data: Some(data),
-            early_final,
-            verb,
-            bytes: 0,
-            done: false,
-        }
+        Upload(Transfer::new(client, data, early_final, verb))
     }
 
     /// Bytes written so far.
     pub fn bytes_written(&self) -> u64 {
-        self.bytes
+        self.0.bytes
     }
 
     /// Marks the end of the data (FIN, which is EOF in stream mode), closes the connection
     /// and reads the final reply; a reply other than 2xx is an error.
     pub async fn finish(mut self) -> Result<Reply, ClientError> {
-        self.settle();
-        if let Some(mut data) = self.data.take() {
+        if let Some(mut data) = self.0.settle() {
             // A server that already failed the transfer may have reset the connection; its
             // reply below says why, which is more useful than the socket error.
             if let Err(e) = data.shutdown().await {
                 tracing::debug!(error = %e, "data shutdown failed");
             }
         }
-        self.client
-            .finish_transfer(self.verb, self.early_final.take())
-            .await
+        self.0.final_reply().await
     }
 }
 
@@ -168,7 +179,7 @@ impl AsyncWrite for Upload<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         let Some(data) = this.data.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
@@ -180,35 +191,16 @@ impl AsyncWrite for Upload<'_> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().data.as_mut() {
+        match self.get_mut().0.data.as_mut() {
             Some(data) => Pin::new(data).poll_flush(cx),
             None => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().data.as_mut() {
+        match self.get_mut().0.data.as_mut() {
             Some(data) => Pin::new(data).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-/// A transfer dropped without `finish` or `abort` leaves its final reply (226, or 426 for a
-/// cut connection) on the control connection; the client skips it before its next command.
-impl Drop for Download<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.client.unread_final_reply = self.early_final.is_none();
-        }
-    }
-}
-
-/// See the `Drop` of [`Download`].
-impl Drop for Upload<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.client.unread_final_reply = self.early_final.is_none();
         }
     }
 }
