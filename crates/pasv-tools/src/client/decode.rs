@@ -19,26 +19,12 @@ use serde_json::{json, Value};
 pub fn replies(input: &[u8]) -> Vec<Value> {
     let mut decoder = ReplyDecoder::new();
     let mut buf = BytesMut::from(input);
-    let mut out = Vec::new();
-    // Every decode either returns a reply, reports an error after discarding input, or asks
-    // for more: the guard only protects against a decoder that would do none of these.
-    let mut stalled = 0;
-    loop {
-        let before = buf.len();
-        match decoder.decode(&mut buf) {
-            Ok(Some(reply)) => out.push(reply_json(&reply)),
-            Ok(None) => break,
-            Err(e) => {
-                out.push(reply_error_json(&e));
-                if buf.len() == before {
-                    stalled += 1;
-                    if stalled > 1 {
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    let mut out = decode_all(
+        &mut buf,
+        |buf| decoder.decode(buf),
+        reply_json,
+        reply_error_json,
+    );
     loop {
         match decoder.decode_eof(&mut buf) {
             Ok(Some(reply)) => out.push(reply_json(&reply)),
@@ -56,15 +42,40 @@ pub fn replies(input: &[u8]) -> Vec<Value> {
 pub fn commands(input: &[u8]) -> Vec<Value> {
     let mut decoder = CommandDecoder::new();
     let mut buf = BytesMut::from(input);
+    let mut out = decode_all(
+        &mut buf,
+        |buf| decoder.decode(buf),
+        command_json,
+        command_error_json,
+    );
+    if !buf.is_empty() {
+        out.push(json!({
+            "error": "truncated",
+            "message": format!("{} bytes after the last line end", buf.len()),
+        }));
+    }
+    out
+}
+
+/// The JSON form of every message and error `decode` takes from `buf`, until it asks for more
+/// input.
+fn decode_all<T, E>(
+    buf: &mut BytesMut,
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<T>, E>,
+    message_json: fn(&T) -> Value,
+    error_json: fn(&E) -> Value,
+) -> Vec<Value> {
     let mut out = Vec::new();
+    // Every decode either returns a message, reports an error after discarding input, or asks
+    // for more: the guard only protects against a decoder that would do none of these.
     let mut stalled = 0;
     loop {
         let before = buf.len();
-        match decoder.decode(&mut buf) {
-            Ok(Some(command)) => out.push(command_json(&command)),
+        match decode(buf) {
+            Ok(Some(message)) => out.push(message_json(&message)),
             Ok(None) => break,
             Err(e) => {
-                out.push(command_error_json(&e));
+                out.push(error_json(&e));
                 if buf.len() == before {
                     stalled += 1;
                     if stalled > 1 {
@@ -73,12 +84,6 @@ pub fn commands(input: &[u8]) -> Vec<Value> {
                 }
             }
         }
-    }
-    if !buf.is_empty() {
-        out.push(json!({
-            "error": "truncated",
-            "message": format!("{} bytes after the last line end", buf.len()),
-        }));
     }
     out
 }
