@@ -71,6 +71,22 @@ impl Default for ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// A client that measures a server rather than gets files from it: no retries, so that
+    /// every refusal is counted, and one limit for the connect, each reply and each data
+    /// connection.
+    pub(crate) fn measuring(data_mode: DataMode, timeout: Duration) -> ClientConfig {
+        ClientConfig {
+            data_mode,
+            retry: RetryPolicy::none(),
+            reply_timeout: timeout,
+            data_timeout: timeout,
+            connect_timeout: timeout,
+            ..ClientConfig::default()
+        }
+    }
+}
+
 /// Which listing command to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListCommand {

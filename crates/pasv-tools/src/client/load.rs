@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Client, ClientConfig, ClientError, DataMode, FtpUrl, ListCommand, RetryPolicy};
+use super::{Client, ClientConfig, ClientError, DataMode, Download, FtpUrl, ListCommand};
 use crate::clock;
 
 /// Relative weights of the operations a session loops over.
@@ -371,13 +371,8 @@ async fn run_session(
     let stor_path = config.stor_path.replace("{session}", &session.to_string());
     let list_dir = config.url.parent().to_vec();
     let client_config = ClientConfig {
-        data_mode: config.data_mode,
-        retry: RetryPolicy::none(),
-        reply_timeout: config.timeout,
-        data_timeout: config.timeout,
-        connect_timeout: config.timeout,
         data_socket_buffer: config.socket_buffer,
-        ..ClientConfig::default()
+        ..ClientConfig::measuring(config.data_mode, config.timeout)
     };
     let mut stored = false;
     let mut client: Option<Client> = None;
@@ -480,25 +475,17 @@ fn error_text(e: &ClientError) -> String {
 }
 
 async fn retr(c: &mut Client, path: &[u8], buf: &mut [u8]) -> Result<u64, ClientError> {
-    let mut download = c.retrieve(path, 0).await?;
-    loop {
-        if download.read(buf).await? == 0 {
-            break;
-        }
-    }
-    let bytes = download.bytes_read();
-    download.finish().await?;
-    Ok(bytes)
+    drain(c.retrieve(path, 0).await?, buf).await
 }
 
 async fn list(c: &mut Client, dir: &[u8], buf: &mut [u8]) -> Result<u64, ClientError> {
     let path = (!dir.is_empty()).then_some(dir);
-    let mut download = c.list_stream(ListCommand::List, path).await?;
-    loop {
-        if download.read(buf).await? == 0 {
-            break;
-        }
-    }
+    drain(c.list_stream(ListCommand::List, path).await?, buf).await
+}
+
+/// Reads `download` to its end through `buf` and finishes it: the bytes it carried.
+async fn drain(mut download: Download<'_>, buf: &mut [u8]) -> Result<u64, ClientError> {
+    while download.read(buf).await? != 0 {}
     let bytes = download.bytes_read();
     download.finish().await?;
     Ok(bytes)

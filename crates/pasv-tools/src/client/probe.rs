@@ -23,7 +23,7 @@ use std::time::Duration;
 use pasv_pool::capacity;
 use serde::Serialize;
 
-use super::{Client, ClientConfig, ClientError, DataMode, FtpUrl, ListCommand, RetryPolicy};
+use super::{Client, ClientConfig, ClientError, DataMode, FtpUrl, ListCommand};
 use crate::clock;
 
 /// What to probe and how hard.
@@ -141,14 +141,7 @@ pub struct ProbeReport {
 
 /// Runs the probe.
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
-    let client_config = ClientConfig {
-        data_mode: config.data_mode,
-        retry: RetryPolicy::none(),
-        reply_timeout: config.timeout,
-        data_timeout: config.timeout,
-        connect_timeout: config.timeout,
-        ..ClientConfig::default()
-    };
+    let client_config = ClientConfig::measuring(config.data_mode, config.timeout);
     let mut exhaustion = Exhaustion::default();
     let mut client = Client::open(&config.url, client_config.clone()).await?;
 
