@@ -777,17 +777,26 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.socket_buffer = socket_buffer(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
     let report = load::run(config).await;
+    print_report(&report, args.json)?;
+    if report.transfers == 0 && !report.errors.is_empty() {
+        bail!("no transfer completed");
+    }
+    Ok(())
+}
+
+/// Writes a load or probe report to stdout: one JSON line, or the text form.
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
+    if json {
+        serde_json::to_writer(&mut out, report)?;
         writeln!(out)?;
     } else {
         write!(out, "{report}")?;
     }
     out.flush()?;
-    if report.transfers == 0 && !report.errors.is_empty() {
-        bail!("no transfer completed");
-    }
     Ok(())
 }
 
@@ -801,14 +810,7 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
     config.data_mode = load_data_mode(g)?;
     let report = probe::run(&config).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{report}")?;
-    }
-    out.flush()?;
+    print_report(&report, args.json)?;
     Ok(())
 }
 
