@@ -13,26 +13,13 @@ pub fn replies_chunked(
     decoder: &mut ReplyDecoder,
     chunks: &[&[u8]],
 ) -> Vec<Result<Reply, ReplyError>> {
-    let mut out = Vec::new();
-    let mut buf = BytesMut::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        for _ in 0..MAX_ITEMS {
-            match decoder.decode(&mut buf) {
-                Ok(Some(r)) => out.push(Ok(r)),
-                Ok(None) => break,
-                Err(e) => out.push(Err(e)),
-            }
+    decode_chunked(chunks, |buf, eof| {
+        if eof {
+            decoder.decode_eof(buf)
+        } else {
+            decoder.decode(buf)
         }
-    }
-    for _ in 0..MAX_ITEMS {
-        match decoder.decode_eof(&mut buf) {
-            Ok(Some(r)) => out.push(Ok(r)),
-            Ok(None) => break,
-            Err(e) => out.push(Err(e)),
-        }
-    }
-    out
+    })
 }
 
 /// Decodes all replies of `input` in one shot (lenient mode).
@@ -57,21 +44,36 @@ pub fn commands_chunked(
     decoder: &mut CommandDecoder,
     chunks: &[&[u8]],
 ) -> Vec<Result<Command, CommandError>> {
+    decode_chunked(chunks, |buf, eof| {
+        if eof {
+            decoder.decode_eof(buf)
+        } else {
+            decoder.decode(buf)
+        }
+    })
+}
+
+/// Feeds `chunks` one by one to `decode` (its flag is false) until it asks for more, then
+/// calls it at EOF (flag true) until it has nothing left.
+fn decode_chunked<T, E>(
+    chunks: &[&[u8]],
+    mut decode: impl FnMut(&mut BytesMut, bool) -> Result<Option<T>, E>,
+) -> Vec<Result<T, E>> {
     let mut out = Vec::new();
     let mut buf = BytesMut::new();
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         for _ in 0..MAX_ITEMS {
-            match decoder.decode(&mut buf) {
-                Ok(Some(c)) => out.push(Ok(c)),
+            match decode(&mut buf, false) {
+                Ok(Some(item)) => out.push(Ok(item)),
                 Ok(None) => break,
                 Err(e) => out.push(Err(e)),
             }
         }
     }
     for _ in 0..MAX_ITEMS {
-        match decoder.decode_eof(&mut buf) {
-            Ok(Some(c)) => out.push(Ok(c)),
+        match decode(&mut buf, true) {
+            Ok(Some(item)) => out.push(Ok(item)),
             Ok(None) => break,
             Err(e) => out.push(Err(e)),
         }
