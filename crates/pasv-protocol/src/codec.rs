@@ -54,45 +54,6 @@ impl ClientCodec {
     }
 }
 
-fn item<T, E>(r: Result<Option<T>, E>) -> Option<Result<T, E>> {
-    match r {
-        Ok(Some(v)) => Some(Ok(v)),
-        Ok(None) => None,
-        Err(e) => Some(Err(e)),
-    }
-}
-
-impl Decoder for ClientCodec {
-    type Item = Result<Reply, ReplyError>;
-    type Error = io::Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
-        Ok(item(self.replies.decode(src)))
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
-        Ok(item(self.replies.decode_eof(src)))
-    }
-}
-
-impl Encoder<&Command> for ClientCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, command: &Command, dst: &mut BytesMut) -> io::Result<()> {
-        dst.reserve(command.encoded_len());
-        command.encode(dst);
-        Ok(())
-    }
-}
-
-impl Encoder<Command> for ClientCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, command: Command, dst: &mut BytesMut) -> io::Result<()> {
-        self.encode(&command, dst)
-    }
-}
-
 /// Server side: decodes commands, encodes replies.
 #[derive(Debug, Default)]
 pub struct ServerCodec {
@@ -111,33 +72,50 @@ impl ServerCodec {
     }
 }
 
-impl Decoder for ServerCodec {
-    type Item = Result<Command, CommandError>;
-    type Error = io::Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
-        Ok(item(self.commands.decode(src)))
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
-        Ok(item(self.commands.decode_eof(src)))
+fn item<T, E>(r: Result<Option<T>, E>) -> Option<Result<T, E>> {
+    match r {
+        Ok(Some(v)) => Some(Ok(v)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
     }
 }
 
-impl Encoder<&Reply> for ServerCodec {
-    type Error = io::Error;
+/// `Decoder` over the sans-IO decoder in field `$decoder` (its errors become items), and
+/// `Encoder` of `$out`, by reference and by value.
+macro_rules! impl_codec {
+    ($codec:ty, $decoder:ident => Result<$item:ty, $error:ty>, encodes $out:ty) => {
+        impl Decoder for $codec {
+            type Item = Result<$item, $error>;
+            type Error = io::Error;
 
-    fn encode(&mut self, reply: &Reply, dst: &mut BytesMut) -> io::Result<()> {
-        dst.reserve(reply.encoded_len());
-        reply.encode(dst);
-        Ok(())
-    }
+            fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+                Ok(item(self.$decoder.decode(src)))
+            }
+
+            fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Self::Item>> {
+                Ok(item(self.$decoder.decode_eof(src)))
+            }
+        }
+
+        impl Encoder<&$out> for $codec {
+            type Error = io::Error;
+
+            fn encode(&mut self, message: &$out, dst: &mut BytesMut) -> io::Result<()> {
+                dst.reserve(message.encoded_len());
+                message.encode(dst);
+                Ok(())
+            }
+        }
+
+        impl Encoder<$out> for $codec {
+            type Error = io::Error;
+
+            fn encode(&mut self, message: $out, dst: &mut BytesMut) -> io::Result<()> {
+                self.encode(&message, dst)
+            }
+        }
+    };
 }
 
-impl Encoder<Reply> for ServerCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, reply: Reply, dst: &mut BytesMut) -> io::Result<()> {
-        self.encode(&reply, dst)
-    }
-}
+impl_codec!(ClientCodec, replies => Result<Reply, ReplyError>, encodes Command);
+impl_codec!(ServerCodec, commands => Result<Command, CommandError>, encodes Reply);
