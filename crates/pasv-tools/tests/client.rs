@@ -78,6 +78,14 @@ fn quick_config() -> ClientConfig {
     }
 }
 
+/// [`quick_config`] in passive mode (PASV).
+fn pasv_config() -> ClientConfig {
+    ClientConfig {
+        data_mode: DataMode::Pasv,
+        ..quick_config()
+    }
+}
+
 async fn read_all(download: &mut pasv_tools::client::Download<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     download.read_to_end(&mut out).await.unwrap();
@@ -235,6 +243,18 @@ struct FakeOptions {
     refuse_greeting: Option<(usize, &'static str)>,
 }
 
+/// A server whose data ports are always taken: every PASV and EPSV gets a 425 with a short
+/// retry hint.
+fn always_busy() -> FakeOptions {
+    FakeOptions {
+        refuse_passive: Some((
+            100,
+            "425 Try later, data connection in use (retry after 0.01s)",
+        )),
+        ..Default::default()
+    }
+}
+
 type CommandLog = Arc<Mutex<Vec<(String, tokio::time::Instant)>>>;
 
 /// A one-file FTP server (`data.bin`) that logs every command with its arrival time.
@@ -261,6 +281,11 @@ async fn fake_server(options: FakeOptions) -> (SocketAddr, CommandLog) {
         }
     });
     (addr, log)
+}
+
+/// The root URL of a server listening on `addr`.
+fn ftp_url(addr: SocketAddr) -> FtpUrl {
+    FtpUrl::parse(&format!("ftp://{addr}/")).unwrap()
 }
 
 async fn fake_session(
@@ -356,7 +381,7 @@ async fn epsv_refused_falls_back_to_pasv_once() {
         ..Default::default()
     })
     .await;
-    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+    let url = ftp_url(addr);
     let mut c = Client::open(&url, quick_config()).await.unwrap();
     assert_eq!(fetch(&mut c).await.unwrap(), b"fake data");
     assert!(c.epsv_refused());
@@ -375,22 +400,17 @@ async fn data_goes_to_the_control_peer_unless_trusted() {
         ..Default::default()
     };
     let (addr, _log) = fake_server(options).await;
-    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
-    let config = ClientConfig {
-        data_mode: DataMode::Pasv,
-        ..quick_config()
-    };
-    let mut c = Client::open(&url, config).await.unwrap();
+    let url = ftp_url(addr);
+    let mut c = Client::open(&url, pasv_config()).await.unwrap();
     assert_eq!(fetch(&mut c).await.unwrap(), b"fake data");
     assert_eq!(c.last_data_addr().unwrap().ip(), addr.ip());
     c.quit().await.unwrap();
 
     let config = ClientConfig {
-        data_mode: DataMode::Pasv,
         trust_pasv_ip: true,
         data_timeout: Duration::from_millis(300),
         retry: RetryPolicy::none(),
-        ..quick_config()
+        ..pasv_config()
     };
     let mut c = Client::open(&url, config).await.unwrap();
     let err = fetch(&mut c).await.unwrap_err();
@@ -408,12 +428,8 @@ async fn retries_425_honouring_the_hint() {
         ..Default::default()
     };
     let (addr, log) = fake_server(options).await;
-    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
-    let config = ClientConfig {
-        data_mode: DataMode::Pasv,
-        ..quick_config()
-    };
-    let mut c = Client::open(&url, config).await.unwrap();
+    let url = ftp_url(addr);
+    let mut c = Client::open(&url, pasv_config()).await.unwrap();
     assert_eq!(fetch(&mut c).await.unwrap(), b"fake data");
     c.quit().await.unwrap();
     let log = log.lock().unwrap();
@@ -437,7 +453,7 @@ async fn retries_a_421_greeting() {
         ..Default::default()
     };
     let (addr, log) = fake_server(options).await;
-    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+    let url = ftp_url(addr);
     let mut c = Client::open(&url, quick_config()).await.unwrap();
     assert_eq!(c.greeting().code().get(), 220);
     assert_eq!(fetch(&mut c).await.unwrap(), b"fake data");
@@ -464,22 +480,14 @@ async fn retries_a_421_greeting() {
 
 #[tokio::test]
 async fn retries_are_bounded_and_end_with_the_servers_code() {
-    let options = FakeOptions {
-        refuse_passive: Some((
-            100,
-            "425 Try later, data connection in use (retry after 0.01s)",
-        )),
-        ..Default::default()
-    };
-    let (addr, log) = fake_server(options).await;
-    let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+    let (addr, log) = fake_server(always_busy()).await;
+    let url = ftp_url(addr);
     let config = ClientConfig {
-        data_mode: DataMode::Pasv,
         retry: RetryPolicy {
             max_attempts: 3,
             ..RetryPolicy::default()
         },
-        ..quick_config()
+        ..pasv_config()
     };
     let mut c = Client::open(&url, config).await.unwrap();
     let err = fetch(&mut c).await.unwrap_err();
@@ -646,14 +654,7 @@ async fn binary_commands_and_exit_codes() {
 
 #[tokio::test]
 async fn binary_exit_code_3_when_retries_run_out() {
-    let options = FakeOptions {
-        refuse_passive: Some((
-            100,
-            "425 Try later, data connection in use (retry after 0.01s)",
-        )),
-        ..Default::default()
-    };
-    let (addr, _log) = fake_server(options).await;
+    let (addr, _log) = fake_server(always_busy()).await;
     let o = pasv(
         &[
             "--attempts",
@@ -1025,13 +1026,12 @@ async fn hostile_replies_are_errors() {
     for (name, script) in cases {
         let addr = scripted_server(script).await;
         let config = ClientConfig {
-            data_mode: DataMode::Pasv,
             retry: RetryPolicy::none(),
             reply_timeout: Duration::from_secs(5),
             data_timeout: Duration::from_secs(2),
-            ..quick_config()
+            ..pasv_config()
         };
-        let url = FtpUrl::parse(&format!("ftp://{addr}/")).unwrap();
+        let url = ftp_url(addr);
         let outcome = tokio::time::timeout(Duration::from_secs(20), async {
             let mut c = Client::open(&url, config).await?;
             fetch(&mut c).await
