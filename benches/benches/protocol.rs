@@ -136,24 +136,12 @@ fn reply_stream() -> (Vec<u8>, usize) {
 
 fn replies(c: &mut Criterion) {
     let (wire, count) = reply_stream();
-    let mut group = c.benchmark_group("reply_stream");
-    group.throughput(Throughput::Bytes(wire.len() as u64));
-    group.bench_function("10000-mixed", |b| {
-        b.iter_batched(
-            || BytesMut::from(&wire[..]),
-            |mut buf| {
-                let mut decoder = ReplyDecoder::new();
-                let mut n = 0;
-                while let Ok(Some(reply)) = decoder.decode(&mut buf) {
-                    black_box(&reply);
-                    n += 1;
-                }
-                assert_eq!(n, count);
-            },
-            BatchSize::LargeInput,
-        )
+    decode_stream(c, "reply_stream", &wire, count, |buf| {
+        let mut decoder = ReplyDecoder::new();
+        std::iter::from_fn(|| decoder.decode(buf).ok().flatten())
+            .map(black_box)
+            .count()
     });
-    group.finish();
 }
 
 fn command_stream() -> Vec<u8> {
@@ -180,20 +168,29 @@ fn command_stream() -> Vec<u8> {
 
 fn commands(c: &mut Criterion) {
     let wire = command_stream();
-    let mut group = c.benchmark_group("command_stream");
+    decode_stream(c, "command_stream", &wire, 10_000, |buf| {
+        let mut decoder = CommandDecoder::new();
+        std::iter::from_fn(|| decoder.decode(buf).ok().flatten())
+            .map(black_box)
+            .count()
+    });
+}
+
+/// Benchmarks `decode_all` over `wire`, `count` messages, with a fresh buffer per batch;
+/// `decode_all` returns how many messages it decoded.
+fn decode_stream(
+    c: &mut Criterion,
+    group: &str,
+    wire: &[u8],
+    count: usize,
+    decode_all: fn(&mut BytesMut) -> usize,
+) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Bytes(wire.len() as u64));
     group.bench_function("10000-mixed", |b| {
         b.iter_batched(
-            || BytesMut::from(&wire[..]),
-            |mut buf| {
-                let mut decoder = CommandDecoder::new();
-                let mut n = 0;
-                while let Ok(Some(command)) = decoder.decode(&mut buf) {
-                    black_box(&command);
-                    n += 1;
-                }
-                assert_eq!(n, 10_000);
-            },
+            || BytesMut::from(wire),
+            |mut buf| assert_eq!(decode_all(&mut buf), count),
             BatchSize::LargeInput,
         )
     });
