@@ -96,29 +96,8 @@ fn capped_reply_stream_splits() {
     );
 }
 
-#[test]
-fn command_stream_splits() {
-    let whole = commands_chunked(&mut CommandDecoder::new(), &[COMMAND_STREAM]);
-    assert_eq!(whole.len(), 16);
-    for i in 0..=COMMAND_STREAM.len() {
-        let (a, b) = COMMAND_STREAM.split_at(i);
-        assert_eq!(
-            commands_chunked(&mut CommandDecoder::new(), &[a, b]),
-            whole,
-            "split at {i}"
-        );
-    }
-    let bytes: Vec<&[u8]> = COMMAND_STREAM.chunks(1).collect();
-    assert_eq!(commands_chunked(&mut CommandDecoder::new(), &bytes), whole);
-}
-
-#[test]
-fn capped_command_stream_splits() {
-    let stream = b"NOOP\r\nRETR 0123456789abcdef\r\nNOOP\r\nRETR 0123456789\r\nQUIT\r\n";
-    let make = || CommandDecoder::with_max_line_length(16);
+fn check_command_splits(stream: &[u8], make: impl Fn() -> CommandDecoder) {
     let whole = commands_chunked(&mut make(), &[stream]);
-    assert_eq!(whole.len(), 5);
-    assert!(whole[1].is_err());
     for i in 0..=stream.len() {
         let (a, b) = stream.split_at(i);
         assert_eq!(
@@ -127,6 +106,25 @@ fn capped_command_stream_splits() {
             "split at {i}"
         );
     }
+    let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(commands_chunked(&mut make(), &bytes), whole, "byte by byte");
+}
+
+#[test]
+fn command_stream_splits() {
+    check_command_splits(COMMAND_STREAM, CommandDecoder::new);
+    let whole = commands_chunked(&mut CommandDecoder::new(), &[COMMAND_STREAM]);
+    assert_eq!(whole.len(), 16);
+}
+
+#[test]
+fn capped_command_stream_splits() {
+    let stream = b"NOOP\r\nRETR 0123456789abcdef\r\nNOOP\r\nRETR 0123456789\r\nQUIT\r\n";
+    let make = || CommandDecoder::with_max_line_length(16);
+    check_command_splits(stream, make);
+    let whole = commands_chunked(&mut make(), &[stream]);
+    assert_eq!(whole.len(), 5);
+    assert!(whole[1].is_err());
 }
 
 proptest! {
@@ -137,17 +135,8 @@ proptest! {
             (REPLY_STREAM, ReplyDecoder::new as fn() -> ReplyDecoder),
             (CAPPED_REPLY_STREAM, capped as fn() -> ReplyDecoder),
         ] {
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&stream[last..p]);
-                last = p;
-            }
-            chunks.push(&stream[last..]);
             prop_assert_eq!(
-                replies_chunked(&mut make(), &chunks),
+                replies_chunked(&mut make(), &cut(stream, &cuts)),
                 replies_chunked(&mut make(), &[stream])
             );
         }
