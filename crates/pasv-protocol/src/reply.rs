@@ -435,39 +435,35 @@ impl Reply {
 
     /// The address of a 227 reply, found by the RFC 1123 section 4.1.2.6 scanning rule.
     pub fn pasv_addr(&self) -> Result<SocketAddrV4, AddressError> {
-        self.expect_code(ReplyCode::ENTERING_PASSIVE)?;
-        let mut last = AddressError::NotFound;
-        for line in &self.lines {
-            match address::parse_pasv(line.as_bytes()) {
-                Ok(addr) => return Ok(addr),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        self.first_parsed_line(ReplyCode::ENTERING_PASSIVE, address::parse_pasv)
     }
 
     /// The port of a 229 reply (RFC 2428 section 3).
     pub fn epsv_port(&self) -> Result<u16, AddressError> {
-        self.expect_code(ReplyCode::ENTERING_EXTENDED_PASSIVE)?;
+        self.first_parsed_line(ReplyCode::ENTERING_EXTENDED_PASSIVE, address::parse_epsv)
+    }
+
+    /// What `parse` makes of the first line it accepts, if the reply has code `expected`;
+    /// otherwise the error of the last line (`NotFound` for a reply without lines).
+    fn first_parsed_line<T>(
+        &self,
+        expected: ReplyCode,
+        parse: fn(&[u8]) -> Result<T, AddressError>,
+    ) -> Result<T, AddressError> {
+        if self.code != expected {
+            return Err(AddressError::UnexpectedCode {
+                expected: expected.get(),
+                found: self.code.get(),
+            });
+        }
         let mut last = AddressError::NotFound;
         for line in &self.lines {
-            match address::parse_epsv(line.as_bytes()) {
-                Ok(port) => return Ok(port),
+            match parse(line.as_bytes()) {
+                Ok(found) => return Ok(found),
                 Err(e) => last = e,
             }
         }
         Err(last)
-    }
-
-    fn expect_code(&self, expected: ReplyCode) -> Result<(), AddressError> {
-        if self.code == expected {
-            Ok(())
-        } else {
-            Err(AddressError::UnexpectedCode {
-                expected: expected.get(),
-                found: self.code.get(),
-            })
-        }
     }
 
     /// `425 Try later, data connection in use (retry after 37s)`.
