@@ -642,9 +642,7 @@ impl Client {
 
     /// Starts an upload to `path` (STOR), replacing it.
     pub async fn store(&mut self, path: impl AsRef<[u8]>) -> Result<Upload<'_>, ClientError> {
-        let command = Command::Stor(argument(path)?);
-        let (stream, early) = self.start_transfer(&command, None).await?;
-        Ok(Upload::new(self, stream, early, "STOR"))
+        self.store_at(path, 0).await
     }
 
     /// Starts an upload that overwrites `path` from byte `offset` (REST + STOR), the way
