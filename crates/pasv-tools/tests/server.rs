@@ -750,3 +750,55 @@ async fn xferlog_records_transfers() {
         "{text}"
     );
 }
+
+/// Two passive addresses: PASV may lease either and advertises the one it leased; EPSV
+/// leases on the control connection's local address. A public address replaces the
+/// advertised one (NAT) while the client still reaches the server.
+#[tokio::test]
+async fn several_passive_addresses_and_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let second = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let server = start(dir.path(), 2, |c| {
+        c.pasv_address = vec![support::LOCALHOST, second];
+    })
+    .await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut seen = HashSet::new();
+    for _ in 0..8 {
+        let addr = ftp.pasv().await;
+        seen.insert(addr.ip());
+        // Connect to the advertised address: the lease's own listener is there.
+        let mut data = connect_data(addr).await;
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(read_all(&mut data).await, b"data");
+        assert_eq!(ftp.reply().await.code().get(), 226);
+        let epsv = ftp.expect("EPSV", 229).await;
+        let port = epsv.epsv_port().unwrap();
+        // EPSV leased on 127.0.0.1, the control connection's local address.
+        let mut data = connect_data(SocketAddr::new(support::LOCALHOST, port)).await;
+        ftp.expect("NLST", 150).await;
+        assert_eq!(read_all(&mut data).await, b"f\r\n");
+        assert_eq!(ftp.reply().await.code().get(), 226);
+    }
+    // Least recently released: consecutive PASVs alternate over the four (address, port)s.
+    assert_eq!(seen, HashSet::from([support::LOCALHOST, second]));
+    server.stop().await;
+
+    let server = start(dir.path(), 2, |c| {
+        c.pasv_public_address.insert(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Ipv4Addr::new(203, 0, 113, 7),
+        );
+    })
+    .await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let advertised = ftp.pasv().await;
+    assert_eq!(advertised.ip(), IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)));
+    // Clients connect to the control peer (curl, ftplib), which reaches the lease.
+    let mut data = connect_data(SocketAddr::new(support::LOCALHOST, advertised.port())).await;
+    ftp.expect("RETR f", 150).await;
+    assert_eq!(read_all(&mut data).await, b"data");
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    server.stop().await;
+}
