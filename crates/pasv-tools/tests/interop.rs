@@ -302,3 +302,91 @@ print('ok')
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     assert!(!server.temporaries_left());
 }
+
+/// The binary end to end with a TOML file, a users file made with `pasvd passwd`, and an
+/// environment variable: curl logs in with the password, anonymous is refused.
+#[test]
+fn config_file_users_and_passwd_subcommand() {
+    use std::io::Write;
+    let files = tempfile::tempdir().unwrap();
+    let mut passwd = Command::new(env!("CARGO_BIN_EXE_pasvd"))
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    passwd
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"open sesame\n")
+        .unwrap();
+    let out = passwd.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("open sesame"));
+
+    let home = files.path().join("home");
+    fs::create_dir(&home).unwrap();
+    fs::write(home.join("mine.txt"), b"private").unwrap();
+    let users = files.path().join("users.toml");
+    fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ann\"\npassword = \"{hash}\"\nroot = \"{}\"\nwrite = true\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    let config = files.path().join("pasvd.toml");
+    fs::write(
+        &config,
+        format!(
+            "anonymous_enable = false\nusers = \"{}\"\npasv_wait = 1.5\nlogin_fail_delay = 0.01\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let server = Pasvd::start(&["--config", config.to_str().unwrap()]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let url = |user: &str, path: &str| format!("ftp://{user}@127.0.0.1:{}/{path}", server.port);
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            &url("ann:open%20sesame", "mine.txt"),
+        ],
+        w,
+    );
+    assert_eq!(out.stdout, b"private");
+    fs::write(w.join("up.txt"), b"uploaded").unwrap();
+    run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "-T",
+            "up.txt",
+            &url("ann:open%20sesame", "up.txt"),
+        ],
+        w,
+    );
+    assert_eq!(fs::read(home.join("up.txt")).unwrap(), b"uploaded");
+    // Wrong password and anonymous: refused (curl exit 67, login denied).
+    for user in ["ann:wrong", "anonymous:x"] {
+        let status = Command::new("curl")
+            .args(["-sS", "--max-time", "30", &url(user, "mine.txt")])
+            .current_dir(w)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("curl runs");
+        assert_eq!(status.code(), Some(67), "{user}");
+    }
+}
