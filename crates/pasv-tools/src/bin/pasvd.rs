@@ -114,7 +114,7 @@ impl Cli {
         o.pasv_public_address =
             (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
         o.anonymous_write = self.anonymous_write.then_some(true);
-        o.anonymous_enable = self.no_anonymous.then_some(false);
+        o.no_anonymous = self.no_anonymous.then_some(true);
         o.users = self.users.clone();
         o.quarantine = self.quarantine.clone();
         o.time_wait = self.time_wait;
@@ -128,8 +128,8 @@ impl Cli {
         o.xferlog = self.xferlog.clone();
         o.listener_mode = self.listener_mode.clone();
         o.pasv_strategy = self.pasv_strategy.clone();
-        o.port_enable = self.no_port.then_some(false);
-        o.fsync_uploads = self.no_fsync.then_some(false);
+        o.no_port = self.no_port.then_some(true);
+        o.no_fsync = self.no_fsync.then_some(true);
         o
     }
 }

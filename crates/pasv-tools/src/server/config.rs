@@ -260,6 +260,12 @@ pub struct ConfigFile {
     pub buffer_size: Option<usize>,
     pub fsync_uploads: Option<bool>,
     pub banner: Option<String>,
+    /// Same as `anonymous_enable = false` (the key of the `--no-anonymous` flag).
+    pub no_anonymous: Option<bool>,
+    /// Same as `port_enable = false` (the key of the `--no-port` flag).
+    pub no_port: Option<bool>,
+    /// Same as `fsync_uploads = false` (the key of the `--no-fsync` flag).
+    pub no_fsync: Option<bool>,
 }
 
 fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
@@ -326,6 +332,15 @@ impl ConfigFile {
             login_fail_delay,
             shutdown_timeout
         );
+        if let Some(v) = self.no_anonymous {
+            config.anonymous_enable = !v;
+        }
+        if let Some(v) = self.no_port {
+            config.port_enable = !v;
+        }
+        if let Some(v) = self.no_fsync {
+            config.fsync_uploads = !v;
+        }
         if let Some(v) = self.users {
             config.users = Some(v);
         }

@@ -21,6 +21,28 @@
 //! # }
 //! ```
 //!
+//! # Behaviour worth knowing
+//!
+//! * **Passive.** One endpoint per session: a new PASV/EPSV releases the previous lease. The
+//!   listener accepts one connection from the control connection's peer address (others are
+//!   reset and the wait goes on) and closes; after `accept_timeout` the port goes back as
+//!   [`pasv_pool::Closer::NeverConnected`]. Downloads end with our FIN
+//!   ([`pasv_pool::Closer::Server`]), uploads with the client's ([`pasv_pool::Closer::Client`]),
+//!   aborts and errors with a RST ([`pasv_pool::Closer::Reset`]).
+//! * **Listener modes** ([`ListenerMode`]): a listener per lease (default), or every port bound
+//!   once at start and shared, connections routed by peer address (the pool then leases per
+//!   port and peer). With SO_REUSEADDR (the default; never SO_REUSEPORT) Linux lets a port be
+//!   bound again over its TIME_WAIT sockets, so the default quarantine scope is `None`;
+//!   `no_reuseaddr` restores the classic exhaustion, with scope `Port` to match.
+//! * **Exhaustion.** PASV/EPSV wait up to `pasv_wait` for a release (any session's) or for
+//!   the pool's `retry_after`; then `425 ... (retry after Ns)`. Every 425 carries a hint.
+//! * **Files.** Paths are confined to the root (lexically, then symlinks checked); uploads go
+//!   to a hidden temporary file in the target directory, are fsynced and renamed on success,
+//!   and vanish on failure, ABOR or a vanished client (APPE and REST+STOR copy the kept part
+//!   of the old file first, so the old file stays whole until the rename).
+//! * **Control loop.** Commands keep being read during a transfer: ABOR gives 426 then 226,
+//!   STAT reports progress, QUIT waits for the transfer's reply; other commands queue.
+//!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
 //! rules), `session` (the control loop), `transfer` (the data copy and who closes), `vfs`
 //! (paths confined to the root), `listing` (LIST/NLST/MLSD), `users` (argon2 accounts),
