@@ -24,7 +24,11 @@ pub enum ListenerMode {
     #[default]
     PerLease,
     /// Every passive port is bound once at start and kept; an accepted connection goes to the
-    /// session that holds the lease for that port and that peer address.
+    /// session that holds the lease for that port and that peer address, and one nobody
+    /// expects is reset when a session next accepts on that port (until then it waits in the
+    /// backlog). The limit of the mode: a client that connects after its lease ended (accept
+    /// timeout) can be taken for the next lease of that port by the same peer address,
+    /// which a listener closed per lease would have refused.
     Prebound,
 }
 
