@@ -120,8 +120,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = root.join("target/pasv-bench");
     std::fs::create_dir_all(&out)?;
 
+    // Criterion keeps the results of benchmarks that no longer exist; only files written after
+    // this marker belong to this run.
+    let marker = out.join(".run-started");
+    std::fs::write(&marker, b"")?;
+    let since = std::fs::metadata(&marker)?.modified()?;
     run_criterion(&root, &options)?;
-    let measurements = read_criterion(&root.join("target/criterion"))?;
+    let measurements = read_criterion(&root.join("target/criterion"), since)?;
     let (report, failures) = criterion_report(&measurements);
     std::fs::write(out.join("criterion.md"), &report)?;
     println!("{report}");
@@ -171,8 +176,9 @@ fn run_criterion(root: &Path, options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Reads every `new/benchmark.json` under `dir` with its `estimates.json`.
-fn read_criterion(dir: &Path) -> Result<Vec<Measurement>> {
+/// Reads every `new/benchmark.json` under `dir` with its `estimates.json`, written at or after
+/// `since`.
+fn read_criterion(dir: &Path, since: std::time::SystemTime) -> Result<Vec<Measurement>> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -183,6 +189,12 @@ fn read_criterion(dir: &Path) -> Result<Vec<Measurement>> {
             let p = entry.path();
             if p.is_dir() {
                 if p.file_name().is_some_and(|n| n == "new") {
+                    let fresh = std::fs::metadata(p.join("estimates.json"))
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t >= since);
+                    if !fresh {
+                        continue;
+                    }
                     if let Some(m) = read_measurement(&p)? {
                         found.push(m);
                     }
