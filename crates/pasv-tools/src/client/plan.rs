@@ -276,7 +276,22 @@ impl fmt::Display for Plan {
             (i.rate, self.headroom, self.refusal_rate)
         {
             writeln!(f, "target rate     {rate:.2} transfers/s")?;
-            writeln!(f, "headroom        {}", percent(headroom))?;
+            // Headroom is signed: below zero the target lies above rate_max, a range that no
+            // allocation strategy can serve, and `percent` (for probabilities) would hide it.
+            if headroom >= 0.0 {
+                writeln!(
+                    f,
+                    "headroom        {:.1}% of rate_max unused",
+                    headroom * 100.0
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "headroom        {:.1}%: the target is {:.1}x rate_max, over capacity",
+                    headroom * 100.0,
+                    rate / self.rate_max
+                )?;
+            }
             writeln!(f, "refusal rate    {} (Erlang B)", percent(refusal))?;
         }
         if let Some(w) = &self.bounded_wait {

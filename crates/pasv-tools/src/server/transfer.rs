@@ -148,15 +148,8 @@ impl Transfer {
     /// Runs the transfer to its end; never panics on network or file errors.
     pub(crate) async fn run(mut self) -> Outcome {
         let start = clock::now();
-        let mut outcome = Outcome {
-            ending: Ending::Complete,
-            bytes: 0,
-            duration: Duration::ZERO,
-            port: None,
-            closer: None,
-            upload: None,
-            buffer: Vec::new(),
-        };
+        // Starts as "nothing moved yet"; the steps below fill it in.
+        let mut outcome = Outcome::failed(Ending::Complete);
         let connected = match self.source {
             DataSource::Connected(stream, guard) => Ok((stream, Some(guard))),
             DataSource::Passive(mut passive) => {
