@@ -81,6 +81,7 @@ struct Options {
     filter: Option<String>,
     peers: Option<PathBuf>,
     rounds: u32,
+    pin: bool,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -89,11 +90,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
         filter: None,
         peers: None,
         rounds: 3,
+        pin: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--pin" => options.pin = true,
             "--filter" => {
                 options.filter = Some(it.next().context("--filter needs a value")?.clone())
             }
@@ -335,29 +338,33 @@ fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
     (out, failures)
 }
 
-/// One side-by-side workload: the comparison kit's arguments and pasvd's passive range.
+/// One side-by-side workload: the comparison kit's arguments and the passive ranges of the two
+/// pasvd targets (prebound, per-lease), each as large as the peers' ranges.
 struct Workload {
     name: &'static str,
     kit_args: &'static [&'static str],
-    pasv_range: (u16, u16),
+    prebound_range: (u16, u16),
+    per_lease_range: (u16, u16),
 }
 
 const WORKLOADS: &[Workload] = &[
     Workload {
         name: "20ports-k32",
         kit_args: &["--range-size", "20", "-k", "32", "--duration", "5"],
-        pasv_range: (30000, 30019),
+        prebound_range: (30000, 30019),
+        per_lease_range: (30100, 30119),
     },
     Workload {
         name: "1000ports-k8",
         kit_args: &["--range-size", "1000", "-k", "8", "--duration", "5"],
-        pasv_range: (30000, 30999),
+        prebound_range: (24000, 24999),
+        per_lease_range: (25000, 25999),
     },
     Workload {
         name: "1mib-retr-k8",
         kit_args: &[
             "--range-size",
-            "1000",
+            "20",
             "-k",
             "8",
             "--duration",
@@ -365,7 +372,8 @@ const WORKLOADS: &[Workload] = &[
             "--file",
             "1m",
         ],
-        pasv_range: (30000, 30999),
+        prebound_range: (30000, 30019),
+        per_lease_range: (30100, 30119),
     },
 ];
 
@@ -391,13 +399,20 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<(
     std::fs::create_dir_all(&data)?;
     let rounds = options.rounds.to_string();
     for workload in WORKLOADS {
-        let (lo, hi) = workload.pasv_range;
-        let mut server = PasvdProcess::start(&pasvd, &data, lo, hi)?;
+        let mut servers = Vec::new();
+        let mut targets = Vec::new();
+        for (mode, (lo, hi)) in [
+            ("prebound", workload.prebound_range),
+            ("per-lease", workload.per_lease_range),
+        ] {
+            let server = PasvdProcess::start(&pasvd, &data, (lo, hi), mode, options.pin)?;
+            targets.push(format!(
+                "pasvd-{mode}=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
+                server.port
+            ));
+            servers.push(server);
+        }
         let dir = out.join(format!("peers-{}", workload.name));
-        let target = format!(
-            "pasvd=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
-            server.port
-        );
         let mut args: Vec<&str> = workload.kit_args.to_vec();
         if options.quick {
             args.extend(["--rounds", "1"]);
@@ -406,10 +421,23 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<(
         }
         let dir_str = dir.to_string_lossy().into_owned();
         args.extend(["--out", &dir_str]);
-        args.extend(["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib", &target]);
+        args.extend(["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"]);
+        args.extend(targets.iter().map(String::as_str));
         println!("== {}: compare.sh {}", workload.name, args.join(" "));
-        let status = Command::new("bash").arg(&compare).args(&args).status()?;
-        server.stop();
+        let status = if options.pin {
+            // The generator on CPU 0 (scripts/pin-python), every server on CPU 1: without
+            // this the Python generator's threads hand its GIL across CPUs and it, not the
+            // server, sets the rate (docs/BENCHMARKS.md).
+            Command::new("taskset")
+                .args(["-c", "1", "bash"])
+                .arg(&compare)
+                .args(&args)
+                .env("PYTHON", root.join("scripts/pin-python"))
+                .status()?
+        } else {
+            Command::new("bash").arg(&compare).args(&args).status()?
+        };
+        drop(servers);
         if !status.success() {
             bail!("compare.sh failed for {}", workload.name);
         }
@@ -427,9 +455,17 @@ struct PasvdProcess {
 }
 
 impl PasvdProcess {
-    fn start(pasvd: &Path, root: &Path, lo: u16, hi: u16) -> Result<Self> {
-        let mut child = Command::new(pasvd)
-            .args(["--listen", "127.0.0.1:0", "--root"])
+    fn start(pasvd: &Path, root: &Path, range: (u16, u16), mode: &str, pin: bool) -> Result<Self> {
+        let (lo, hi) = range;
+        let mut command = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1"]).arg(pasvd);
+            c
+        } else {
+            Command::new(pasvd)
+        };
+        let mut child = command
+            .args(["--listener-mode", mode, "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args([
                 "--pasv-min-port",

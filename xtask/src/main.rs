@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
-//! cargo xtask bench --peers KIT [--quick]          also pasvd side by side with the peer servers
+//! cargo xtask bench --peers KIT [--pin] [--quick]  also pasvd side by side with the peer servers
 //! ```
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
@@ -41,6 +41,7 @@ fn print_help() {
          \x20       --peers KIT    also run KIT/compare.sh (the peer-server comparison kit):\n\
          \x20                      pasvd (release) beside vsftpd, pure-ftpd, proftpd, pyftpdlib\n\
          \x20                      on three workloads; writes target/pasv-bench/peers-*.md\n\
-         \x20       --rounds N     rounds per peer workload [3]"
+         \x20       --rounds N     rounds per peer workload [3]\n\
+         \x20       --pin          generator on CPU 0, servers on CPU 1 (taskset)"
     );
 }
