@@ -86,9 +86,40 @@ pub fn min_ports_for(
     n.div_ceil(addresses)
 }
 
+/// The largest arrival rate (leases per second) whose Erlang B refusal stays at or below
+/// `target_refusal` on `ports_total` ports, each busy `busy_s` (`h + f·T`) per lease: the
+/// Poisson counterpart of [`rate_max`]. Found by bisection, since Erlang B grows with the load;
+/// infinite when leases keep no port busy.
+pub fn rate_at_refusal(ports_total: u64, busy_s: f64, target_refusal: f64) -> f64 {
+    if busy_s <= 0.0 || busy_s.is_nan() {
+        return f64::INFINITY;
+    }
+    // Erlang B refuses at least 1 - N/A, so above 4·rate_max it is past any target below 3/4.
+    let (mut lo, mut hi) = (0.0f64, 4.0 * ports_total as f64 / busy_s);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if erlang_b(ports_total, mid * busy_s) <= target_refusal {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_at_refusal_sits_on_the_target() {
+        // 20 ports, 60 s busy: the rate refused at 0.1% is below rate_max, and Erlang B is
+        // at the target there (bisection to 60 halvings).
+        let r = rate_at_refusal(20, 60.0, 0.001);
+        assert!(r > 0.0 && r < 20.0 / 60.0);
+        assert!((erlang_b(20, r * 60.0) - 0.001).abs() < 1e-9);
+        assert_eq!(rate_at_refusal(20, 0.0, 0.001), f64::INFINITY);
+    }
 
     #[test]
     fn known_values() {

@@ -140,7 +140,7 @@ pub fn plan(input: PlanInput) -> Plan {
         refusal_rate,
         min_ports_for_rate: min_ports,
         min_range,
-        rate_at_target_refusal: rate_at_refusal(ports_total, busy, rate_max, input.target_refusal),
+        rate_at_target_refusal: capacity::rate_at_refusal(ports_total, busy, input.target_refusal),
         curve,
         bounded_wait: input.rate.and_then(|r| simulate(&input, r)),
         input,
@@ -188,24 +188,6 @@ fn simulate(input: &PlanInput, rate: f64) -> Option<BoundedWait> {
         wait_p50_s: waiting.wait.p50,
         wait_p99_s: waiting.wait.p99,
     })
-}
-
-/// The largest rate whose Erlang B refusal is at most `target`, by bisection (Erlang B grows
-/// with the load).
-fn rate_at_refusal(servers: u64, busy: f64, rate_max: f64, target: f64) -> f64 {
-    if !rate_max.is_finite() || busy <= 0.0 {
-        return f64::INFINITY;
-    }
-    let (mut lo, mut hi) = (0.0f64, rate_max * 4.0);
-    for _ in 0..60 {
-        let mid = (lo + hi) / 2.0;
-        if capacity::erlang_b(servers, mid * busy) <= target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
 }
 
 /// Formats a probability as a percentage with enough digits to read small values.
