@@ -41,3 +41,9 @@ pub fn tokio_instant(at: pasv_pool::Instant) -> tokio::time::Instant {
 pub fn wall_now() -> SystemTime {
     SystemTime::now()
 }
+
+/// The CPU's monotonic clock, for busy-poll windows: real time even when tokio's clock is
+/// paused (a spinning task keeps a paused runtime from ever advancing its clock).
+pub fn cpu_now() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -416,8 +416,13 @@ async fn a_connection_from_another_address_is_dropped_and_the_client_served() {
         let mut intruder = connect_from(intruder_ip, addr)
             .await
             .expect("intruder connects");
+        let mut data = connect_data(addr).await;
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(read_all(&mut data).await, b"the real data", "{mode:?}");
+        assert_eq!(ftp.reply().await.code().get(), 226);
+        // The intruder, first in the backlog, was taken and dropped on the way to the real
+        // client's connection: EOF or reset, never data.
         let mut buf = Vec::new();
-        // Dropped by the server: EOF or reset, never data.
         let read = tokio::time::timeout(WAIT, intruder.read_to_end(&mut buf))
             .await
             .expect("intruder dropped in time");
@@ -425,10 +430,90 @@ async fn a_connection_from_another_address_is_dropped_and_the_client_served() {
             read.is_err() || buf.is_empty(),
             "{mode:?}: intruder got data"
         );
-        let mut data = connect_data(addr).await;
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_connects_after_the_command_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(200_000, 3);
+    fs::write(dir.path().join("f"), &body).unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 2, |c| {
+            c.listener_mode = mode;
+            c.anonymous_write = true;
+        })
+        .await;
+        let mut ftp = Ftp::login(server.addr).await;
+        // The command first, the connection after the 150: the server has to wait for it.
+        let addr = ftp.pasv().await;
         ftp.expect("RETR f", 150).await;
-        assert_eq!(read_all(&mut data).await, b"the real data", "{mode:?}");
-        assert_eq!(ftp.reply().await.code().get(), 226);
+        let mut data = connect_data(addr).await;
+        assert_eq!(read_all(&mut data).await, body, "{mode:?}");
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+
+        let addr = ftp.epsv().await;
+        ftp.expect("STOR up", 150).await;
+        let mut data = connect_data(addr).await;
+        data.write_all(b"late upload").await.unwrap();
+        data.shutdown().await.unwrap();
+        drop(data);
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+        assert_eq!(fs::read(dir.path().join("up")).unwrap(), b"late upload");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn prebound_connections_reach_the_session_of_their_peer() {
+    // One prebound port, leased at once to two clients on different addresses (the pool's
+    // per-(port, peer) exclusivity). Whichever session accepts first takes both connections
+    // from the backlog and hands the other one over.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a"), b"for the first client").unwrap();
+    fs::write(dir.path().join("b"), b"for the second client").unwrap();
+    let server = start(dir.path(), 1, |c| c.listener_mode = ListenerMode::Prebound).await;
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut first = Ftp::login(server.addr).await;
+    let mut second = Ftp::login_from(other, server.addr).await;
+    let addr = first.pasv().await;
+    assert_eq!(second.pasv().await, addr, "the same port for both peers");
+    // The first client's connection is the older one in the backlog.
+    let mut first_data = connect_data(addr).await;
+    let mut second_data = connect_from(other, addr)
+        .await
+        .expect("second data connect");
+    let b = second.cmd("RETR b").await;
+    assert_eq!(b.code().get(), 150, "{b}");
+    assert_eq!(read_all(&mut second_data).await, b"for the second client");
+    assert_eq!(second.reply().await.code().get(), 226);
+    first.expect("RETR a", 150).await;
+    assert_eq!(read_all(&mut first_data).await, b"for the first client");
+    assert_eq!(first.reply().await.code().get(), 226);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_polling_server_serves_and_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(5_000, 9);
+    fs::write(dir.path().join("f"), &body).unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 2, |c| {
+            c.listener_mode = mode;
+            c.busy_poll = Duration::from_micros(300);
+        })
+        .await;
+        let mut ftp = Ftp::login(server.addr).await;
+        for _ in 0..20 {
+            assert_eq!(ftp.retr("f").await, body, "{mode:?}");
+        }
+        // A session that stays quiet past the window still gets its replies (the poller
+        // parked and the next command woke the runtime the ordinary way).
+        ftp.expect("NOOP", 200).await;
+        assert_eq!(ftp.retr("f").await, body, "{mode:?}");
+        // The poller ends with the server.
         server.stop().await;
     }
 }

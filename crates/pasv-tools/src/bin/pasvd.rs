@@ -95,6 +95,10 @@ struct Cli {
     /// Do not fsync uploads before renaming them into place.
     #[arg(long, env = "PASVD_NO_FSYNC")]
     no_fsync: bool,
+    /// Keep polling for I/O this many microseconds after each command instead of sleeping
+    /// (0 = off): lower latency and no wake-up per command, for a core spent spinning.
+    #[arg(long, env = "PASVD_BUSY_POLL_US")]
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +134,7 @@ impl Cli {
         o.pasv_strategy = self.pasv_strategy.clone();
         o.no_port = self.no_port.then_some(true);
         o.no_fsync = self.no_fsync.then_some(true);
+        o.busy_poll_us = self.busy_poll_us;
         o
     }
 }
@@ -245,7 +250,14 @@ fn main() -> anyhow::Result<()> {
         server::populate_demo(&config.root)
             .with_context(|| format!("creating the demo directory {}", config.root.display()))?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Busy polling needs the polling task on the thread that owns the I/O driver, which a
+    // current-thread runtime guarantees (see the server's busy_poll module).
+    let mut builder = if config.busy_poll.is_zero() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -127,6 +127,11 @@ pub struct Config {
     pub fsync_uploads: bool,
     /// Greeting text.
     pub banner: String,
+    /// Busy polling: how long the server keeps polling for I/O after the last control input
+    /// instead of sleeping (zero = off, the default). It saves the wake-up each command
+    /// would cost (over loopback, the client pays for it) and spends the server's core on
+    /// spinning; see the `busy_poll` module.
+    pub busy_poll: Duration,
 }
 
 impl Default for Config {
@@ -163,6 +168,7 @@ impl Default for Config {
             buffer_size: 256 * 1024,
             fsync_uploads: true,
             banner: "pasvd ready".to_owned(),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -264,6 +270,8 @@ pub struct ConfigFile {
     pub buffer_size: Option<usize>,
     pub fsync_uploads: Option<bool>,
     pub banner: Option<String>,
+    /// Microseconds (the unit of Linux's `net.core.busy_poll`).
+    pub busy_poll_us: Option<u64>,
     /// Same as `anonymous_enable = false` (the key of the `--no-anonymous` flag).
     pub no_anonymous: Option<bool>,
     /// Same as `port_enable = false` (the key of the `--no-port` flag).
@@ -336,6 +344,14 @@ impl ConfigFile {
             login_fail_delay,
             shutdown_timeout
         );
+        if let Some(v) = self.busy_poll_us {
+            if v > 1_000_000 {
+                return Err(cfg(format!(
+                    "busy_poll_us: {v} is more than a second of spinning per input"
+                )));
+            }
+            config.busy_poll = Duration::from_micros(v);
+        }
         if let Some(v) = self.no_anonymous {
             config.anonymous_enable = !v;
         }
@@ -382,7 +398,8 @@ mod tests {
         let mut config = Config::default();
         let file: ConfigFile = toml::from_str(
             "pasv_min_port = 40000\npasv_max_port = 40009\npasv_wait = 0.5\nquarantine = \"peer\"\n\
-             listener_mode = \"prebound\"\npasv_public_address = [\"203.0.113.7\"]\n",
+             listener_mode = \"prebound\"\npasv_public_address = [\"203.0.113.7\"]\n\
+             busy_poll_us = 150\n",
         )
         .unwrap();
         file.apply(&mut config).unwrap();
@@ -390,6 +407,7 @@ mod tests {
         assert_eq!(config.pasv_wait, Duration::from_millis(500));
         assert_eq!(config.effective_quarantine(), QuarantineScope::Peer);
         assert_eq!(config.listener_mode, ListenerMode::Prebound);
+        assert_eq!(config.busy_poll, Duration::from_micros(150));
         assert_eq!(
             config.pasv_public_address[&IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             Ipv4Addr::new(203, 0, 113, 7)
@@ -409,6 +427,8 @@ mod tests {
         let file: ConfigFile = toml::from_str("quarantine = \"sometimes\"").unwrap();
         assert!(file.apply(&mut Config::default()).is_err());
         let file: ConfigFile = toml::from_str("pasv_wait = -1.0").unwrap();
+        assert!(file.apply(&mut Config::default()).is_err());
+        let file: ConfigFile = toml::from_str("busy_poll_us = 5000000").unwrap();
         assert!(file.apply(&mut Config::default()).is_err());
     }
 

@@ -60,6 +60,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod busy_poll;
 pub mod config;
 mod demo;
 mod listing;
@@ -130,6 +131,7 @@ pub(crate) struct Shared {
     pub(crate) users: Users,
     pub(crate) xferlog: Option<xferlog::Xferlog>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) busy_poll: busy_poll::BusyPoll,
 }
 
 /// Session counts for `max_clients` and `max_per_ip`.
@@ -213,6 +215,7 @@ impl Server {
             listener,
             local_addr,
             shared: Arc::new(Shared {
+                busy_poll: busy_poll::BusyPoll::new(config.busy_poll),
                 config,
                 root,
                 ports,
@@ -242,6 +245,13 @@ impl Server {
         let next_id = AtomicU64::new(1);
         tokio::pin!(shutdown);
         let mut result = Ok(());
+        let poller = shared.busy_poll.enabled().then(|| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let stop = shared.shutdown.clone();
+                shared.busy_poll.run(stop).await;
+            })
+        });
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -283,6 +293,9 @@ impl Server {
                 "shutdown deadline passed; ending sessions"
             );
             sessions.shutdown().await;
+        }
+        if let Some(poller) = poller {
+            let _ = poller.await;
         }
         shared.ports.shutdown();
         let stats = shared.ports.stats();

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::listing::{self, Civil, Format};
-use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
+use super::passive::{DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, PathError, Resolved, Vfs, UPLOAD_PREFIX};
@@ -159,10 +159,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     }
 }
 
-async fn wait_accept(data: &mut Data) -> Result<DataConn, AcceptError> {
-    match data {
-        Data::Passive(p) => p.accept().await,
-        _ => std::future::pending().await,
+/// Sleeps until the deadline, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -306,30 +307,28 @@ impl Session {
                 return Ok(());
             }
             let can_read = !read_closed && input.len() < MAX_INPUT;
-            let accepting = self.transfer.is_none() && matches!(self.data, Data::Passive(_));
+            // An idle passive endpoint is not watched: the client's connection waits in the
+            // backlog until the transfer command takes it (see `Passive::accept`). Only the
+            // accept timeout needs a timer.
+            let accept_deadline = match (&self.transfer, &self.data) {
+                (None, Data::Passive(p)) => Some(p.deadline()),
+                _ => None,
+            };
             let has_transfer = self.transfer.is_some();
             tokio::select! {
-                // Fixed order: a finished transfer and an arrived data connection are
-                // handled before the next command, which may need them.
+                // Fixed order: a finished transfer is handled before the next command, which
+                // may need it.
                 biased;
                 outcome = wait_transfer(&mut self.transfer), if has_transfer => {
                     let stream_ref = &mut *stream;
                     self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed);
                     last_activity = clock::now();
                 }
-                accepted = wait_accept(&mut self.data), if accepting => {
-                    match (accepted, std::mem::replace(&mut self.data, Data::None)) {
-                        (Ok(conn), Data::Passive(p)) => {
-                            self.data = Data::Connected(conn, p.into_guard());
-                        }
-                        (Err(e), Data::Passive(p)) => {
-                            tracing::info!(session = self.id, port = p.addr().port(), error = ?e, "passive endpoint released unused");
-                            p.never_connected();
-                        }
-                        (_, other) => self.data = other,
-                    }
+                () = sleep_until_some(accept_deadline), if accept_deadline.is_some() => {
+                    self.accept_timeout();
                 }
                 read = stream.read_buf(&mut input), if can_read => {
+                    self.shared.busy_poll.touch();
                     let read = match read {
                         Ok(n) if n > 0 && read_past_urgent_mark(stream, &mut input) => Ok(0),
                         other => other,
@@ -398,6 +397,22 @@ impl Session {
             // RFC 959: QUIT during a transfer closes after the transfer's reply.
             Command::Quit => self.closing = true,
             other => self.queued.push_back(other),
+        }
+    }
+
+    /// The accept timeout of an idle passive endpoint: a connection that did arrive is taken
+    /// (as if the transfer command were next), else the port goes back to the pool.
+    fn accept_timeout(&mut self) {
+        match std::mem::replace(&mut self.data, Data::None) {
+            Data::Passive(mut p) => match p.try_accept() {
+                Ok(Some(conn)) => self.data = Data::Connected(conn, p.into_guard()),
+                outcome => {
+                    let error = outcome.err();
+                    tracing::info!(session = self.id, port = p.addr().port(), error = ?error, "passive endpoint released unused");
+                    p.never_connected();
+                }
+            },
+            other => self.data = other,
         }
     }
 
@@ -971,7 +986,7 @@ impl Session {
         // The client usually connects right after 227: take a connection that is already
         // waiting, so a small download can go out inline.
         if let Data::Passive(p) = &mut self.data {
-            if let Some(Ok(conn)) = p.accept().now_or_never() {
+            if let Ok(Some(conn)) = p.try_accept() {
                 if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
                     self.data = Data::Connected(conn, p.into_guard());
                 }

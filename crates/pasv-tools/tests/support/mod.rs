@@ -107,6 +107,21 @@ impl Ftp {
             .await
             .expect("connect in time")
             .expect("connect");
+        Ftp::greeted(stream, addr).await
+    }
+
+    /// Connects from a given local address (a client on another host), logs in anonymously.
+    pub async fn login_from(local: IpAddr, addr: SocketAddr) -> Ftp {
+        let stream = connect_from(local, addr).await.expect("control connect");
+        let (mut ftp, greeting) = Ftp::greeted(stream, addr).await;
+        assert_eq!(greeting.code().get(), 220, "greeting: {greeting}");
+        ftp.expect("USER anonymous", 331).await;
+        ftp.expect("PASS guest@example.invalid", 230).await;
+        ftp.expect("TYPE I", 200).await;
+        ftp
+    }
+
+    async fn greeted(stream: TcpStream, addr: SocketAddr) -> (Ftp, Reply) {
         stream.set_nodelay(true).ok();
         let mut ftp = Ftp {
             stream,
