@@ -3,8 +3,8 @@
 //! Every PASV/EPSV leases one (address, port) from a shared [`pasv_pool::Pool`], listens for
 //! exactly one connection from the control connection's peer, and reports the close to the
 //! pool with who closed first, so the pool knows where TIME_WAIT landed. When the range is
-//! exhausted a session waits a bounded time for the next port (woken by any release) and
-//! otherwise answers `425 ... (retry after Ns)`; it never advertises a port outside the range
+//! exhausted a session waits a bounded time for the next port (woken by a release it can use)
+//! and otherwise answers `425 ... (retry after Ns)`; it never advertises a port outside the range
 //! and never ends a session for lack of ports.
 //!
 //! ```no_run
@@ -36,6 +36,9 @@
 //!   `no_reuseaddr` restores the classic exhaustion, with scope `Port` to match.
 //! * **Exhaustion.** PASV/EPSV wait up to `pasv_wait` for a release (any session's) or for
 //!   the pool's `retry_after`; then `425 ... (retry after Ns)`. Every 425 carries a hint.
+//!   A release wakes one waiter, the oldest whose address filter admits the freed address
+//!   (EPSV on IPv6 waits for an IPv6 port, PASV for an IPv4 one); one that still finds
+//!   nothing hands the wake-up on to a waiter of another kind.
 //! * **Files.** Paths are confined to the root (lexically, then symlinks checked); uploads go
 //!   to a hidden temporary file in the target directory, are fsynced and renamed on success,
 //!   and vanish on failure, ABOR or a vanished client (APPE and REST+STOR copy the kept part

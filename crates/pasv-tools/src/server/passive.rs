@@ -2,21 +2,31 @@
 //! start, one accepted connection per lease, every close reported to the pool.
 //!
 //! The pool decides which port; this module only binds, accepts and reports. One mutex guards
-//! the pool (its operations are a few hash-map and heap steps), and one [`Notify`] is signalled
-//! on every release so a session waiting for a port wakes up as soon as any session frees one.
+//! the pool (its operations are a few hash-map and heap steps).
+//!
+//! Sessions that find every port taken wait in one queue, oldest first. A release wakes one
+//! waiter: the oldest whose address filter admits the freed address (an EPSV waiter on an
+//! IPv6 control connection is never woken for an IPv4 port). A woken waiter that still finds
+//! nothing hands the wake-up on to the next waiter that might fare differently (another
+//! filter, or another peer where the pool keeps per-peer state), and one that is cancelled
+//! before it tries does the same; each release's wake-up visits a kind of waiter at most once,
+//! so there is no herd (every waiter racing for one port) and no waiter ever wakes itself.
+//! Ports freed by time (a quarantine ending) are found by each waiter's own timer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pasv_pool::{AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet};
+use pasv_pool::{
+    AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet, QuarantineScope,
+};
 use std::os::fd::AsFd;
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
@@ -55,10 +65,43 @@ pub(crate) enum Refusal {
     Bind(io::Error),
 }
 
+/// Sessions waiting in [`PassivePorts::open`] for a release, by arrival (oldest first).
+#[derive(Default)]
+struct Waiters {
+    next: u64,
+    queue: BTreeMap<u64, Waiting>,
+}
+
+/// One waiting session.
+struct Waiting {
+    class: Class,
+    wake: oneshot::Sender<Wake>,
+}
+
+/// What decides whether an acquisition succeeds: the address filter, and the peer when the
+/// pool keeps per-peer state (one lease per port and peer, or per-peer quarantine). Two
+/// waiters of one class fail or succeed together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Class {
+    filter: AddrFilter,
+    peer: Option<IpAddr>,
+}
+
+/// One release's wake-up, passed from waiter to waiter until one of them gets a port.
+#[derive(Debug)]
+struct Wake {
+    /// The freed address: only waiters whose filter admits it are woken.
+    addr: SocketAddr,
+    /// Classes that already tried for this release and found nothing.
+    tried: Vec<Class>,
+}
+
 /// The passive side of the server, shared by all sessions.
 pub(crate) struct PassivePorts {
     pool: Mutex<Pool>,
-    released: Notify,
+    waiters: Mutex<Waiters>,
+    /// Whether the pool's answer depends on the peer (see [`Class`]).
+    per_peer: bool,
     mode: ListenerMode,
     reuseaddr: bool,
     wait: Duration,
@@ -98,7 +141,9 @@ impl PassivePorts {
         })?;
         let ports_state = Arc::new(PassivePorts {
             pool: Mutex::new(pool),
-            released: Notify::new(),
+            waiters: Mutex::default(),
+            per_peer: exclusivity == Exclusivity::PerPortAndPeer
+                || config.effective_quarantine() == QuarantineScope::Peer,
             mode: config.listener_mode,
             reuseaddr: !config.no_reuseaddr,
             wait: config.pasv_wait,
@@ -171,11 +216,10 @@ impl PassivePorts {
         let peer = peer.to_canonical();
         let deadline = clock::now() + self.wait;
         let mut bind_failures = 0;
+        let mut waiter = Waiter::new(self, self.class(filter, peer));
         loop {
-            // Registered before trying, so a release between the try and the wait wakes us.
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Queued before trying, so a release between the try and the wait wakes us.
+            waiter.enqueue();
             let now = clock::now();
             let attempt = {
                 let mut pool = lock(&self.pool);
@@ -184,19 +228,24 @@ impl PassivePorts {
                 pool.acquire_with(at, peer, filter)
             };
             match attempt {
-                Ok(lease) => match self.listen(lease, peer) {
-                    Ok(passive) => return Ok(passive),
-                    Err((lease, e)) => {
-                        tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
-                        // Something outside the pool's model holds the port: keep it cooling.
-                        self.release(lease, Closer::Server);
-                        bind_failures += 1;
-                        if bind_failures >= MAX_BIND_FAILURES {
-                            return Err(Refusal::Bind(e));
+                Ok(lease) => {
+                    waiter.got(lease.addr());
+                    match self.listen(lease, peer) {
+                        Ok(passive) => return Ok(passive),
+                        Err((lease, e)) => {
+                            tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
+                            // Something outside the pool's model holds the port: keep it cooling.
+                            self.release(lease, Closer::Server);
+                            bind_failures += 1;
+                            if bind_failures >= MAX_BIND_FAILURES {
+                                return Err(Refusal::Bind(e));
+                            }
                         }
                     }
-                },
+                }
                 Err(Exhausted { retry_after }) => {
+                    // A wake-up this waiter could not use may serve another kind of waiter.
+                    waiter.hand_on();
                     if !self.has_address(filter) {
                         return Err(Refusal::NoAddress);
                     }
@@ -204,19 +253,51 @@ impl PassivePorts {
                         return Err(Refusal::Exhausted { retry_after });
                     }
                     // The pool's hint covers ports freed by time; a release by another session
-                    // comes through `released`. Wake for whichever is first, never after the
-                    // deadline.
+                    // comes as a wake-up. Wake for whichever is first, never after the deadline.
                     let wake = match retry_after {
                         Some(d) => deadline.min(now + d),
                         None => deadline,
                     };
                     tokio::select! {
-                        () = &mut notified => {}
+                        () = waiter.woken() => {}
                         () = tokio::time::sleep_until(wake) => {}
                     }
                 }
             }
         }
+    }
+
+    fn class(&self, filter: AddrFilter, peer: IpAddr) -> Class {
+        Class {
+            filter,
+            peer: self.per_peer.then_some(peer),
+        }
+    }
+
+    /// Wakes the oldest waiter that the wake-up may help: its filter admits the freed
+    /// address and its class has not tried for this release yet.
+    fn wake(&self, mut wake: Wake) {
+        let mut waiters = lock(&self.waiters);
+        loop {
+            let next = waiters.queue.iter().find_map(|(&seq, w)| {
+                (w.class.filter.matches(wake.addr.ip()) && !wake.tried.contains(&w.class))
+                    .then_some(seq)
+            });
+            let Some(waiting) = next.and_then(|seq| waiters.queue.remove(&seq)) else {
+                return;
+            };
+            match waiting.wake.send(wake) {
+                Ok(()) => return,
+                // Gone without leaving the queue (cannot happen: waiters leave on drop).
+                Err(back) => wake = back,
+            }
+        }
+    }
+
+    /// How many sessions wait for a release.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.waiters).queue.len()
     }
 
     fn has_address(&self, filter: AddrFilter) -> bool {
@@ -255,6 +336,7 @@ impl PassivePorts {
     }
 
     fn release(&self, lease: Lease, closer: Closer) {
+        let freed = lease.addr();
         if self.mode == ListenerMode::Prebound {
             lock(&self.registry).remove(&(lease.addr(), lease.peer()));
         }
@@ -262,16 +344,124 @@ impl PassivePorts {
         if let Err(e) = result {
             tracing::error!(error = %e, "pool refused a release");
         }
-        // One port freed wakes one waiter: waking all of them would have every waiting
-        // session race for the one port (measured: a thundering herd at 32 sessions on 20
-        // ports). A woken waiter that is cancelled passes the wake-up on (tokio's Notified
-        // forwards a notify_one on drop), and every waiter also wakes at its deadline.
-        self.released.notify_one();
+        // One port freed wakes one waiter that can use its address: waking all of them
+        // would have every waiting session race for the one port (measured: a thundering
+        // herd at 32 sessions on 20 ports). A woken waiter that cannot use it after all, or
+        // is cancelled first, hands the wake-up on (see `Waiter`).
+        self.wake(Wake {
+            addr: freed,
+            tried: Vec::new(),
+        });
     }
 
     /// Pool statistics now.
     pub(crate) fn stats(&self) -> pasv_pool::PoolStats {
         lock(&self.pool).stats(clock::pool_now())
+    }
+}
+
+/// A session's place in the waiters' queue (kept across its tries, so it stays the oldest it
+/// was), and the wake-up it was handed. A wake-up it did not use goes to the next waiter:
+/// after a failed try, when the port it got is another one, or when it is dropped (a
+/// cancelled `open`).
+struct Waiter<'a> {
+    ports: &'a PassivePorts,
+    class: Class,
+    seq: Option<u64>,
+    queued: Option<oneshot::Receiver<Wake>>,
+    held: Option<Wake>,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(ports: &'a PassivePorts, class: Class) -> Self {
+        Waiter {
+            ports,
+            class,
+            seq: None,
+            queued: None,
+            held: None,
+        }
+    }
+
+    /// Joins the queue, at the place of this waiter's first arrival; no-op when queued.
+    fn enqueue(&mut self) {
+        if self.queued.is_some() {
+            return;
+        }
+        let mut waiters = lock(&self.ports.waiters);
+        let seq = *self.seq.get_or_insert_with(|| {
+            waiters.next += 1;
+            waiters.next
+        });
+        let (tx, rx) = oneshot::channel();
+        waiters.queue.insert(
+            seq,
+            Waiting {
+                class: self.class,
+                wake: tx,
+            },
+        );
+        self.queued = Some(rx);
+    }
+
+    /// Leaves the queue; a wake-up sent meanwhile is kept.
+    fn dequeue(&mut self) {
+        let (Some(mut rx), Some(seq)) = (self.queued.take(), self.seq) else {
+            return;
+        };
+        let mut waiters = lock(&self.ports.waiters);
+        // Wake-ups are sent under this lock: if the entry is gone, the wake-up is in `rx`.
+        if waiters.queue.remove(&seq).is_none() {
+            if let Ok(wake) = rx.try_recv() {
+                self.held = Some(wake);
+            }
+        }
+    }
+
+    /// Resolves when a release hands this waiter a wake-up (which leaves the queue).
+    async fn woken(&mut self) {
+        let Some(rx) = self.queued.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.await {
+            Ok(wake) => {
+                self.queued = None;
+                self.held = Some(wake);
+            }
+            // The sender is dropped only with the queue entry: the timers still run.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// This waiter got a lease on `addr`: a wake-up for that address is used up.
+    fn got(&mut self, addr: SocketAddr) {
+        self.dequeue();
+        if self.held.as_ref().is_some_and(|w| w.addr == addr) {
+            self.held = None;
+        }
+    }
+
+    /// Passes a held wake-up on after this waiter tried and found nothing (or got another
+    /// port): its class is marked as tried, so no waiter of that class gets it again.
+    fn hand_on(&mut self) {
+        if let Some(mut wake) = self.held.take() {
+            if !wake.tried.contains(&self.class) {
+                wake.tried.push(self.class);
+            }
+            self.ports.wake(wake);
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.dequeue();
+        // Unused when dropped: the waiter either never tried with it (cancelled), or got a
+        // port on another address (see `got`). Either way the next waiter of any class may
+        // use it.
+        if let Some(wake) = self.held.take() {
+            self.ports.wake(wake);
+        }
     }
 }
 
@@ -558,5 +748,110 @@ impl Passive {
     /// The lease, once the endpoint is done accepting.
     pub(crate) fn into_guard(self) -> LeaseGuard {
         self.guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv6Addr, TcpListener as StdListener};
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    /// Passive ports on 127.0.0.1 and ::1, one port (the same number on both), with a 30 s
+    /// `pasv_wait`; `None` on a machine without IPv6 loopback.
+    async fn two_families(port: u16) -> Option<Arc<PassivePorts>> {
+        match StdListener::bind((V6, 0)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                eprintln!("skipped: no IPv6 loopback on this machine ({e})");
+                return None;
+            }
+            Err(e) => panic!("binding [::1]:0: {e}"),
+        }
+        let mut config = Config::for_tests(std::env::temp_dir());
+        config.pasv_address = vec![V4, V6];
+        config.pasv_min_port = port;
+        config.pasv_max_port = port;
+        config.pasv_wait = Duration::from_secs(30);
+        let listen = SocketAddr::new(V4, 0);
+        Some(PassivePorts::new(&config, listen).await.expect("pool"))
+    }
+
+    /// The v4-only waiter came first, but the freed port is IPv6: the v6-only waiter must get
+    /// it at once (with paused time, a waiter left asleep would only wake at its deadline,
+    /// 30 s later, and the 1 s timeout below would fire first).
+    #[tokio::test(start_paused = true)]
+    async fn a_release_wakes_a_waiter_that_can_use_the_freed_address() {
+        let Some(ports) = two_families(26_400).await else {
+            return;
+        };
+        let held4 = ports.open(V4, AddrFilter::V4).await.expect("v4 lease");
+        let held6 = ports.open(V6, AddrFilter::V6).await.expect("v6 lease");
+        assert_eq!(held6.addr().ip(), V6);
+        let mut wait4 = Box::pin(ports.open(V4, AddrFilter::V4));
+        let mut wait6 = Box::pin(ports.open(V6, AddrFilter::V6));
+        assert!(wait4.as_mut().now_or_never().is_none());
+        assert!(wait6.as_mut().now_or_never().is_none());
+        assert_eq!(ports.waiting(), 2);
+
+        held6.never_connected();
+        let got6 = tokio::time::timeout(Duration::from_secs(1), wait6)
+            .await
+            .expect("the v6 waiter is woken by the v6 release")
+            .expect("v6 lease after the release");
+        assert_eq!(got6.addr().ip(), V6);
+        // The v4 waiter still waits, and gets the v4 port when it frees.
+        assert!(wait4.as_mut().now_or_never().is_none());
+        assert_eq!(ports.waiting(), 1);
+        held4.never_connected();
+        let got4 = tokio::time::timeout(Duration::from_secs(1), wait4)
+            .await
+            .expect("the v4 waiter is woken by the v4 release")
+            .expect("v4 lease after the release");
+        assert_eq!(got4.addr().ip(), V4);
+        assert_eq!(ports.waiting(), 0);
+    }
+
+    /// A waiter woken for a port that another session takes first goes back to waiting
+    /// without waking anyone else of its kind, and a woken waiter that is cancelled hands
+    /// its wake-up to the next.
+    #[tokio::test(start_paused = true)]
+    async fn wake_ups_are_handed_on_but_never_to_the_same_kind_twice() {
+        let Some(ports) = two_families(26_401).await else {
+            return;
+        };
+        let held6 = ports.open(V6, AddrFilter::V6).await.expect("v6 lease");
+        let mut first = Box::pin(ports.open(V6, AddrFilter::V6));
+        let mut second = Box::pin(ports.open(V6, AddrFilter::V6));
+        assert!(first.as_mut().now_or_never().is_none());
+        assert!(second.as_mut().now_or_never().is_none());
+        assert_eq!(ports.waiting(), 2);
+
+        // The release wakes `first` (the oldest); a newcomer takes the port before it runs.
+        held6.never_connected();
+        assert_eq!(ports.waiting(), 1);
+        let newcomer = ports
+            .open(V6, AddrFilter::V6)
+            .await
+            .expect("newcomer lease");
+        // `first` finds nothing; `second` (same filter) is not woken in vain.
+        assert!(first.as_mut().now_or_never().is_none());
+        assert_eq!(ports.waiting(), 2);
+
+        // Woken, then cancelled before it tries: the wake-up goes to `second`.
+        newcomer.never_connected();
+        assert_eq!(ports.waiting(), 1);
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the wake-up is handed on")
+            .expect("lease after the hand-on");
+        assert_eq!(got.addr().ip(), V6);
+        assert_eq!(ports.waiting(), 0);
     }
 }
