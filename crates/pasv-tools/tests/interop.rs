@@ -390,3 +390,52 @@ fn config_file_users_and_passwd_subcommand() {
         assert_eq!(status.code(), Some(67), "{user}");
     }
 }
+
+/// ftplib in TYPE A: `retrlines` and `storlines` (which send TYPE A themselves), and the raw
+/// bytes of a TYPE A download, which must be the file with CRLF line ends.
+#[test]
+fn python_ftplib_ascii_transfers() {
+    let server = Pasvd::start(&["--anonymous-write"]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(
+        server.root.join("lines.txt"),
+        b"alpha\nbeta\r\ngamma\rdelta\n",
+    )
+    .unwrap();
+    let script = r#"
+import ftplib, io, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=30)
+f.login()
+# retrlines reads in text mode, where a lone CR ends a line too.
+lines = []; f.retrlines('RETR lines.txt', lines.append)
+assert lines == ['alpha', 'beta', 'gamma', 'delta'], lines
+f.voidcmd('TYPE A')
+conn = f.transfercmd('RETR lines.txt')
+raw = b''
+while True:
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    raw += chunk
+conn.close()
+f.voidresp()
+assert raw == b'alpha\r\nbeta\r\ngamma\rdelta\r\n', raw
+f.storlines('STOR up.txt', io.BytesIO(b'one\ntwo\r\nthree\n'))
+got = io.BytesIO(); f.retrbinary('RETR up.txt', got.write)
+assert got.getvalue() == b'one\ntwo\nthree\n', got.getvalue()
+f.quit()
+print('ok')
+"#;
+    let out = run(
+        "python3",
+        &["-c", script, &server.port.to_string()],
+        work.path(),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(
+        fs::read(server.root.join("up.txt")).unwrap(),
+        b"one\ntwo\nthree\n"
+    );
+}

@@ -887,3 +887,140 @@ async fn several_passive_addresses_and_a_public_address() {
     assert_eq!(ftp.reply().await.code().get(), 226);
     server.stop().await;
 }
+
+/// TYPE A as RFC 959 wants it on the wire, done the obvious way (one byte at a time), to
+/// check the server's buffered conversion against.
+fn crlf_form(file: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(file.len() * 2);
+    for (i, &b) in file.iter().enumerate() {
+        if b == b'\n' && (i == 0 || file[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// RETR with the 150 text, over PASV.
+async fn retr_with_150(ftp: &mut Ftp, path: &str) -> (String, Vec<u8>) {
+    let mut data = ftp.open_data(false).await;
+    let first = ftp.expect(&format!("RETR {path}"), 150).await;
+    let body = read_all(&mut data).await;
+    assert_eq!(ftp.reply().await.code().get(), 226, "RETR {path} end");
+    (first.text(), body)
+}
+
+/// TYPE A: LF goes out as CRLF, a CRLF in the file stays one, a lone CR stays; uploads store
+/// CRLF as LF. TYPE I moves the bytes as they are. REST and SIZE count the stored file.
+#[tokio::test]
+async fn type_a_converts_line_ends_and_type_i_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: &[u8] = b"one\ntwo\r\nthree\rfour\n\nlast";
+    fs::write(dir.path().join("text.txt"), text).unwrap();
+    let server = start(dir.path(), 4, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+
+    ftp.expect("TYPE A", 200).await;
+    // The client connects before RETR: in TYPE I this small file would go out inline.
+    let (opening, body) = retr_with_150(&mut ftp, "text.txt").await;
+    assert_eq!(body, b"one\r\ntwo\r\nthree\rfour\r\n\r\nlast");
+    assert_eq!(body, crlf_form(text));
+    assert!(opening.contains("ASCII"), "{opening}");
+    // EPSV, and a client that connects after RETR: the same bytes.
+    let epsv = ftp.epsv().await;
+    ftp.expect("RETR text.txt", 150).await;
+    let mut data = connect_data(epsv).await;
+    assert_eq!(read_all(&mut data).await, crlf_form(text));
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    // SIZE counts the stored file; so does REST, and a restart right between the file's CR
+    // and LF sends that LF alone (its CR went out with the previous transfer).
+    assert_eq!(ftp.expect("SIZE text.txt", 213).await.text(), "25");
+    ftp.expect("REST 8", 350).await;
+    assert_eq!(ftp.retr("text.txt").await, b"\nthree\rfour\r\n\r\nlast");
+    ftp.expect("REST 4", 350).await;
+    assert_eq!(
+        ftp.retr("text.txt").await,
+        b"two\r\nthree\rfour\r\n\r\nlast"
+    );
+
+    // Uploads in TYPE A: CRLF stored as LF, a lone CR kept; APPE too.
+    let reply = ftp.upload("STOR up.txt", b"a\r\nb\r\nc\rd\r\n").await;
+    assert_eq!(reply.code().get(), 226, "{reply}");
+    assert_eq!(
+        fs::read(dir.path().join("up.txt")).unwrap(),
+        b"a\nb\nc\rd\n"
+    );
+    let reply = ftp.upload("APPE up.txt", b"e\r\nf\r").await;
+    assert_eq!(reply.code().get(), 226, "{reply}");
+    assert_eq!(
+        fs::read(dir.path().join("up.txt")).unwrap(),
+        b"a\nb\nc\rd\ne\nf\r"
+    );
+
+    // TYPE I: the file as it is, both ways.
+    ftp.expect("TYPE I", 200).await;
+    let (opening, body) = retr_with_150(&mut ftp, "text.txt").await;
+    assert_eq!(body, text);
+    assert!(opening.contains("BINARY"), "{opening}");
+    let reply = ftp.upload("STOR raw.txt", b"a\r\nb\n").await;
+    assert_eq!(reply.code().get(), 226, "{reply}");
+    assert_eq!(fs::read(dir.path().join("raw.txt")).unwrap(), b"a\r\nb\n");
+    server.stop().await;
+
+    // ascii_transfers off: TYPE A is accepted and every transfer is binary.
+    let server = start(dir.path(), 2, |c| c.ascii_transfers = false).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    ftp.expect("TYPE A", 200).await;
+    let (opening, body) = retr_with_150(&mut ftp, "text.txt").await;
+    assert_eq!(body, text);
+    assert!(opening.contains("BINARY"), "{opening}");
+    let reply = ftp.upload("STOR raw2.txt", b"a\r\nb\n").await;
+    assert_eq!(reply.code().get(), 226, "{reply}");
+    assert_eq!(fs::read(dir.path().join("raw2.txt")).unwrap(), b"a\r\nb\n");
+    server.stop().await;
+}
+
+/// A file much larger than the copy buffer (4096 bytes here), with a CRLF split across a
+/// buffer boundary and bare LFs at the first byte of a buffer, and larger than the
+/// sendfile threshold: converted exactly in TYPE A, untouched in TYPE I, both ways.
+#[tokio::test]
+async fn type_a_conversion_spans_buffer_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = Vec::new();
+    let mut line = 0usize;
+    while file.len() < 300_000 {
+        let len = 1 + line * 37 % 200;
+        file.extend(std::iter::repeat_n(b'a' + (line % 26) as u8, len));
+        file.push(if line % 5 == 0 { b'\r' } else { b'\n' });
+        line += 1;
+    }
+    // A CRLF cut by the buffer boundary, an LF opening the next buffer, a lone CR at a
+    // boundary's last byte.
+    file[4095] = b'\r';
+    file[4096] = b'\n';
+    file[8191] = b'x';
+    file[8192] = b'\n';
+    file[12_287] = b'\r';
+    file[12_288] = b'y';
+    fs::write(dir.path().join("big.txt"), &file).unwrap();
+    let server = start(dir.path(), 4, |c| c.buffer_size = 4096).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    ftp.expect("TYPE A", 200).await;
+    let wire = crlf_form(&file);
+    assert!(wire.len() > file.len() + 1000);
+    let got = ftp.retr("big.txt").await;
+    assert!(got == wire, "TYPE A download differs from the CRLF form");
+    // The CRLF form uploaded in TYPE A is stored with LF, the file's CRLF included.
+    let reply = ftp.upload("STOR back.txt", &wire).await;
+    assert_eq!(reply.code().get(), 226, "{reply}");
+    let mut lf_form = Vec::with_capacity(file.len());
+    for (i, &b) in file.iter().enumerate() {
+        if !(b == b'\r' && file.get(i + 1) == Some(&b'\n')) {
+            lf_form.push(b);
+        }
+    }
+    assert!(fs::read(dir.path().join("back.txt")).unwrap() == lf_form);
+    ftp.expect("TYPE I", 200).await;
+    assert!(ftp.retr("big.txt").await == file);
+    server.stop().await;
+}

@@ -99,6 +99,9 @@ struct Cli {
     /// (0 = off): lower latency and no wake-up per command, for a core spent spinning.
     #[arg(long, env = "PASVD_BUSY_POLL_US")]
     busy_poll_us: Option<u64>,
+    /// Ignore TYPE A: send and store every file as is (binary), like vsftpd's default.
+    #[arg(long, env = "PASVD_NO_ASCII")]
+    no_ascii: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +138,7 @@ impl Cli {
         o.no_port = self.no_port.then_some(true);
         o.no_fsync = self.no_fsync.then_some(true);
         o.busy_poll_us = self.busy_poll_us;
+        o.no_ascii = self.no_ascii.then_some(true);
         o
     }
 }

@@ -125,6 +125,9 @@ pub struct Config {
     pub buffer_size: usize,
     /// fsync uploads before renaming them into place.
     pub fsync_uploads: bool,
+    /// Honour TYPE A: downloads send LF as CRLF, uploads store CRLF as LF. Off, every
+    /// transfer is binary whatever the TYPE (vsftpd's default).
+    pub ascii_transfers: bool,
     /// Greeting text.
     pub banner: String,
     /// Busy polling: how long the server keeps polling for I/O after the last control input
@@ -167,6 +170,7 @@ impl Default for Config {
             listen_backlog: 1024,
             buffer_size: 256 * 1024,
             fsync_uploads: true,
+            ascii_transfers: true,
             banner: "pasvd ready".to_owned(),
             busy_poll: Duration::ZERO,
         }
@@ -269,6 +273,7 @@ pub struct ConfigFile {
     pub listen_backlog: Option<u32>,
     pub buffer_size: Option<usize>,
     pub fsync_uploads: Option<bool>,
+    pub ascii_transfers: Option<bool>,
     pub banner: Option<String>,
     /// Microseconds (the unit of Linux's `net.core.busy_poll`).
     pub busy_poll_us: Option<u64>,
@@ -278,6 +283,8 @@ pub struct ConfigFile {
     pub no_port: Option<bool>,
     /// Same as `fsync_uploads = false` (the key of the `--no-fsync` flag).
     pub no_fsync: Option<bool>,
+    /// Same as `ascii_transfers = false` (the key of the `--no-ascii` flag).
+    pub no_ascii: Option<bool>,
 }
 
 fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
@@ -329,6 +336,7 @@ impl ConfigFile {
             listen_backlog,
             buffer_size,
             fsync_uploads,
+            ascii_transfers,
             banner,
             port_enable,
             port_min_port,
@@ -360,6 +368,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.no_fsync {
             config.fsync_uploads = !v;
+        }
+        if let Some(v) = self.no_ascii {
+            config.ascii_transfers = !v;
         }
         if let Some(v) = self.users {
             config.users = Some(v);
@@ -419,6 +430,19 @@ mod tests {
         flags.apply(&mut config).unwrap();
         assert_eq!(config.pasv_max_port, 40001);
         assert_eq!(config.pasv_min_port, 40000);
+    }
+
+    #[test]
+    fn ascii_transfers_are_on_unless_switched_off() {
+        let mut config = Config::default();
+        assert!(config.ascii_transfers);
+        let file: ConfigFile = toml::from_str("ascii_transfers = false").unwrap();
+        file.apply(&mut config).unwrap();
+        assert!(!config.ascii_transfers);
+        let mut config = Config::default();
+        let flags: ConfigFile = toml::from_str("no_ascii = true").unwrap();
+        flags.apply(&mut config).unwrap();
+        assert!(!config.ascii_transfers);
     }
 
     #[test]

@@ -43,13 +43,21 @@
 //!   to a hidden temporary file in the target directory, are fsynced and renamed on success,
 //!   and vanish on failure, ABOR or a vanished client (APPE and REST+STOR copy the kept part
 //!   of the old file first, so the old file stays whole until the rename).
+//! * **TYPE A** (the RFC 959 default until the client sends `TYPE I`). Downloads send each
+//!   bare LF of the file as CRLF (a CRLF in the file stays one, a lone CR stays); uploads
+//!   (STOR, APPE, STOU) store CRLF as LF and keep a lone CR. Listings are CRLF text in
+//!   either type. REST offsets and SIZE count bytes of the stored file, as vsftpd's do, and
+//!   so does the byte count in the 150 reply; a TYPE A download may put more bytes on the
+//!   wire. TYPE A transfers skip the binary fast paths (inline send, `sendfile`).
+//!   `ascii_transfers = false` (`--no-ascii`) makes every transfer binary whatever the TYPE,
+//!   like vsftpd's default; the 150 reply then says BINARY.
 //! * **Control loop.** Commands keep being read during a transfer: ABOR gives 426 then 226,
 //!   STAT reports progress, QUIT waits for the transfer's reply; other commands queue.
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
-//! rules), `session` (the control loop), `transfer` (the data copy and who closes), `vfs`
-//! (paths confined to the root), `listing` (LIST/NLST/MLSD), `users` (argon2 accounts),
-//! `xferlog`.
+//! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
+//! (TYPE A line ends), `vfs` (paths confined to the root), `listing` (LIST/NLST/MLSD),
+//! `users` (argon2 accounts), `xferlog`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,6 +72,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod busy_poll;
+mod ascii;
 pub mod config;
 mod demo;
 mod listing;

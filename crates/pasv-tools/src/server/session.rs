@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::ascii::ToNetwork;
 use super::listing::{self, Civil, Format};
 use super::passive::{DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
@@ -1182,26 +1183,47 @@ impl Session {
         if offset > len {
             return self.reply(554, b"Restart position beyond the end of the file.");
         }
+        let ascii = self.ascii();
+        // REST counts bytes of the stored file in either type. In TYPE A the byte before the
+        // offset tells the converter whether an LF right at the offset ends a CRLF already.
+        let mut previous = None;
         if offset > 0 {
-            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let from = if ascii { offset - 1 } else { offset };
+            let sought = file.seek(SeekFrom::Start(from)).and_then(|_| {
+                if ascii {
+                    let mut byte = [0u8];
+                    io::Read::read_exact(&mut file, &mut byte)?;
+                    previous = Some(byte[0]);
+                }
+                Ok(())
+            });
+            if let Err(e) = sought {
                 return self.reply(554, io_text(&e).as_bytes());
             }
         }
+        // The count is of the stored file's bytes; in TYPE A more may cross the wire.
         let mut text = b"Opening ".to_vec();
-        text.extend_from_slice(if self.binary { b"BINARY" } else { b"ASCII" });
+        text.extend_from_slice(if ascii { b"ASCII" } else { b"BINARY" });
         text.extend_from_slice(b" mode data connection for ");
         text.extend_from_slice(&resolved.virt);
         text.extend_from_slice(format!(" ({} bytes).", len - offset).as_bytes());
         self.reply(150, &text);
-        self.start(
-            Job::SendFile {
+        let len = len - offset;
+        let job = if ascii {
+            Job::SendText {
                 file,
-                len: len - offset,
-            },
-            "RETR",
-            resolved.virt,
-            None,
-        );
+                len,
+                encoder: ToNetwork::after(previous),
+            }
+        } else {
+            Job::SendFile { file, len }
+        };
+        self.start(job, "RETR", resolved.virt, None);
+    }
+
+    /// Whether transfers convert line ends now: TYPE A, and `ascii_transfers` on.
+    fn ascii(&self) -> bool {
+        !self.binary && self.shared.config.ascii_transfers
     }
 
     fn store(&mut self, vfs: &Vfs, arg: Option<&[u8]>, kind: StoreKind) {
@@ -1248,6 +1270,7 @@ impl Session {
             path: temp.0,
             file: Some(temp.1),
             fsync: self.shared.config.fsync_uploads,
+            ascii: self.ascii(),
         };
         if keep > 0 {
             let copied = File::open(&resolved.real).and_then(|src| {
@@ -1366,7 +1389,7 @@ impl Session {
                 remote: self.peer.ip(),
                 bytes: outcome.bytes,
                 path,
-                binary: self.binary,
+                binary: !self.ascii(),
                 incoming,
                 anonymous: self.account().is_some_and(|a| a.grant.anonymous),
                 user,

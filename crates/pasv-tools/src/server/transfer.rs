@@ -6,6 +6,11 @@
 //! we read as EOF ([`Closer::Client`]), and anything else with a RST ([`Closer::Reset`],
 //! SO_LINGER 0), which leaves no TIME_WAIT at all.
 //!
+//! TYPE A transfers ([`Job::SendText`], and uploads with [`TempUpload::ascii`]) convert line
+//! ends on the way (see `ascii`) and so always go through the copy loop here: never inline
+//! in the session, never `sendfile`. Binary transfers keep both fast paths. The byte counts
+//! (STAT, the final log line, xferlog) are bytes on the data connection.
+//!
 //! File reads and writes are plain blocking calls on the runtime thread: served files are
 //! expected in the page cache, where a 256 KiB read costs tens of microseconds, less than a
 //! round trip to tokio's blocking pool. fsync, which waits for the disk, goes to that pool.
@@ -23,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
+use super::ascii::{FromNetwork, ToNetwork};
 use super::passive::{reset, AcceptError, DataConn, LeaseGuard, Passive};
 use crate::clock;
 
@@ -44,6 +50,13 @@ pub(crate) enum DataSource {
 pub(crate) enum Job {
     /// A file from an offset (RETR).
     SendFile { file: File, len: u64 },
+    /// A file from an offset in TYPE A (RETR): bare LF sent as CRLF. `len` is what is left
+    /// of the file, which sizes the read buffer.
+    SendText {
+        file: File,
+        len: u64,
+        encoder: ToNetwork,
+    },
     /// A rendered listing (LIST, NLST, MLSD).
     SendBytes(Vec<u8>),
     /// An upload into a temporary file (STOR, APPE, STOU).
@@ -55,6 +68,8 @@ pub(crate) struct TempUpload {
     pub(crate) path: PathBuf,
     pub(crate) file: Option<File>,
     pub(crate) fsync: bool,
+    /// TYPE A: CRLF in the data is stored as LF.
+    pub(crate) ascii: bool,
 }
 
 impl TempUpload {
@@ -443,6 +458,33 @@ async fn copy(
             }
             Ok(())
         }
+        Job::SendText { file, len, encoder } => {
+            let want = usize::try_from(*len)
+                .unwrap_or(usize::MAX)
+                .clamp(4096, buffer_size);
+            if buffer.len() < want {
+                buffer.resize(want, 0);
+            }
+            let buf = &mut buffer[..want];
+            let mut out = Vec::with_capacity(want + want / 8);
+            loop {
+                let n = match file.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Ending::Local(e)),
+                };
+                out.clear();
+                encoder.convert(&buf[..n], &mut out);
+                match tokio::time::timeout(stall, stream.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(Ending::Network(e)),
+                    Err(_) => return Err(stalled()),
+                }
+                progress.fetch_add(out.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        }
         Job::Receive(upload) => {
             let Some(file) = upload.file.as_mut() else {
                 return Err(Ending::Local(io::Error::other("upload file missing")));
@@ -451,6 +493,8 @@ async fn copy(
                 buffer.resize(buffer_size, 0);
             }
             let mut received = 0u64;
+            let mut decoder = upload.ascii.then(FromNetwork::default);
+            let mut text = Vec::new();
             loop {
                 let n = match tokio::time::timeout(stall, stream.read(buffer)).await {
                     Ok(Ok(0)) => break,
@@ -458,9 +502,22 @@ async fn copy(
                     Ok(Err(e)) => return Err(Ending::Network(e)),
                     Err(_) => return Err(stalled()),
                 };
-                file.write_all(&buffer[..n]).map_err(Ending::Local)?;
+                match decoder.as_mut() {
+                    Some(decoder) => {
+                        text.clear();
+                        decoder.convert(&buffer[..n], &mut text);
+                        file.write_all(&text)
+                    }
+                    None => file.write_all(&buffer[..n]),
+                }
+                .map_err(Ending::Local)?;
                 received += n as u64;
                 progress.store(received, Ordering::Relaxed);
+            }
+            if let Some(mut decoder) = decoder {
+                text.clear();
+                decoder.finish(&mut text);
+                file.write_all(&text).map_err(Ending::Local)?;
             }
             Ok(())
         }
