@@ -34,6 +34,11 @@
 //!   port and peer). With SO_REUSEADDR (the default; never SO_REUSEPORT) Linux lets a port be
 //!   bound again over its TIME_WAIT sockets, so the default quarantine scope is `None`;
 //!   `no_reuseaddr` restores the classic exhaustion, with scope `Port` to match.
+//! * **IPv6.** EPSV leases on the control connection's local address (or another passive
+//!   address of its family). PASV, whose 227 reply can only carry IPv4, answers
+//!   `502 ... use EPSV` when there is no IPv4 passive address (an IPv6 control connection to
+//!   an IPv6-only server): permanent, so clients switch rather than retry. EPSV without a
+//!   passive address of the control connection's family answers 522 (RFC 2428).
 //! * **Exhaustion.** PASV/EPSV wait up to `pasv_wait` for a release (any session's) or for
 //!   the pool's `retry_after`; then `425 ... (retry after Ns)`. Every 425 carries a hint.
 //!   A release wakes one waiter, the oldest whose address filter admits the freed address

@@ -47,6 +47,9 @@ const MAX_INPUT: usize = 64 * 1024;
 const INLINE_MAX: usize = 64 * 1024;
 /// Retry hint when every port is leased and none is cooling (see `refused`).
 const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
+/// PASV without an IPv4 passive address (an IPv6-only server, or an IPv6 control connection
+/// whose leases would be IPv6).
+const PASV_NO_V4: &[u8] = b"PASV needs an IPv4 passive address and there is none; use EPSV.";
 
 const FEATURES: &str = "Features:\n EPRT\n EPSV\n MDTM\n MFMT\n MLST type*;size*;modify*;perm*;unix.mode*;\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\n CLNT\n HOST\nEnd";
 
@@ -899,10 +902,13 @@ impl Session {
                     }
                     None => {
                         passive.never_connected();
-                        self.reply(425, b"No IPv4 address to advertise; use EPSV.");
+                        self.reply(502, PASV_NO_V4);
                     }
                 }
             }
+            // A 227 reply can only carry IPv4, and no retry will change that: a permanent
+            // reply, so clients go to EPSV instead of retrying (a 425 would invite retries).
+            Err(Refusal::NoAddress) => self.reply(502, PASV_NO_V4),
             Err(refusal) => self.refused(refusal),
         }
     }
@@ -932,6 +938,11 @@ impl Session {
                 self.reply_full(&reply);
                 self.data = Data::Passive(passive);
             }
+            // No passive address of the control connection's family (RFC 2428's 522).
+            Err(Refusal::NoAddress) => self.reply(
+                522,
+                b"Network protocol not supported: no passive address of this family.",
+            ),
             Err(refusal) => self.refused(refusal),
         }
     }
@@ -954,7 +965,7 @@ impl Session {
                 tracing::info!(session = self.id, "passive ports all leased");
                 self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
             }
-            Refusal::NoAddress => self.reply(425, b"No passive address of this family; use EPSV."),
+            Refusal::NoAddress => self.reply(502, b"No passive address of this family."),
             Refusal::Bind(e) => {
                 // Something outside the pool holds the ports it picked; they are cooling now,
                 // so another try soon may get a different one.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pasv_protocol::{Reply, ReplyDecoder};
-use pasv_tools::server::{Config, Server};
+use pasv_tools::server::{Config, Server, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -42,8 +42,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
+        TestServer::try_start(config).await.expect("server binds")
+    }
+
+    /// Like [`TestServer::start`], with the bind error for the caller to judge.
+    pub async fn try_start(config: Config) -> Result<TestServer, ServerError> {
         let ports = (config.pasv_min_port, config.pasv_max_port);
-        let server = Server::bind(config).await.expect("server binds");
+        let server = Server::bind(config).await?;
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -54,12 +59,12 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        TestServer {
+        Ok(TestServer {
             addr,
             ports,
             stop: Some(tx),
             task: Some(task),
-        }
+        })
     }
 
     /// A test configuration for `root` with a fresh passive block of `ports` ports.
