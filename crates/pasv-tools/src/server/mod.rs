@@ -76,8 +76,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-mod busy_poll;
 mod ascii;
+mod busy_poll;
 pub mod config;
 mod demo;
 mod listing;
