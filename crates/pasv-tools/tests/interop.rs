@@ -281,8 +281,10 @@ assert len(lines) == 1 and lines[0].endswith(' b.bin'), lines
 f.cwd('d'); assert f.pwd() == '/d'
 f.delete('b.bin'); f.cwd('..'); f.rmd('d')
 assert 'd' not in f.nlst()
-# abort: start a download and abort it mid-way
-big = bytes(4 << 20)
+# abort: start a download and abort it mid-way; the file is far larger than what the
+# loopback socket buffers can hold (tcp_wmem and tcp_rmem maxima: 4 + 6 MiB), so the
+# transfer cannot finish while this client reads nothing
+big = bytes(32 << 20)
 f.storbinary('STOR big.bin', io.BytesIO(big))
 conn = f.transfercmd('RETR big.bin')
 conn.recv(1024)
