@@ -306,6 +306,15 @@ async fn abor_during_a_download_gives_426_then_226() {
     ftp.expect("RETR big.bin", 150).await;
     let mut first = [0u8; 1024];
     data.read_exact(&mut first).await.unwrap();
+    // STAT during the transfer shows how far the sendfile got (at least what we read).
+    let stat = ftp.expect("STAT", 213).await;
+    let text = stat.to_string();
+    let moved: u64 = text
+        .split_once("Status: RETR ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no progress in {text}"));
+    assert!((1024..64 << 20).contains(&moved), "{text}");
     // As ftplib sends it: Telnet IP and DM before the command.
     ftp.send_raw(b"\xff\xf4\xff\xf2ABOR\r\n").await;
     let aborted = ftp.reply().await;

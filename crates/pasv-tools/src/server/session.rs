@@ -1088,10 +1088,10 @@ impl Session {
         // Corked, the data waits in the socket until our FIN joins it: one segment carries
         // both, so the client gets data and EOF in one wake-up and one packet less crosses
         // the stack each way (the FIN is sent with Nagle and cork overridden).
-        let corked = socket2::SockRef::from(&stream).set_cork(true).is_ok();
+        let corked = socket2::SockRef::from(&stream).set_tcp_cork(true).is_ok();
         let written = io::Write::write(&mut &stream, &body[..len]);
         if corked && !matches!(&written, Ok(n) if *n == len) {
-            let _ = socket2::SockRef::from(&stream).set_cork(false);
+            let _ = socket2::SockRef::from(&stream).set_tcp_cork(false);
         }
         let finished = |ending, closer, bytes| Outcome {
             ending,
