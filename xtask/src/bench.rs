@@ -82,6 +82,12 @@ struct Options {
     peers: Option<PathBuf>,
     rounds: u32,
     pin: bool,
+    /// Also a prebound pasvd with `--busy-poll-us N`.
+    busy_poll_us: Option<u32>,
+    /// Skip the criterion benches.
+    peers_only: bool,
+    /// Only these workloads (all when empty).
+    workloads: Vec<String>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -91,6 +97,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
         peers: None,
         rounds: 3,
         pin: false,
+        busy_poll_us: None,
+        peers_only: false,
+        workloads: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -110,6 +119,18 @@ fn parse_options(args: &[String]) -> Result<Options> {
                     .parse()
                     .context("--rounds takes a positive number")?
             }
+            "--busy-poll-us" => {
+                options.busy_poll_us = Some(
+                    it.next()
+                        .context("--busy-poll-us needs a value")?
+                        .parse()
+                        .context("--busy-poll-us takes microseconds")?,
+                )
+            }
+            "--peers-only" => options.peers_only = true,
+            "--workload" => options
+                .workloads
+                .push(it.next().context("--workload needs a name")?.clone()),
             other => bail!("unknown option `{other}` for bench"),
         }
     }
@@ -128,12 +149,19 @@ pub fn run(args: &[String]) -> Result<()> {
     let marker = out.join(".run-started");
     std::fs::write(&marker, b"")?;
     let since = std::fs::metadata(&marker)?.modified()?;
-    run_criterion(&root, &options)?;
-    let measurements = read_criterion(&root.join("target/criterion"), since)?;
-    let (report, failures) = criterion_report(&measurements);
-    std::fs::write(out.join("criterion.md"), &report)?;
-    println!("{report}");
-    println!("written to {}", out.join("criterion.md").display());
+    if options.peers_only && options.peers.is_none() {
+        bail!("--peers-only needs --peers KIT");
+    }
+    let mut failures = 0;
+    if !options.peers_only {
+        run_criterion(&root, &options)?;
+        let measurements = read_criterion(&root.join("target/criterion"), since)?;
+        let report;
+        (report, failures) = criterion_report(&measurements);
+        std::fs::write(out.join("criterion.md"), &report)?;
+        println!("{report}");
+        println!("written to {}", out.join("criterion.md").display());
+    }
 
     if let Some(kit) = &options.peers {
         run_peers(&root, kit, &out, &options)?;
@@ -338,13 +366,15 @@ fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
     (out, failures)
 }
 
-/// One side-by-side workload: the comparison kit's arguments and the passive ranges of the two
-/// pasvd targets (prebound, per-lease), each as large as the peers' ranges.
+/// One side-by-side workload: the comparison kit's arguments and the passive ranges of the
+/// pasvd targets (prebound, per-lease, and prebound with busy polling), each as large as the
+/// peers' ranges.
 struct Workload {
     name: &'static str,
     kit_args: &'static [&'static str],
     prebound_range: (u16, u16),
     per_lease_range: (u16, u16),
+    busy_range: (u16, u16),
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -353,12 +383,14 @@ const WORKLOADS: &[Workload] = &[
         kit_args: &["--range-size", "20", "-k", "32", "--duration", "5"],
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
+        busy_range: (30200, 30219),
     },
     Workload {
         name: "1000ports-k8",
         kit_args: &["--range-size", "1000", "-k", "8", "--duration", "5"],
         prebound_range: (24000, 24999),
         per_lease_range: (25000, 25999),
+        busy_range: (26000, 26999),
     },
     Workload {
         name: "1mib-retr-k8",
@@ -374,6 +406,7 @@ const WORKLOADS: &[Workload] = &[
         ],
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
+        busy_range: (30200, 30219),
     },
 ];
 
@@ -399,15 +432,27 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<(
     std::fs::create_dir_all(&data)?;
     let rounds = options.rounds.to_string();
     for workload in WORKLOADS {
+        if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
+            continue;
+        }
         let mut servers = Vec::new();
         let mut targets = Vec::new();
-        for (mode, (lo, hi)) in [
-            ("prebound", workload.prebound_range),
-            ("per-lease", workload.per_lease_range),
-        ] {
-            let server = PasvdProcess::start(&pasvd, &data, (lo, hi), mode, options.pin)?;
+        let busy = options.busy_poll_us.map(|us| us.to_string());
+        let mut variants = vec![
+            ("prebound", "prebound", workload.prebound_range, None),
+            ("per-lease", "per-lease", workload.per_lease_range, None),
+        ];
+        if let Some(us) = &busy {
+            variants.push(("prebound-busy", "prebound", workload.busy_range, Some(us)));
+        }
+        for (label, mode, (lo, hi), busy_us) in variants {
+            let mut extra = Vec::new();
+            if let Some(us) = busy_us {
+                extra.extend(["--busy-poll-us", us.as_str()]);
+            }
+            let server = PasvdProcess::start(&pasvd, &data, (lo, hi), mode, &extra, options.pin)?;
             targets.push(format!(
-                "pasvd-{mode}=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
+                "pasvd-{label}=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
                 server.port
             ));
             servers.push(server);
@@ -455,7 +500,14 @@ struct PasvdProcess {
 }
 
 impl PasvdProcess {
-    fn start(pasvd: &Path, root: &Path, range: (u16, u16), mode: &str, pin: bool) -> Result<Self> {
+    fn start(
+        pasvd: &Path,
+        root: &Path,
+        range: (u16, u16),
+        mode: &str,
+        extra: &[&str],
+        pin: bool,
+    ) -> Result<Self> {
         let (lo, hi) = range;
         let mut command = if pin {
             let mut c = Command::new("taskset");
@@ -473,6 +525,7 @@ impl PasvdProcess {
                 "--pasv-max-port",
                 &hi.to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

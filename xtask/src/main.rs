@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--pin] [--quick]  also pasvd side by side with the peer servers
+//!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
 //! ```
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
@@ -42,6 +43,10 @@ fn print_help() {
          \x20                      pasvd (release) beside vsftpd, pure-ftpd, proftpd, pyftpdlib\n\
          \x20                      on three workloads; writes target/pasv-bench/peers-*.md\n\
          \x20       --rounds N     rounds per peer workload [3]\n\
-         \x20       --pin          generator on CPU 0, servers on CPU 1 (taskset)"
+         \x20       --pin          generator on CPU 0, servers on CPU 1 (taskset)\n\
+         \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
+         \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
+         \x20                         1mib-retr-k8); repeatable\n\
+         \x20       --peers-only   skip the criterion benches"
     );
 }
