@@ -503,6 +503,36 @@ async fn prebound_connections_reach_the_session_of_their_peer() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_connection_left_by_a_replaced_pasv_is_never_served() {
+    // The client connects, then asks for a new endpoint instead of transferring. With one
+    // port, the new lease is the same port (prebound: the same shared listener); the first
+    // connection must be dropped, not taken for the new lease.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"only for the second connection").unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 1, |c| c.listener_mode = mode).await;
+        let mut ftp = Ftp::login(server.addr).await;
+        let addr = ftp.pasv().await;
+        let mut stale = connect_data(addr).await;
+        assert_eq!(ftp.pasv().await, addr, "{mode:?}: one port, the same port");
+        let mut data = connect_data(addr).await;
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(
+            read_all(&mut data).await,
+            b"only for the second connection",
+            "{mode:?}"
+        );
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(WAIT, stale.read_to_end(&mut buf))
+            .await
+            .expect("stale connection dropped in time");
+        assert!(read.is_err() || buf.is_empty(), "{mode:?}: stale got data");
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_busy_polling_server_serves_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();

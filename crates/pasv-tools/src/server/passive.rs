@@ -741,8 +741,22 @@ impl Passive {
     }
 
     /// Gives the lease back without a connection (accept timeout, replaced, session over).
-    pub(crate) fn never_connected(self) {
-        self.into_guard().release(Closer::NeverConnected);
+    pub(crate) fn never_connected(mut self) {
+        // Connections are taken on demand, so the client's may be waiting in the backlog. A
+        // per-lease listener resets it as it closes; on a shared prebound listener it would
+        // stay there for the next lease of this port and peer address to take as its own
+        // (another session's data into a stale connection), so it is taken and reset here.
+        let closer = match &self.acceptor {
+            Acceptor::Prebound { .. } => match self.try_accept() {
+                Ok(Some(stream)) => {
+                    reset(stream);
+                    Closer::Reset
+                }
+                Ok(None) | Err(_) => Closer::NeverConnected,
+            },
+            Acceptor::Listener(_) | Acceptor::Done => Closer::NeverConnected,
+        };
+        self.into_guard().release(closer);
     }
 
     /// The lease, once the endpoint is done accepting.
