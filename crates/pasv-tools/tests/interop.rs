@@ -84,6 +84,13 @@ impl Drop for Pasvd {
 }
 
 /// Runs a tool with a timeout (the tools' own), failing clearly when it is missing.
+/// Runs a Python ftplib script with the server's port as its argument; it prints `ok` when
+/// every assertion in it held.
+fn run_python(script: &str, port: u16, cwd: &Path) {
+    let out = run("python3", &["-c", script, &port.to_string()], cwd);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
 fn run(tool: &str, args: &[&str], cwd: &Path) -> Output {
     let output = Command::new(tool)
         .args(args)
@@ -296,12 +303,7 @@ f.voidcmd('NOOP')
 f.quit()
 print('ok')
 "#;
-    let out = run(
-        "python3",
-        &["-c", script, &server.port.to_string()],
-        work.path(),
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    run_python(script, server.port, work.path());
     assert!(!server.temporaries_left());
 }
 
@@ -430,12 +432,7 @@ assert got.getvalue() == b'one\ntwo\nthree\n', got.getvalue()
 f.quit()
 print('ok')
 "#;
-    let out = run(
-        "python3",
-        &["-c", script, &server.port.to_string()],
-        work.path(),
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    run_python(script, server.port, work.path());
     assert_eq!(
         fs::read(server.root.join("up.txt")).unwrap(),
         b"one\ntwo\nthree\n"

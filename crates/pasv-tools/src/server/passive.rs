@@ -585,6 +585,22 @@ fn accept_nonblocking(listener: &PassiveListener) -> io::Result<Option<(DataConn
     }
 }
 
+/// Our connection's channel closed: the lease's registry entry is gone.
+fn withdrawn() -> AcceptError {
+    AcceptError::Io(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "passive endpoint withdrawn",
+    ))
+}
+
+/// The endpoint already handed out its one connection.
+fn already_taken() -> AcceptError {
+    AcceptError::Io(io::Error::new(
+        io::ErrorKind::NotConnected,
+        "data connection already taken",
+    ))
+}
+
 /// Why the client's data connection did not arrive.
 #[derive(Debug)]
 pub(crate) enum AcceptError {
@@ -642,12 +658,7 @@ impl Passive {
                 // Another session may have accepted our connection and passed it on.
                 match routed.try_recv() {
                     Ok(stream) => stream,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        return Err(AcceptError::Io(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            "passive endpoint withdrawn",
-                        )))
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(withdrawn()),
                     Err(oneshot::error::TryRecvError::Empty) => loop {
                         let (stream, from) = match accept_nonblocking(listener) {
                             Ok(Some(accepted)) => accepted,
@@ -674,12 +685,7 @@ impl Passive {
                     },
                 }
             }
-            Acceptor::Done => {
-                return Err(AcceptError::Io(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "data connection already taken",
-                )))
-            }
+            Acceptor::Done => return Err(already_taken()),
         };
         // Close the listener now: nobody else may connect to this lease.
         self.acceptor = Acceptor::Done;
@@ -703,7 +709,7 @@ impl Passive {
         let registered = match &self.acceptor {
             Acceptor::Listener(listener) => register(listener),
             Acceptor::Prebound { listener, .. } => register(listener),
-            Acceptor::Done => return Err(AcceptError::Io(io::ErrorKind::NotConnected.into())),
+            Acceptor::Done => return Err(already_taken()),
         }
         .map_err(AcceptError::Io)?;
         let deadline = self.deadline;
@@ -725,12 +731,7 @@ impl Passive {
                     self.acceptor = Acceptor::Done;
                     return Ok(stream);
                 }
-                Ok(Event::Routed(Err(_))) => {
-                    return Err(AcceptError::Io(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "passive endpoint withdrawn",
-                    )))
-                }
+                Ok(Event::Routed(Err(_))) => return Err(withdrawn()),
                 Ok(Event::Ready(Err(e))) => return Err(AcceptError::Io(e)),
                 Ok(Event::Ready(Ok(mut guard))) => match self.try_accept()? {
                     Some(stream) => return Ok(stream),

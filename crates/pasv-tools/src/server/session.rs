@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::ascii::ToNetwork;
 use super::listing::{self, Civil, Format};
-use super::passive::{DataConn, LeaseGuard, Passive, Refusal};
+use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, PathError, Resolved, Vfs, UPLOAD_PREFIX};
@@ -407,17 +407,32 @@ impl Session {
     /// The accept timeout of an idle passive endpoint: a connection that did arrive is taken
     /// (as if the transfer command were next), else the port goes back to the pool.
     fn accept_timeout(&mut self) {
-        match std::mem::replace(&mut self.data, Data::None) {
-            Data::Passive(mut p) => match p.try_accept() {
-                Ok(Some(conn)) => self.data = Data::Connected(conn, p.into_guard()),
-                outcome => {
-                    let error = outcome.err();
-                    tracing::info!(session = self.id, port = p.addr().port(), error = ?error, "passive endpoint released unused");
-                    p.never_connected();
-                }
-            },
-            other => self.data = other,
+        if let Ok(true) = self.take_waiting_connection() {
+            return;
         }
+        if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
+            tracing::info!(
+                session = self.id,
+                port = p.addr().port(),
+                "passive endpoint released unused"
+            );
+            p.never_connected();
+        }
+    }
+
+    /// Takes the client's connection if it is waiting in the passive backlog, making the
+    /// endpoint [`Data::Connected`]; whether it did.
+    fn take_waiting_connection(&mut self) -> Result<bool, AcceptError> {
+        let Data::Passive(p) = &mut self.data else {
+            return Ok(false);
+        };
+        let Some(conn) = p.try_accept()? else {
+            return Ok(false);
+        };
+        if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
+            self.data = Data::Connected(conn, p.into_guard());
+        }
+        Ok(true)
     }
 
     fn release_data(&mut self) {
@@ -997,13 +1012,8 @@ impl Session {
     ) {
         // The client usually connects right after 227: take a connection that is already
         // waiting, so a small download can go out inline.
-        if let Data::Passive(p) = &mut self.data {
-            if let Ok(Some(conn)) = p.try_accept() {
-                if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
-                    self.data = Data::Connected(conn, p.into_guard());
-                }
-            }
-        }
+        // (An error shows again when the transfer waits for the connection.)
+        let _ = self.take_waiting_connection();
         let (job, pre_sent) = match self.send_inline(job) {
             Ok(outcome) => return self.report(verb, &path, false, &outcome, None, false),
             Err(rest) => rest,

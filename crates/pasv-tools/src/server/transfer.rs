@@ -381,6 +381,58 @@ async fn send_file(
     Ok(true)
 }
 
+/// Writes all of `bytes`, or fails once no byte moved for `stall`.
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> Result<(), Ending> {
+    match tokio::time::timeout(stall, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ending::Network(e)),
+        Err(_) => Err(stalled()),
+    }
+}
+
+/// Sends a file through the copy buffer: TYPE A (converting line ends with `encoder`) and
+/// binary files the kernel cannot `sendfile`.
+#[allow(clippy::too_many_arguments)]
+async fn send_read(
+    stream: &mut TcpStream,
+    file: &mut File,
+    len: u64,
+    mut encoder: Option<&mut ToNetwork>,
+    buffer: &mut Vec<u8>,
+    buffer_size: usize,
+    stall: Duration,
+    progress: &AtomicU64,
+) -> Result<(), Ending> {
+    // Small files get a small buffer: a 256 KiB allocation for a 1 KiB file would cost more
+    // than the transfer.
+    let want = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .clamp(4096, buffer_size);
+    if buffer.len() < want {
+        buffer.resize(want, 0);
+    }
+    let buf = &mut buffer[..want];
+    let mut text = Vec::new();
+    loop {
+        let n = match file.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Ending::Local(e)),
+        };
+        let out = match encoder.as_deref_mut() {
+            Some(encoder) => {
+                text.clear();
+                encoder.convert(&buf[..n], &mut text);
+                &text[..]
+            }
+            None => &buf[..n],
+        };
+        write_within(stream, out, stall).await?;
+        progress.fetch_add(out.len() as u64, Ordering::Relaxed);
+    }
+}
+
 fn stalled() -> Ending {
     Ending::Network(io::Error::new(
         io::ErrorKind::TimedOut,
@@ -398,11 +450,7 @@ async fn copy(
 ) -> Result<(), Ending> {
     match job {
         Job::SendBytes(bytes) => {
-            match tokio::time::timeout(stall, stream.write_all(bytes)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Ending::Network(e)),
-                Err(_) => return Err(stalled()),
-            }
+            write_within(stream, bytes, stall).await?;
             progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             Ok(())
         }
@@ -410,57 +458,31 @@ async fn copy(
             if send_file(stream, file, *len, stall, progress).await? {
                 return Ok(());
             }
-            // Small files get a small buffer: a 256 KiB allocation for a 1 KiB file would cost
-            // more than the transfer.
-            let want = usize::try_from(*len)
-                .unwrap_or(usize::MAX)
-                .clamp(4096, buffer_size);
-            if buffer.len() < want {
-                buffer.resize(want, 0);
-            }
-            let buf = &mut buffer[..want];
-            loop {
-                let n = match file.read(buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Ending::Local(e)),
-                };
-                match tokio::time::timeout(stall, stream.write_all(&buf[..n])).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Ending::Network(e)),
-                    Err(_) => return Err(stalled()),
-                }
-                progress.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Ok(())
+            send_read(
+                stream,
+                file,
+                *len,
+                None,
+                buffer,
+                buffer_size,
+                stall,
+                progress,
+            )
+            .await
         }
         Job::SendText { file, len, encoder } => {
-            let want = usize::try_from(*len)
-                .unwrap_or(usize::MAX)
-                .clamp(4096, buffer_size);
-            if buffer.len() < want {
-                buffer.resize(want, 0);
-            }
-            let buf = &mut buffer[..want];
-            let mut out = Vec::with_capacity(want + want / 8);
-            loop {
-                let n = match file.read(buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Ending::Local(e)),
-                };
-                out.clear();
-                encoder.convert(&buf[..n], &mut out);
-                match tokio::time::timeout(stall, stream.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Ending::Network(e)),
-                    Err(_) => return Err(stalled()),
-                }
-                progress.fetch_add(out.len() as u64, Ordering::Relaxed);
-            }
-            Ok(())
+            let encoder = Some(encoder);
+            send_read(
+                stream,
+                file,
+                *len,
+                encoder,
+                buffer,
+                buffer_size,
+                stall,
+                progress,
+            )
+            .await
         }
         Job::Receive(upload) => {
             let Some(file) = upload.file.as_mut() else {
