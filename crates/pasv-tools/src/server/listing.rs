@@ -2,14 +2,9 @@
 //! MLSD/MLST, and the UTC date arithmetic they need (no time zone database: FTP listings
 //! are UTC by convention and MDTM/MLSD are UTC by RFC 3659 section 2.3).
 
-use std::fs::{self, Metadata};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::vfs::UPLOAD_PREFIX;
+use super::vfs::{FsError, Kind, Meta, Vfs};
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -120,31 +115,27 @@ impl Civil {
     }
 }
 
-fn mode_string(meta: &Metadata, out: &mut Vec<u8>) {
-    let ft = meta.file_type();
-    out.push(if ft.is_dir() {
-        b'd'
-    } else if ft.is_symlink() {
-        b'l'
-    } else if ft.is_file() {
-        b'-'
-    } else {
-        b'?'
+fn mode_string(meta: &Meta, out: &mut Vec<u8>) {
+    out.push(match meta.kind {
+        Kind::Dir => b'd',
+        Kind::Symlink => b'l',
+        Kind::File => b'-',
+        Kind::Other => b'?',
     });
-    let mode = meta.permissions().mode();
     for shift in [6u32, 3, 0] {
-        let bits = (mode >> shift) & 7;
+        let bits = (meta.mode >> shift) & 7;
         out.push(if bits & 4 != 0 { b'r' } else { b'-' });
         out.push(if bits & 2 != 0 { b'w' } else { b'-' });
         out.push(if bits & 1 != 0 { b'x' } else { b'-' });
     }
 }
 
-/// Appends one `ls -l` line (CRLF-terminated) for `name`.
-pub(crate) fn ls_line(name: &[u8], path: &Path, meta: &Metadata, now: i64, out: &mut Vec<u8>) {
+/// Appends one `ls -l` line (CRLF-terminated) for `name`. A symlink's target is never shown
+/// (see the `vfs` module for what a listing reveals of links).
+pub(crate) fn ls_line(name: &[u8], meta: &Meta, now: i64, out: &mut Vec<u8>) {
     use std::io::Write;
     mode_string(meta, out);
-    let mtime = meta.mtime();
+    let mtime = meta.mtime;
     let c = Civil::from_unix(mtime);
     // `ls` shows the year instead of the time for files older than six months or in the future.
     let recent = mtime <= now + 3600 && now - mtime < 183 * 86_400;
@@ -152,10 +143,7 @@ pub(crate) fn ls_line(name: &[u8], path: &Path, meta: &Metadata, now: i64, out: 
     let _ = write!(
         out,
         " {:>3} ftp      ftp      {:>12} {} {:>2} ",
-        meta.nlink(),
-        meta.len(),
-        month,
-        c.day
+        meta.nlink, meta.size, month, c.day
     );
     if recent {
         let _ = write!(out, "{:02}:{:02} ", c.hour, c.minute);
@@ -163,42 +151,35 @@ pub(crate) fn ls_line(name: &[u8], path: &Path, meta: &Metadata, now: i64, out: 
         let _ = write!(out, " {:>4} ", c.year);
     }
     out.extend_from_slice(name);
-    if meta.file_type().is_symlink() {
-        if let Ok(target) = fs::read_link(path) {
-            out.extend_from_slice(b" -> ");
-            out.extend_from_slice(target.as_os_str().as_bytes());
-        }
-    }
     out.extend_from_slice(b"\r\n");
 }
 
 /// RFC 3659 section 7 facts for one entry, without the name; `kind` overrides the type fact
 /// (`cdir` for the listed directory itself).
-pub(crate) fn mlsx_facts(meta: &Metadata, writable: bool, kind: Option<&str>, out: &mut Vec<u8>) {
+pub(crate) fn mlsx_facts(meta: &Meta, writable: bool, kind: Option<&str>, out: &mut Vec<u8>) {
     use std::io::Write;
-    let ft = meta.file_type();
-    let ty = kind.unwrap_or(if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else {
-        "OS.unix=other"
+    let is_dir = meta.kind == Kind::Dir;
+    let ty = kind.unwrap_or(match meta.kind {
+        Kind::Dir => "dir",
+        Kind::File => "file",
+        Kind::Symlink => "OS.unix=slink",
+        Kind::Other => "OS.unix=other",
     });
-    let perm = match (ft.is_dir(), writable) {
+    let perm = match (is_dir, writable) {
         (true, true) => "flcdmpe",
         (true, false) => "el",
         (false, true) => "adfrw",
         (false, false) => "r",
     };
-    let modify = Civil::from_unix(meta.mtime()).time_val();
+    let modify = Civil::from_unix(meta.mtime).time_val();
     let _ = write!(out, "type={ty};");
-    if ft.is_file() {
-        let _ = write!(out, "size={};", meta.len());
+    if meta.kind == Kind::File {
+        let _ = write!(out, "size={};", meta.size);
     }
     let _ = write!(
         out,
         "modify={modify};perm={perm};unix.mode=0{:o};",
-        meta.permissions().mode() & 0o7777
+        meta.mode & 0o7777
     );
 }
 
@@ -245,62 +226,33 @@ pub(crate) enum Format {
     Mlsd { writable: bool },
 }
 
-/// Lists a directory (sorted by name bytes, upload temporaries hidden) or a single entry.
-pub(crate) fn render(
-    path: &Path,
-    display_name: &[u8],
-    format: Format,
-    now: i64,
-) -> io::Result<Vec<u8>> {
-    let meta = fs::metadata(path)?;
+/// Lists a directory (sorted by name bytes; upload temporaries hidden, dot files only with
+/// `-a` or in MLSD) or a single entry. Blocking: callers run it on the blocking pool.
+pub(crate) fn render(vfs: &Vfs, virt: &[u8], format: Format, now: i64) -> Result<Vec<u8>, FsError> {
+    let (meta, entries) = vfs.list(virt)?;
     let mut out = Vec::new();
-    if !meta.is_dir() {
-        let name = display_name
-            .rsplit(|&b| b == b'/')
-            .next()
-            .unwrap_or(display_name);
-        entry(&mut out, name, path, &meta, format, now);
+    let Some(mut entries) = entries else {
+        let name = virt.rsplit(|&b| b == b'/').next().unwrap_or(virt);
+        entry(&mut out, name, &meta, format, now);
         return Ok(out);
+    };
+    if matches!(format, Format::List { all: false } | Format::Nlst) {
+        entries.retain(|e| e.name.first() != Some(&b'.'));
     }
-    let mut entries: Vec<(Vec<u8>, std::path::PathBuf)> = Vec::new();
-    for item in fs::read_dir(path)? {
-        let item = item?;
-        let name = item.file_name().as_bytes().to_vec();
-        if name.starts_with(UPLOAD_PREFIX) {
-            continue;
-        }
-        if matches!(format, Format::List { all: false } | Format::Nlst)
-            && name.first() == Some(&b'.')
-        {
-            continue;
-        }
-        entries.push((name, item.path()));
-    }
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     if let Format::Mlsd { writable } = format {
         mlsx_facts(&meta, writable, Some("cdir"), &mut out);
         out.extend_from_slice(b" .\r\n");
     }
-    for (name, p) in entries {
-        // A vanished entry (deleted while listing) is skipped, not an error.
-        let Ok(meta) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        // MLSD describes what a symlink points at (RFC 3659 7.5.4 leaves it open); a dangling
-        // link or one we cannot stat is shown as itself.
-        let meta = if meta.file_type().is_symlink() && matches!(format, Format::Mlsd { .. }) {
-            fs::metadata(&p).unwrap_or(meta)
-        } else {
-            meta
-        };
-        entry(&mut out, &name, &p, &meta, format, now);
+    for e in &entries {
+        entry(&mut out, &e.name, &e.meta, format, now);
     }
     Ok(out)
 }
 
-fn entry(out: &mut Vec<u8>, name: &[u8], path: &Path, meta: &Metadata, format: Format, now: i64) {
+fn entry(out: &mut Vec<u8>, name: &[u8], meta: &Meta, format: Format, now: i64) {
     match format {
-        Format::List { .. } => ls_line(name, path, meta, now, out),
+        Format::List { .. } => ls_line(name, meta, now, out),
         Format::Nlst => {
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");

@@ -143,7 +143,8 @@ pub enum ServerError {
 /// State shared by all sessions.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) root: PathBuf,
+    /// The served root, for accounts without a root of their own.
+    pub(crate) vfs: vfs::Vfs,
     pub(crate) ports: Arc<PassivePorts>,
     pub(crate) users: Users,
     pub(crate) xferlog: Option<xferlog::Xferlog>,
@@ -197,13 +198,10 @@ impl Server {
     /// passive port), loads the users file and opens the transfer log.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
-        let root = vfs::Vfs::new(&config.root)
-            .map_err(|source| ServerError::Root {
-                path: config.root.clone(),
-                source,
-            })?
-            .root()
-            .to_path_buf();
+        let vfs = vfs::Vfs::new(&config.root).map_err(|source| ServerError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
         let users = Users::load(
             config.users.as_deref(),
             config.anonymous_enable,
@@ -234,7 +232,7 @@ impl Server {
             shared: Arc::new(Shared {
                 busy_poll: busy_poll::BusyPoll::new(config.busy_poll),
                 config,
-                root,
+                vfs,
                 ports,
                 users,
                 xferlog,

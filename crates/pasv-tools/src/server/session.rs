@@ -6,15 +6,11 @@
 //! call per loop turn.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
@@ -33,7 +29,7 @@ use super::listing::{self, Civil, Format};
 use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
-use super::vfs::{io_text, PathError, Resolved, Vfs, UPLOAD_PREFIX};
+use super::vfs::{io_text, FsError, Kind, Vfs};
 use super::xferlog;
 use super::Shared;
 use crate::clock;
@@ -81,8 +77,9 @@ struct Running {
     verb: &'static str,
     path: Vec<u8>,
     incoming: bool,
-    /// For STOR/APPE/STOU: where the temporary file goes on success.
-    target: Option<(PathBuf, bool)>,
+    /// For STOR/APPE/STOU: the virtual path the upload goes to on success (resolved again
+    /// then), and whether it must get a unique name (STOU).
+    target: Option<(Vec<u8>, bool)>,
     abor: bool,
 }
 
@@ -105,7 +102,8 @@ struct Session {
     data: Data,
     epsv_all: bool,
     rest: u64,
-    rnfr: Option<Resolved>,
+    /// RNFR's virtual path; RNTO resolves it again.
+    rnfr: Option<Vec<u8>>,
     failed_logins: u32,
     binary: bool,
     buffer: Vec<u8>,
@@ -534,8 +532,11 @@ impl Session {
             .flatten();
         let user_text = String::from_utf8_lossy(&name).into_owned();
         let grant = grant.and_then(|grant| {
-            let root = grant.root.clone().unwrap_or_else(|| self.shared.root.clone());
-            match Vfs::new(&root) {
+            let vfs = match &grant.root {
+                Some(root) => Vfs::new(root),
+                None => Ok(self.shared.vfs.clone()),
+            };
+            match vfs {
                 Ok(vfs) => Some(Account { grant, vfs }),
                 Err(e) => {
                     tracing::warn!(session = self.id, user = %user_text, error = %e, "user root unusable");
@@ -583,8 +584,38 @@ impl Session {
         }
     }
 
-    fn path_error(&mut self, e: &PathError) {
-        self.reply(550, e.describe().as_bytes());
+    /// The one place a filesystem error becomes a reply.
+    fn fs_error(&mut self, e: &FsError) {
+        let (code, text) = e.reply();
+        self.reply(code, text.as_bytes());
+    }
+
+    /// Replies to a filesystem operation that has no other result.
+    fn fs_done(&mut self, result: Result<(), FsError>, code: u16, text: &[u8]) {
+        match result {
+            Ok(()) => self.reply(code, text),
+            Err(e) => self.fs_error(&e),
+        }
+    }
+
+    /// The virtual path of a command's argument, or the error reply.
+    fn path_of(&mut self, arg: &[u8]) -> Option<Vec<u8>> {
+        match Vfs::path(&self.cwd, arg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.fs_error(&e);
+                None
+            }
+        }
+    }
+
+    /// Refuses a write for an account without write access; true when refused.
+    fn read_only(&mut self) -> bool {
+        if self.writable() {
+            return false;
+        }
+        self.reply(550, b"Permission denied.");
+        true
     }
 
     async fn logged_in(&mut self, cmd: Command) {
@@ -627,94 +658,85 @@ impl Session {
             Command::Eprt(addr) => self.active(addr),
             Command::Pasv => self.pasv().await,
             Command::Epsv(arg) => self.epsv(arg).await,
-            Command::Size(arg) => match vfs.existing(&self.cwd, arg.as_bytes()) {
-                Ok(r) => match fs::metadata(&r.real) {
-                    Ok(m) if m.is_file() => self.reply(213, m.len().to_string().as_bytes()),
-                    Ok(_) => self.reply(550, b"Not a regular file."),
-                    Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                },
-                Err(e) => self.path_error(&e),
-            },
-            Command::Mdtm(arg) => match vfs.existing(&self.cwd, arg.as_bytes()) {
-                Ok(r) => match fs::metadata(&r.real).and_then(|m| m.modified()) {
-                    Ok(t) => {
-                        let text = Civil::from_unix(listing::unix_secs(t)).time_val();
+            Command::Size(arg) => {
+                let Some(path) = self.path_of(arg.as_bytes()) else {
+                    return;
+                };
+                match vfs.stat(&path) {
+                    Ok(m) if m.kind == Kind::File => self.reply(213, m.size.to_string().as_bytes()),
+                    Ok(_) => self.fs_error(&FsError::NotRegular),
+                    Err(e) => self.fs_error(&e),
+                }
+            }
+            Command::Mdtm(arg) => {
+                let Some(path) = self.path_of(arg.as_bytes()) else {
+                    return;
+                };
+                match vfs.stat(&path) {
+                    Ok(m) => {
+                        let text = Civil::from_unix(m.mtime).time_val();
                         self.reply(213, text.as_bytes());
                     }
-                    Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                },
-                Err(e) => self.path_error(&e),
-            },
+                    Err(e) => self.fs_error(&e),
+                }
+            }
             Command::Mfmt { time, path } => self.mfmt(&vfs, time.as_bytes(), path.as_bytes()),
             Command::Mkd(arg) => {
-                if !self.writable() {
-                    return self.reply(550, b"Permission denied.");
+                if self.read_only() {
+                    return;
                 }
-                match vfs.name(&self.cwd, arg.as_bytes()) {
-                    Ok(r) => match fs::create_dir(&r.real) {
-                        Ok(()) => {
-                            let mut text = quote_path(&r.virt);
-                            text.extend_from_slice(b" created");
-                            self.reply(257, &text);
-                        }
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                let Some(path) = self.path_of(arg.as_bytes()) else {
+                    return;
+                };
+                match vfs.mkdir(&path) {
+                    Ok(()) => {
+                        let mut text = quote_path(&path);
+                        text.extend_from_slice(b" created");
+                        self.reply(257, &text);
+                    }
+                    Err(e) => self.fs_error(&e),
                 }
             }
             Command::Rmd(arg) => {
-                if !self.writable() {
-                    return self.reply(550, b"Permission denied.");
+                if self.read_only() {
+                    return;
                 }
-                match vfs.name(&self.cwd, arg.as_bytes()) {
-                    Ok(r) => match fs::remove_dir(&r.real) {
-                        Ok(()) => self.reply(250, b"Directory removed."),
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                if let Some(path) = self.path_of(arg.as_bytes()) {
+                    self.fs_done(vfs.rmdir(&path), 250, b"Directory removed.");
                 }
             }
             Command::Dele(arg) => {
-                if !self.writable() {
-                    return self.reply(550, b"Permission denied.");
+                if self.read_only() {
+                    return;
                 }
-                match vfs.name(&self.cwd, arg.as_bytes()) {
-                    Ok(r) => match fs::symlink_metadata(&r.real) {
-                        Ok(m) if m.is_dir() => self.reply(550, b"Is a directory."),
-                        Ok(_) => match fs::remove_file(&r.real) {
-                            Ok(()) => self.reply(250, b"File deleted."),
-                            Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                        },
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                if let Some(path) = self.path_of(arg.as_bytes()) {
+                    self.fs_done(vfs.delete(&path), 250, b"File deleted.");
                 }
             }
             Command::Rnfr(arg) => {
-                if !self.writable() {
-                    return self.reply(550, b"Permission denied.");
+                if self.read_only() {
+                    return;
                 }
-                match vfs.name(&self.cwd, arg.as_bytes()) {
-                    Ok(r) => match fs::symlink_metadata(&r.real) {
-                        Ok(_) => {
-                            self.rnfr = Some(r);
-                            self.reply(350, b"Ready for RNTO.");
-                        }
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                let Some(path) = self.path_of(arg.as_bytes()) else {
+                    return;
+                };
+                match vfs.exists(&path) {
+                    Ok(()) => {
+                        self.rnfr = Some(path);
+                        self.reply(350, b"Ready for RNTO.");
+                    }
+                    Err(e) => self.fs_error(&e),
                 }
             }
             Command::Rnto(arg) => {
                 let Some(from) = self.rnfr.take() else {
                     return self.reply(503, b"RNFR required first.");
                 };
-                match vfs.name(&self.cwd, arg.as_bytes()) {
-                    Ok(to) => match fs::rename(&from.real, &to.real) {
-                        Ok(()) => self.reply(250, b"Rename successful."),
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                if self.read_only() {
+                    return;
+                }
+                if let Some(to) = self.path_of(arg.as_bytes()) {
+                    self.fs_done(vfs.rename(&from, &to), 250, b"Rename successful.");
                 }
             }
             Command::Site(arg) => self.site(&vfs, arg.as_bytes()),
@@ -735,68 +757,67 @@ impl Session {
             }
             Command::Stat(Some(arg)) => {
                 let args = listing::list_args(Some(arg.as_bytes()));
-                let path = args.path.unwrap_or(b"");
-                match vfs.existing(&self.cwd, path) {
-                    Ok(r) => {
-                        let now = listing::unix_secs(clock::wall_now());
-                        match listing::render(&r.real, &r.virt, Format::List { all: args.all }, now)
-                        {
-                            Ok(body) => {
-                                let mut text = b"Status follows:\n".to_vec();
-                                for line in body.split(|&b| b == b'\n') {
-                                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                                    if !line.is_empty() {
-                                        text.push(b' ');
-                                        text.extend_from_slice(line);
-                                        text.push(b'\n');
-                                    }
-                                }
-                                text.extend_from_slice(b"End of status");
-                                self.multi(213, text);
+                let Some(path) = self.path_of(args.path.unwrap_or(b"")) else {
+                    return;
+                };
+                let format = Format::List { all: args.all };
+                match render_blocking(vfs, path, format).await {
+                    Ok(body) => {
+                        let mut text = b"Status follows:\n".to_vec();
+                        for line in body.split(|&b| b == b'\n') {
+                            let line = line.strip_suffix(b"\r").unwrap_or(line);
+                            if !line.is_empty() {
+                                text.push(b' ');
+                                text.extend_from_slice(line);
+                                text.push(b'\n');
                             }
-                            Err(e) => self.reply(550, io_text(&e).as_bytes()),
                         }
+                        text.extend_from_slice(b"End of status");
+                        self.multi(213, text);
                     }
-                    Err(e) => self.path_error(&e),
+                    Err(e) => self.fs_error(&e),
                 }
             }
             Command::Mlst(arg) => {
-                let path = arg.as_ref().map_or(&b""[..], |a| a.as_bytes());
-                match vfs.existing(&self.cwd, path) {
-                    Ok(r) => match fs::metadata(&r.real) {
-                        Ok(meta) => {
-                            let mut text = b"Listing ".to_vec();
-                            text.extend_from_slice(&r.virt);
-                            text.extend_from_slice(b"\n ");
-                            listing::mlsx_facts(&meta, self.writable(), None, &mut text);
-                            text.push(b' ');
-                            text.extend(r.virt.iter().map(|&b| if b == b'\n' { b'?' } else { b }));
-                            text.extend_from_slice(b"\nEnd");
-                            self.multi(250, text);
-                        }
-                        Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                    },
-                    Err(e) => self.path_error(&e),
+                let arg = arg.as_ref().map_or(&b""[..], |a| a.as_bytes());
+                let Some(path) = self.path_of(arg) else {
+                    return;
+                };
+                match vfs.stat(&path) {
+                    Ok(meta) => {
+                        let mut text = b"Listing ".to_vec();
+                        text.extend_from_slice(&path);
+                        text.extend_from_slice(b"\n ");
+                        listing::mlsx_facts(&meta, self.writable(), None, &mut text);
+                        text.push(b' ');
+                        text.extend(path.iter().map(|&b| if b == b'\n' { b'?' } else { b }));
+                        text.extend_from_slice(b"\nEnd");
+                        self.multi(250, text);
+                    }
+                    Err(e) => self.fs_error(&e),
                 }
             }
             Command::List(arg) => {
                 let args = listing::list_args(arg.as_ref().map(Argument::as_bytes));
-                self.listing(&vfs, args.path, Format::List { all: args.all }, "LIST");
+                self.listing(vfs, args.path, Format::List { all: args.all }, "LIST")
+                    .await;
             }
             Command::Nlst(arg) => {
                 let args = listing::list_args(arg.as_ref().map(Argument::as_bytes));
-                self.listing(&vfs, args.path, Format::Nlst, "NLST");
+                self.listing(vfs, args.path, Format::Nlst, "NLST").await;
             }
             Command::Mlsd(arg) => {
                 let writable = self.writable();
                 let path = arg.as_ref().map(Argument::as_bytes);
-                self.listing(&vfs, path, Format::Mlsd { writable }, "MLSD");
+                self.listing(vfs, path, Format::Mlsd { writable }, "MLSD")
+                    .await;
             }
             Command::Retr(arg) => self.retr(&vfs, arg.as_bytes()),
-            Command::Stor(arg) => self.store(&vfs, Some(arg.as_bytes()), StoreKind::Stor),
-            Command::Appe(arg) => self.store(&vfs, Some(arg.as_bytes()), StoreKind::Appe),
+            Command::Stor(arg) => self.store(vfs, Some(arg.as_bytes()), StoreKind::Stor).await,
+            Command::Appe(arg) => self.store(vfs, Some(arg.as_bytes()), StoreKind::Appe).await,
             Command::Stou(arg) => {
-                self.store(&vfs, arg.as_ref().map(Argument::as_bytes), StoreKind::Stou)
+                self.store(vfs, arg.as_ref().map(Argument::as_bytes), StoreKind::Stou)
+                    .await
             }
             other => {
                 let text = format!("{} not implemented.", other.verb());
@@ -806,43 +827,39 @@ impl Session {
     }
 
     fn cwd(&mut self, vfs: &Vfs, arg: &[u8]) {
-        match vfs.existing(&self.cwd, arg) {
-            Ok(r) if r.real.is_dir() => {
-                self.cwd = r.virt;
+        let Some(path) = self.path_of(arg) else {
+            return;
+        };
+        match vfs.is_dir(&path) {
+            Ok(()) => {
+                self.cwd = path;
                 self.reply(250, b"Directory successfully changed.");
             }
-            Ok(_) => self.reply(550, b"Not a directory."),
-            Err(e) => self.path_error(&e),
+            Err(e) => self.fs_error(&e),
         }
     }
 
     fn mfmt(&mut self, vfs: &Vfs, time: &[u8], path: &[u8]) {
-        if !self.writable() {
-            return self.reply(550, b"Permission denied.");
+        if self.read_only() {
+            return;
         }
         let Some(civil) = Civil::parse_time_val(time) else {
             return self.reply(501, b"Bad time value (YYYYMMDDHHMMSS).");
         };
         let secs = civil.to_unix();
-        let Ok(secs) = u64::try_from(secs) else {
+        if secs < 0 {
             return self.reply(501, b"Times before 1970 are not supported.");
+        }
+        let Some(path) = self.path_of(path) else {
+            return;
         };
-        match vfs.existing(&self.cwd, path) {
-            Ok(r) => {
-                let result = File::options()
-                    .write(true)
-                    .open(&r.real)
-                    .and_then(|f| f.set_modified(UNIX_EPOCH + Duration::from_secs(secs)));
-                match result {
-                    Ok(()) => {
-                        let mut text = format!("Modify={}; ", civil.time_val()).into_bytes();
-                        text.extend_from_slice(&r.virt);
-                        self.reply(213, &text);
-                    }
-                    Err(e) => self.reply(550, io_text(&e).as_bytes()),
-                }
+        match vfs.set_modified(&path, secs) {
+            Ok(()) => {
+                let mut text = format!("Modify={}; ", civil.time_val()).into_bytes();
+                text.extend_from_slice(&path);
+                self.reply(213, &text);
             }
-            Err(e) => self.path_error(&e),
+            Err(e) => self.fs_error(&e),
         }
     }
 
@@ -855,8 +872,8 @@ impl Session {
         if !verb.eq_ignore_ascii_case(b"CHMOD") {
             return self.reply(504, b"Unknown SITE command.");
         }
-        if !self.writable() {
-            return self.reply(550, b"Permission denied.");
+        if self.read_only() {
+            return;
         }
         let (Some(mode), Some(path)) = (words.next(), words.next()) else {
             return self.reply(501, b"SITE CHMOD mode path.");
@@ -868,13 +885,13 @@ impl Session {
         let Some(mode) = mode else {
             return self.reply(501, b"Bad mode (octal).");
         };
-        match vfs.existing(&self.cwd, path) {
-            Ok(r) => match fs::set_permissions(&r.real, fs::Permissions::from_mode(mode)) {
-                Ok(()) => self.reply(200, b"SITE CHMOD command ok."),
-                Err(e) => self.reply(550, io_text(&e).as_bytes()),
-            },
-            Err(e) => self.path_error(&e),
+        if mode & !0o777 != 0 {
+            return self.reply(501, b"Setuid, setgid and sticky bits cannot be set.");
         }
+        let Some(path) = self.path_of(path) else {
+            return;
+        };
+        self.fs_done(vfs.chmod(&path, mode), 200, b"SITE CHMOD command ok.");
     }
 
     fn active(&mut self, addr: SocketAddr) {
@@ -1008,7 +1025,7 @@ impl Session {
         job: Job,
         verb: &'static str,
         path: Vec<u8>,
-        target: Option<(PathBuf, bool)>,
+        target: Option<(Vec<u8>, bool)>,
     ) {
         // The client usually connects right after 227: take a connection that is already
         // waiting, so a small download can go out inline.
@@ -1158,25 +1175,24 @@ impl Session {
         }
     }
 
-    fn listing(&mut self, vfs: &Vfs, path: Option<&[u8]>, format: Format, verb: &'static str) {
+    async fn listing(&mut self, vfs: Vfs, path: Option<&[u8]>, format: Format, verb: &'static str) {
         self.rest = 0;
-        let resolved = match vfs.existing(&self.cwd, path.unwrap_or(b"")) {
-            Ok(r) => r,
-            Err(e) => return self.path_error(&e),
+        let Some(path) = self.path_of(path.unwrap_or(b"")) else {
+            return;
         };
-        if matches!(format, Format::Mlsd { .. }) && !resolved.real.is_dir() {
-            return self.reply(501, b"MLSD needs a directory.");
-        }
         if matches!(self.data, Data::None) {
             return self.reply(425, b"Use PORT, PASV or EPSV first.");
         }
-        let now = listing::unix_secs(clock::wall_now());
-        match listing::render(&resolved.real, &resolved.virt, format, now) {
+        let mlsd = matches!(format, Format::Mlsd { .. });
+        if mlsd && !matches!(vfs.stat(&path), Ok(m) if m.kind == Kind::Dir) {
+            return self.reply(501, b"MLSD needs a directory.");
+        }
+        match render_blocking(vfs, path.clone(), format).await {
             Ok(body) => {
                 self.reply(150, b"Here comes the directory listing.");
-                self.start(Job::SendBytes(body), verb, resolved.virt, None);
+                self.start(Job::SendBytes(body), verb, path, None);
             }
-            Err(e) => self.reply(550, io_text(&e).as_bytes()),
+            Err(e) => self.fs_error(&e),
         }
     }
 
@@ -1185,22 +1201,16 @@ impl Session {
         if matches!(self.data, Data::None) {
             return self.reply(425, b"Use PORT, PASV or EPSV first.");
         }
-        let resolved = match vfs.existing(&self.cwd, arg) {
-            Ok(r) => r,
-            Err(e) => return self.path_error(&e),
+        let Some(path) = self.path_of(arg) else {
+            return;
         };
-        let opened = File::open(&resolved.real).and_then(|f| {
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        });
-        let (mut file, meta) = match opened {
+        // One open beneath the root and one fstat, inline: neither waits on another process
+        // (the open is non-blocking, so a FIFO is refused, not waited for).
+        let (mut file, meta) = match vfs.open_read(&path) {
             Ok(x) => x,
-            Err(e) => return self.reply(550, io_text(&e).as_bytes()),
+            Err(e) => return self.fs_error(&e),
         };
-        if !meta.is_file() {
-            return self.reply(550, b"Not a regular file.");
-        }
-        let len = meta.len();
+        let len = meta.size;
         if offset > len {
             return self.reply(554, b"Restart position beyond the end of the file.");
         }
@@ -1226,7 +1236,7 @@ impl Session {
         let mut text = b"Opening ".to_vec();
         text.extend_from_slice(if ascii { b"ASCII" } else { b"BINARY" });
         text.extend_from_slice(b" mode data connection for ");
-        text.extend_from_slice(&resolved.virt);
+        text.extend_from_slice(&path);
         text.extend_from_slice(format!(" ({} bytes).", len - offset).as_bytes());
         self.reply(150, &text);
         let len = len - offset;
@@ -1239,7 +1249,7 @@ impl Session {
         } else {
             Job::SendFile { file, len }
         };
-        self.start(job, "RETR", resolved.virt, None);
+        self.start(job, "RETR", path, None);
     }
 
     /// Whether transfers convert line ends now: TYPE A, and `ascii_transfers` on.
@@ -1247,66 +1257,40 @@ impl Session {
         !self.binary && self.shared.config.ascii_transfers
     }
 
-    fn store(&mut self, vfs: &Vfs, arg: Option<&[u8]>, kind: StoreKind) {
+    async fn store(&mut self, vfs: Vfs, arg: Option<&[u8]>, kind: StoreKind) {
         let offset = std::mem::take(&mut self.rest);
-        if !self.writable() {
-            return self.reply(550, b"Permission denied.");
+        if self.read_only() {
+            return;
         }
         if matches!(self.data, Data::None) {
             return self.reply(425, b"Use PORT, PASV or EPSV first.");
         }
-        let name = match (arg, kind) {
-            (Some(a), _) => a.to_vec(),
-            (None, _) => b"pasvd.stou".to_vec(),
+        let Some(path) = self.path_of(arg.unwrap_or(b"pasvd.stou")) else {
+            return;
         };
-        let resolved = match vfs.name(&self.cwd, &name) {
-            Ok(r) => r,
-            Err(e) => return self.path_error(&e),
-        };
-        let existing = fs::metadata(&resolved.real);
-        if let Ok(m) = &existing {
-            if m.is_dir() {
-                return self.reply(550, b"Is a directory.");
-            }
-        }
         // What of the old file the new one starts with: REST + STOR keeps `offset` bytes,
-        // APPE all of them; copied into the temporary file so the old file stays whole until
-        // the rename.
+        // APPE all of them; copied (on the blocking pool) into the upload's unnamed file so
+        // the old file stays whole until the commit.
         let keep = match kind {
-            StoreKind::Appe => existing.as_ref().map_or(0, fs::Metadata::len),
-            StoreKind::Stor if offset > 0 => match &existing {
-                Ok(m) if offset <= m.len() => offset,
-                _ => return self.reply(554, b"Restart position beyond the end of the file."),
-            },
-            _ => 0,
+            StoreKind::Appe => u64::MAX,
+            StoreKind::Stor => offset,
+            StoreKind::Stou => 0,
         };
-        let Some(parent) = resolved.real.parent() else {
-            return self.reply(553, b"Bad file name.");
+        let prepared = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || vfs.create_upload(&path, keep))
+                .await
+                .unwrap_or_else(|e| Err(FsError::Io(io::Error::other(e.to_string()))))
         };
-        let temp = match create_temp(parent) {
-            Ok(t) => t,
-            Err(e) => return self.reply(553, io_text(&e).as_bytes()),
+        let upload = match prepared {
+            Ok(u) => u,
+            Err(e) => return self.fs_error(&e),
         };
-        let mut upload = TempUpload {
-            path: temp.0,
-            file: Some(temp.1),
+        let upload = TempUpload {
+            upload,
             fsync: self.shared.config.fsync_uploads,
             ascii: self.ascii(),
         };
-        if keep > 0 {
-            let copied = File::open(&resolved.real).and_then(|src| {
-                let mut src = io::Read::take(src, keep);
-                match upload.file.as_mut() {
-                    Some(dst) => io::copy(&mut src, dst),
-                    None => Ok(0),
-                }
-            });
-            match copied {
-                Ok(n) if n == keep => {}
-                Ok(_) => return self.reply(451, b"File changed while preparing the upload."),
-                Err(e) => return self.reply(451, io_text(&e).as_bytes()),
-            }
-        }
         let verb = match kind {
             StoreKind::Stor => "STOR",
             StoreKind::Appe => "APPE",
@@ -1317,12 +1301,8 @@ impl Session {
         } else {
             self.reply(150, b"Ok to send data.");
         }
-        self.start(
-            Job::Receive(upload),
-            verb,
-            resolved.virt,
-            Some((resolved.real, kind == StoreKind::Stou)),
-        );
+        let target = (path.clone(), kind == StoreKind::Stou);
+        self.start(Job::Receive(upload), verb, path, Some(target));
     }
 
     fn finish_transfer(
@@ -1351,10 +1331,14 @@ impl Session {
             if *read_closed {
                 outcome.ending = Ending::Aborted;
                 drop(upload);
-            } else if let Some((target, unique)) = running.target.take() {
-                match commit(upload, &target, unique) {
+            } else if let (Some((target, unique)), Some(account)) =
+                (running.target.take(), self.account())
+            {
+                // The target is resolved again now, beneath the root: a directory renamed
+                // or removed during the transfer fails the upload and leaves nothing.
+                match account.vfs.commit(upload.upload, &target, unique) {
                     Ok(name) => final_name = name,
-                    Err(e) => outcome.ending = Ending::Local(e),
+                    Err(e) => outcome.ending = Ending::Local(e.into()),
                 }
             }
         }
@@ -1453,64 +1437,12 @@ enum StoreKind {
     Stou,
 }
 
-fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
-    for _ in 0..8 {
-        let mut name = UPLOAD_PREFIX.to_vec();
-        name.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
-        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no free temporary name",
-    ))
-}
-
-/// Moves a finished upload into place: rename for STOR/APPE (atomic, replaces the old file),
-/// link-then-unlink for STOU (never replaces anything). Returns the unique name for STOU.
-fn commit(upload: TempUpload, target: &Path, unique: bool) -> io::Result<Option<Vec<u8>>> {
-    let temp = upload.keep();
-    if !unique {
-        return match fs::rename(&temp, target) {
-            Ok(()) => Ok(None),
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                Err(e)
-            }
-        };
-    }
-    let base = target.as_os_str().as_bytes().to_vec();
-    for n in 0..1000u32 {
-        let mut candidate = base.clone();
-        if n > 0 {
-            candidate.extend_from_slice(format!(".{n}").as_bytes());
-        }
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&candidate));
-        match fs::hard_link(&temp, &path) {
-            Ok(()) => {
-                let _ = fs::remove_file(&temp);
-                let name = path
-                    .file_name()
-                    .map(|n| n.as_bytes().to_vec())
-                    .unwrap_or_default();
-                return Ok(Some(name));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                return Err(e);
-            }
-        }
-    }
-    let _ = fs::remove_file(&temp);
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no unique name left",
-    ))
+/// Renders a listing on the blocking pool (its cost grows with the directory).
+async fn render_blocking(vfs: Vfs, path: Vec<u8>, format: Format) -> Result<Vec<u8>, FsError> {
+    let now = listing::unix_secs(clock::wall_now());
+    tokio::task::spawn_blocking(move || listing::render(&vfs, &path, format, now))
+        .await
+        .unwrap_or_else(|e| Err(FsError::Io(io::Error::other(e.to_string()))))
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,7 @@ use tokio::sync::oneshot;
 
 use super::ascii::{FromNetwork, ToNetwork};
 use super::passive::{reset, AcceptError, DataConn, LeaseGuard, Passive};
+use super::vfs::Upload;
 use crate::clock;
 
 /// Where the data connection comes from.
@@ -66,28 +66,12 @@ pub(crate) enum Job {
     Receive(TempUpload),
 }
 
-/// An upload's temporary file; removed on drop unless taken for the rename.
+/// An upload's file (see [`Upload`]: nothing of it stays unless the session commits it).
 pub(crate) struct TempUpload {
-    pub(crate) path: PathBuf,
-    pub(crate) file: Option<File>,
+    pub(crate) upload: Upload,
     pub(crate) fsync: bool,
     /// TYPE A: CRLF in the data is stored as LF.
     pub(crate) ascii: bool,
-}
-
-impl TempUpload {
-    /// Gives up the cleanup duty: the caller renames or removes the file.
-    pub(crate) fn keep(mut self) -> PathBuf {
-        std::mem::take(&mut self.path)
-    }
-}
-
-impl Drop for TempUpload {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
 /// How a transfer ended.
@@ -283,20 +267,20 @@ impl Transfer {
         if let Some(guard) = guard {
             guard.release(closer);
         }
-        if let (Ending::Complete, Job::Receive(mut upload)) = (&outcome.ending, self.job) {
-            if let Some(file) = upload.file.take() {
-                let fsync = upload.fsync;
-                let synced = if fsync {
-                    tokio::task::spawn_blocking(move || file.sync_all())
-                        .await
-                        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
-                } else {
-                    Ok(())
-                };
-                match synced {
-                    Ok(()) => outcome.upload = Some(upload),
-                    Err(e) => outcome.ending = Ending::Local(e),
-                }
+        if let (Ending::Complete, Job::Receive(upload)) = (&outcome.ending, self.job) {
+            let synced = if upload.fsync {
+                tokio::task::spawn_blocking(move || {
+                    let synced = upload.upload.file.sync_all();
+                    synced.map(|()| upload)
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+            } else {
+                Ok(upload)
+            };
+            match synced {
+                Ok(upload) => outcome.upload = Some(upload),
+                Err(e) => outcome.ending = Ending::Local(e),
             }
         }
         outcome.buffer = buffer;
@@ -485,9 +469,7 @@ async fn copy(
             .await
         }
         Job::Receive(upload) => {
-            let Some(file) = upload.file.as_mut() else {
-                return Err(Ending::Local(io::Error::other("upload file missing")));
-            };
+            let file = &mut upload.upload.file;
             if buffer.len() < buffer_size {
                 buffer.resize(buffer_size, 0);
             }

@@ -1,41 +1,113 @@
-//! The served tree: virtual paths (bytes, `/` = the root) mapped to real paths that cannot
-//! leave the root.
+//! The served tree: every filesystem operation of the server, confined by the kernel to a
+//! handle on the session's root at the moment of use.
 //!
-//! A virtual path is resolved lexically first (`.`, `..` and repeated slashes folded, `..` at
-//! the top stays at the top), then the real path is canonicalised and must still start with
-//! the canonical root, so a symlink that points out of the tree is refused. Operations on a
-//! name (delete, rename, mkdir, upload) canonicalise the parent only and never follow the last
-//! component. Names are bytes: a non-UTF-8 name is listed and reachable as is.
+//! A virtual path (bytes, `/` = the root) is folded lexically first (`.`, `..` and repeated
+//! slashes; `..` at the top stays at the top). It is then resolved by `openat2(2)` relative to
+//! a directory descriptor of the root with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: the
+//! kernel refuses, during the resolution itself, any step (a `..` in a symlink, an absolute
+//! symlink, a `/proc` magic link) that would leave the root. Nothing is ever checked as a
+//! string and opened again later, so a second session that swaps a directory for a symlink
+//! between two operations changes nothing: the next operation resolves again, beneath the
+//! root. The server refuses to start on a kernel without `openat2` (Linux 5.6 and later have
+//! it) rather than emulate it in user space.
+//!
+//! What a symlink means (all resolution happens beneath the root):
+//!
+//! * **Reads follow links** in every component: RETR, SIZE, MDTM, MLST, CWD and the listed
+//!   directory of LIST/NLST/MLSD. A link whose target leaves the root (or dangles) is
+//!   refused as "Permission denied" / "No such file".
+//! * **Writes never follow the last component**: an operation on a name opens the parent
+//!   (following links beneath the root) and acts on the name itself with the `*at` calls.
+//!   DELE and RNFR/RNTO remove or move the link, not its target; STOR replaces a link with a
+//!   regular file; APPE and REST+STOR, MFMT and SITE CHMOD refuse a link ("Is a symbolic
+//!   link"); MKD never creates through one.
+//! * **Listings** show a link whose target resolves beneath the root as its target (type,
+//!   size, time), without the target path; any other link is shown as a link of size 0
+//!   with its own time. No path, size or time of anything outside the root is ever shown.
+//! * RETR opens only regular files, non-blocking, so a FIFO, a socket or a device in the tree
+//!   is refused at once and never blocks a thread.
+//!
+//! Uploads are written to an unnamed file (`O_TMPFILE`) in the target's directory and linked
+//! into place on commit: no temporary name is visible during the transfer, and an upload
+//! abandoned for any reason (ABOR, a vanished client, a crash of the server) leaves nothing
+//! behind. On file systems without `O_TMPFILE` a hidden named file is used (prefix
+//! [`UPLOAD_PREFIX`], never listed and never reachable by name), removed through the same
+//! directory handle if the upload does not commit. The commit resolves the target again at
+//! that moment: if the directory was removed or renamed meanwhile, the upload fails and
+//! leaves nothing.
+//!
+//! Names are bytes: a non-UTF-8 name is listed and reachable as is.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
 
 /// Prefix of upload temporary files: never listed, never reachable by name.
 pub(crate) const UPLOAD_PREFIX: &[u8] = b".pasvd-upload-";
 
-/// Why a path was refused.
+/// Why a filesystem operation was refused or failed; [`FsError::reply`] is the one place
+/// that turns it into an FTP reply.
 #[derive(Debug)]
-pub(crate) enum PathError {
-    /// The real path leaves the root (through a symlink) or names a hidden upload file.
+pub(crate) enum FsError {
+    /// The path leaves the root, names the root where a name is needed, or the account may
+    /// not do this.
     Denied,
-    /// The file system said no (not found, not a directory, ...).
+    /// A name that cannot be created or used (an upload temporary's prefix, empty).
+    BadName,
+    /// The last component is a symlink and the operation does not follow it.
+    Symlink,
+    /// Not a regular file where one is needed (a FIFO, socket, device or directory).
+    NotRegular,
+    /// REST past the end of the file (or of no file) before STOR.
+    PastEnd,
+    /// The file system said no (not found, not a directory, exists, not empty, ...).
     Io(io::Error),
 }
 
-impl From<io::Error> for PathError {
+impl From<io::Error> for FsError {
     fn from(e: io::Error) -> Self {
-        PathError::Io(e)
+        FsError::Io(e)
     }
 }
 
-impl PathError {
-    /// Text for a 550 reply (no real path: that would reveal the server's layout).
-    pub(crate) fn describe(&self) -> &'static str {
+impl From<Errno> for FsError {
+    fn from(e: Errno) -> Self {
+        // Escapes from the root (openat2 with RESOLVE_BENEATH) and magic links.
+        if e == Errno::XDEV {
+            FsError::Denied
+        } else {
+            FsError::Io(e.into())
+        }
+    }
+}
+
+impl From<FsError> for io::Error {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Io(e) => e,
+            FsError::Denied => io::ErrorKind::PermissionDenied.into(),
+            other => io::Error::other(other.reply().1),
+        }
+    }
+}
+
+impl FsError {
+    /// The reply code and text (no real path: that would reveal the server's layout).
+    pub(crate) fn reply(&self) -> (u16, &'static str) {
         match self {
-            PathError::Denied => "Permission denied",
-            PathError::Io(e) => io_text(e),
+            FsError::Denied => (550, "Permission denied."),
+            FsError::BadName => (553, "File name not allowed."),
+            FsError::Symlink => (550, "Is a symbolic link."),
+            FsError::NotRegular => (550, "Not a regular file."),
+            FsError::PastEnd => (554, "Restart position beyond the end of the file."),
+            FsError::Io(e) => (550, io_text(e)),
         }
     }
 }
@@ -46,43 +118,139 @@ pub(crate) fn io_text(e: &io::Error) -> &'static str {
     const ENOTDIR: i32 = 20;
     const EISDIR: i32 = 21;
     const ENOSPC: i32 = 28;
+    const ELOOP: i32 = 40;
     const ENOTEMPTY: i32 = 39;
+    const EDQUOT: i32 = 122;
     match (e.kind(), e.raw_os_error()) {
-        (io::ErrorKind::NotFound, _) => "No such file or directory",
-        (io::ErrorKind::PermissionDenied, _) => "Permission denied",
-        (io::ErrorKind::AlreadyExists, _) => "File exists",
-        (_, Some(ENOTEMPTY)) => "Directory not empty",
-        (_, Some(ENOTDIR)) => "Not a directory",
-        (_, Some(EISDIR)) => "Is a directory",
-        (_, Some(ENOSPC)) => "No space left on device",
-        _ => "Operation failed",
+        (io::ErrorKind::NotFound, _) => "No such file or directory.",
+        (io::ErrorKind::PermissionDenied, _) => "Permission denied.",
+        (io::ErrorKind::AlreadyExists, _) => "File exists.",
+        (_, Some(ENOTEMPTY)) => "Directory not empty.",
+        (_, Some(ENOTDIR)) => "Not a directory.",
+        (_, Some(EISDIR)) => "Is a directory.",
+        (_, Some(ENOSPC | EDQUOT)) => "No space left on device.",
+        (_, Some(ELOOP)) => "Too many levels of symbolic links.",
+        _ => "Operation failed.",
     }
 }
 
-/// A confined view of one directory tree.
-#[derive(Clone, Debug)]
-pub(crate) struct Vfs {
-    root: PathBuf,
+/// What the server shows of a file: kind, permission bits, size, time, links.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meta {
+    /// The file's type.
+    pub(crate) kind: Kind,
+    /// Permission bits (`0o7777`).
+    pub(crate) mode: u32,
+    /// Size in bytes.
+    pub(crate) size: u64,
+    /// Modification time, seconds since the epoch.
+    pub(crate) mtime: i64,
+    /// Hard link count.
+    pub(crate) nlink: u64,
 }
 
-/// A resolved path: the virtual form (for replies) and the real one (for syscalls).
+/// A file's type as listings show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink whose target is not shown (it leaves the root or dangles).
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+impl Meta {
+    fn of(st: &Stat) -> Meta {
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        Meta {
+            kind,
+            mode: st.st_mode & 0o7777,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: st.st_mtime,
+            nlink: st.st_nlink,
+        }
+    }
+
+    /// A link shown as itself: no size (its size is its target's length).
+    fn link(st: &Stat) -> Meta {
+        Meta {
+            size: 0,
+            ..Meta::of(st)
+        }
+    }
+}
+
+/// One entry of a listed directory.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The entry's name.
+    pub(crate) name: Vec<u8>,
+    /// What a listing shows of it.
+    pub(crate) meta: Meta,
+}
+
+/// A confined view of one directory tree: a descriptor of its root.
 #[derive(Clone, Debug)]
-pub(crate) struct Resolved {
-    pub(crate) virt: Vec<u8>,
-    pub(crate) real: PathBuf,
+pub(crate) struct Vfs {
+    root: Arc<OwnedFd>,
+}
+
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// A folded virtual path relative to the root (`.` for the root itself).
+fn rel(virt: &[u8]) -> &OsStr {
+    let rel = virt.strip_prefix(b"/").unwrap_or(virt);
+    OsStr::from_bytes(if rel.is_empty() { b"." } else { rel })
+}
+
+/// Splits a folded virtual path into parent and last component; the root has no name.
+fn split(virt: &[u8]) -> Result<(&[u8], &[u8]), FsError> {
+    let at = virt.iter().rposition(|&b| b == b'/').unwrap_or(0);
+    let (parent, name) = (&virt[..at.max(1)], &virt[at + 1..]);
+    if name.is_empty() {
+        return Err(FsError::Denied);
+    }
+    Ok((parent, name))
+}
+
+fn hidden(name: &[u8]) -> bool {
+    name.starts_with(UPLOAD_PREFIX)
 }
 
 impl Vfs {
-    /// Canonicalises `root`, which must be a directory.
+    /// Opens `root`, which must be a directory, and checks that the kernel confines paths
+    /// beneath it (`openat2`).
     pub(crate) fn new(root: &Path) -> io::Result<Vfs> {
-        let root = root.canonicalize()?;
-        if !root.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "root is not a directory",
-            ));
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        match rustix::fs::openat2(
+            &fd,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        ) {
+            Ok(_) => {}
+            Err(Errno::NOSYS) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel has no openat2 (Linux 5.6 or later is needed to confine paths)",
+                ))
+            }
+            Err(e) => return Err(e.into()),
         }
-        Ok(Vfs { root })
+        Ok(Vfs { root: Arc::new(fd) })
     }
 
     /// Folds `arg` onto the virtual directory `cwd` without touching the file system.
@@ -109,124 +277,413 @@ impl Vfs {
         out
     }
 
-    fn real_of(&self, virt: &[u8]) -> PathBuf {
-        let rel = virt.strip_prefix(b"/").unwrap_or(virt);
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(OsStr::from_bytes(rel))
+    /// Folds `arg` onto `cwd` and refuses a path whose last component is an upload temporary.
+    pub(crate) fn path(cwd: &[u8], arg: &[u8]) -> Result<Vec<u8>, FsError> {
+        let virt = Vfs::join(cwd, arg);
+        let name = virt.rsplit(|&b| b == b'/').next().unwrap_or(b"");
+        if hidden(name) {
+            return Err(FsError::Denied);
+        }
+        Ok(virt)
+    }
+
+    /// `openat2` beneath `dir`, retried when a concurrent rename made the kernel give up.
+    fn open_beneath(
+        dir: BorrowedFd<'_>,
+        path: &OsStr,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, FsError> {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC, mode, BENEATH) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::AGAIN | Errno::INTR) if tries < 8 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
-    fn check_hidden(virt: &[u8]) -> Result<(), PathError> {
-        let name = virt.rsplit(|&b| b == b'/').next().unwrap_or(b"");
-        if name.starts_with(UPLOAD_PREFIX) {
-            return Err(PathError::Denied);
+    fn open(&self, virt: &[u8], flags: OFlags) -> Result<OwnedFd, FsError> {
+        Vfs::open_beneath(self.root.as_fd(), rel(virt), flags, Mode::empty())
+    }
+
+    /// The parent directory of a name (following links beneath the root) and the name.
+    fn parent<'a>(&self, virt: &'a [u8]) -> Result<(OwnedFd, &'a OsStr), FsError> {
+        let (parent, name) = split(virt)?;
+        if hidden(name) {
+            return Err(FsError::BadName);
         }
+        let dir = self.open(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        Ok((dir, OsStr::from_bytes(name)))
+    }
+
+    /// What an existing path is (links followed beneath the root).
+    pub(crate) fn stat(&self, virt: &[u8]) -> Result<Meta, FsError> {
+        let fd = self.open(virt, OFlags::PATH)?;
+        Ok(Meta::of(&rustix::fs::fstat(&fd)?))
+    }
+
+    /// Whether `virt` is a directory one can enter (CWD).
+    pub(crate) fn is_dir(&self, virt: &[u8]) -> Result<(), FsError> {
+        self.open(virt, OFlags::PATH | OFlags::DIRECTORY).map(drop)
+    }
+
+    /// Opens a regular file for reading (RETR). Non-blocking, so a FIFO never waits for a
+    /// writer; anything but a regular file is refused.
+    pub(crate) fn open_read(&self, virt: &[u8]) -> Result<(File, Meta), FsError> {
+        let fd = self
+            .open(virt, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)
+            .map_err(|e| match e {
+                // A socket in the tree cannot be opened.
+                FsError::Io(io) if io.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => {
+                    FsError::NotRegular
+                }
+                e => e,
+            })?;
+        let meta = Meta::of(&rustix::fs::fstat(&fd)?);
+        if meta.kind != Kind::File {
+            return Err(FsError::NotRegular);
+        }
+        Ok((File::from(fd), meta))
+    }
+
+    /// MKD.
+    pub(crate) fn mkdir(&self, virt: &[u8]) -> Result<(), FsError> {
+        let (dir, name) = self.parent(virt)?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?;
         Ok(())
     }
 
-    fn confined(&self, real: &Path) -> Result<(), PathError> {
-        if real.starts_with(&self.root) {
-            Ok(())
-        } else {
-            Err(PathError::Denied)
+    /// RMD: the name itself must be a directory (a link to one is refused).
+    pub(crate) fn rmdir(&self, virt: &[u8]) -> Result<(), FsError> {
+        let (dir, name) = self.parent(virt)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
+    /// DELE: a file or link (the link itself), never a directory.
+    pub(crate) fn delete(&self, virt: &[u8]) -> Result<(), FsError> {
+        let (dir, name) = self.parent(virt)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    /// RNFR: the name exists (a link counts as itself).
+    pub(crate) fn exists(&self, virt: &[u8]) -> Result<(), FsError> {
+        let (dir, name) = self.parent(virt)?;
+        rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// RNTO: both sides resolved now; the names themselves are moved, never followed.
+    pub(crate) fn rename(&self, from: &[u8], to: &[u8]) -> Result<(), FsError> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name)?;
+        Ok(())
+    }
+
+    /// Opens a name for a metadata change without following it: a regular file or a
+    /// directory, never a link, never the root.
+    fn open_for_change(&self, virt: &[u8]) -> Result<OwnedFd, FsError> {
+        let (dir, name) = self.parent(virt)?;
+        let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        match Meta::of(&st).kind {
+            Kind::File | Kind::Dir => {}
+            Kind::Symlink => return Err(FsError::Symlink),
+            Kind::Other => return Err(FsError::NotRegular),
         }
+        let fd = Vfs::open_beneath(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            FsError::Io(io) if io.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                FsError::Symlink
+            }
+            e => e,
+        })?;
+        // The name may have been swapped between the two calls: check what was opened.
+        let now = rustix::fs::fstat(&fd)?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(FsError::Io(io::Error::other("changed while opening")));
+        }
+        Ok(fd)
     }
 
-    /// Resolves an existing path, following symlinks, refusing any that leave the root.
-    pub(crate) fn existing(&self, cwd: &[u8], arg: &[u8]) -> Result<Resolved, PathError> {
-        let virt = Vfs::join(cwd, arg);
-        Vfs::check_hidden(&virt)?;
-        let lexical = self.real_of(&virt);
-        let real = if self.has_symlink(&virt)? {
-            lexical.canonicalize()?
-        } else {
-            // The root is canonical, `..` is gone and no component is a link: the lexical
-            // path is the canonical one. One lstat per component below the root instead of
-            // realpath's readlink on every component from `/`.
-            lexical
+    /// SITE CHMOD: permission bits only (no setuid, setgid or sticky), never on the root
+    /// and never through a link.
+    pub(crate) fn chmod(&self, virt: &[u8], mode: u32) -> Result<(), FsError> {
+        if mode & !0o777 != 0 {
+            return Err(FsError::Denied);
+        }
+        let fd = self.open_for_change(virt)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        Ok(())
+    }
+
+    /// MFMT: sets the modification time (the access time is left alone).
+    pub(crate) fn set_modified(&self, virt: &[u8], secs: i64) -> Result<(), FsError> {
+        let fd = self.open_for_change(virt)?;
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: secs,
+                tv_nsec: 0,
+            },
         };
-        self.confined(&real)?;
-        Ok(Resolved { virt, real })
+        rustix::fs::futimens(&fd, &times)?;
+        Ok(())
     }
 
-    /// Whether any component of `virt` below the root is a symlink (errors if one is missing).
-    fn has_symlink(&self, virt: &[u8]) -> io::Result<bool> {
-        let mut path = self.root.clone();
-        for part in virt.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-            path.push(OsStr::from_bytes(part));
-            if std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
-                return Ok(true);
+    /// Lists a directory (links followed beneath the root) or describes a single entry;
+    /// upload temporaries are never shown. Entries come unsorted.
+    pub(crate) fn list(&self, virt: &[u8]) -> Result<(Meta, Option<Vec<Entry>>), FsError> {
+        let fd = self.open(virt, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let meta = Meta::of(&rustix::fs::fstat(&fd)?);
+        if meta.kind != Kind::Dir {
+            return Ok((meta, None));
+        }
+        let mut entries = Vec::new();
+        for item in rustix::fs::Dir::read_from(&fd)? {
+            let item = item?;
+            let name = item.file_name().to_bytes();
+            if name == b"." || name == b".." || hidden(name) {
+                continue;
+            }
+            // A vanished entry (deleted while listing) is skipped, not an error.
+            let Ok(st) = rustix::fs::statat(&fd, item.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
+                continue;
+            };
+            let mut meta = Meta::of(&st);
+            if meta.kind == Kind::Symlink {
+                let mut path = virt.to_vec();
+                if path.last() != Some(&b'/') {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name);
+                meta = match self.stat(&path) {
+                    Ok(target) => target,
+                    Err(_) => Meta::link(&st),
+                };
+            }
+            entries.push(Entry {
+                name: name.to_vec(),
+                meta,
+            });
+        }
+        Ok((meta, Some(entries)))
+    }
+
+    /// Starts an upload to the name `virt`: an unnamed file in its directory, holding the
+    /// first `keep` bytes of the existing file (APPE, REST+STOR; `u64::MAX` for all of it).
+    /// The existing file is read without following a link. Blocking (it copies).
+    pub(crate) fn create_upload(&self, virt: &[u8], keep: u64) -> Result<Upload, FsError> {
+        let (dir, name) = self.parent(virt)?;
+        let source = if keep > 0 {
+            let fd = Vfs::open_beneath(
+                dir.as_fd(),
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+                Mode::empty(),
+            );
+            match fd {
+                Ok(fd) => {
+                    let meta = Meta::of(&rustix::fs::fstat(&fd)?);
+                    if meta.kind != Kind::File {
+                        return Err(FsError::NotRegular);
+                    }
+                    Some((File::from(fd), meta.size))
+                }
+                Err(FsError::Io(e)) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                    return Err(FsError::Symlink)
+                }
+                // APPE to a missing file starts it; REST+STOR has nothing to restart.
+                Err(FsError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    if keep == u64::MAX {
+                        None
+                    } else {
+                        return Err(FsError::PastEnd);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if Meta::of(&st).kind == Kind::Dir => {
+                    return Err(FsError::Io(Errno::ISDIR.into()))
+                }
+                _ => None,
+            }
+        };
+        if matches!(source, Some((_, size)) if keep != u64::MAX && keep > size) {
+            return Err(FsError::PastEnd);
+        }
+        let mut upload = Upload::create(dir)?;
+        if let Some((src, size)) = source {
+            let want = keep.min(size);
+            let copied = io::copy(&mut io::Read::take(src, want), &mut upload.file)?;
+            if copied != want {
+                return Err(FsError::Io(io::Error::other("file changed while copying")));
             }
         }
-        Ok(false)
+        Ok(upload)
     }
 
-    /// Resolves a name whose parent must exist inside the root; the name itself is not
-    /// followed (it may not exist yet, or be a symlink to delete or rename).
-    pub(crate) fn name(&self, cwd: &[u8], arg: &[u8]) -> Result<Resolved, PathError> {
-        let virt = Vfs::join(cwd, arg);
-        if virt == b"/" {
-            return Err(PathError::Denied);
+    /// Moves a finished upload to `virt`, resolved again now: replaces the old file
+    /// atomically, or for `unique` (STOU) takes the first free name of `virt`, `virt.1`, ...
+    /// Returns the name used for STOU.
+    pub(crate) fn commit(
+        &self,
+        upload: Upload,
+        virt: &[u8],
+        unique: bool,
+    ) -> Result<Option<Vec<u8>>, FsError> {
+        let (dir, name) = self.parent(virt)?;
+        if !unique {
+            let temp = upload.link_hidden(&dir)?;
+            return match rustix::fs::renameat(&dir, &temp, &dir, name) {
+                Ok(()) => Ok(None),
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(&dir, &temp, AtFlags::empty());
+                    Err(e.into())
+                }
+            };
         }
-        Vfs::check_hidden(&virt)?;
-        let split = virt.iter().rposition(|&b| b == b'/').unwrap_or(0);
-        let (parent, name) = (&virt[..split.max(1)], &virt[split + 1..]);
-        let parent_lexical = self.real_of(parent);
-        let parent_real = if self.has_symlink(parent)? {
-            parent_lexical.canonicalize()?
-        } else {
-            parent_lexical
-        };
-        self.confined(&parent_real)?;
-        let real = parent_real.join(OsStr::from_bytes(name));
-        Ok(Resolved { virt, real })
+        for n in 0..1000u32 {
+            let mut candidate = name.as_bytes().to_vec();
+            if n > 0 {
+                candidate.extend_from_slice(format!(".{n}").as_bytes());
+            }
+            match upload.link_as(&dir, OsStr::from_bytes(&candidate)) {
+                Ok(()) => return Ok(Some(candidate)),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FsError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unique name left",
+        )))
+    }
+}
+
+/// An upload's file: unnamed (`O_TMPFILE`) until committed, or a hidden named file that is
+/// removed on drop unless committed.
+pub(crate) struct Upload {
+    /// The file the data goes to.
+    pub(crate) file: File,
+    /// For a named temporary: its directory and name.
+    named: Option<(OwnedFd, Vec<u8>)>,
+}
+
+fn temp_name() -> Vec<u8> {
+    let mut name = UPLOAD_PREFIX.to_vec();
+    name.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
+    name
+}
+
+impl Upload {
+    fn create(dir: OwnedFd) -> Result<Upload, FsError> {
+        let mode = Mode::from_raw_mode(0o666);
+        match rustix::fs::openat(
+            &dir,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            mode,
+        ) {
+            Ok(fd) => {
+                return Ok(Upload {
+                    file: File::from(fd),
+                    named: None,
+                })
+            }
+            // The file system has no O_TMPFILE: a hidden named file instead.
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for _ in 0..8 {
+            let name = temp_name();
+            match rustix::fs::openat(
+                &dir,
+                OsStr::from_bytes(&name),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(Upload {
+                        file: File::from(fd),
+                        named: Some((dir, name)),
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FsError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temporary name",
+        )))
     }
 
-    /// The canonical root.
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
+    /// Gives the file the name `name` in `dir`; fails with `EXIST` if the name is taken.
+    fn link_as(&self, dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
+        match &self.named {
+            Some((from, temp)) => {
+                rustix::fs::linkat(from, OsStr::from_bytes(temp), dir, name, AtFlags::empty())
+            }
+            None => {
+                // Linking an open unnamed file: AT_EMPTY_PATH where the kernel allows it to
+                // this process, else through its /proc entry.
+                match rustix::fs::linkat(&self.file, "", dir, name, AtFlags::EMPTY_PATH) {
+                    Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
+                        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                        rustix::fs::linkat(
+                            rustix::fs::CWD,
+                            proc.as_str(),
+                            dir,
+                            name,
+                            AtFlags::SYMLINK_FOLLOW,
+                        )
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Links the file under a fresh hidden name in `dir` (for the rename over the target).
+    fn link_hidden(&self, dir: &OwnedFd) -> Result<std::ffi::OsString, FsError> {
+        for _ in 0..8 {
+            let name = std::ffi::OsString::from(OsStr::from_bytes(&temp_name()));
+            match self.link_as(dir, &name) {
+                Ok(()) => return Ok(name),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FsError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temporary name",
+        )))
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Committed or not, the temporary name goes: a committed upload has its own link.
+        if let Some((dir, name)) = &self.named {
+            let _ = rustix::fs::unlinkat(dir, OsStr::from_bytes(name), AtFlags::empty());
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn join_folds_dots_and_stays_under_the_root() {
-        assert_eq!(Vfs::join(b"/", b"a/b"), b"/a/b");
-        assert_eq!(Vfs::join(b"/a/b", b".."), b"/a");
-        assert_eq!(Vfs::join(b"/a", b"../../../etc/passwd"), b"/etc/passwd");
-        assert_eq!(Vfs::join(b"/a", b"/x//y/./z/"), b"/x/y/z");
-        assert_eq!(Vfs::join(b"/", b".."), b"/");
-        assert_eq!(Vfs::join(b"/a", b""), b"/a");
-        assert_eq!(Vfs::join(b"/", b"\xff\xfe"), b"/\xff\xfe");
-    }
-
-    #[test]
-    fn symlinks_out_of_the_root_are_refused() {
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret"), b"x").unwrap();
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
-        std::fs::write(root.path().join("d/f"), b"y").unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
-        std::os::unix::fs::symlink("d/f", root.path().join("in")).unwrap();
-        let vfs = Vfs::new(root.path()).unwrap();
-        assert!(matches!(
-            vfs.existing(b"/", b"out/secret"),
-            Err(PathError::Denied)
-        ));
-        assert!(matches!(vfs.name(b"/", b"out/new"), Err(PathError::Denied)));
-        assert!(vfs.existing(b"/", b"in").is_ok());
-        assert!(vfs.existing(b"/", b"../../d/f").is_ok());
-        // The link itself may be deleted: its parent is inside.
-        assert!(vfs.name(b"/", b"out").is_ok());
-        assert!(matches!(
-            vfs.name(b"/", b".pasvd-upload-1"),
-            Err(PathError::Denied)
-        ));
-    }
-}
+mod tests;
