@@ -44,10 +44,15 @@
 //!   A release wakes one waiter, the oldest whose address filter admits the freed address
 //!   (EPSV on IPv6 waits for an IPv6 port, PASV for an IPv4 one); one that still finds
 //!   nothing hands the wake-up on to a waiter of another kind.
-//! * **Files.** Paths are confined to the root (lexically, then symlinks checked); uploads go
-//!   to a hidden temporary file in the target directory, are fsynced and renamed on success,
-//!   and vanish on failure, ABOR or a vanished client (APPE and REST+STOR copy the kept part
-//!   of the old file first, so the old file stays whole until the rename).
+//! * **Files.** Every filesystem operation resolves beneath a descriptor of the root, in the
+//!   kernel (`openat2` with `RESOLVE_BENEATH`), at the moment of use; reads follow symlinks
+//!   that stay inside the root, writes never follow the last component, RETR opens only
+//!   regular files, and listings show nothing of what lies outside (the `vfs` module has the
+//!   rules). Uploads go to an unnamed file in the target directory, fsynced and linked into
+//!   place on success, and vanish on failure, ABOR or a vanished client (APPE and REST+STOR
+//!   copy the kept part of the old file first, so the old file stays whole until the commit).
+//!   Listings and those copies run on the blocking pool; single calls (an open, a stat, a
+//!   rename) run inline, since none of them waits on another process.
 //! * **TYPE A** (the RFC 959 default until the client sends `TYPE I`). Downloads send each
 //!   bare LF of the file as CRLF (a CRLF in the file stays one, a lone CR stays); uploads
 //!   (STOR, APPE, STOU) store CRLF as LF and keep a lone CR. Listings are CRLF text in
@@ -61,7 +66,7 @@
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
 //! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
-//! (TYPE A line ends), `vfs` (paths confined to the root), `listing` (LIST/NLST/MLSD),
+//! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing` (LIST/NLST/MLSD),
 //! `users` (argon2 accounts), `xferlog`.
 
 use std::collections::HashMap;
