@@ -599,16 +599,19 @@ impl Upload {
             OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
             mode,
         ) {
-            Ok(fd) => {
-                return Ok(Upload {
-                    file: File::from(fd),
-                    named: None,
-                })
-            }
+            Ok(fd) => Ok(Upload {
+                file: File::from(fd),
+                named: None,
+            }),
             // The file system has no O_TMPFILE: a hidden named file instead.
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
-            Err(e) => return Err(e.into()),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => Upload::create_named(dir),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// A hidden named temporary in `dir`, for file systems without `O_TMPFILE`.
+    fn create_named(dir: OwnedFd) -> Result<Upload, FsError> {
+        let mode = Mode::from_raw_mode(0o666);
         for _ in 0..8 {
             let name = temp_name();
             match rustix::fs::openat(

@@ -1,6 +1,7 @@
 //! The filesystem layer against hostile trees: links out of the root, links swapped in
 //! between two operations, special files, and uploads whose directory goes away.
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
@@ -267,4 +268,31 @@ fn listings_show_nothing_of_what_lies_outside() {
     let inside = get("in").unwrap();
     assert_eq!((inside.kind, inside.size), (Kind::File, 6));
     assert!(get(".pasvd-upload-x").is_none());
+}
+
+#[test]
+fn named_temporaries_are_hidden_and_removed() {
+    let (_outside, root, vfs) = tree();
+    let temporaries = || {
+        std::fs::read_dir(root.path().join("d"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.as_bytes().starts_with(UPLOAD_PREFIX)
+            })
+            .count()
+    };
+    let dir = || vfs.open(b"/d", OFlags::PATH | OFlags::DIRECTORY).unwrap();
+    let mut upload = Upload::create_named(dir()).unwrap();
+    io::Write::write_all(&mut upload.file, b"named").unwrap();
+    assert_eq!(temporaries(), 1);
+    let (_, entries) = vfs.list(b"/d").unwrap();
+    assert_eq!(entries.unwrap().len(), 1, "the temporary is listed");
+    drop(upload);
+    assert_eq!(temporaries(), 0);
+    let mut upload = Upload::create_named(dir()).unwrap();
+    io::Write::write_all(&mut upload.file, b"named").unwrap();
+    vfs.commit(upload, b"/d/g", false).unwrap();
+    assert_eq!(std::fs::read(root.path().join("d/g")).unwrap(), b"named");
+    assert_eq!(temporaries(), 0);
 }
