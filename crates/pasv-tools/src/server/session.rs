@@ -323,7 +323,8 @@ impl Session {
                 biased;
                 outcome = wait_transfer(&mut self.transfer), if has_transfer => {
                     let stream_ref = &mut *stream;
-                    self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed);
+                    self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed)
+                        .await;
                     last_activity = clock::now();
                 }
                 () = sleep_until_some(accept_deadline), if accept_deadline.is_some() => {
@@ -632,8 +633,8 @@ impl Session {
                 text.extend_from_slice(b" is the current directory");
                 self.reply(257, &text);
             }
-            Command::Cwd(arg) => self.cwd(&vfs, arg.as_bytes()),
-            Command::Cdup => self.cwd(&vfs, b".."),
+            Command::Cwd(arg) => self.cwd(&vfs, arg.as_bytes()).await,
+            Command::Cdup => self.cwd(&vfs, b"..").await,
             Command::Type(t) => match t {
                 TransferType::Ascii => {
                     self.binary = false;
@@ -662,7 +663,7 @@ impl Session {
                 let Some(path) = self.path_of(arg.as_bytes()) else {
                     return;
                 };
-                match vfs.stat(&path) {
+                match on_pool(&vfs, move |v| v.stat(&path)).await {
                     Ok(m) if m.kind == Kind::File => self.reply(213, m.size.to_string().as_bytes()),
                     Ok(_) => self.fs_error(&FsError::NotRegular),
                     Err(e) => self.fs_error(&e),
@@ -672,7 +673,7 @@ impl Session {
                 let Some(path) = self.path_of(arg.as_bytes()) else {
                     return;
                 };
-                match vfs.stat(&path) {
+                match on_pool(&vfs, move |v| v.stat(&path)).await {
                     Ok(m) => {
                         let text = Civil::from_unix(m.mtime).time_val();
                         self.reply(213, text.as_bytes());
@@ -680,7 +681,7 @@ impl Session {
                     Err(e) => self.fs_error(&e),
                 }
             }
-            Command::Mfmt { time, path } => self.mfmt(&vfs, time.as_bytes(), path.as_bytes()),
+            Command::Mfmt { time, path } => self.mfmt(&vfs, time.as_bytes(), path.as_bytes()).await,
             Command::Mkd(arg) => {
                 if self.read_only() {
                     return;
@@ -688,7 +689,8 @@ impl Session {
                 let Some(path) = self.path_of(arg.as_bytes()) else {
                     return;
                 };
-                match vfs.mkdir(&path) {
+                let made = path.clone();
+                match on_pool(&vfs, move |v| v.mkdir(&made)).await {
                     Ok(()) => {
                         let mut text = quote_path(&path);
                         text.extend_from_slice(b" created");
@@ -702,7 +704,8 @@ impl Session {
                     return;
                 }
                 if let Some(path) = self.path_of(arg.as_bytes()) {
-                    self.fs_done(vfs.rmdir(&path), 250, b"Directory removed.");
+                    let done = on_pool(&vfs, move |v| v.rmdir(&path)).await;
+                    self.fs_done(done, 250, b"Directory removed.");
                 }
             }
             Command::Dele(arg) => {
@@ -710,7 +713,8 @@ impl Session {
                     return;
                 }
                 if let Some(path) = self.path_of(arg.as_bytes()) {
-                    self.fs_done(vfs.delete(&path), 250, b"File deleted.");
+                    let done = on_pool(&vfs, move |v| v.delete(&path)).await;
+                    self.fs_done(done, 250, b"File deleted.");
                 }
             }
             Command::Rnfr(arg) => {
@@ -720,7 +724,8 @@ impl Session {
                 let Some(path) = self.path_of(arg.as_bytes()) else {
                     return;
                 };
-                match vfs.exists(&path) {
+                let from = path.clone();
+                match on_pool(&vfs, move |v| v.exists(&from)).await {
                     Ok(()) => {
                         self.rnfr = Some(path);
                         self.reply(350, b"Ready for RNTO.");
@@ -736,10 +741,11 @@ impl Session {
                     return;
                 }
                 if let Some(to) = self.path_of(arg.as_bytes()) {
-                    self.fs_done(vfs.rename(&from, &to), 250, b"Rename successful.");
+                    let done = on_pool(&vfs, move |v| v.rename(&from, &to)).await;
+                    self.fs_done(done, 250, b"Rename successful.");
                 }
             }
-            Command::Site(arg) => self.site(&vfs, arg.as_bytes()),
+            Command::Site(arg) => self.site(&vfs, arg.as_bytes()).await,
             Command::Stat(None) => {
                 let text = format!(
                     "pasvd status:\n Connected to {}\n Logged in as {}\n TYPE: {}, MODE: S, STRU: F\n Data: {}\nEnd of status",
@@ -783,7 +789,11 @@ impl Session {
                 let Some(path) = self.path_of(arg) else {
                     return;
                 };
-                match vfs.stat(&path) {
+                let stat = {
+                    let path = path.clone();
+                    on_pool(&vfs, move |v| v.stat(&path)).await
+                };
+                match stat {
                     Ok(meta) => {
                         let mut text = b"Listing ".to_vec();
                         text.extend_from_slice(&path);
@@ -826,11 +836,12 @@ impl Session {
         }
     }
 
-    fn cwd(&mut self, vfs: &Vfs, arg: &[u8]) {
+    async fn cwd(&mut self, vfs: &Vfs, arg: &[u8]) {
         let Some(path) = self.path_of(arg) else {
             return;
         };
-        match vfs.is_dir(&path) {
+        let dir = path.clone();
+        match on_pool(vfs, move |v| v.is_dir(&dir)).await {
             Ok(()) => {
                 self.cwd = path;
                 self.reply(250, b"Directory successfully changed.");
@@ -839,7 +850,7 @@ impl Session {
         }
     }
 
-    fn mfmt(&mut self, vfs: &Vfs, time: &[u8], path: &[u8]) {
+    async fn mfmt(&mut self, vfs: &Vfs, time: &[u8], path: &[u8]) {
         if self.read_only() {
             return;
         }
@@ -853,7 +864,8 @@ impl Session {
         let Some(path) = self.path_of(path) else {
             return;
         };
-        match vfs.set_modified(&path, secs) {
+        let file = path.clone();
+        match on_pool(vfs, move |v| v.set_modified(&file, secs)).await {
             Ok(()) => {
                 let mut text = format!("Modify={}; ", civil.time_val()).into_bytes();
                 text.extend_from_slice(&path);
@@ -863,7 +875,7 @@ impl Session {
         }
     }
 
-    fn site(&mut self, vfs: &Vfs, arg: &[u8]) {
+    async fn site(&mut self, vfs: &Vfs, arg: &[u8]) {
         let mut words = arg.splitn(3, |&b| b == b' ');
         let verb = words.next().unwrap_or(b"");
         if verb.eq_ignore_ascii_case(b"HELP") {
@@ -891,7 +903,8 @@ impl Session {
         let Some(path) = self.path_of(path) else {
             return;
         };
-        self.fs_done(vfs.chmod(&path, mode), 200, b"SITE CHMOD command ok.");
+        let done = on_pool(vfs, move |v| v.chmod(&path, mode)).await;
+        self.fs_done(done, 200, b"SITE CHMOD command ok.");
     }
 
     fn active(&mut self, addr: SocketAddr) {
@@ -1180,12 +1193,16 @@ impl Session {
         let Some(path) = self.path_of(path.unwrap_or(b"")) else {
             return;
         };
+        if matches!(format, Format::Mlsd { .. }) {
+            let dir = path.clone();
+            match on_pool(&vfs, move |v| v.stat(&dir)).await {
+                Ok(m) if m.kind == Kind::Dir => {}
+                Ok(_) => return self.reply(501, b"MLSD needs a directory."),
+                Err(e) => return self.fs_error(&e),
+            }
+        }
         if matches!(self.data, Data::None) {
             return self.reply(425, b"Use PORT, PASV or EPSV first.");
-        }
-        let mlsd = matches!(format, Format::Mlsd { .. });
-        if mlsd && !matches!(vfs.stat(&path), Ok(m) if m.kind == Kind::Dir) {
-            return self.reply(501, b"MLSD needs a directory.");
         }
         match render_blocking(vfs, path.clone(), format).await {
             Ok(body) => {
@@ -1278,9 +1295,7 @@ impl Session {
         };
         let prepared = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || vfs.create_upload(&path, keep))
-                .await
-                .unwrap_or_else(|e| Err(FsError::Io(io::Error::other(e.to_string()))))
+            on_pool(&vfs, move |v| v.create_upload(&path, keep)).await
         };
         let upload = match prepared {
             Ok(u) => u,
@@ -1305,7 +1320,7 @@ impl Session {
         self.start(Job::Receive(upload), verb, path, Some(target));
     }
 
-    fn finish_transfer(
+    async fn finish_transfer(
         &mut self,
         mut outcome: Outcome,
         control: &mut TcpStream,
@@ -1336,7 +1351,9 @@ impl Session {
             {
                 // The target is resolved again now, beneath the root: a directory renamed
                 // or removed during the transfer fails the upload and leaves nothing.
-                match account.vfs.commit(upload.upload, &target, unique) {
+                let upload = upload.upload;
+                let vfs = account.vfs.clone();
+                match on_pool(&vfs, move |v| v.commit(upload, &target, unique)).await {
                     Ok(name) => final_name = name,
                     Err(e) => outcome.ending = Ending::Local(e.into()),
                 }
@@ -1437,12 +1454,21 @@ enum StoreKind {
     Stou,
 }
 
+/// Runs a filesystem operation on the blocking pool, off the runtime's threads.
+async fn on_pool<T: Send + 'static>(
+    vfs: &Vfs,
+    op: impl FnOnce(&Vfs) -> Result<T, FsError> + Send + 'static,
+) -> Result<T, FsError> {
+    let vfs = vfs.clone();
+    tokio::task::spawn_blocking(move || op(&vfs))
+        .await
+        .unwrap_or_else(|e| Err(FsError::Io(io::Error::other(e.to_string()))))
+}
+
 /// Renders a listing on the blocking pool (its cost grows with the directory).
 async fn render_blocking(vfs: Vfs, path: Vec<u8>, format: Format) -> Result<Vec<u8>, FsError> {
     let now = listing::unix_secs(clock::wall_now());
-    tokio::task::spawn_blocking(move || listing::render(&vfs, &path, format, now))
-        .await
-        .unwrap_or_else(|e| Err(FsError::Io(io::Error::other(e.to_string()))))
+    on_pool(&vfs, move |v| listing::render(v, &path, format, now)).await
 }
 
 #[cfg(test)]
