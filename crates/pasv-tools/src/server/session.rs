@@ -532,7 +532,7 @@ impl Session {
             .await
             .ok()
             .flatten();
-        let user_text = String::from_utf8_lossy(&name).into_owned();
+        let user_text = pasv_protocol::Escaped::new(&name);
         let grant = grant.and_then(|grant| {
             let root = grant.root.clone().unwrap_or_else(|| self.shared.root.clone());
             match Vfs::new(&root) {
@@ -1391,7 +1391,7 @@ impl Session {
             session = self.id,
             peer = %self.peer.ip(),
             command = verb,
-            path = %String::from_utf8_lossy(path),
+            path = %pasv_protocol::Escaped::new(path),
             bytes = outcome.bytes,
             duration_us = outcome.duration.as_micros() as u64,
             port = outcome.port.unwrap_or(0),
