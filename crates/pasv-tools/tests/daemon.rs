@@ -261,6 +261,33 @@ fn run_as_an_unknown_account_refuses_to_start() {
 }
 
 #[test]
+fn run_as_refuses_a_root_the_account_cannot_read() {
+    if !is_root("run_as_refuses_a_root_the_account_cannot_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    public_dir(dir.path());
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+    let daemon = Daemon::spawn(
+        &[
+            "--run-as".as_ref(),
+            "nobody".as_ref(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(daemon.listening(), None);
+    let (status, log) = daemon.wait();
+    assert!(!status.success());
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("Permission denied"), "{log}");
+    assert!(log.contains("(as nobody)"), "{log}");
+}
+
+#[test]
 fn root_without_run_as_warns() {
     if !is_root("root_without_run_as_warns") {
         return;

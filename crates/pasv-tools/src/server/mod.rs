@@ -347,7 +347,14 @@ impl BoundServer {
             run_as,
             ..
         } = self;
+        // Read and search permission, as the serving account: checked now rather than
+        // discovered at every login.
+        let readable = rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK;
         let root = vfs::Vfs::new(&config.root)
+            .and_then(|vfs| {
+                rustix::fs::access(vfs.root(), readable)?;
+                Ok(vfs)
+            })
             .map_err(|source| ServerError::Root {
                 path: config.root.clone(),
                 source: match &run_as {
