@@ -8,6 +8,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use bytes::BufMut;
 
 use crate::address;
+use crate::escape::Escaped;
 use crate::reply::is_forbidden;
 
 /// Telnet "interpret as command" (RFC 854); a literal 0xFF is sent doubled.
@@ -468,21 +469,17 @@ fn put_telnet(dst: &mut impl BufMut, bytes: &[u8]) {
 }
 
 impl fmt::Display for Command {
-    /// The wire form without CRLF and Telnet escaping, lossy UTF-8; PASS shows
-    /// `PASS <redacted>`.
+    /// The wire form without CRLF and Telnet escaping, its bytes [`Escaped`] (control
+    /// characters and bytes that are not UTF-8 shown as `\x1b`), so a command received from
+    /// a client is safe to log; PASS shows `PASS <redacted>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.verb_bytes()))?;
+        write!(f, "{}", Escaped::new(self.verb_bytes()))?;
         match self.wire() {
             Wire::None => Ok(()),
-            Wire::Raw(a) => write!(f, " {}", String::from_utf8_lossy(a)),
+            Wire::Raw(a) => write!(f, " {}", Escaped::new(a)),
             Wire::Secret(_) => f.write_str(" <redacted>"),
             Wire::Text(s) => write!(f, " {s}"),
-            Wire::Pair(a, b) => write!(
-                f,
-                " {} {}",
-                String::from_utf8_lossy(a),
-                String::from_utf8_lossy(b)
-            ),
+            Wire::Pair(a, b) => write!(f, " {} {}", Escaped::new(a), Escaped::new(b)),
         }
     }
 }

@@ -124,6 +124,7 @@
 mod address;
 mod command;
 mod decode;
+mod escape;
 mod hint;
 mod parse;
 mod reply;
@@ -145,6 +146,7 @@ pub use crate::{
         CommandDecoder, CommandError, MultilineMode, ReplyDecoder, ReplyError, MAX_COMMAND_LINE,
         MAX_REPLY, MAX_REPLY_LINE,
     },
+    escape::Escaped,
     hint::{format_retry_hint, parse_retry_hint},
     reply::{Reply, ReplyClass, ReplyCode, TextLine},
 };

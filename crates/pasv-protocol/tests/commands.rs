@@ -407,6 +407,25 @@ fn display_redacts_the_password() {
 }
 
 #[test]
+fn display_escapes_control_characters_and_bytes_that_are_not_utf8() {
+    let hostile = arg(b"a\x1b]0;owned\x07\x1b[2J\x01\xff\\b");
+    assert_eq!(
+        Command::User(hostile.clone()).to_string(),
+        r"USER a\x1b]0;owned\x07\x1b[2J\x01\xff\\b"
+    );
+    assert_eq!(
+        Command::Mfmt {
+            time: arg(b"20200101000000"),
+            path: hostile,
+        }
+        .to_string(),
+        r"MFMT 20200101000000 a\x1b]0;owned\x07\x1b[2J\x01\xff\\b"
+    );
+    let unknown = one_command(b"XYZZY \x1b[31mred\x0b\r\n").expect("decodes");
+    assert_eq!(unknown.to_string(), r"XYZZY \x1b[31mred\x0b");
+}
+
+#[test]
 fn arguments_cannot_hold_line_breaks() {
     assert_eq!(Argument::new(""), Err(InvalidArgument::Empty));
     for (bad, byte) in [(&b"a\rb"[..], b'\r'), (b"a\nb", b'\n'), (b"a\0b", 0)] {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pasv_protocol::{
     format_eprt_arg, format_port_arg, format_retry_hint, parse_eprt_arg, parse_pasv,
-    parse_port_arg, parse_retry_hint, Argument, Command, CommandDecoder, EpsvArg, MultilineMode,
-    Password, Reply, ReplyCode, ReplyDecoder, Structure, TextLine, TransferMode, TransferType,
+    parse_port_arg, parse_retry_hint, Argument, Command, CommandDecoder, EpsvArg, Escaped,
+    MultilineMode, Password, Reply, ReplyCode, ReplyDecoder, Structure, TextLine, TransferMode,
+    TransferType,
 };
 use proptest::prelude::*;
 
@@ -150,8 +151,60 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         .prop_map(|(code, lines)| Reply::from_lines(ReplyCode::new(code).expect("range"), lines))
 }
 
+/// Reverses [`Escaped`]: `\\`, `\t`, `\r`, `\n`, `\xNN` (one byte) and `\u{N}` (a char).
+fn unescape(shown: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chars = shown.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            continue;
+        }
+        match chars.next().expect("escape has a second character") {
+            '\\' => out.push(b'\\'),
+            't' => out.push(b'\t'),
+            'r' => out.push(b'\r'),
+            'n' => out.push(b'\n'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(&hex, 16).expect("two hex digits"));
+            }
+            'u' => {
+                assert_eq!(chars.next(), Some('{'));
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let c = char::from_u32(u32::from_str_radix(&hex, 16).expect("hex")).expect("char");
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            other => panic!("unknown escape \\{other} in {shown:?}"),
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Shown bytes hold no control character and give the original bytes back, so two
+    /// different names never print the same.
+    #[test]
+    fn escaped_bytes_are_printable_and_reversible(pieces in proptest::collection::vec(
+        prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            any::<char>().prop_map(|c| c.to_string().into_bytes()),
+        ], 0..32))
+    {
+        let bytes = pieces.concat();
+        let shown = Escaped::new(&bytes).to_string();
+        prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
+        prop_assert_eq!(unescape(&shown), bytes);
+    }
+
+    /// Commands print without control characters, whatever their arguments hold.
+    #[test]
+    fn command_display_holds_no_control_character(c in command()) {
+        let shown = c.to_string();
+        prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
+    }
 
     #[test]
     fn command_round_trip(c in command()) {

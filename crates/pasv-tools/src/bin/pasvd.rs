@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pasv_tools::server::{self, Config, ConfigFile, Server};
+use pasv_tools::server::{self, BoundServer, Config, ConfigFile};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,6 +102,10 @@ struct Cli {
     /// Ignore TYPE A: send and store every file as is (binary), like vsftpd's default.
     #[arg(long, env = "PASVD_NO_ASCII")]
     no_ascii: bool,
+    /// Once the ports are bound, switch to this account (its groups, gid and uid; a name in
+    /// /etc/passwd). Needs root; without it a server started as root warns and stays root.
+    #[arg(long, env = "PASVD_RUN_AS")]
+    run_as: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +143,7 @@ impl Cli {
         o.no_fsync = self.no_fsync.then_some(true);
         o.busy_poll_us = self.busy_poll_us;
         o.no_ascii = self.no_ascii.then_some(true);
+        o.run_as = self.run_as.clone();
         o
     }
 }
@@ -157,20 +162,27 @@ fn passwd() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal sent as soon as the server says it listens stops
+/// it cleanly instead of killing it with its log unflushed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        tracing::info!("signal received");
     }
-    tracing::info!("signal received");
 }
 
 /// Log lines collected in memory and written to stderr by a helper thread every 100 ms (or
@@ -233,7 +245,6 @@ fn main() -> anyhow::Result<()> {
         return passwd();
     }
     let log = BufferedStderr::default();
-    log.spawn_flusher();
     tracing_subscriber::fmt()
         .with_writer(log.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -242,6 +253,12 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let result = serve(&cli, &log);
+    log.flush_now();
+    result
+}
+
+fn serve(cli: &Cli, log: &BufferedStderr) -> anyhow::Result<()> {
     let mut config = Config::default();
     if let Some(path) = &cli.config {
         config.load_file(path)?;
@@ -250,7 +267,15 @@ fn main() -> anyhow::Result<()> {
         cli.root.is_some() || cli.config.is_some() && config.root != server::config::demo_root();
     cli.overrides().apply(&mut config)?;
     let demo = !configured_root;
+    // Linux keeps credentials per thread and the switch to run_as changes the calling thread
+    // only: it runs here, while this is the process's only thread, after binding with the
+    // privileges it started with. The log flusher and the runtime's workers start afterwards
+    // and inherit the new account.
+    let mut bound = BoundServer::bind(config.clone())?;
+    bound.drop_privileges()?;
+    log.spawn_flusher();
     if demo {
+        // Created as the account that serves it, which must own it.
         server::populate_demo(&config.root)
             .with_context(|| format!("creating the demo directory {}", config.root.display()))?;
     }
@@ -265,8 +290,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = runtime.block_on(async move {
-        let server = Server::bind(config.clone()).await?;
+    runtime.block_on(async move {
+        let server = bound.start().await?;
+        let stop = shutdown_signal();
         let addr = server.local_addr();
         {
             let mut out = std::io::stdout().lock();
@@ -281,9 +307,7 @@ fn main() -> anyhow::Result<()> {
                 addr.ip()
             );
         }
-        server.run_until(shutdown_signal()).await?;
+        server.run_until(stop).await?;
         Ok(())
-    });
-    log.flush_now();
-    result
+    })
 }

@@ -135,6 +135,10 @@ pub struct Config {
     /// would cost (over loopback, the client pays for it) and spends the server's core on
     /// spinning; see the `busy_poll` module.
     pub busy_poll: Duration,
+    /// The account (a name in `/etc/passwd`) the server switches to once its sockets are
+    /// bound, when started as root: its groups, group id and user id. `None` keeps the
+    /// starting account (a warning is logged if that is root).
+    pub run_as: Option<String>,
 }
 
 impl Default for Config {
@@ -173,6 +177,7 @@ impl Default for Config {
             ascii_transfers: true,
             banner: "pasvd ready".to_owned(),
             busy_poll: Duration::ZERO,
+            run_as: None,
         }
     }
 }
@@ -232,6 +237,18 @@ impl Config {
         if self.buffer_size < 4096 {
             return bad("buffer_size must be at least 4096".to_owned());
         }
+        if let Some(user) = &self.run_as {
+            if user.is_empty() {
+                return bad("run_as is empty".to_owned());
+            }
+            // Passive ports are bound as that account, after the switch: a port below 1024
+            // would fail at every PASV.
+            if self.pasv_min_port < 1024 {
+                return bad(format!(
+                    "passive ports below 1024 cannot be bound after switching to {user:?}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -285,6 +302,7 @@ pub struct ConfigFile {
     pub no_fsync: Option<bool>,
     /// Same as `ascii_transfers = false` (the key of the `--no-ascii` flag).
     pub no_ascii: Option<bool>,
+    pub run_as: Option<String>,
 }
 
 fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
@@ -378,6 +396,9 @@ impl ConfigFile {
         if let Some(v) = self.xferlog {
             config.xferlog = Some(v);
         }
+        if let Some(v) = self.run_as {
+            config.run_as = Some(v);
+        }
         if let Some(v) = self.quarantine {
             config.quarantine = Some(parse_scope(&v).map_err(cfg)?);
         }
@@ -454,6 +475,20 @@ mod tests {
         assert!(file.apply(&mut Config::default()).is_err());
         let file: ConfigFile = toml::from_str("busy_poll_us = 5000000").unwrap();
         assert!(file.apply(&mut Config::default()).is_err());
+    }
+
+    #[test]
+    fn run_as_is_read_and_checked() {
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str("run_as = \"ftp\"").unwrap();
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.run_as.as_deref(), Some("ftp"));
+        config.validate().unwrap();
+        config.pasv_min_port = 1000;
+        assert!(config.validate().is_err());
+        config.pasv_min_port = 30000;
+        config.run_as = Some(String::new());
+        assert!(config.validate().is_err());
     }
 
     #[test]

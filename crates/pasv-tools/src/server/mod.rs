@@ -67,7 +67,8 @@
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
 //! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
 //! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing` (LIST/NLST/MLSD),
-//! `users` (argon2 accounts), `xferlog`.
+//! `users` (argon2 accounts), `xferlog`, `privileges` (the switch to `run_as`; see
+//! [`BoundServer`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -87,6 +88,7 @@ pub mod config;
 mod demo;
 mod listing;
 mod passive;
+mod privileges;
 mod session;
 mod transfer;
 mod users;
@@ -143,6 +145,14 @@ pub enum ServerError {
     /// Accepting control connections failed for good.
     #[error("accept: {0}")]
     Accept(io::Error),
+    /// The account of `run_as` is unknown or unusable, or the switch to it failed.
+    #[error("run_as {user}: {reason}")]
+    RunAs {
+        /// The configured account name.
+        user: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// State shared by all sessions.
@@ -198,15 +208,64 @@ impl std::fmt::Debug for Server {
     }
 }
 
-impl Server {
-    /// Checks the configuration, binds the control socket (and, in prebound mode, every
-    /// passive port), loads the users file and opens the transfer log.
-    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+/// A server whose control socket is bound, users file read and transfer log open, but that
+/// is not yet attached to a runtime: what a process started as root holds between binding
+/// its ports and switching to `run_as`. [`Server::bind`] takes the three steps at once;
+/// `pasvd` takes them one by one, so that the switch happens before any thread exists:
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use pasv_tools::server::{BoundServer, Config};
+///
+/// let mut config = Config::for_tests("/srv/ftp".into());
+/// config.listen = "0.0.0.0:21".parse()?;
+/// config.run_as = Some("ftp".to_owned());
+/// let mut bound = BoundServer::bind(config)?; // port 21, as root
+/// bound.drop_privileges()?; // still a single thread
+/// let runtime = tokio::runtime::Runtime::new()?; // its threads start as "ftp"
+/// runtime.block_on(async move {
+///     let server = bound.start().await?;
+///     server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct BoundServer {
+    config: Config,
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    users: Users,
+    xferlog: Option<xferlog::Xferlog>,
+    run_as: Option<privileges::Account>,
+    privileges_dropped: bool,
+}
+
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addr", &self.local_addr)
+            .field("run_as", &self.config.run_as)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundServer {
+    /// Checks the configuration, resolves the `run_as` account, loads the users file, opens
+    /// the transfer log and binds the control socket; all of it with the privileges the
+    /// process started with (so the log may live in `/var/log`, the users file may be
+    /// readable by root only, the port may be 21). Needs no runtime and starts no thread.
+    pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config.validate()?;
-        let vfs = vfs::Vfs::new(&config.root).map_err(|source| ServerError::Root {
-            path: config.root.clone(),
-            source,
-        })?;
+        let run_as =
+            match &config.run_as {
+                Some(user) => Some(privileges::Account::lookup(user).map_err(|reason| {
+                    ServerError::RunAs {
+                        user: user.clone(),
+                        reason,
+                    }
+                })?),
+                None => None,
+            };
         let users = Users::load(
             config.users.as_deref(),
             config.anonymous_enable,
@@ -230,6 +289,89 @@ impl Server {
             },
         )?;
         let local_addr = listener.local_addr().map_err(ServerError::Accept)?;
+        Ok(BoundServer {
+            config,
+            listener,
+            local_addr,
+            users,
+            xferlog,
+            run_as,
+            privileges_dropped: false,
+        })
+    }
+
+    /// The control address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Switches the process to the `run_as` account: supplementary groups, group id, user id
+    /// (real, effective and saved), then checks that all of them took and that setuid(0)
+    /// fails. Linux keeps credentials per thread and the switch changes the calling thread
+    /// only, so it must run while the process has a single thread: it refuses otherwise
+    /// (call it before starting a multi-threaded runtime). Without `run_as` it changes
+    /// nothing and logs a warning if the process runs as root. Once done, calling it again
+    /// does nothing.
+    pub fn drop_privileges(&mut self) -> Result<(), ServerError> {
+        if self.privileges_dropped {
+            return Ok(());
+        }
+        match &self.run_as {
+            Some(account) => {
+                privileges::switch_to(account).map_err(|reason| ServerError::RunAs {
+                    user: account.name.clone(),
+                    reason,
+                })?;
+                tracing::info!(
+                    user = %account.name,
+                    uid = account.uid.as_raw(),
+                    gid = account.gid.as_raw(),
+                    "serving as an unprivileged account"
+                );
+            }
+            None if rustix::process::geteuid().is_root() => tracing::warn!(
+                "running as root: set run_as (--run-as) to switch to an unprivileged account \
+                 once the ports are bound"
+            ),
+            None => {}
+        }
+        self.privileges_dropped = true;
+        Ok(())
+    }
+
+    /// Drops privileges if that is not done yet, checks the served root (as the account
+    /// that will serve it), binds the passive ports in prebound mode and attaches the
+    /// control socket to the current tokio runtime.
+    pub async fn start(mut self) -> Result<Server, ServerError> {
+        self.drop_privileges()?;
+        let BoundServer {
+            config,
+            listener,
+            local_addr,
+            users,
+            xferlog,
+            run_as,
+            ..
+        } = self;
+        // Read and search permission, as the serving account: checked now rather than
+        // discovered at every login.
+        let readable = rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK;
+        let vfs = rustix::fs::access(&config.root, readable)
+            .map_err(io::Error::from)
+            .and_then(|()| vfs::Vfs::new(&config.root))
+            .map_err(|source| ServerError::Root {
+                path: config.root.clone(),
+                source: match &run_as {
+                    Some(account) => {
+                        io::Error::new(source.kind(), format!("{source} (as {})", account.name))
+                    }
+                    None => source,
+                },
+            })?;
+        let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Bind {
+            addr: local_addr,
+            source,
+        })?;
         let ports = PassivePorts::new(&config, local_addr).await?;
         Ok(Server {
             listener,
@@ -244,6 +386,17 @@ impl Server {
                 shutdown: CancellationToken::new(),
             }),
         })
+    }
+}
+
+impl Server {
+    /// Checks the configuration, binds the control socket (and, in prebound mode, every
+    /// passive port), loads the users file and opens the transfer log: [`BoundServer::bind`],
+    /// [`BoundServer::drop_privileges`] and [`BoundServer::start`] in one step. With
+    /// `run_as` set the switch is refused if the process already runs other threads (a
+    /// multi-threaded runtime does): take the steps one by one.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        BoundServer::bind(config)?.start().await
     }
 
     /// The control address actually bound (useful with port 0).

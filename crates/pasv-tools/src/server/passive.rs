@@ -25,7 +25,6 @@ use pasv_pool::{
 use std::os::fd::AsFd;
 
 use tokio::io::unix::AsyncFd;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -466,20 +465,14 @@ impl Drop for Waiter<'_> {
 }
 
 /// Binds a listener with SO_REUSEADDR as asked and never SO_REUSEPORT (two listeners on one
-/// port would split the client's connection between sessions).
+/// port would split the client's connection between sessions). Non-blocking and not yet
+/// registered with a runtime, so it can be bound before the runtime (and its threads) exist.
 pub(crate) fn bind_listener(
     addr: SocketAddr,
     reuseaddr: bool,
     backlog: u32,
-) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(reuseaddr)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+) -> io::Result<std::net::TcpListener> {
+    bind_passive(addr, reuseaddr, backlog)
 }
 
 /// Binds a passive listener (SO_REUSEADDR as asked, never SO_REUSEPORT), non-blocking from

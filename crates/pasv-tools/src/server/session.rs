@@ -531,7 +531,7 @@ impl Session {
             .await
             .ok()
             .flatten();
-        let user_text = String::from_utf8_lossy(&name).into_owned();
+        let user_text = pasv_protocol::Escaped::new(&name);
         let grant = grant.and_then(|grant| {
             let vfs = match &grant.root {
                 Some(root) => Vfs::new(root),
@@ -1392,7 +1392,7 @@ impl Session {
             session = self.id,
             peer = %self.peer.ip(),
             command = verb,
-            path = %String::from_utf8_lossy(path),
+            path = %pasv_protocol::Escaped::new(path),
             bytes = outcome.bytes,
             duration_us = outcome.duration.as_micros() as u64,
             port = outcome.port.unwrap_or(0),

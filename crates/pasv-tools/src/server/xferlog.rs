@@ -12,6 +12,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use pasv_protocol::Escaped;
+
 use super::listing::{unix_secs, Civil};
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -63,16 +65,8 @@ pub(crate) fn format_entry(e: &Entry<'_>) -> String {
     let c = Civil::from_unix(secs);
     let weekday = DAYS[secs.div_euclid(86_400).rem_euclid(7) as usize];
     let month = MONTHS[(c.month as usize).saturating_sub(1).min(11)];
-    // wu-ftpd writes names with spaces replaced, so the fields stay space-separated.
-    let path: String = String::from_utf8_lossy(e.path)
-        .chars()
-        .map(|ch| if ch.is_whitespace() { '_' } else { ch })
-        .collect();
-    let user: String = e
-        .user
-        .chars()
-        .map(|ch| if ch.is_whitespace() { '_' } else { ch })
-        .collect();
+    let path = field(e.path);
+    let user = field(e.user.as_bytes());
     format!(
         "{weekday} {month} {:>2} {:02}:{:02}:{:02} {} {} {} {} {} {} _ {} {} {} ftp 0 * {}\n",
         c.day,
@@ -90,6 +84,18 @@ pub(crate) fn format_entry(e: &Entry<'_>) -> String {
         user,
         if e.complete { 'c' } else { 'i' },
     )
+}
+
+/// A name as one field: control characters and bytes that are not UTF-8 escaped (`\x1b`,
+/// see [`Escaped`]), so a name can neither end the line nor drive the terminal of whoever
+/// reads the log; spaces replaced with `_` as wu-ftpd does, so the fields stay
+/// space-separated.
+fn field(name: &[u8]) -> String {
+    Escaped::new(name)
+        .to_string()
+        .chars()
+        .map(|ch| if ch.is_whitespace() { '_' } else { ch })
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,5 +122,29 @@ mod tests {
             format_entry(&entry),
             "Wed Nov 25 14:22:23 2026 1 127.0.0.1 1024 /dir/my_file.bin b _ o a anonymous ftp 0 * c\n"
         );
+    }
+
+    #[test]
+    fn control_characters_and_spaces_cannot_break_a_line() {
+        let entry = Entry {
+            when: UNIX_EPOCH + Duration::from_secs(1_795_616_543),
+            duration: Duration::from_secs(3),
+            remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bytes: 7,
+            path: b"/a b\x1b[2J\x07\x01\x0b\t\xff\xc2\x85z",
+            binary: false,
+            incoming: true,
+            anonymous: false,
+            user: "bob\x1b]0;x\x07 smith",
+            complete: false,
+        };
+        let line = format_entry(&entry);
+        assert_eq!(
+            line,
+            "Wed Nov 25 14:22:23 2026 3 127.0.0.1 7 /a_b\\x1b[2J\\x07\\x01\\x0b\\t\\xff\\u{85}z \
+             a _ i r bob\\x1b]0;x\\x07_smith ftp 0 * i\n"
+        );
+        assert_eq!(line.split(' ').count(), 18);
+        assert!(!line.trim_end_matches('\n').chars().any(char::is_control));
     }
 }
