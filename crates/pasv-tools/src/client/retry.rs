@@ -55,7 +55,9 @@ impl RetryPolicy {
     }
 }
 
-/// The state of one retried operation.
+/// The state of one retried operation: one attempt count and one budget for everything the
+/// operation retries (a 421 at login, a 425 or 426 while setting up a transfer, a transfer
+/// cut short and resumed), so that nested retries never multiply.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     policy: RetryPolicy,
@@ -73,9 +75,19 @@ impl Backoff {
     }
 
     /// Called with the error of a failed attempt: sleeps and returns `Ok` when another attempt
-    /// should be made, or returns the error to give up with.
+    /// should be made, or returns the error to give up with. Retries 421, 425 and 426.
     pub(crate) async fn retry(&mut self, error: ClientError) -> Result<(), ClientError> {
-        if !error.is_retryable() || self.policy.max_attempts <= 1 {
+        self.retry_if(error, false).await
+    }
+
+    /// [`Backoff::retry`], also retrying network errors when `network` is set (a transfer
+    /// cut short resumes while the control connection lives).
+    pub(crate) async fn retry_if(
+        &mut self,
+        error: ClientError,
+        network: bool,
+    ) -> Result<(), ClientError> {
+        if !error.can_retry(network) || self.policy.max_attempts <= 1 {
             return Err(error);
         }
         self.failed += 1;
@@ -86,20 +98,33 @@ impl Backoff {
         if self.failed >= self.policy.max_attempts {
             return Err(exhausted(self.failed, error));
         }
+        let elapsed = clock::now().saturating_duration_since(self.started);
+        let left = self.policy.budget.saturating_sub(elapsed);
         // The hint comes from the server: no arithmetic on it may overflow (a hostile
         // `retry after 1e30s` simply exceeds the budget).
         let scaled = |d: Duration, factor: f64| {
             Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
         };
         let delay = match error.retry_after() {
-            Some(hint) => hint.saturating_add(scaled(hint, rand::thread_rng().gen_range(0.0..0.1))),
+            Some(hint) if hint > left => {
+                return Err(ClientError::HintBeyondBudget {
+                    attempts: self.failed,
+                    hint,
+                    left,
+                    last: Box::new(error),
+                });
+            }
+            // Up to 10% more, so that sessions refused together do not come back together,
+            // but never past the budget.
+            Some(hint) => hint
+                .saturating_add(scaled(hint, rand::thread_rng().gen_range(0.0..0.1)))
+                .min(left),
             None => scaled(
                 self.policy.backoff(self.failed),
                 rand::thread_rng().gen_range(0.5..=1.0),
             ),
         };
-        let elapsed = clock::now().saturating_duration_since(self.started);
-        if elapsed.saturating_add(delay) > self.policy.budget {
+        if delay > left {
             return Err(exhausted(self.failed, error));
         }
         tracing::debug!(?delay, attempt = self.failed, %error, "retrying");
