@@ -1315,7 +1315,10 @@ async fn get_gives_up_at_once_on_a_hint_beyond_the_budget() {
     ] {
         let script = DataScript::new(DataPhase::Send(b"part"), Box::leak(Box::new([hint])));
         let (addr, log) = data_server(script).await;
-        let (o, took) = pasv_get(addr, &["--retry-budget", "5"], "-").await;
+        // To a file: a download to stdout resumed too, but a file is where resuming began.
+        let local = tempfile::tempdir().unwrap();
+        let out = local.path().join("data.bin");
+        let (o, took) = pasv_get(addr, &["--retry-budget", "5"], out.to_str().unwrap()).await;
         assert_eq!(o.status.code(), Some(3), "{hint}: {o:?}");
         assert!(took < Duration::from_secs(5), "{hint}: took {took:?}");
         assert!(stderr(&o).contains("beyond"), "{hint}: {}", stderr(&o));
@@ -1335,7 +1338,10 @@ async fn a_425_426_storm_makes_at_most_the_attempts_given() {
         )
     };
     let (addr, log) = data_server(script).await;
-    let (o, took) = pasv_get(addr, &["--attempts", "5", "--retry-budget", "5"], "-").await;
+    let local = tempfile::tempdir().unwrap();
+    let out = local.path().join("data.bin");
+    let global = ["--attempts", "5", "--retry-budget", "5"];
+    let (o, took) = pasv_get(addr, &global, out.to_str().unwrap()).await;
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert_eq!(count(&log, "PASV"), 5, "{}", stderr(&o));
     assert!(took < Duration::from_secs(5), "{took:?}");
