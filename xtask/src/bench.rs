@@ -69,12 +69,9 @@ const TARGETS: &[Target] = &[
         id: "acquire_release/lrr/64000-cooling99",
         max_ns: 100.0,
     },
-    Target::Speedup {
-        what: "pool lrr vs naive scan, 64,000 ports, 99% cooling",
-        fast: "acquire_release/lrr/64000-cooling99",
-        slow: "acquire_release/naive-scan/64000-cooling99",
-        min: 50.0,
-    },
+    // No target against the naive scan: with the cooling ports spread as they are in use it
+    // is about as fast as the pool; the old ">= 50x" held only because the bench put every
+    // cooling port below every free one.
 ];
 
 struct Options {
