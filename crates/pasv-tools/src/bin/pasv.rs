@@ -834,10 +834,30 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "x");
         assert_eq!(exit_code(&anyhow::Error::new(io).context("local file")), 4);
         assert_eq!(exit_code(&anyhow!("bad argument")), 1);
-        let exhausted = ClientError::RetriesExhausted {
+        // After retries, the code of the error they ended on.
+        let exhausted = |last| ClientError::RetriesExhausted {
             attempts: 3,
-            last: Box::new(ClientError::Closed),
+            last: Box::new(last),
         };
-        assert_eq!(exit_code(&anyhow::Error::new(exhausted)), 3);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(exhausted(ClientError::Closed))),
+            4
+        );
+        let refused = || ClientError::Reply {
+            command: "PASV".into(),
+            reply: pasv_protocol::Reply::new(pasv_protocol::ReplyCode::new(425).unwrap(), "x"),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(exhausted(refused()))), 3);
+        let too_large = ClientError::TooLarge {
+            size: 9,
+            at_least: false,
+            limit: 4,
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(too_large)), 1);
+        let mismatch = ClientError::SizeMismatch {
+            expected: 100,
+            received: 9,
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(mismatch)), 4);
     }
 }

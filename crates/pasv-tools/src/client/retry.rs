@@ -193,4 +193,56 @@ mod tests {
         let err = backoff.retry(permanent).await.unwrap_err();
         assert!(err.is_permanent() && !err.is_exhausted());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_budget_and_one_count_for_the_whole_operation() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            budget: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let cut = |text: &str| {
+            let code = pasv_protocol::ReplyCode::new(426).unwrap();
+            ClientError::from_reply("RETR", pasv_protocol::Reply::new(code, text))
+        };
+        // A 20 s hint with 5 s of budget: given up at once, saying why.
+        let mut backoff = Backoff::new(policy);
+        let started = clock::now();
+        let err = backoff
+            .retry_if(cut("aborted (retry after 20s)"), true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::HintBeyondBudget { hint, .. } if hint == Duration::from_secs(20)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("beyond"), "{err}");
+        assert_eq!(clock::now(), started);
+        // An error that ended retries is never retried again by an outer loop.
+        assert!(backoff
+            .retry_if(err, true)
+            .await
+            .unwrap_err()
+            .is_exhausted());
+        assert_eq!(clock::now(), started);
+
+        // Network errors are retried only when asked, and count like replies: five attempts
+        // in all, the fifth failure ends it.
+        let mut backoff = Backoff::new(policy);
+        let reset = || ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(!backoff.retry(reset()).await.unwrap_err().is_exhausted());
+        for _ in 0..2 {
+            backoff.retry_if(reset(), true).await.unwrap();
+            backoff
+                .retry(cut("aborted (retry after 0.1s)"))
+                .await
+                .unwrap();
+        }
+        let err = backoff.retry_if(reset(), true).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::RetriesExhausted { attempts: 5, .. }),
+            "{err}"
+        );
+        assert!(err.is_network());
+    }
 }
