@@ -1,7 +1,8 @@
 //! Cost of one acquire + release in `pasv_pool::Pool`, per strategy, at 20, 1,000 and 64,000
 //! ports with 0% and 99% of the ports cooling, beside the naive allocator many servers use:
 //! scan the range from the bottom for a port that is neither leased nor still in its
-//! quarantine. Numbers are written down in docs/CAPACITY.md ("Cost").
+//! quarantine, its cooling ports spread over the range as they are in use. Numbers are
+//! written down in docs/CAPACITY.md ("Cost").
 //!
 //! `cargo bench -p pasv-benches --bench pool -- --warm-up-time 1 --measurement-time 2`
 
@@ -46,8 +47,9 @@ fn pool(strategy: StrategyKind, n: u16, cooling: u32) -> Pool {
 }
 
 /// The naive allocator: per port, "leased" and "quarantined until"; acquire scans from the
-/// lowest port. Its cooling ports sit at the bottom of the range, where a lowest-first scan
-/// put them.
+/// lowest port. Its cooling ports are spread over the range (a seeded shuffle), as they are
+/// in use: ports cool wherever transfers happened to end, and a range whose cooling ports all
+/// sat below its free ones would make the scan as slow as it can be, by construction.
 struct NaiveScan {
     leased: Vec<bool>,
     until: Vec<u64>,
@@ -56,9 +58,19 @@ struct NaiveScan {
 impl NaiveScan {
     fn new(n: u16, cooling: u32) -> NaiveScan {
         let cool = (u32::from(n) * cooling / 100) as usize;
-        let until = (0..usize::from(n))
-            .map(|i| if i < cool { u64::MAX } else { 0 })
-            .collect();
+        // Fisher-Yates with xorshift64: the same spread on every run.
+        let mut order: Vec<usize> = (0..usize::from(n)).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut until = vec![0; usize::from(n)];
+        for &port in &order[..cool] {
+            until[port] = u64::MAX;
+        }
         NaiveScan {
             leased: vec![false; usize::from(n)],
             until,

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: runs the criterion benches, checks the performance targets, and
-//! optionally runs pasvd side by side with the peer servers.
+//! optionally runs pasvd side by side with the peer servers and checks the side-by-side
+//! targets of docs/BENCHMARKS.md for every pasvd target (non-zero exit when one is missed).
 //!
 //! Criterion writes one `new/benchmark.json` + `new/estimates.json` pair per benchmark under
 //! `target/criterion/`; this module reads them back instead of scraping criterion's terminal
@@ -68,12 +69,9 @@ const TARGETS: &[Target] = &[
         id: "acquire_release/lrr/64000-cooling99",
         max_ns: 100.0,
     },
-    Target::Speedup {
-        what: "pool lrr vs naive scan, 64,000 ports, 99% cooling",
-        fast: "acquire_release/lrr/64000-cooling99",
-        slow: "acquire_release/naive-scan/64000-cooling99",
-        min: 50.0,
-    },
+    // No target against the naive scan: with the cooling ports spread as they are in use it
+    // is about as fast as the pool; the old ">= 50x" held only because the bench put every
+    // cooling port below every free one.
 ];
 
 struct Options {
@@ -164,7 +162,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     if let Some(kit) = &options.peers {
-        run_peers(&root, kit, &out, &options)?;
+        failures += run_peers(&root, kit, &out, &options)?;
     }
     if failures > 0 {
         bail!("{failures} performance target(s) missed");
@@ -366,15 +364,19 @@ fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
     (out, failures)
 }
 
-/// One side-by-side workload: the comparison kit's arguments and the passive ranges of the
+/// One side-by-side workload: the comparison kit's arguments, the passive ranges of the
 /// pasvd targets (prebound, per-lease, and prebound with busy polling), each as large as the
-/// peers' ranges.
+/// peers' ranges, and the targets of docs/BENCHMARKS.md that every pasvd target must meet.
 struct Workload {
     name: &'static str,
     kit_args: &'static [&'static str],
     prebound_range: (u16, u16),
     per_lease_range: (u16, u16),
     busy_range: (u16, u16),
+    /// Median transfers/s over the best peer's median, at least.
+    min_ratio: f64,
+    /// No 425, no session ended by the server, no port outside the range.
+    clean: bool,
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -384,6 +386,8 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        min_ratio: 1.5,
+        clean: true,
     },
     Workload {
         name: "1000ports-k8",
@@ -391,6 +395,8 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (24000, 24999),
         per_lease_range: (25000, 25999),
         busy_range: (26000, 26999),
+        min_ratio: 1.3,
+        clean: false,
     },
     Workload {
         name: "1mib-retr-k8",
@@ -407,10 +413,13 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        min_ratio: 1.2,
+        clean: false,
     },
 ];
 
-fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<()> {
+/// Runs the side-by-side workloads; returns how many targets the pasvd targets missed.
+fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<usize> {
     let compare = kit.join("compare.sh");
     if !compare.is_file() {
         bail!(
@@ -431,6 +440,7 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<(
     let data = PathBuf::from(&peers_home).join("data");
     std::fs::create_dir_all(&data)?;
     let rounds = options.rounds.to_string();
+    let mut missed = 0;
     for workload in WORKLOADS {
         if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
             continue;
@@ -486,11 +496,112 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<(
         if !status.success() {
             bail!("compare.sh failed for {}", workload.name);
         }
-        let report = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+        let mut report = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+        let results = std::fs::read_to_string(dir.join("results.jsonl"))
+            .with_context(|| format!("{}/results.jsonl", dir.display()))?;
+        let kinds = std::fs::read_to_string(dir.join("targets.tsv"))
+            .with_context(|| format!("{}/targets.tsv", dir.display()))?;
+        let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
+        report.push_str(&checks);
+        missed += failures;
         std::fs::write(out.join(format!("peers-{}.md", workload.name)), &report)?;
         println!("{report}");
     }
-    Ok(())
+    Ok(missed)
+}
+
+/// One target's runs in a side-by-side workload, summed over the rounds.
+#[derive(Debug, Default)]
+struct PeerRuns {
+    rates: Vec<f64>,
+    refusals_425: u64,
+    sessions_ended: u64,
+    outside_range: u64,
+}
+
+impl PeerRuns {
+    fn median(&self) -> Option<f64> {
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        let n = rates.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(rates[n / 2]),
+            _ => Some((rates[n / 2 - 1] + rates[n / 2]) / 2.0),
+        }
+    }
+}
+
+/// Checks the workload's targets for every pasvd target against the kit's raw results
+/// (`results.jsonl`: one ftpload JSON line per run, labelled `rN:TARGET`; `targets.tsv`:
+/// label and kind, `peer` or `custom`). The ratio is the median over the best peer's median,
+/// as the kit's report computes it. Returns the markdown table and the number missed.
+fn check_peer_targets(
+    workload: &Workload,
+    results: &str,
+    targets_tsv: &str,
+) -> Result<(String, usize)> {
+    let mut runs: BTreeMap<String, PeerRuns> = BTreeMap::new();
+    for line in results.lines().filter(|l| !l.trim().is_empty()) {
+        let d: Value = serde_json::from_str(line).context("results.jsonl")?;
+        let label = d["label"].as_str().unwrap_or_default();
+        let Some((_, target)) = label.split_once(':') else {
+            continue;
+        };
+        let r = runs.entry(target.to_owned()).or_default();
+        if let Some(rate) = d["transfers_per_s"].as_f64() {
+            r.rates.push(rate);
+        }
+        let count = |key: &str| d[key].as_u64().unwrap_or(0);
+        r.refusals_425 += count("count_425");
+        r.sessions_ended += count("reconnects");
+        r.outside_range += count("pasv_port_out_of_range");
+    }
+    let peers: Vec<&str> = targets_tsv
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split('\t');
+            let label = fields.next()?;
+            (fields.next()? == "peer").then_some(label)
+        })
+        .collect();
+    let best_peer = peers
+        .iter()
+        .filter_map(|p| runs.get(*p).and_then(PeerRuns::median))
+        .fold(None, |best: Option<f64>, m| {
+            Some(best.map_or(m, |b| b.max(m)))
+        });
+    let mut out = String::new();
+    let clean = if workload.clean {
+        ", no 425, no session ended, no port outside the range"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "\n#### Targets: >= {}x the best peer{clean}\n\n| target | vs best peer | 425s | sessions ended | outside range | result |\n|---|---|---|---|---|---|",
+        workload.min_ratio
+    );
+    let mut missed = 0;
+    for (label, r) in runs.iter().filter(|(l, _)| l.starts_with("pasvd")) {
+        let ratio = r.median().zip(best_peer).map(|(m, best)| m / best);
+        let ok = ratio.is_some_and(|x| x >= workload.min_ratio)
+            && (!workload.clean
+                || (r.refusals_425 == 0 && r.sessions_ended == 0 && r.outside_range == 0));
+        if !ok {
+            missed += 1;
+        }
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} |",
+            ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            r.refusals_425,
+            r.sessions_ended,
+            r.outside_range,
+            if ok { "pass" } else { "MISSED" }
+        );
+    }
+    Ok((out, missed))
 }
 
 /// A pasvd started for one workload, killed when dropped.
@@ -562,5 +673,51 @@ impl PasvdProcess {
 impl Drop for PasvdProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_targets_are_checked_against_the_best_peer() {
+        let line = |label: &str, rate: f64, c425: u64, ended: u64| {
+            format!(
+                "{{\"label\":\"{label}\",\"transfers_per_s\":{rate},\"count_425\":{c425},\"reconnects\":{ended},\"pasv_port_out_of_range\":0}}\n"
+            )
+        };
+        let mut results = String::new();
+        for (round, (peer, fast, slow)) in [
+            (100.0, 160.0, 120.0),
+            (90.0, 170.0, 110.0),
+            (110.0, 150.0, 130.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            results += &line(&format!("r{round}:vsftpd"), peer, 0, 0);
+            results += &line(&format!("r{round}:pasvd-fast"), fast, 0, 0);
+            results += &line(&format!("r{round}:pasvd-slow"), slow, 0, 0);
+            results += &line(&format!("r{round}:pasvd-refusing"), fast, 1, 0);
+        }
+        let tsv = "vsftpd\tpeer\t127.0.0.1:2121\t20000-20019\t3.0.3\npasvd-fast\tcustom\t127.0.0.1:1\t1-2\t\n";
+        let workload = &WORKLOADS[0];
+        assert_eq!(workload.min_ratio, 1.5);
+        let (table, missed) = check_peer_targets(workload, &results, tsv).unwrap();
+        // fast: 160/100 = 1.6x passes; slow: 1.2x misses; refusing: 1.6x but 425s.
+        assert_eq!(missed, 2, "{table}");
+        assert!(
+            table.contains("| pasvd-fast | 1.60x | 0 | 0 | 0 | pass |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| pasvd-slow | 1.20x | 0 | 0 | 0 | MISSED |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| pasvd-refusing | 1.60x | 3 | 0 | 0 | MISSED |"),
+            "{table}"
+        );
     }
 }

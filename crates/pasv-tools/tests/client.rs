@@ -948,9 +948,11 @@ async fn load_reports_against_pasvd() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Hostile servers: every bad answer is an error, never a panic or a hang
+// Hostile servers: every bad answer is an error of its own kind, never a panic or a hang
 
-/// Greets with `script[0]`, answers the n-th command line with `script[n]`, then closes.
+/// Greets with `script[0]` and answers the n-th command line with `script[n]`; then keeps
+/// the connection open until the client closes it (at most 10 s), so that a client which
+/// waits for more gets no easy "closed" but has to time out by itself.
 async fn scripted_server(script: Vec<Vec<u8>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -972,8 +974,24 @@ async fn scripted_server(script: Vec<Vec<u8>>) -> SocketAddr {
                 return;
             }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = lines.next_line().await {}
+        })
+        .await;
     });
     addr
+}
+
+/// Short limits, so that the cases that must time out do so quickly.
+fn hostile_config() -> ClientConfig {
+    ClientConfig {
+        retry: RetryPolicy::none(),
+        reply_timeout: Duration::from_millis(400),
+        final_reply_timeout: Duration::from_millis(800),
+        data_timeout: Duration::from_millis(400),
+        stall_timeout: Duration::from_millis(400),
+        ..pasv_config()
+    }
 }
 
 #[tokio::test]
@@ -991,54 +1009,420 @@ async fn hostile_replies_are_errors() {
         script.extend(tail.iter().map(|t| t.to_vec()));
         script
     };
-    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+    // (case, script, the error's kind)
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
         (
             "octet above 255",
             with(&[b"227 Entering Passive Mode (999,0,0,1,4,1)\r\n"]),
+            "passive_address",
         ),
         (
             "digit run",
             with(&[b"227 Entering Passive Mode (1216,256,2,3,4,5)\r\n"]),
+            "passive_address",
         ),
-        ("no numbers", with(&[b"227 Entering Passive Mode\r\n"])),
-        ("epsv port 0", with(&[b"229 Extended (|||0|)\r\n"])),
-        ("not a reply", with(&[b"hello there\r\n"])),
-        ("endless line", with(&[&vec![b'2'; 100_000]])),
-        ("unclosed multi-line", with(&[b"227-a\r\n227-b\r\n"])),
-        ("huge multi-line", {
-            let mut big = b"211-x\r\n".to_vec();
-            for _ in 0..10_000 {
-                big.extend_from_slice(b" more text in a reply that never ends\r\n");
-            }
-            with(&[&big])
-        }),
         (
-            "preliminary then close",
-            with(&[b"227 Entering Passive Mode (127,0,0,1,0,1)\r\n"]),
+            "no numbers",
+            with(&[b"227 Entering Passive Mode\r\n"]),
+            "passive_address",
         ),
-        ("bad greeting", vec![b"554 go away\r\n".to_vec()]),
-        ("greeting cut", vec![b"220-welcome\r\n".to_vec()]),
+        ("229 to PASV", with(&[b"229 Extended (|||0|)\r\n"]), "229"),
+        ("not a reply", with(&[b"hello there\r\n"]), "malformed"),
+        ("endless line", with(&[&vec![b'2'; 100_000]]), "malformed"),
+        (
+            "unclosed multi-line",
+            with(&[b"227-a\r\n227-b\r\n"]),
+            "timeout",
+        ),
+        (
+            "huge multi-line",
+            {
+                let mut big = b"211-x\r\n".to_vec();
+                for _ in 0..10_000 {
+                    big.extend_from_slice(b" more text in a reply that never ends\r\n");
+                }
+                with(&[&big])
+            },
+            "malformed",
+        ),
+        (
+            "data port closed",
+            with(&[b"227 Entering Passive Mode (127,0,0,1,0,1)\r\n"]),
+            "io",
+        ),
+        ("no reply to PASV", with(&[]), "timeout"),
+        ("bad greeting", vec![b"554 go away\r\n".to_vec()], "554"),
+        ("greeting cut", vec![b"220-welcome\r\n".to_vec()], "timeout"),
         (
             "nul and cr in text",
             vec![b"220 a\0b\rc\r\n".to_vec(), b"530 \0no\r\n".to_vec()],
+            "530",
         ),
     ];
-    for (name, script) in cases {
+    for (name, script, kind) in cases {
         let addr = scripted_server(script).await;
-        let config = ClientConfig {
-            retry: RetryPolicy::none(),
-            reply_timeout: Duration::from_secs(5),
-            data_timeout: Duration::from_secs(2),
-            ..pasv_config()
-        };
         let url = ftp_url(addr);
         let outcome = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut c = Client::open(&url, config).await?;
+            let mut c = Client::open(&url, hostile_config()).await?;
             fetch(&mut c).await
         })
         .await
         .unwrap_or_else(|_| panic!("{name}: the client hung"));
         let err = outcome.expect_err(name);
-        assert!(!err.to_string().is_empty(), "{name}");
+        assert_eq!(err.kind(), kind, "{name}: {err}");
     }
+}
+
+/// What a data-phase fake does with the data connection of a RETR.
+#[derive(Debug, Clone, Copy)]
+enum DataPhase {
+    /// Accepts, sends these bytes and closes.
+    Send(&'static [u8]),
+    /// Accepts and keeps the connection open without a byte.
+    Silent,
+    /// Never accepts (the connection waits in the listener's backlog).
+    NeverAccept,
+    /// Advertises a port nothing listens on.
+    Refused,
+}
+
+/// A data-phase fake server: how it answers PASV, what it does with the data connection,
+/// and the final reply after it.
+#[derive(Debug, Clone, Copy)]
+struct DataScript {
+    /// Every other PASV (the first, third ...) gets this reply instead of a 227.
+    refuse_odd_pasv: Option<&'static str>,
+    data: DataPhase,
+    /// Replies sent after the data, one a second at most 30 times (the server then waits):
+    /// one for a plain final reply, more for a 1xx flood.
+    after_data: &'static [&'static str],
+    /// SIZE answer, if any (else 502).
+    size: Option<u64>,
+}
+
+impl DataScript {
+    fn new(data: DataPhase, after_data: &'static [&'static str]) -> DataScript {
+        DataScript {
+            refuse_odd_pasv: None,
+            data,
+            after_data,
+            size: None,
+        }
+    }
+}
+
+/// Serves `script` to up to 4 sessions (one at a time), logging every command.
+async fn data_server(script: DataScript) -> (SocketAddr, CommandLog) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: CommandLog = Arc::default();
+    let log2 = Arc::clone(&log);
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            data_session(stream, script, &log2).await;
+        }
+    });
+    (addr, log)
+}
+
+async fn data_session(stream: TcpStream, script: DataScript, log: &CommandLog) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let _ = write.write_all(b"220 fake ready\r\n").await;
+    let mut data: Option<TcpListener> = None;
+    let mut pasv_count = 0;
+    // Held until the session ends: a silent data connection, a listener never accepted.
+    let mut held_streams = Vec::new();
+    let mut held_listeners = Vec::new();
+    // Bounded: no test sends more than a few dozen commands.
+    for _ in 0..200 {
+        let Ok(Some(line)) = lines.next_line().await else {
+            return;
+        };
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        log.lock().unwrap().push((verb.clone(), clock::now()));
+        let reply: String = match verb.as_str() {
+            "USER" => "331 password please".into(),
+            "PASS" => "230 logged in".into(),
+            "TYPE" => "200 binary".into(),
+            "SIZE" => match script.size {
+                Some(n) => format!("213 {n}"),
+                None => "502 no SIZE here".into(),
+            },
+            "REST" => "350 restarting".into(),
+            "PASV" => {
+                pasv_count += 1;
+                match script.refuse_odd_pasv {
+                    Some(text) if pasv_count % 2 == 1 => text.into(),
+                    _ => {
+                        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                        let port = l.local_addr().unwrap().port();
+                        if matches!(script.data, DataPhase::Refused) {
+                            drop(l);
+                        } else {
+                            data = Some(l);
+                        }
+                        format!(
+                            "227 Entering Passive Mode (127,0,0,1,{},{})",
+                            port >> 8,
+                            port & 255
+                        )
+                    }
+                }
+            }
+            "RETR" => {
+                let _ = write.write_all(b"150 opening\r\n").await;
+                match (script.data, data.take()) {
+                    (DataPhase::Send(bytes), Some(l)) => {
+                        if let Ok(Ok((mut s, _))) =
+                            tokio::time::timeout(Duration::from_secs(5), l.accept()).await
+                        {
+                            let _ = s.write_all(bytes).await;
+                            let _ = s.shutdown().await;
+                        }
+                    }
+                    (DataPhase::Silent, Some(l)) => {
+                        if let Ok(Ok((s, _))) =
+                            tokio::time::timeout(Duration::from_secs(5), l.accept()).await
+                        {
+                            held_streams.push(s);
+                        }
+                    }
+                    (DataPhase::NeverAccept, Some(l)) => held_listeners.push(l),
+                    _ => {}
+                }
+                let Some((last, flood)) = script.after_data.split_last() else {
+                    continue;
+                };
+                // Pacing for the flood only: each preliminary reply comes well within the
+                // client's per-reply limit.
+                for text in flood.iter().take(30) {
+                    let _ = write.write_all(format!("{text}\r\n").as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (*last).into()
+            }
+            "ABOR" => "226 aborted".into(),
+            "QUIT" => {
+                let _ = write.write_all(b"221 bye\r\n").await;
+                return;
+            }
+            _ => "502 not implemented".into(),
+        };
+        if write
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A download whose data connection the server accepts and leaves silent, or never
+/// accepts, ends with a timeout at the stall limit instead of waiting forever.
+#[tokio::test]
+async fn stalled_data_connections_time_out() {
+    for data in [DataPhase::Silent, DataPhase::NeverAccept] {
+        let (addr, _log) = data_server(DataScript::new(data, &["226 done"])).await;
+        let url = ftp_url(addr);
+        let mut c = Client::open(&url, hostile_config()).await.unwrap();
+        let started = clock::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), fetch(&mut c))
+            .await
+            .unwrap_or_else(|_| panic!("{data:?}: the client hung"))
+            .unwrap_err();
+        assert_eq!(err.kind(), "timeout", "{data:?}: {err}");
+        let waited = clock::now() - started;
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+            "{data:?}: {waited:?}"
+        );
+    }
+}
+
+/// A 1xx every 100 ms, each within the per-reply limit, never reaches a final reply: the
+/// limit on the whole series ends the wait, for the greeting as after a transfer.
+#[tokio::test]
+async fn a_flood_of_preliminary_replies_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        for _ in 0..30 {
+            if stream.write_all(b"120 ready soon\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = clock::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::open(&ftp_url(addr), hostile_config()),
+    )
+    .await
+    .expect("the client hung")
+    .unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err}");
+    let waited = clock::now() - started;
+    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+
+    static FLOOD: [&str; 31] = ["120 still busy"; 31];
+    let (addr, _log) = data_server(DataScript::new(DataPhase::Send(b"x"), &FLOOD)).await;
+    let url = ftp_url(addr);
+    let mut c = Client::open(&url, hostile_config()).await.unwrap();
+    let started = clock::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), fetch(&mut c))
+        .await
+        .expect("the client hung")
+        .unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err}");
+    // The series limit (800 ms), not the end of the flood (3 s), ended it.
+    let waited = clock::now() - started;
+    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary against misbehaving servers: one retry policy, the documented exit codes
+
+/// `pasv ARGS get ftp://addr/data.bin -`, with how long it took.
+async fn pasv_get(addr: SocketAddr, global: &[&str], output: &str) -> (Output, Duration) {
+    let url = format!("ftp://{addr}/data.bin");
+    let mut args = global.to_vec();
+    args.extend(["get", &url, output]);
+    let started = clock::now();
+    let o = pasv(&args, None).await;
+    (o, clock::now() - started)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A 426 whose hint is beyond what is left of the retry budget ends `get` at once, with
+/// the transient code and a message that says why.
+#[tokio::test]
+async fn get_gives_up_at_once_on_a_hint_beyond_the_budget() {
+    for hint in [
+        "426 Connection closed; transfer aborted (retry after 99999999999s)",
+        "426 Connection closed; transfer aborted (retry after 20s)",
+    ] {
+        let script = DataScript::new(DataPhase::Send(b"part"), Box::leak(Box::new([hint])));
+        let (addr, log) = data_server(script).await;
+        // To a file: a download to stdout resumed too, but a file is where resuming began.
+        let local = tempfile::tempdir().unwrap();
+        let out = local.path().join("data.bin");
+        let (o, took) = pasv_get(addr, &["--retry-budget", "5"], out.to_str().unwrap()).await;
+        assert_eq!(o.status.code(), Some(3), "{hint}: {o:?}");
+        assert!(took < Duration::from_secs(5), "{hint}: took {took:?}");
+        assert!(stderr(&o).contains("beyond"), "{hint}: {}", stderr(&o));
+        assert_eq!(count(&log, "RETR"), 1, "{hint}");
+    }
+}
+
+/// 425 on every other PASV and 426 after every transfer: the resume loop and the setup
+/// retries share one attempt count, so `--attempts 5` sends PASV five times, not 25.
+#[tokio::test]
+async fn a_425_426_storm_makes_at_most_the_attempts_given() {
+    let script = DataScript {
+        refuse_odd_pasv: Some("425 Try later, data connection in use (retry after 0.01s)"),
+        ..DataScript::new(
+            DataPhase::Send(b"x"),
+            &["426 Connection closed; transfer aborted (retry after 0.01s)"],
+        )
+    };
+    let (addr, log) = data_server(script).await;
+    let local = tempfile::tempdir().unwrap();
+    let out = local.path().join("data.bin");
+    let global = ["--attempts", "5", "--retry-budget", "5"];
+    let (o, took) = pasv_get(addr, &global, out.to_str().unwrap()).await;
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(count(&log, "PASV"), 5, "{}", stderr(&o));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// Network failures of the data phase exit 4 as documented, also once retries run out on
+/// them; a silent data connection ends at `--timeout`; a length other than SIZE said is
+/// reported.
+#[tokio::test]
+async fn binary_exit_code_4_for_the_data_phase() {
+    // Refused every time: the retries end on a network error.
+    let (addr, log) = data_server(DataScript::new(DataPhase::Refused, &["226 done"])).await;
+    let (o, _) = pasv_get(addr, &["--attempts", "3"], "-").await;
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert_eq!(count(&log, "PASV"), 3);
+
+    // Accepted, then silent.
+    let (addr, _) = data_server(DataScript::new(DataPhase::Silent, &["226 done"])).await;
+    let (o, took) = pasv_get(addr, &["--attempts", "1", "--timeout", "0.5"], "-").await;
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // SIZE says 100, the transfer brings 9 bytes and a 226.
+    let script = DataScript {
+        size: Some(100),
+        ..DataScript::new(DataPhase::Send(b"fake data"), &["226 done"])
+    };
+    let (addr, _) = data_server(script).await;
+    let (o, _) = pasv_get(addr, &[], "-").await;
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(stderr(&o).contains("SIZE announced 100"), "{}", stderr(&o));
+}
+
+/// `get --max-size`: refused before RETR when SIZE tells, cut at the limit otherwise; both
+/// exit 1 (a local precondition).
+#[tokio::test]
+async fn get_max_size_refuses_larger_files() {
+    let local = tempfile::tempdir().unwrap();
+    let out = local.path().join("out.bin");
+    let out = out.to_str().unwrap();
+
+    let script = DataScript {
+        size: Some(9),
+        ..DataScript::new(DataPhase::Send(b"fake data"), &["226 done"])
+    };
+    let get_max_4 = |addr: SocketAddr| {
+        let url = format!("ftp://{addr}/data.bin");
+        async move { pasv(&["get", "--max-size", "4", &url, out], None).await }
+    };
+    let (addr, log) = data_server(script).await;
+    let o = get_max_4(addr).await;
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(count(&log, "SIZE"), 1);
+    assert_eq!(count(&log, "RETR"), 0);
+    assert!(stderr(&o).contains("limit of 4"), "{}", stderr(&o));
+
+    let (addr, log) = data_server(DataScript::new(
+        DataPhase::Send(b"0123456789"),
+        &["226 done"],
+    ))
+    .await;
+    let o = get_max_4(addr).await;
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(count(&log, "RETR"), 1);
+    assert_eq!(std::fs::read(out).unwrap(), b"0123");
+}
+
+/// Escape sequences in a server's text reach the terminal escaped, not as sent.
+#[tokio::test]
+async fn server_text_is_escaped_before_it_is_printed() {
+    let addr = scripted_server(vec![b"554 \x1b]0;owned\x07 go away\x1b[2J\x9b\r\n".to_vec()]).await;
+    let o = pasv(&["--attempts", "1", "ls", &format!("ftp://{addr}/")], None).await;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        !o.stderr.contains(&0x1b) && !o.stderr.contains(&0x07),
+        "{o:?}"
+    );
+    assert!(
+        stderr(&o).contains("554 \\x1b]0;owned\\x07 go away\\x1b[2J"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use pasv_pool::QuarantineScope;
+use pasv_tools::clock;
 use pasv_tools::server::{Config, ListenerMode};
 use support::{connect_data, connect_from, pattern, read_all, Ftp, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -700,6 +701,35 @@ async fn exhaustion_answers_425_with_a_correct_retry_hint() {
     })
     .await;
     let (lo, hi) = server.ports;
+    // One session alone: both ports cool after a transfer each, so the next PASV is refused
+    // with the time until the first of them frees, as the pool computes it: the quarantine
+    // less the time since the first transfer's close (which happened between sending its
+    // RETR and reading its 226), rounded up to the millisecond.
+    let mut ftp = Ftp::login(server.addr).await;
+    let mut first_close = None;
+    for _ in 0..2 {
+        let data_addr = ftp.pasv().await;
+        let mut data = connect_data(data_addr).await;
+        let before = clock::now();
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(read_all(&mut data).await, b"x");
+        assert_eq!(ftp.reply().await.code().get(), 226);
+        first_close.get_or_insert((before, clock::now()));
+    }
+    let (closed_after, closed_before) = first_close.unwrap();
+    let asked = clock::now();
+    let reply = ftp.cmd("PASV").await;
+    let answered = clock::now();
+    assert_eq!(reply.code().get(), 425, "{reply}");
+    let hint = reply.retry_after().expect("425 carries a retry hint");
+    let earliest = quarantine.saturating_sub(answered - closed_after);
+    let latest = quarantine.saturating_sub(asked.saturating_duration_since(closed_before))
+        + Duration::from_millis(1);
+    assert!(
+        earliest <= hint && hint <= latest,
+        "{reply}: expected between {earliest:?} and {latest:?}"
+    );
+    ftp.expect("QUIT", 221).await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         let addr = server.addr;
@@ -763,9 +793,12 @@ async fn an_unused_pasv_port_returns_after_the_accept_timeout() {
     .await;
     let mut a = Ftp::login(server.addr).await;
     let mut b = Ftp::login(server.addr).await;
+    let leased = clock::now();
     let port = a.pasv().await.port();
-    // B waits for the only port, which comes back when A's accept times out.
+    // B waits for the only port, which comes back when A's accept times out: not before.
     assert_eq!(b.pasv().await.port(), port);
+    let waited = clock::now() - leased;
+    assert!(waited >= Duration::from_secs(10), "{waited:?}");
     // A's endpoint is gone.
     a.expect("RETR x", 425).await;
     server.stop().await;

@@ -2,9 +2,14 @@
 //! decoder.
 //!
 //! Exit codes (also in docs/CLIENT.md): 0 success; 1 usage error or a local precondition
-//! (bad arguments, unusable URL, local file larger than the remote one); 2 permanent FTP
-//! error (a 5xx reply); 3 transient FTP error (a 4xx reply, or retries exhausted); 4 network
-//! or I/O error (connection refused or reset, timeout, malformed reply, local file error).
+//! (bad arguments, unusable URL, local file larger than the remote one, a file over
+//! `--max-size`); 2 permanent FTP error (a 5xx reply); 3 transient FTP error (a 4xx reply,
+//! also when retries end on one); 4 network or I/O error (connection refused or reset,
+//! timeout, malformed reply, a length other than SIZE said, local file error, also when
+//! retries end on one).
+//!
+//! The transfers themselves, with their resume and retry, are the library's
+//! (`Client::download_to`, `Client::upload_from`): this file parses arguments and prints.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,10 +20,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pasv_tools::client::{
-    decode, load, plan, probe, Client, ClientConfig, ClientError, DataMode, EntryKind, FtpUrl,
-    RetryPolicy,
+    decode, escape_bytes, escape_text, load, plan, probe, Client, ClientConfig, ClientError,
+    DataMode, DownloadOptions, EntryKind, FtpUrl, RetryPolicy, UploadOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// An FTP client for passive-mode work: transfers, load generation, probing and planning.
 #[derive(Debug, Parser)]
@@ -31,8 +35,9 @@ struct Cli {
 }
 
 const EXIT_CODES: &str =
-    "Exit codes: 0 ok, 1 usage or local precondition, 2 permanent FTP error (5xx), \
-3 transient FTP error (4xx) or retries exhausted, 4 network or I/O error.";
+    "Exit codes: 0 ok, 1 usage or local precondition (including --max-size), 2 permanent FTP \
+error (5xx), 3 transient FTP error (4xx, also after retries), 4 network or I/O error (also \
+after retries).";
 
 #[derive(Debug, Args)]
 struct Global {
@@ -51,7 +56,8 @@ struct Global {
     /// Seconds after the first attempt beyond which no retry starts.
     #[arg(long, global = true, default_value_t = 30.0)]
     retry_budget: f64,
-    /// Seconds to wait for each reply and data connection.
+    /// Seconds to wait for each reply (and for the final one after 1xx replies), to open a data
+    /// connection, and for each read or write on it to make progress.
     #[arg(long, global = true, default_value_t = 30.0)]
     timeout: f64,
     /// SO_RCVBUF/SO_SNDBUF for data sockets, bytes (k/m suffixes); default: kernel autotuning.
@@ -118,6 +124,10 @@ enum Cmd {
         /// Resume: fetch only what the local file lacks (REST).
         #[arg(short = 'c', long = "continue")]
         resume: bool,
+        /// Refuse a file larger than this many bytes (k/m/g suffixes): before RETR when SIZE
+        /// tells, during the transfer otherwise (exit 1).
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
     },
     /// Upload a file.
     Put {
@@ -346,7 +356,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pasv: {e:#}");
+            // Error messages carry the server's text: control characters are shown, not sent
+            // to the terminal.
+            eprintln!("pasv: {}", escape_text(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -372,19 +384,27 @@ fn init_tracing(verbose: u8) {
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(client) = cause.downcast_ref::<ClientError>() {
-            return match client {
-                ClientError::Url(_) | ClientError::InvalidArgument(_) => 1,
-                _ if client.is_exhausted() => 3,
-                _ if client.is_permanent() => 2,
-                _ if client.is_transient() => 3,
-                _ => 4,
-            };
+            return client_exit_code(client);
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return 4;
         }
     }
     1
+}
+
+/// The exit code of a client error: after retries, that of the error they ended on.
+fn client_exit_code(e: &ClientError) -> u8 {
+    match e.last() {
+        ClientError::Url(_)
+        | ClientError::InvalidArgument(_)
+        | ClientError::LocalLonger { .. }
+        | ClientError::RemoteLonger { .. }
+        | ClientError::TooLarge { .. } => 1,
+        last if last.is_permanent() => 2,
+        last if last.is_transient() => 3,
+        _ => 4,
+    }
 }
 
 fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
@@ -401,11 +421,8 @@ fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
             budget: parse_secs(g.retry_budget, "--retry-budget")?,
             ..RetryPolicy::default()
         },
-        reply_timeout: timeout,
-        data_timeout: timeout,
-        connect_timeout: timeout,
         data_socket_buffer: socket_buffer(g)?,
-        ..ClientConfig::default()
+        ..ClientConfig::default().with_timeout(timeout)
     })
 }
 
@@ -430,11 +447,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let u = url(&u)?;
             let mut client = Client::open(&u, client_config(g)?).await?;
             let path = (!u.path().is_empty()).then_some(u.path());
-            let mut out = std::io::stdout().lock();
+            let mut out = Vec::new();
             if names {
                 for name in client.nlst(path).await? {
-                    out.write_all(&name)?;
-                    out.write_all(b"\n")?;
+                    out.extend_from_slice(&name);
+                    out.push(b'\n');
                 }
             } else if mlsd {
                 for entry in client.mlsd(path).await? {
@@ -452,22 +469,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{kind:<5} {size:>12} {:<14} ",
                         entry.modify().unwrap_or("-")
                     )?;
-                    out.write_all(&entry.name)?;
-                    out.write_all(b"\n")?;
+                    out.extend_from_slice(&entry.name);
+                    out.push(b'\n');
                 }
             } else {
-                out.write_all(&client.list(path).await?)?;
+                out = client.list(path).await?;
             }
-            out.flush()?;
             client.quit().await?;
+            // Names and listings come from the server: on a terminal their control characters
+            // are shown, as `ls` does; a pipe gets the bytes as sent.
+            let mut stdout = std::io::stdout().lock();
+            if stdout.is_terminal() {
+                stdout.write_all(escape_bytes(&out).as_bytes())?;
+            } else {
+                stdout.write_all(&out)?;
+            }
+            stdout.flush()?;
         }
         Cmd::Get {
             url: u,
             output,
             resume,
+            max_size,
         } => {
             let u = url(&u)?;
-            get(g, &u, output, resume).await?;
+            get(g, &u, output, resume, max_size).await?;
         }
         Cmd::Put {
             url: u,
@@ -558,10 +584,14 @@ fn progress(g: &Global, total: Option<u64>) -> ProgressBar {
     bar
 }
 
-async fn get(g: &Global, u: &FtpUrl, output: Option<PathBuf>, resume: bool) -> anyhow::Result<()> {
+async fn get(
+    g: &Global,
+    u: &FtpUrl,
+    output: Option<PathBuf>,
+    resume: bool,
+    max_size: Option<u64>,
+) -> anyhow::Result<()> {
     let config = client_config(g)?;
-    let policy = config.retry;
-    let mut client = Client::open(u, config).await?;
     let to_stdout = output.as_deref() == Some(Path::new("-"));
     let path = match output {
         Some(p) => p,
@@ -573,100 +603,45 @@ async fn get(g: &Global, u: &FtpUrl, output: Option<PathBuf>, resume: bool) -> a
             PathBuf::from(name)
         }
     };
-    let remote_size = client.size(u.path()).await.ok();
-    let mut offset = 0;
-    if resume && !to_stdout {
-        offset = match tokio::fs::metadata(&path).await {
+    let offset = if resume && !to_stdout {
+        match tokio::fs::metadata(&path).await {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
-        };
-        if let Some(size) = remote_size {
-            if offset == size {
-                if !g.quiet {
-                    eprintln!("{}: already complete ({size} bytes)", path.display());
-                }
-                client.quit().await?;
-                return Ok(());
-            }
-            if offset > size {
-                bail!(
-                    "{} has {offset} bytes, more than the remote {size}",
-                    path.display()
-                );
-            }
         }
-    }
-    let bar = progress(g, remote_size);
-    // The local file is opened (and truncated) only once the server has accepted RETR, so a
-    // refused download leaves an existing file alone.
-    let mut sink: Option<Box<dyn tokio::io::AsyncWrite + Unpin>> = None;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut failed = 0;
-    // A transfer cut short (426, reset data connection) resumes from what was written, as
-    // long as the control connection is alive and the retry policy allows.
-    loop {
-        bar.set_position(offset);
-        let result = async {
-            let mut download = client.retrieve(u.path(), offset).await?;
-            let out = match &mut sink {
-                Some(out) => out,
-                None => sink.insert(open_output(&path, to_stdout, offset).await?),
-            };
-            loop {
-                let n = download.read(&mut buf).await.map_err(ClientError::Io)?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])
-                    .await
-                    .with_context(|| format!("{}", path.display()))?;
-                offset += n as u64;
-                bar.set_position(offset);
+    } else {
+        0
+    };
+    let mut client = Client::open(u, config).await?;
+    let bar = progress(g, Some(0));
+    let options = DownloadOptions::from_offset(offset).with_max_size(max_size);
+    let open = |offset| open_output(path.clone(), to_stdout, offset);
+    let report = client
+        .download_to(u.path(), options, open, |at, size| {
+            if let Some(size) = size {
+                bar.set_length(size);
             }
-            download.finish().await?;
-            Ok::<_, anyhow::Error>(())
-        }
-        .await;
-        let e = match result {
-            Ok(()) => break,
-            Err(e) => match e.downcast::<ClientError>() {
-                Ok(c)
-                    if (c.is_retryable() || c.is_network())
-                        && !to_stdout
-                        && !client.is_broken() =>
-                {
-                    c
-                }
-                Ok(c) => return Err(c.into()),
-                Err(other) => return Err(other),
-            },
-        };
-        failed += 1;
-        if failed >= policy.max_attempts {
-            return Err(ClientError::RetriesExhausted {
-                attempts: failed,
-                last: Box::new(e),
-            }
-            .into());
-        }
-        let delay = e.retry_after().unwrap_or_else(|| policy.backoff(failed));
-        tracing::info!(%e, ?delay, offset, "transfer interrupted, resuming");
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(mut out) = sink {
-        out.flush().await?;
-    }
+            bar.set_position(at);
+        })
+        .await?;
     bar.finish_and_clear();
+    if report.already_complete && !g.quiet {
+        eprintln!(
+            "{}: already complete ({} bytes)",
+            path.display(),
+            report.offset
+        );
+    }
     client.quit().await?;
     Ok(())
 }
 
+/// The local side of a download, opened once the server has accepted RETR.
 async fn open_output(
-    path: &Path,
+    path: PathBuf,
     to_stdout: bool,
     offset: u64,
-) -> anyhow::Result<Box<dyn tokio::io::AsyncWrite + Unpin>> {
+) -> std::io::Result<Box<dyn tokio::io::AsyncWrite + Unpin>> {
     if to_stdout {
         return Ok(Box::new(tokio::io::stdout()));
     }
@@ -675,9 +650,9 @@ async fn open_output(
         .write(true)
         .append(offset > 0)
         .truncate(offset == 0)
-        .open(path)
+        .open(&path)
         .await
-        .with_context(|| format!("{}", path.display()))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok(Box::new(file))
 }
 
@@ -703,47 +678,19 @@ async fn put(
         u.path().to_vec()
     };
     let mut client = Client::open(u, client_config(g)?).await?;
-    let mut offset = 0;
-    if resume {
-        offset = match client.size(&remote).await {
-            Ok(size) => size,
-            // 550: no such file yet, so nothing to resume.
-            Err(e) if e.is_permanent() => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if offset == len {
-            if !g.quiet {
-                eprintln!(
-                    "{}: already complete ({len} bytes)",
-                    String::from_utf8_lossy(&remote)
-                );
-            }
-            client.quit().await?;
-            return Ok(());
-        }
-        if offset > len {
-            bail!("the remote file has {offset} bytes, more than the local {len}");
-        }
-    }
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let bar = progress(g, Some(len));
-    bar.set_position(offset);
-    let mut upload = match (offset, resume_with) {
-        (0, _) => client.store(&remote).await?,
-        (_, ResumeUpload::Appe) => client.append(&remote).await?,
-        (_, ResumeUpload::Rest) => client.store_at(&remote, offset).await?,
+    let options = if resume {
+        UploadOptions::resume(resume_with == ResumeUpload::Appe)
+    } else {
+        UploadOptions::whole()
     };
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        upload.write_all(&buf[..n]).await.map_err(ClientError::Io)?;
-        bar.set_position(offset + upload.bytes_written());
-    }
-    upload.finish().await?;
+    let bar = progress(g, Some(len));
+    let report = client
+        .upload_from(&remote, &mut file, len, options, |at| bar.set_position(at))
+        .await?;
     bar.finish_and_clear();
+    if report.already_complete && !g.quiet {
+        eprintln!("{}: already complete ({len} bytes)", escape_bytes(&remote));
+    }
     client.quit().await?;
     Ok(())
 }
@@ -775,7 +722,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.expect_range = args.expect_range;
     config.data_mode = load_data_mode(g)?;
     config.socket_buffer = socket_buffer(g)?;
-    config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
+    config.timeout = parse_secs(g.timeout, "--timeout")?;
     let report = load::run(config).await;
     print_report(&report, args.json)?;
     if report.transfers == 0 && !report.errors.is_empty() {
@@ -807,7 +754,7 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     config.transfers = args.transfers.min(100_000);
     config.push_sessions = args.push.min(1024);
     config.time_wait = parse_secs(args.time_wait, "--time-wait")?;
-    config.timeout = parse_secs(g.timeout, "--timeout")?.min(Duration::from_secs(10));
+    config.timeout = parse_secs(g.timeout, "--timeout")?;
     config.data_mode = load_data_mode(g)?;
     let report = probe::run(&config).await?;
     print_report(&report, args.json)?;
@@ -887,10 +834,30 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "x");
         assert_eq!(exit_code(&anyhow::Error::new(io).context("local file")), 4);
         assert_eq!(exit_code(&anyhow!("bad argument")), 1);
-        let exhausted = ClientError::RetriesExhausted {
+        // After retries, the code of the error they ended on.
+        let exhausted = |last| ClientError::RetriesExhausted {
             attempts: 3,
-            last: Box::new(ClientError::Closed),
+            last: Box::new(last),
         };
-        assert_eq!(exit_code(&anyhow::Error::new(exhausted)), 3);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(exhausted(ClientError::Closed))),
+            4
+        );
+        let refused = || ClientError::Reply {
+            command: "PASV".into(),
+            reply: pasv_protocol::Reply::new(pasv_protocol::ReplyCode::new(425).unwrap(), "x"),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(exhausted(refused()))), 3);
+        let too_large = ClientError::TooLarge {
+            size: 9,
+            at_least: false,
+            limit: 4,
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(too_large)), 1);
+        let mismatch = ClientError::SizeMismatch {
+            expected: 100,
+            received: 9,
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(mismatch)), 4);
     }
 }

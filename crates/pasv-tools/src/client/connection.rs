@@ -14,6 +14,7 @@ use super::data::{Download, Upload};
 use super::listing::{parse_mlsd, MlsdEntry};
 use super::retry::Backoff;
 use super::{ClientError, FtpUrl, RetryPolicy};
+use crate::clock;
 
 /// How the data connection is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,8 +46,16 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Limit for each reply.
     pub reply_timeout: Duration,
+    /// Limit for the final reply to a command, counted from the start of the wait, across any
+    /// number of preliminary 1xx replies: a server that sends `120` every second forever
+    /// fails with [`ClientError::Timeout`] once it is reached.
+    pub final_reply_timeout: Duration,
     /// Limit for opening a data connection (connect in passive mode, accept in active mode).
     pub data_timeout: Duration,
+    /// Limit for each read and write on a data connection without progress; it starts again
+    /// with every byte moved. A passive data connection that the server never accepts, or
+    /// accepts and then leaves silent, ends the transfer with [`ClientError::Timeout`].
+    pub stall_timeout: Duration,
     /// SO_RCVBUF and SO_SNDBUF for data sockets; `None` (the default) leaves Linux's
     /// autotuning on, which a fixed size disables. Measured on loopback (one 64 MiB download
     /// from pasvd): autotuning 1.6 GiB/s, 256 KiB 1.55 GiB/s, 1 to 4 MiB 1.6 GiB/s.
@@ -64,7 +73,9 @@ impl Default for ClientConfig {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(30),
+            final_reply_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
             data_socket_buffer: None,
             binary: true,
         }
@@ -79,10 +90,20 @@ impl ClientConfig {
         ClientConfig {
             data_mode,
             retry: RetryPolicy::none(),
-            reply_timeout: timeout,
-            data_timeout: timeout,
+            ..ClientConfig::default().with_timeout(timeout)
+        }
+    }
+
+    /// One limit for the connect, each reply, the final reply after 1xx replies, opening a
+    /// data connection and each stall of a data connection (what `pasv --timeout` sets).
+    pub fn with_timeout(self, timeout: Duration) -> ClientConfig {
+        ClientConfig {
             connect_timeout: timeout,
-            ..ClientConfig::default()
+            reply_timeout: timeout,
+            final_reply_timeout: timeout,
+            data_timeout: timeout,
+            stall_timeout: timeout,
+            ..self
         }
     }
 }
@@ -161,11 +182,20 @@ impl Client {
     /// Connects to the URL's host, reads the greeting and logs in (anonymously when the URL
     /// names no user), retrying a 421 at either step within the retry policy.
     pub async fn open(url: &FtpUrl, config: ClientConfig) -> Result<Client, ClientError> {
+        let mut backoff = Backoff::new(config.retry);
+        Client::open_with(url, config, &mut backoff).await
+    }
+
+    /// [`Client::open`] within an operation's retry state.
+    pub(crate) async fn open_with(
+        url: &FtpUrl,
+        config: ClientConfig,
+        backoff: &mut Backoff,
+    ) -> Result<Client, ClientError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(url.authority()).await?.collect();
         if addrs.is_empty() {
             return Err(ClientError::NoAddress(url.host().to_owned()));
         }
-        let mut backoff = Backoff::new(config.retry);
         loop {
             let attempt = async {
                 let mut client = Client::connect_once(&addrs, config.clone()).await?;
@@ -356,7 +386,15 @@ impl Client {
 
     /// Reads the next reply, preliminary or not.
     pub async fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        let result = self.read_reply_inner().await;
+        self.read_reply_before(None).await
+    }
+
+    /// Reads the next reply within the reply timeout, and before `deadline` when given.
+    async fn read_reply_before(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Reply, ClientError> {
+        let result = self.read_reply_inner(deadline).await;
         match &result {
             Ok(reply) if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE => self.broken = true,
             Ok(_) | Err(ClientError::Malformed(_)) => {}
@@ -365,18 +403,23 @@ impl Client {
         result
     }
 
-    async fn read_reply_inner(&mut self) -> Result<Reply, ClientError> {
+    async fn read_reply_inner(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Reply, ClientError> {
+        let per_reply = clock::now() + self.config.reply_timeout;
+        let (until, what) = match deadline {
+            Some(d) if d < per_reply => (d, "the final reply"),
+            _ => (per_reply, "reply"),
+        };
         loop {
             if let Some(reply) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(reply);
             }
             self.rbuf.reserve(4096);
-            let read = tokio::time::timeout(
-                self.config.reply_timeout,
-                self.stream.read_buf(&mut self.rbuf),
-            )
-            .await
-            .map_err(|_| ClientError::Timeout("reply"))??;
+            let read = tokio::time::timeout_at(until, self.stream.read_buf(&mut self.rbuf))
+                .await
+                .map_err(|_| ClientError::Timeout(what))??;
             if read == 0 {
                 return match self.decoder.decode_eof(&mut self.rbuf)? {
                     Some(reply) => Ok(reply),
@@ -386,10 +429,12 @@ impl Client {
         }
     }
 
-    /// Reads replies until one is not preliminary (1xx).
+    /// Reads replies until one is not preliminary (1xx), within
+    /// [`ClientConfig::final_reply_timeout`] in all.
     pub async fn read_final_reply(&mut self) -> Result<Reply, ClientError> {
+        let deadline = clock::now() + self.config.final_reply_timeout;
         loop {
-            let reply = self.read_reply().await?;
+            let reply = self.read_reply_before(Some(deadline)).await?;
             if reply.code().class() != ReplyClass::PositivePreliminary {
                 return Ok(reply);
             }
@@ -510,8 +555,8 @@ impl Client {
         &mut self,
         command: &Command,
         offset: Option<u64>,
+        backoff: &mut Backoff,
     ) -> Result<(TcpStream, Option<Reply>), ClientError> {
-        let mut backoff = Backoff::new(self.config.retry);
         loop {
             match self.try_start_transfer(command, offset).await {
                 Ok(started) => return Ok(started),
@@ -573,9 +618,20 @@ impl Client {
         path: impl AsRef<[u8]>,
         offset: u64,
     ) -> Result<Download<'_>, ClientError> {
+        let mut backoff = Backoff::new(self.config.retry);
+        self.retrieve_with(path, offset, &mut backoff).await
+    }
+
+    /// [`Client::retrieve`] within an operation's retry state.
+    pub(crate) async fn retrieve_with(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        offset: u64,
+        backoff: &mut Backoff,
+    ) -> Result<Download<'_>, ClientError> {
         let command = Command::Retr(argument(path)?);
         let (stream, early) = self
-            .start_transfer(&command, (offset > 0).then_some(offset))
+            .start_transfer(&command, (offset > 0).then_some(offset), backoff)
             .await?;
         Ok(Download::new(self, stream, early, "RETR"))
     }
@@ -592,7 +648,8 @@ impl Client {
             ListCommand::Nlst => (Command::Nlst(arg), "NLST"),
             ListCommand::Mlsd => (Command::Mlsd(arg), "MLSD"),
         };
-        let (stream, early) = self.start_transfer(&command, None).await?;
+        let mut backoff = Backoff::new(self.config.retry);
+        let (stream, early) = self.start_transfer(&command, None, &mut backoff).await?;
         Ok(Download::new(self, stream, early, verb))
     }
 
@@ -652,18 +709,35 @@ impl Client {
         path: impl AsRef<[u8]>,
         offset: u64,
     ) -> Result<Upload<'_>, ClientError> {
-        let command = Command::Stor(argument(path)?);
-        let (stream, early) = self
-            .start_transfer(&command, (offset > 0).then_some(offset))
-            .await?;
-        Ok(Upload::new(self, stream, early, "STOR"))
+        let mut backoff = Backoff::new(self.config.retry);
+        self.store_with(path, offset, false, &mut backoff).await
     }
 
     /// Starts an upload appended to `path` (APPE), the way curl resumes.
     pub async fn append(&mut self, path: impl AsRef<[u8]>) -> Result<Upload<'_>, ClientError> {
-        let command = Command::Appe(argument(path)?);
-        let (stream, early) = self.start_transfer(&command, None).await?;
-        Ok(Upload::new(self, stream, early, "APPE"))
+        let mut backoff = Backoff::new(self.config.retry);
+        self.store_with(path, 0, true, &mut backoff).await
+    }
+
+    /// STOR (REST + STOR from a non-zero `offset`) or APPE, within an operation's retry state.
+    pub(crate) async fn store_with(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        offset: u64,
+        append: bool,
+        backoff: &mut Backoff,
+    ) -> Result<Upload<'_>, ClientError> {
+        let (command, verb, rest) = if append {
+            (Command::Appe(argument(path)?), "APPE", None)
+        } else {
+            (
+                Command::Stor(argument(path)?),
+                "STOR",
+                (offset > 0).then_some(offset),
+            )
+        };
+        let (stream, early) = self.start_transfer(&command, rest, backoff).await?;
+        Ok(Upload::new(self, stream, early, verb))
     }
 
     /// DELE.

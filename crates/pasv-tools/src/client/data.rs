@@ -1,14 +1,19 @@
 //! Data connections as async streams.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pasv_protocol::{Command, Reply};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
+use super::error::Stalled;
 use super::{Client, ClientError};
+use crate::clock;
 
 /// An open download (RETR, LIST, NLST, MLSD): read the data, then call [`Download::finish`].
 ///
@@ -33,6 +38,56 @@ struct Transfer<'a> {
     verb: &'static str,
     bytes: u64,
     done: bool,
+    stall: Stall,
+}
+
+/// The stall timeout of a data connection: each read or write that waits starts it, and
+/// every byte moved starts it again.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// The last poll returned `Pending`: the timer runs for the operation in progress.
+    waiting: bool,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: Box::pin(tokio::time::sleep_until(clock::now() + limit)),
+            waiting: false,
+        }
+    }
+
+    /// Wraps one poll of a data read or write: a wait longer than the limit since the
+    /// operation started (or last moved bytes) becomes a `TimedOut` error.
+    fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !self.waiting {
+            // A new operation: the time the caller spent between operations is not a stall.
+            self.timer.as_mut().reset(clock::now() + self.limit);
+        }
+        match poll(cx) {
+            Poll::Ready(result) => {
+                self.waiting = false;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                self.waiting = true;
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.waiting = false;
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, Stalled)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 impl<'a> Transfer<'a> {
@@ -42,6 +97,7 @@ impl<'a> Transfer<'a> {
         early_final: Option<Reply>,
         verb: &'static str,
     ) -> Transfer<'a> {
+        let stall = Stall::new(client.config().stall_timeout);
         Transfer {
             client,
             data: Some(data),
@@ -49,6 +105,7 @@ impl<'a> Transfer<'a> {
             verb,
             bytes: 0,
             done: false,
+            stall,
         }
     }
 
@@ -138,7 +195,7 @@ impl AsyncRead for Download<'_> {
             return Poll::Ready(Ok(()));
         };
         let before = buf.filled().len();
-        let poll = Pin::new(data).poll_read(cx, buf);
+        let poll = this.stall.poll(cx, |cx| Pin::new(data).poll_read(cx, buf));
         this.bytes += (buf.filled().len() - before) as u64;
         poll
     }
@@ -183,7 +240,7 @@ impl AsyncWrite for Upload<'_> {
         let Some(data) = this.data.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
-        let poll = Pin::new(data).poll_write(cx, buf);
+        let poll = this.stall.poll(cx, |cx| Pin::new(data).poll_write(cx, buf));
         if let Poll::Ready(Ok(n)) = poll {
             this.bytes += n as u64;
         }
@@ -191,15 +248,17 @@ impl AsyncWrite for Upload<'_> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().0.data.as_mut() {
-            Some(data) => Pin::new(data).poll_flush(cx),
+        let this = &mut self.get_mut().0;
+        match this.data.as_mut() {
+            Some(data) => this.stall.poll(cx, |cx| Pin::new(data).poll_flush(cx)),
             None => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().0.data.as_mut() {
-            Some(data) => Pin::new(data).poll_shutdown(cx),
+        let this = &mut self.get_mut().0;
+        match this.data.as_mut() {
+            Some(data) => this.stall.poll(cx, |cx| Pin::new(data).poll_shutdown(cx)),
             None => Poll::Ready(Ok(())),
         }
     }

@@ -105,7 +105,8 @@ pub struct LoadConfig {
     pub url: FtpUrl,
     /// Concurrent sessions (K).
     pub sessions: usize,
-    /// How long to run; transfers in flight at the end are completed.
+    /// How long to run. A transfer or login in flight at the end gets at most `timeout` more
+    /// to complete; one still running then is cut and counted as a `timeout` error.
     pub duration: Duration,
     /// Stop after this many transfer attempts in all sessions.
     pub max_transfers: Option<u64>,
@@ -123,7 +124,8 @@ pub struct LoadConfig {
     pub expect_range: Option<(u16, u16)>,
     /// PASV (default, like ftpload.py), EPSV or the client's automatic choice.
     pub data_mode: DataMode,
-    /// Limit for each reply and data connection.
+    /// Limit for the connect, each reply, opening a data connection and each stall of one
+    /// ([`ClientConfig::with_timeout`]), and the grace a transfer in flight at the end gets.
     pub timeout: Duration,
     /// SO_RCVBUF/SO_SNDBUF for data sockets (`None`: kernel autotuning).
     pub socket_buffer: Option<u32>,
@@ -377,22 +379,30 @@ async fn run_session(
     let mut stored = false;
     let mut client: Option<Client> = None;
     let mut login_backoff = Duration::from_millis(10);
+    // Nothing in flight at the end of the run outlives it by more than the timeout.
+    let cut = deadline + config.timeout;
+    let cut_off = || ClientError::Timeout("the end of the run");
     while clock::now() < deadline {
         let mut c = match client.take() {
             Some(c) => c,
-            None => match Client::open(&config.url, client_config.clone()).await {
-                Ok(c) => {
-                    login_backoff = Duration::from_millis(10);
-                    c
+            None => {
+                match tokio::time::timeout_at(cut, Client::open(&config.url, client_config.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(cut_off()))
+                {
+                    Ok(c) => {
+                        login_backoff = Duration::from_millis(10);
+                        c
+                    }
+                    Err(e) => {
+                        stats.error(format!("login_{}", e.kind()), format!("login: {e}"));
+                        // A server refusing logins must not be hammered in a tight loop.
+                        tokio::time::sleep_until(deadline.min(clock::now() + login_backoff)).await;
+                        login_backoff = (login_backoff * 2).min(Duration::from_millis(500));
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    stats.error(format!("login_{}", e.kind()), format!("login: {e}"));
-                    // A server refusing logins must not be hammered in a tight loop.
-                    tokio::time::sleep_until(deadline.min(clock::now() + login_backoff)).await;
-                    login_backoff = (login_backoff * 2).min(Duration::from_millis(500));
-                    continue;
-                }
-            },
+            }
         };
         if let Some(max) = config.max_transfers {
             if attempts.fetch_add(1, Ordering::Relaxed) >= max {
@@ -402,10 +412,16 @@ async fn run_session(
         }
         let op = config.mix.pick(&mut rng);
         let t0 = clock::now();
-        let result = match op {
-            Op::Retr => retr(&mut c, config.url.path(), &mut buf).await,
-            Op::Stor => stor(&mut c, stor_path.as_bytes(), config.size, &mut buf).await,
-            Op::List => list(&mut c, &list_dir, &mut buf).await,
+        let transfer = async {
+            match op {
+                Op::Retr => retr(&mut c, config.url.path(), &mut buf).await,
+                Op::Stor => stor(&mut c, stor_path.as_bytes(), config.size, &mut buf).await,
+                Op::List => list(&mut c, &list_dir, &mut buf).await,
+            }
+        };
+        let (result, cut_short) = match tokio::time::timeout_at(cut, transfer).await {
+            Ok(result) => (result, false),
+            Err(_) => (Err(cut_off()), true),
         };
         let latency = clock::now().saturating_duration_since(t0);
         if let Some(addr) = c.take_last_data_addr() {
@@ -444,6 +460,10 @@ async fn run_session(
         }
         if result_failed && !c.is_broken() {
             c.check_connection();
+        }
+        if cut_short {
+            // The session is mid-transfer and the run is over: drop it without QUIT.
+            break;
         }
         if c.is_broken() {
             stats.sessions_lost += 1;

@@ -24,6 +24,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`Client::download_to`] and [`Client::upload_from`] move whole files: they resume a
+//! transfer cut short and retry refusals within one [`RetryPolicy`] for the whole operation.
+//! Every wait has a limit ([`ClientConfig`]): each reply, the final reply after any number of
+//! 1xx replies, opening a data connection, and each stall of a data connection.
+//!
 //! Errors keep the server's reply: [`ClientError::code`] gives the code,
 //! [`ClientError::is_transient`] and [`ClientError::is_permanent`] its class.
 //!
@@ -34,18 +39,22 @@ mod connection;
 mod data;
 pub mod decode;
 mod error;
+mod escape;
 mod listing;
 pub mod load;
 pub mod plan;
 pub mod probe;
 mod retry;
+mod transfer;
 mod url;
 
 pub use connection::{Client, ClientConfig, DataMode, ListCommand, MAX_LISTING};
 pub use data::{Download, Upload};
 pub use error::ClientError;
+pub use escape::{escape_bytes, escape_text};
 pub use listing::{parse_mlsd, EntryKind, MlsdEntry};
 pub use retry::RetryPolicy;
+pub use transfer::{DownloadOptions, DownloadReport, UploadOptions, UploadReport};
 pub use url::{
     percent_decode, percent_encode, FtpUrl, UrlError, ANONYMOUS_PASSWORD, ANONYMOUS_USER,
     DEFAULT_PORT,

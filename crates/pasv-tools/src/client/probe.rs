@@ -40,7 +40,8 @@ pub struct ProbeConfig {
     pub push_sessions: usize,
     /// PASV (default), EPSV, or EPSV with fallback.
     pub data_mode: DataMode,
-    /// Limit for each reply and connection.
+    /// Limit for the connect, each reply, opening a data connection and each stall of one
+    /// ([`ClientConfig::with_timeout`]); every phase is bounded in count, so the probe ends.
     pub timeout: Duration,
     /// The quarantine assumed for the capacity estimates (Linux TIME_WAIT: 60 s).
     pub time_wait: Duration,

@@ -55,7 +55,9 @@ impl RetryPolicy {
     }
 }
 
-/// The state of one retried operation.
+/// The state of one retried operation: one attempt count and one budget for everything the
+/// operation retries (a 421 at login, a 425 or 426 while setting up a transfer, a transfer
+/// cut short and resumed), so that nested retries never multiply.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     policy: RetryPolicy,
@@ -73,9 +75,19 @@ impl Backoff {
     }
 
     /// Called with the error of a failed attempt: sleeps and returns `Ok` when another attempt
-    /// should be made, or returns the error to give up with.
+    /// should be made, or returns the error to give up with. Retries 421, 425 and 426.
     pub(crate) async fn retry(&mut self, error: ClientError) -> Result<(), ClientError> {
-        if !error.is_retryable() || self.policy.max_attempts <= 1 {
+        self.retry_if(error, false).await
+    }
+
+    /// [`Backoff::retry`], also retrying network errors when `network` is set (a transfer
+    /// cut short resumes while the control connection lives).
+    pub(crate) async fn retry_if(
+        &mut self,
+        error: ClientError,
+        network: bool,
+    ) -> Result<(), ClientError> {
+        if !error.can_retry(network) || self.policy.max_attempts <= 1 {
             return Err(error);
         }
         self.failed += 1;
@@ -86,20 +98,33 @@ impl Backoff {
         if self.failed >= self.policy.max_attempts {
             return Err(exhausted(self.failed, error));
         }
+        let elapsed = clock::now().saturating_duration_since(self.started);
+        let left = self.policy.budget.saturating_sub(elapsed);
         // The hint comes from the server: no arithmetic on it may overflow (a hostile
         // `retry after 1e30s` simply exceeds the budget).
         let scaled = |d: Duration, factor: f64| {
             Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
         };
         let delay = match error.retry_after() {
-            Some(hint) => hint.saturating_add(scaled(hint, rand::thread_rng().gen_range(0.0..0.1))),
+            Some(hint) if hint > left => {
+                return Err(ClientError::HintBeyondBudget {
+                    attempts: self.failed,
+                    hint,
+                    left,
+                    last: Box::new(error),
+                });
+            }
+            // Up to 10% more, so that sessions refused together do not come back together,
+            // but never past the budget.
+            Some(hint) => hint
+                .saturating_add(scaled(hint, rand::thread_rng().gen_range(0.0..0.1)))
+                .min(left),
             None => scaled(
                 self.policy.backoff(self.failed),
                 rand::thread_rng().gen_range(0.5..=1.0),
             ),
         };
-        let elapsed = clock::now().saturating_duration_since(self.started);
-        if elapsed.saturating_add(delay) > self.policy.budget {
+        if delay > left {
             return Err(exhausted(self.failed, error));
         }
         tracing::debug!(?delay, attempt = self.failed, %error, "retrying");
@@ -167,5 +192,57 @@ mod tests {
         let permanent = ClientError::from_reply("RETR", pasv_protocol::Reply::new(code, "no"));
         let err = backoff.retry(permanent).await.unwrap_err();
         assert!(err.is_permanent() && !err.is_exhausted());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_budget_and_one_count_for_the_whole_operation() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            budget: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let cut = |text: &str| {
+            let code = pasv_protocol::ReplyCode::new(426).unwrap();
+            ClientError::from_reply("RETR", pasv_protocol::Reply::new(code, text))
+        };
+        // A 20 s hint with 5 s of budget: given up at once, saying why.
+        let mut backoff = Backoff::new(policy);
+        let started = clock::now();
+        let err = backoff
+            .retry_if(cut("aborted (retry after 20s)"), true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::HintBeyondBudget { hint, .. } if hint == Duration::from_secs(20)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("beyond"), "{err}");
+        assert_eq!(clock::now(), started);
+        // An error that ended retries is never retried again by an outer loop.
+        assert!(backoff
+            .retry_if(err, true)
+            .await
+            .unwrap_err()
+            .is_exhausted());
+        assert_eq!(clock::now(), started);
+
+        // Network errors are retried only when asked, and count like replies: five attempts
+        // in all, the fifth failure ends it.
+        let mut backoff = Backoff::new(policy);
+        let reset = || ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(!backoff.retry(reset()).await.unwrap_err().is_exhausted());
+        for _ in 0..2 {
+            backoff.retry_if(reset(), true).await.unwrap();
+            backoff
+                .retry(cut("aborted (retry after 0.1s)"))
+                .await
+                .unwrap();
+        }
+        let err = backoff.retry_if(reset(), true).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::RetriesExhausted { attempts: 5, .. }),
+            "{err}"
+        );
+        assert!(err.is_network());
     }
 }
