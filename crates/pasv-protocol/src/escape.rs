@@ -18,12 +18,32 @@ use std::fmt;
 /// assert_eq!(Escaped::new(name).to_string(), r"a\x1b[31m\x07b\\ \xffcé");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Escaped<'a>(&'a [u8]);
+pub struct Escaped<'a> {
+    bytes: &'a [u8],
+    /// LF written as a line break, for multi-line text shown on a terminal.
+    lines: bool,
+}
 
 impl<'a> Escaped<'a> {
     /// Wraps `bytes` for display.
     pub fn new(bytes: &'a [u8]) -> Escaped<'a> {
-        Escaped(bytes)
+        Escaped {
+            bytes,
+            lines: false,
+        }
+    }
+
+    /// The same, but each LF stays a line break (a multi-line reply shown to a person);
+    /// everything else is escaped as with [`Escaped::new`].
+    ///
+    /// ```
+    /// use pasv_protocol::Escaped;
+    ///
+    /// let text = Escaped::lines(b"220-hi\x1b]0;x\x07\r\n220 end").to_string();
+    /// assert_eq!(text, "220-hi\\x1b]0;x\\x07\\r\n220 end");
+    /// ```
+    pub fn lines(bytes: &'a [u8]) -> Escaped<'a> {
+        Escaped { bytes, lines: true }
     }
 }
 
@@ -59,11 +79,11 @@ fn write_escape(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
+        for chunk in self.bytes.utf8_chunks() {
             let valid = chunk.valid();
             let mut plain = 0;
             for (at, c) in valid.char_indices() {
-                if needs_escape(c) {
+                if needs_escape(c) && !(self.lines && c == '\n') {
                     f.write_str(&valid[plain..at])?;
                     write_escape(f, c)?;
                     plain = at + c.len_utf8();
