@@ -1197,12 +1197,17 @@ async fn clients_that_never_read_are_closed_and_free_their_slots() {
     let dir = many_files(2_000);
     let server = start(dir.path(), 4, |c| {
         c.max_clients = HOSTILE;
-        c.idle_timeout = Duration::from_secs(2);
+        c.idle_timeout = Duration::from_secs(3);
     })
     .await;
-    let mut writers = Vec::new();
+    let mut hostile = Vec::new();
     for _ in 0..HOSTILE {
-        let mut control = Ftp::login(server.addr).await.into_stream();
+        hostile.push(Ftp::login(server.addr).await.into_stream());
+    }
+    let (_, refused) = Ftp::connect(server.addr).await;
+    assert_eq!(refused.code().get(), 421, "slots are full: {refused}");
+    let mut writers = Vec::new();
+    for mut control in hostile {
         writers.push(tokio::spawn(async move {
             let chunk = "STAT /\r\n".repeat(1024);
             // At most 64 MiB: far more than the socket buffers of both ends take.
@@ -1214,8 +1219,6 @@ async fn clients_that_never_read_are_closed_and_free_their_slots() {
             Ok(())
         }));
     }
-    let (_, refused) = Ftp::connect(server.addr).await;
-    assert_eq!(refused.code().get(), 421, "slots are full: {refused}");
     for writer in writers {
         let ended = tokio::time::timeout(WAIT, writer)
             .await

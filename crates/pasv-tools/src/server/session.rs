@@ -398,6 +398,10 @@ impl Session {
                 _ => None,
             };
             let has_transfer = self.transfer.is_some();
+            // Halves only to wait for room while reading: `read_buf` on the read half, as on
+            // the stream, takes a short read as the end of the input (no extra read to find
+            // the socket empty).
+            let (mut reader, writer) = stream.split();
             tokio::select! {
                 // Fixed order: a finished transfer is handled before the next command, which
                 // may need it.
@@ -411,13 +415,10 @@ impl Session {
                     self.accept_timeout();
                 }
                 // The next turn writes; this only waits for room.
-                writable = stream.writable(), if replies_wait => writable?,
-                readable = stream.readable(), if can_read => {
+                writable = writer.as_ref().writable(), if replies_wait => writable?,
+                read = reader.read_buf(&mut input), if can_read => {
                     self.shared.busy_poll.touch();
-                    let read = readable.and_then(|()| stream.try_read_buf(&mut input));
                     let read = match read {
-                        // Readiness was stale; the next turn waits again.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Ok(n) if n > 0 && read_past_urgent_mark(stream, &mut input) => Ok(0),
                         other => other,
                     };
