@@ -1096,3 +1096,248 @@ async fn type_a_conversion_spans_buffer_boundaries() {
     assert!(ftp.retr("big.txt").await == file);
     server.stop().await;
 }
+
+/// A directory of `n` empty files, `f00000` on.
+fn many_files(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        fs::File::create(dir.path().join(format!("f{i:05}"))).unwrap();
+    }
+    dir
+}
+
+/// The end of a STAT listing reply: its last line, which only that line starts with.
+const STAT_END: &[u8] = b"\r\n213 End of status";
+
+/// Reads a control connection until `replies` STAT listing replies are complete (these
+/// replies are larger than the test client's reply decoder takes). Returns the bytes.
+async fn read_stat_replies(stream: &mut tokio::net::TcpStream, replies: usize) -> Vec<u8> {
+    let mut input = Vec::new();
+    let mut seen = 0;
+    let mut scanned = 0;
+    let mut last_line_open = false;
+    let deadline = pasv_tools::clock::now() + WAIT;
+    while seen < replies {
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("{seen} of {replies} STAT replies in time"))
+            .expect("control read");
+        assert!(n > 0, "EOF after {seen} of {replies} STAT replies");
+        // Only the new bytes (and a marker that straddles them) need scanning, unless a last
+        // line was found without its end.
+        if !last_line_open {
+            scanned = scanned.max(input.len().saturating_sub(STAT_END.len()));
+        }
+        input.extend_from_slice(&chunk[..n]);
+        // A reply is complete once its last line is.
+        last_line_open = false;
+        while let Some(at) = input[scanned..]
+            .windows(STAT_END.len())
+            .position(|w| w == STAT_END)
+        {
+            let start = scanned + at + 2;
+            let Some(eol) = input[start..].windows(2).position(|w| w == b"\r\n") else {
+                scanned += at;
+                last_line_open = true;
+                break;
+            };
+            seen += 1;
+            scanned = start + eol + 2;
+        }
+    }
+    input
+}
+
+/// STAT of a huge directory lists at most STAT_MAX_ENTRIES entries on the control connection
+/// and its last line says how many it left out; LIST over a data connection has them all.
+#[tokio::test]
+async fn stat_of_a_huge_directory_is_capped_and_says_so() {
+    use pasv_tools::server::STAT_MAX_ENTRIES;
+    let total = STAT_MAX_ENTRIES + 50;
+    let dir = many_files(total);
+    let server = start(dir.path(), 4, |_| {}).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let names = ftp.listing("NLST").await;
+    assert_eq!(
+        names
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        total
+    );
+    let mut control = ftp.into_stream();
+    control.write_all(b"STAT /\r\n").await.unwrap();
+    let reply = read_stat_replies(&mut control, 1).await;
+    let lines: Vec<&[u8]> = reply
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines[0], b"213-Status follows:");
+    let entries = lines.iter().filter(|l| l.starts_with(b" -rw")).count();
+    assert_eq!(entries, STAT_MAX_ENTRIES);
+    let last =
+        format!("213 End of status: first {STAT_MAX_ENTRIES} of {total} entries; LIST shows all");
+    assert_eq!(String::from_utf8_lossy(lines[lines.len() - 1]), last);
+    server.stop().await;
+}
+
+/// A client that pipelines STATs of a huge directory and does not read the replies: the
+/// session stops decoding commands once MAX_PENDING_OUTPUT bytes of replies wait, so it holds
+/// that plus one (capped) reply at most, not every reply asked for (some 20 MB here).
+#[tokio::test]
+async fn pipelined_stats_that_are_not_read_hold_bounded_output() {
+    use pasv_tools::server::{MAX_PENDING_OUTPUT, STAT_MAX_BYTES};
+    const PIPELINED: usize = 32;
+    let dir = many_files(10_000);
+    let server = start(dir.path(), 4, |_| {}).await;
+    let mut control = Ftp::login(server.addr).await.into_stream();
+    control
+        .write_all("STAT /\r\n".repeat(PIPELINED).as_bytes())
+        .await
+        .unwrap();
+    // Every reply arrives once the client reads: held back, not lost.
+    let replies = read_stat_replies(&mut control, PIPELINED).await;
+    assert!(
+        replies.len() > 16 << 20,
+        "{} bytes of replies",
+        replies.len()
+    );
+    let peak = server.stats.peak_pending_output();
+    // One reply is the STAT text plus a CR a line.
+    let bound = MAX_PENDING_OUTPUT + STAT_MAX_BYTES + 64 * 1024;
+    assert!(
+        peak <= bound,
+        "a session held {peak} reply bytes (bound {bound})"
+    );
+    let mut ftp_tail = [0u8; 64];
+    control.write_all(b"NOOP\r\n").await.unwrap();
+    let n = tokio::time::timeout(WAIT, control.read(&mut ftp_tail))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ftp_tail[..n].starts_with(b"200 "), "{:?}", &ftp_tail[..n]);
+    server.stop().await;
+}
+
+/// Clients that pipeline commands and never read their replies fill `max_clients`: the server
+/// stops reading them (their sends block), ends each with a reset once its replies waited
+/// `idle_timeout` with no byte read, and a well-behaved client gets a slot.
+#[tokio::test]
+async fn clients_that_never_read_are_closed_and_free_their_slots() {
+    const HOSTILE: usize = 3;
+    let dir = many_files(2_000);
+    let server = start(dir.path(), 4, |c| {
+        c.max_clients = HOSTILE;
+        c.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        hostile.push(Ftp::login(server.addr).await.into_stream());
+    }
+    let (_, refused) = Ftp::connect(server.addr).await;
+    assert_eq!(refused.code().get(), 421, "slots are full: {refused}");
+    let mut writers = Vec::new();
+    for mut control in hostile {
+        writers.push(tokio::spawn(async move {
+            let chunk = "STAT /\r\n".repeat(1024);
+            // At most 64 MiB: far more than the socket buffers of both ends take.
+            for sent in 0..8192usize {
+                if let Err(e) = control.write_all(chunk.as_bytes()).await {
+                    return Err((sent * chunk.len(), e));
+                }
+            }
+            Ok(())
+        }));
+    }
+    for writer in writers {
+        let ended = tokio::time::timeout(WAIT, writer)
+            .await
+            .expect("the server ends a client that never reads")
+            .unwrap();
+        let (sent, e) = ended.expect_err("the server stopped reading commands");
+        assert!(sent < 64 << 20, "{sent}");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        );
+    }
+    // A slot is given back just after its socket is reset: a refusal can only happen in that
+    // instant, so a few immediate retries suffice.
+    for attempt in 0.. {
+        let (mut ftp, greeting) = Ftp::connect(server.addr).await;
+        if greeting.code().get() == 421 && attempt < 100 {
+            continue;
+        }
+        assert_eq!(greeting.code().get(), 220, "{greeting}");
+        ftp.expect("USER anonymous", 331).await;
+        ftp.expect("PASS guest@example.invalid", 230).await;
+        ftp.expect("NOOP", 200).await;
+        break;
+    }
+    server.stop().await;
+}
+
+/// Every data write has a stall timeout (`data_timeout`), and it is a stall timeout: a client
+/// that never reads a download gets 426 (sendfile and the TYPE A copy loop), one that reads
+/// slowly but steadily gets the whole file even when that takes longer than `data_timeout`.
+#[tokio::test]
+async fn data_writes_time_out_on_stalls_not_on_slow_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = pattern(12 << 20, 7);
+    fs::write(dir.path().join("big"), &body).unwrap();
+    let data_timeout = Duration::from_secs(1);
+    let server = start(dir.path(), 4, |c| {
+        c.data_timeout = data_timeout;
+        // One copy-loop write carries the whole TYPE A file.
+        c.buffer_size = 16 << 20;
+    })
+    .await;
+    let mut ftp = Ftp::login(server.addr).await;
+    for ty in ["TYPE I", "TYPE A"] {
+        ftp.expect(ty, 200).await;
+        let data = ftp.open_data(false).await;
+        ftp.expect("RETR big", 150).await;
+        let end = ftp.reply().await;
+        assert_eq!(end.code().get(), 426, "{ty}: {end}");
+        assert!(end.text().contains("stalled"), "{ty}: {end}");
+        drop(data);
+    }
+    // A slow reader: a small receive buffer, 256 KiB every 50 ms (about 5 MB/s).
+    ftp.expect("TYPE A", 200).await;
+    let addr = ftp.pasv().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(256 * 1024).unwrap();
+    let mut data = tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    ftp.expect("RETR big", 150).await;
+    let started = pasv_tools::clock::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        pace.tick().await;
+        let n = tokio::time::timeout(WAIT, data.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let took = pasv_tools::clock::now() - started;
+    let end = ftp.reply().await;
+    assert_eq!(end.code().get(), 226, "after {took:?}: {end}");
+    assert!(received == crlf_form(&body), "{} bytes", received.len());
+    // The premise: the download as a whole outlasted the stall timeout.
+    assert!(took > data_timeout * 2, "{took:?}");
+    server.stop().await;
+}

@@ -74,10 +74,11 @@ struct Cli {
     /// Maximum concurrent sessions per client address (0 = unlimited).
     #[arg(long, env = "PASVD_MAX_PER_IP")]
     max_per_ip: Option<usize>,
-    /// Idle control connection timeout in seconds.
+    /// Idle control connection timeout in seconds (no command read and no reply byte
+    /// written); also the control write timeout (replies left unread this long).
     #[arg(long, env = "PASVD_IDLE_TIMEOUT")]
     idle_timeout: Option<f64>,
-    /// Data connection stall timeout in seconds.
+    /// Data connection stall timeout in seconds (no byte moved on a read or write).
     #[arg(long, env = "PASVD_DATA_TIMEOUT")]
     data_timeout: Option<f64>,
     /// wu-ftpd format transfer log.

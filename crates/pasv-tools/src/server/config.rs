@@ -99,9 +99,13 @@ pub struct Config {
     pub max_clients: usize,
     /// Maximum concurrent sessions per client address (0 = unlimited).
     pub max_per_ip: usize,
-    /// Idle control connection timeout.
+    /// Idle control connection timeout: no command read and no reply byte written for this
+    /// long ends the session. Also the control write timeout: replies that wait this long
+    /// with no byte taken by the client end the session with a reset, even while it still
+    /// sends commands.
     pub idle_timeout: Duration,
-    /// Data connection stall timeout (no byte moved for this long).
+    /// Data connection stall timeout: a transfer whose reads or writes move no byte for this
+    /// long fails with 426 (the whole transfer may take longer).
     pub data_timeout: Duration,
     /// Optional wu-ftpd format transfer log.
     pub xferlog: Option<PathBuf>,

@@ -63,6 +63,23 @@
 //!   like vsftpd's default; the 150 reply then says BINARY.
 //! * **Control loop.** Commands keep being read during a transfer: ABOR gives 426 then 226,
 //!   STAT reports progress, QUIT waits for the transfer's reply; other commands queue.
+//! * **Pending replies.** Replies go out with one non-blocking write per loop turn; what the
+//!   socket does not take waits in the session. While more than [`MAX_PENDING_OUTPUT`] bytes
+//!   wait, the session decodes and reads no further command, so a client that pipelines
+//!   commands and never reads its replies holds at most that bound plus one reply (the largest
+//!   is a capped STAT listing, [`STAT_MAX_BYTES`]) and then its own sends block.
+//! * **Timeouts on both directions.** `idle_timeout` ends a control connection on which
+//!   nothing moved: no command arrived and no reply byte was taken (421 when it can still be
+//!   written). It is also the control write timeout: replies that wait with no byte taken for
+//!   `idle_timeout` end the session with a reset, whatever the client still sends, so a client
+//!   that never reads frees its `max_clients` slot like one that never writes.
+//!   `data_timeout` is the stall timeout of every data read and write (`sendfile`, the copy
+//!   loop, listings, the closing FIN): a transfer fails with 426 once no byte moved for that
+//!   long, however long the transfer as a whole takes.
+//! * **STAT of a directory** sends the listing on the control connection, capped at
+//!   [`STAT_MAX_ENTRIES`] entries and [`STAT_MAX_BYTES`] bytes; a capped reply says so in its
+//!   last line (`End of status: first N of M entries; LIST shows all`). LIST, NLST and MLSD
+//!   over a data connection have no cap.
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
 //! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
@@ -75,7 +92,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -155,6 +172,48 @@ pub enum ServerError {
     },
 }
 
+/// Reply bytes a session may hold unsent before it stops reading commands (256 KiB).
+///
+/// A client that reads its replies never comes near it: the control socket's send buffer
+/// takes them. One reply may take a session past it (a STAT listing, at most
+/// [`STAT_MAX_BYTES`]); no further command is decoded until the client has read enough.
+pub const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+
+/// Most directory entries a STAT reply lists on the control connection.
+pub const STAT_MAX_ENTRIES: usize = 10_000;
+
+/// Most bytes of listing a STAT reply carries on the control connection (1 MiB).
+pub const STAT_MAX_BYTES: usize = 1024 * 1024;
+
+/// Figures a running server keeps, readable from another task while it runs
+/// (see [`Server::stats`]).
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    peak_pending_output: AtomicUsize,
+}
+
+impl ServerStats {
+    /// The most reply bytes any session held unsent when its control socket could not take
+    /// them all (zero while every client reads its replies as fast as they come). Bounded by
+    /// [`MAX_PENDING_OUTPUT`] plus one reply.
+    pub fn peak_pending_output(&self) -> usize {
+        self.inner.peak_pending_output.load(Ordering::Relaxed)
+    }
+
+    /// Records replies left waiting by a write that did not take them all (a slow path: a
+    /// client that reads its replies never gets here).
+    pub(crate) fn note_pending_output(&self, bytes: usize) {
+        self.inner
+            .peak_pending_output
+            .fetch_max(bytes, Ordering::Relaxed);
+    }
+}
+
 /// State shared by all sessions.
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -165,6 +224,7 @@ pub(crate) struct Shared {
     pub(crate) xferlog: Option<xferlog::Xferlog>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) busy_poll: busy_poll::BusyPoll,
+    pub(crate) stats: ServerStats,
 }
 
 /// Session counts for `max_clients` and `max_per_ip`.
@@ -384,6 +444,7 @@ impl BoundServer {
                 users,
                 xferlog,
                 shutdown: CancellationToken::new(),
+                stats: ServerStats::default(),
             }),
         })
     }
@@ -402,6 +463,11 @@ impl Server {
     /// The control address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle on the figures the server keeps; it stays valid while and after it runs.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets sessions finish their

@@ -3,7 +3,11 @@
 //! The loop keeps reading the control connection while a transfer runs (in its own task), so
 //! ABOR, STAT, NOOP and QUIT are answered at once; other commands wait in a short queue until
 //! the transfer's final reply is out. Replies are encoded into one buffer and written with one
-//! call per loop turn.
+//! non-blocking call per loop turn; what the socket does not take waits for the next turn, and
+//! while more than [`MAX_PENDING_OUTPUT`] bytes wait no command is decoded or read (the
+//! client's own sends then block). `idle_timeout` bounds both directions: no command and no
+//! reply byte taken for that long ends the session, and so do replies that wait that long with
+//! no byte taken.
 
 use std::collections::VecDeque;
 use std::io::{self, Seek, SeekFrom};
@@ -12,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use pasv_pool::{AddrFilter, Closer};
 use pasv_protocol::{
@@ -31,7 +35,7 @@ use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, FsError, Kind, Vfs};
 use super::xferlog;
-use super::Shared;
+use super::{Shared, MAX_PENDING_OUTPUT, STAT_MAX_BYTES, STAT_MAX_ENTRIES};
 use crate::clock;
 
 /// Commands held while a transfer runs; beyond this the session stops reading.
@@ -213,6 +217,38 @@ fn sanitize(text: &[u8], out: &mut BytesMut) {
     }
 }
 
+/// The text of a STAT reply for a rendered listing: one entry a line, capped at
+/// [`STAT_MAX_ENTRIES`] entries and [`STAT_MAX_BYTES`] bytes of them (a control-connection
+/// reply is held whole in the session, and pipelined STATs of a huge directory must not
+/// multiply that); the last line says when entries were left out.
+fn stat_listing(body: &[u8]) -> Vec<u8> {
+    let mut text = b"Status follows:\n".to_vec();
+    let (mut shown, mut total) = (0usize, 0usize);
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        total += 1;
+        if shown == total - 1
+            && shown < STAT_MAX_ENTRIES
+            && text.len() + line.len() + 2 <= STAT_MAX_BYTES
+        {
+            text.push(b' ');
+            text.extend_from_slice(line);
+            text.push(b'\n');
+            shown += 1;
+        }
+    }
+    if shown < total {
+        let last = format!("End of status: first {shown} of {total} entries; LIST shows all");
+        text.extend_from_slice(last.as_bytes());
+    } else {
+        text.extend_from_slice(b"End of status");
+    }
+    text
+}
+
 /// Doubles `"` in a pathname for a 257 reply (RFC 959 appendix II).
 fn quote_path(path: &[u8]) -> Vec<u8> {
     let mut q = Vec::with_capacity(path.len() + 2);
@@ -251,12 +287,23 @@ impl Session {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        if !self.out.is_empty() {
-            stream.write_all(&self.out).await?;
-            self.out.clear();
+    /// Writes what the socket takes of the waiting replies, without waiting: one call, which
+    /// takes everything when the client reads its replies. The rest stays in `out` for a later
+    /// turn. Returns the bytes written.
+    fn write_out(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        match stream.try_write(&self.out) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n == self.out.len() => {
+                self.out.clear();
+                Ok(n)
+            }
+            Ok(n) => {
+                self.out.advance(n);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     async fn run(&mut self, stream: &mut TcpStream) -> io::Result<()> {
@@ -270,10 +317,20 @@ impl Session {
         let idle_timer = tokio::time::sleep_until(last_activity + idle);
         tokio::pin!(idle_timer);
         let mut read_closed = false;
+        // Since when replies have waited for a socket that took none of their bytes; `None`
+        // while nothing waits (the fast path never reads the clock for it).
+        let mut write_stalled_since: Option<tokio::time::Instant> = None;
         loop {
             // Everything already buffered first: a pipelining client gets all its replies in
             // one write.
+            let mut held_back = false;
             while !self.done {
+                if self.out.len() > MAX_PENDING_OUTPUT {
+                    // The client is not reading its replies: decode nothing more (and, below,
+                    // read nothing more) until it has.
+                    held_back = true;
+                    break;
+                }
                 if self.transfer.is_none() {
                     if let Some(cmd) = self.queued.pop_front() {
                         self.handle(cmd).await;
@@ -303,12 +360,34 @@ impl Session {
                 self.reply(code, text.as_bytes());
                 self.done = true;
             }
-            self.flush(stream).await?;
-            if self.done {
+            if !self.out.is_empty() {
+                let waiting = self.out.len();
+                let written = self.write_out(stream)?;
+                if !self.out.is_empty() {
+                    self.shared.stats.note_pending_output(waiting);
+                    if written > 0 || write_stalled_since.is_none() {
+                        write_stalled_since = Some(clock::now());
+                    }
+                }
+            }
+            if self.out.is_empty() && write_stalled_since.take().is_some() {
+                // The client read its backlog: that is activity too.
+                last_activity = clock::now();
+            }
+            if self.done && self.out.is_empty() {
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
-            let can_read = !read_closed && input.len() < MAX_INPUT;
+            if held_back && self.out.len() <= MAX_PENDING_OUTPUT {
+                // Room again, and commands already read wait in `input`: no event would wake
+                // the select for them.
+                continue;
+            }
+            let can_read = !read_closed
+                && !self.done
+                && input.len() < MAX_INPUT
+                && self.out.len() <= MAX_PENDING_OUTPUT;
+            let replies_wait = !self.out.is_empty();
             // An idle passive endpoint is not watched: the client's connection waits in the
             // backlog until the transfer command takes it (see `Passive::accept`). Only the
             // accept timeout needs a timer.
@@ -317,6 +396,10 @@ impl Session {
                 _ => None,
             };
             let has_transfer = self.transfer.is_some();
+            // Halves only to wait for room while reading: `read_buf` on the read half, as on
+            // the stream, takes a short read as the end of the input (no extra read to find
+            // the socket empty).
+            let (mut reader, writer) = stream.split();
             tokio::select! {
                 // Fixed order: a finished transfer is handled before the next command, which
                 // may need it.
@@ -330,7 +413,9 @@ impl Session {
                 () = sleep_until_some(accept_deadline), if accept_deadline.is_some() => {
                     self.accept_timeout();
                 }
-                read = stream.read_buf(&mut input), if can_read => {
+                // The next turn writes; this only waits for room.
+                writable = writer.as_ref().writable(), if replies_wait => writable?,
+                read = reader.read_buf(&mut input), if can_read => {
                     self.shared.busy_poll.touch();
                     let read = match read {
                         Ok(n) if n > 0 && read_past_urgent_mark(stream, &mut input) => Ok(0),
@@ -347,7 +432,12 @@ impl Session {
                                 }
                             }
                             if self.transfer.is_none() {
-                                return Ok(());
+                                if self.out.is_empty() {
+                                    return Ok(());
+                                }
+                                // A client that half-closed may still read what it asked for.
+                                self.done = true;
+                                continue;
                             }
                             self.closing = true;
                             self.close_reply = Some((421, "Control connection closed."));
@@ -356,12 +446,25 @@ impl Session {
                     }
                 }
                 () = &mut idle_timer, if !has_transfer => {
-                    let due = last_activity + idle;
-                    if clock::now() >= due {
+                    // Replies that wait with no byte taken set the deadline on their own: the
+                    // commands a client keeps sending do not keep it alive if it never reads.
+                    let due = match write_stalled_since {
+                        Some(since) => since + idle,
+                        None => last_activity + idle,
+                    };
+                    if clock::now() < due {
+                        idle_timer.as_mut().reset(due);
+                    } else if self.out.is_empty() {
                         self.reply(421, b"Timeout.");
                         self.done = true;
                     } else {
-                        idle_timer.as_mut().reset(due);
+                        // Nothing more can reach this client: a reset frees the socket and
+                        // its unsent replies at once instead of leaving them to the kernel's
+                        // orphan retries.
+                        let socket = socket2::SockRef::from(&*stream);
+                        let _ = socket.set_linger(Some(Duration::ZERO));
+                        let text = format!("{} reply bytes left unread", self.out.len());
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, text));
                     }
                 }
                 () = shutdown.cancelled(), if !self.closing => {
@@ -768,19 +871,7 @@ impl Session {
                 };
                 let format = Format::List { all: args.all };
                 match render_blocking(vfs, path, format).await {
-                    Ok(body) => {
-                        let mut text = b"Status follows:\n".to_vec();
-                        for line in body.split(|&b| b == b'\n') {
-                            let line = line.strip_suffix(b"\r").unwrap_or(line);
-                            if !line.is_empty() {
-                                text.push(b' ');
-                                text.extend_from_slice(line);
-                                text.push(b'\n');
-                            }
-                        }
-                        text.extend_from_slice(b"End of status");
-                        self.multi(213, text);
-                    }
+                    Ok(body) => self.multi(213, stat_listing(&body)),
                     Err(e) => self.fs_error(&e),
                 }
             }
@@ -1478,6 +1569,47 @@ mod tests {
     #[test]
     fn pathnames_are_quoted_by_doubling() {
         assert_eq!(quote_path(b"/a\"b"), b"\"/a\"\"b\"");
+    }
+
+    #[test]
+    fn stat_listings_are_capped_and_say_so() {
+        let short = stat_listing(b"a\r\nb\r\n");
+        assert_eq!(short, b"Status follows:\n a\n b\nEnd of status");
+        let mut body = Vec::new();
+        for i in 0..STAT_MAX_ENTRIES + 5 {
+            body.extend_from_slice(format!("entry {i}\r\n").as_bytes());
+        }
+        let capped = stat_listing(&body);
+        assert_eq!(
+            capped
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b" entry"))
+                .count(),
+            STAT_MAX_ENTRIES
+        );
+        let last = format!(
+            "End of status: first {STAT_MAX_ENTRIES} of {} entries; LIST shows all",
+            STAT_MAX_ENTRIES + 5
+        );
+        assert!(capped.ends_with(last.as_bytes()));
+        // Long lines: the byte cap comes first, and no later (shorter) line slips in.
+        let long = vec![b'x'; 4000];
+        let mut body = Vec::new();
+        for _ in 0..1000 {
+            body.extend_from_slice(&long);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"y\r\n");
+        let capped = stat_listing(&body);
+        assert!(capped.len() <= STAT_MAX_BYTES + 100, "{}", capped.len());
+        assert!(!capped.windows(3).any(|w| w == b" y\n"));
+        let shown = (STAT_MAX_BYTES - 16) / 4002;
+        let last = format!("End of status: first {shown} of 1001 entries; LIST shows all");
+        assert!(
+            capped.ends_with(last.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&capped[capped.len() - 80..])
+        );
     }
 
     #[test]

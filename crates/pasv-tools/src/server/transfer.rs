@@ -366,12 +366,24 @@ async fn send_file(
 }
 
 /// Writes all of `bytes`, or fails once no byte moved for `stall`.
-async fn write_within(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> Result<(), Ending> {
-    match tokio::time::timeout(stall, stream.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ending::Network(e)),
-        Err(_) => Err(stalled()),
+///
+/// The timeout is per write call, not for the whole buffer: a listing of many megabytes to a
+/// slow client that keeps reading may take longer than `stall` in all. A call that the
+/// socket takes at once never arms the timer.
+async fn write_within(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    stall: Duration,
+) -> Result<(), Ending> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, stream.write(bytes)).await {
+            Ok(Ok(0)) => return Err(Ending::Network(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Err(e)) => return Err(Ending::Network(e)),
+            Err(_) => return Err(stalled()),
+        }
     }
+    Ok(())
 }
 
 /// Sends a file through the copy buffer: TYPE A (converting line ends with `encoder`) and

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pasv_protocol::{Reply, ReplyDecoder};
-use pasv_tools::server::{Config, Server, ServerError};
+use pasv_tools::server::{Config, Server, ServerError, ServerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -36,6 +36,7 @@ pub fn port_block(len: u16) -> (u16, u16) {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub ports: (u16, u16),
+    pub stats: ServerStats,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -50,6 +51,7 @@ impl TestServer {
         let ports = (config.pasv_min_port, config.pasv_max_port);
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
+        let stats = server.stats();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -62,6 +64,7 @@ impl TestServer {
         Ok(TestServer {
             addr,
             ports,
+            stats,
             stop: Some(tx),
             task: Some(task),
         })
@@ -263,6 +266,12 @@ impl Ftp {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().expect("local addr")
+    }
+
+    /// The control connection itself, for a test that drives it by hand (replies already
+    /// read are gone).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 }
 
