@@ -130,9 +130,15 @@ fn mode_string(meta: &Meta, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends one `ls -l` line (CRLF-terminated) for `name`. A symlink's target is never shown
-/// (see the `vfs` module for what a listing reveals of links).
-pub(crate) fn ls_line(name: &[u8], meta: &Meta, now: i64, out: &mut Vec<u8>) {
+/// Appends one `ls -l` line (CRLF-terminated) for `name`, with ` -> target` for a link whose
+/// target the `vfs` module found beneath the root.
+pub(crate) fn ls_line(
+    name: &[u8],
+    meta: &Meta,
+    target: Option<&[u8]>,
+    now: i64,
+    out: &mut Vec<u8>,
+) {
     use std::io::Write;
     mode_string(meta, out);
     let mtime = meta.mtime;
@@ -151,6 +157,10 @@ pub(crate) fn ls_line(name: &[u8], meta: &Meta, now: i64, out: &mut Vec<u8>) {
         let _ = write!(out, " {:>4} ", c.year);
     }
     out.extend_from_slice(name);
+    if let Some(target) = target {
+        out.extend_from_slice(b" -> ");
+        out.extend_from_slice(target);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -162,7 +172,7 @@ pub(crate) fn mlsx_facts(meta: &Meta, writable: bool, kind: Option<&str>, out: &
     let ty = kind.unwrap_or(match meta.kind {
         Kind::Dir => "dir",
         Kind::File => "file",
-        Kind::Symlink => "OS.unix=slink",
+        Kind::Symlink => "OS.unix=slink:",
         Kind::Other => "OS.unix=other",
     });
     let perm = match (is_dir, writable) {
@@ -233,7 +243,7 @@ pub(crate) fn render(vfs: &Vfs, virt: &[u8], format: Format, now: i64) -> Result
     let mut out = Vec::new();
     let Some(mut entries) = entries else {
         let name = virt.rsplit(|&b| b == b'/').next().unwrap_or(virt);
-        entry(&mut out, name, &meta, format, now);
+        entry(&mut out, name, &meta, None, format, now);
         return Ok(out);
     };
     if matches!(format, Format::List { all: false } | Format::Nlst) {
@@ -245,20 +255,37 @@ pub(crate) fn render(vfs: &Vfs, virt: &[u8], format: Format, now: i64) -> Result
         out.extend_from_slice(b" .\r\n");
     }
     for e in &entries {
-        entry(&mut out, &e.name, &e.meta, format, now);
+        entry(&mut out, &e.name, &e.meta, e.target.as_deref(), format, now);
     }
     Ok(out)
 }
 
-fn entry(out: &mut Vec<u8>, name: &[u8], meta: &Meta, format: Format, now: i64) {
+fn entry(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    meta: &Meta,
+    target: Option<&[u8]>,
+    format: Format,
+    now: i64,
+) {
     match format {
-        Format::List { .. } => ls_line(name, meta, now, out),
+        Format::List { .. } => ls_line(name, meta, target, now, out),
         Format::Nlst => {
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");
         }
         Format::Mlsd { writable } => {
-            mlsx_facts(meta, writable, None, out);
+            // RFC 3659 leaves links to the OS facts: `OS.unix=slink:TARGET` (the target
+            // only when it resolves beneath the root), which clients such as lftp know.
+            let slink = (meta.kind == Kind::Symlink).then(|| {
+                let mut ty = b"OS.unix=slink:".to_vec();
+                ty.extend(target.unwrap_or_default().iter().map(|&b| match b {
+                    b';' | b'\r' | b'\n' => b'?',
+                    b => b,
+                }));
+                String::from_utf8_lossy(&ty).into_owned()
+            });
+            mlsx_facts(meta, writable, slink.as_deref(), out);
             out.push(b' ');
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");

@@ -51,8 +51,9 @@
 //!   rules). Uploads go to an unnamed file in the target directory, fsynced and linked into
 //!   place on success, and vanish on failure, ABOR or a vanished client (APPE and REST+STOR
 //!   copy the kept part of the old file first, so the old file stays whole until the commit).
-//!   Listings and those copies run on the blocking pool; single calls (an open, a stat, a
-//!   rename) run inline, since none of them waits on another process.
+//!   Every filesystem call runs on the blocking pool except RETR's open and fstat, which
+//!   stay inline on the hot path: one non-blocking open of a local file waits on no other
+//!   process (a root on a network file system that can hang should not be served).
 //! * **TYPE A** (the RFC 959 default until the client sends `TYPE I`). Downloads send each
 //!   bare LF of the file as CRLF (a CRLF in the file stays one, a lone CR stays); uploads
 //!   (STOR, APPE, STOU) store CRLF as LF and keep a lone CR. Listings are CRLF text in

@@ -1376,6 +1376,9 @@ impl Session {
         let Some(path) = self.path_of(arg.unwrap_or(b"pasvd.stou")) else {
             return;
         };
+        if kind == StoreKind::Stou && !super::vfs::unique_name_fits(&path) {
+            return self.reply(553, b"File name too long for a unique name.");
+        }
         // What of the old file the new one starts with: REST + STOR keeps `offset` bytes,
         // APPE all of them; copied (on the blocking pool) into the upload's unnamed file so
         // the old file stays whole until the commit.

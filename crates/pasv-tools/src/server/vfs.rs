@@ -28,13 +28,20 @@
 //!   is refused at once and never blocks a thread.
 //!
 //! Uploads are written to an unnamed file (`O_TMPFILE`) in the target's directory and linked
-//! into place on commit: no temporary name is visible during the transfer, and an upload
+//! into place on commit: no temporary name exists during the transfer, and an upload
 //! abandoned for any reason (ABOR, a vanished client, a crash of the server) leaves nothing
-//! behind. On file systems without `O_TMPFILE` a hidden named file is used (prefix
-//! [`UPLOAD_PREFIX`], never listed and never reachable by name), removed through the same
-//! directory handle if the upload does not commit. The commit resolves the target again at
-//! that moment: if the directory was removed or renamed meanwhile, the upload fails and
-//! leaves nothing.
+//! behind. A new name is linked directly; an existing file is replaced by linking the upload
+//! under a hidden name (prefix [`UPLOAD_PREFIX`], never listed and never reachable by name)
+//! and renaming it over the old one, so only a crash between those two calls can leave a
+//! hidden file. On file systems without `O_TMPFILE` the hidden named file holds the whole
+//! transfer and is removed through the same directory handle if the upload does not commit
+//! (a crash of the server leaves it). A replaced file's permission bits carry over to the
+//! new one. The commit resolves the target again at that moment: if the directory was
+//! removed or renamed meanwhile, the upload fails and leaves nothing.
+//!
+//! Device nodes: RETR opens its file non-blocking before checking its type, so a device
+//! node placed in the tree by the operator would see an open and a close (nothing is read);
+//! serve trees on `nodev` mounts. Every other operation pins with `O_PATH` first.
 //!
 //! Names are bytes: a non-UTF-8 name is listed and reachable as is.
 
@@ -79,12 +86,7 @@ impl From<io::Error> for FsError {
 
 impl From<Errno> for FsError {
     fn from(e: Errno) -> Self {
-        // Escapes from the root (openat2 with RESOLVE_BENEATH) and magic links.
-        if e == Errno::XDEV {
-            FsError::Denied
-        } else {
-            FsError::Io(e.into())
-        }
+        FsError::Io(e.into())
     }
 }
 
@@ -107,8 +109,20 @@ impl FsError {
             FsError::Symlink => (550, "Is a symbolic link."),
             FsError::NotRegular => (550, "Not a regular file."),
             FsError::PastEnd => (554, "Restart position beyond the end of the file."),
-            FsError::Io(e) => (550, io_text(e)),
+            FsError::Io(e) => (io_code(e), io_text(e)),
         }
+    }
+}
+
+/// The reply code for a file system error: transient (450, 452) or permanent (550).
+fn io_code(e: &io::Error) -> u16 {
+    const EAGAIN: i32 = 11;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    match e.raw_os_error() {
+        Some(ENOSPC | EDQUOT) => 452,
+        Some(EAGAIN) => 450,
+        _ => 550,
     }
 }
 
@@ -121,6 +135,8 @@ pub(crate) fn io_text(e: &io::Error) -> &'static str {
     const ELOOP: i32 = 40;
     const ENOTEMPTY: i32 = 39;
     const EDQUOT: i32 = 122;
+    const EXDEV: i32 = 18;
+    const ENAMETOOLONG: i32 = 36;
     match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::NotFound, _) => "No such file or directory.",
         (io::ErrorKind::PermissionDenied, _) => "Permission denied.",
@@ -130,6 +146,8 @@ pub(crate) fn io_text(e: &io::Error) -> &'static str {
         (_, Some(EISDIR)) => "Is a directory.",
         (_, Some(ENOSPC | EDQUOT)) => "No space left on device.",
         (_, Some(ELOOP)) => "Too many levels of symbolic links.",
+        (_, Some(EXDEV)) => "Cross-device link.",
+        (_, Some(ENAMETOOLONG)) => "File name too long.",
         _ => "Operation failed.",
     }
 }
@@ -195,6 +213,8 @@ pub(crate) struct Entry {
     pub(crate) name: Vec<u8>,
     /// What a listing shows of it.
     pub(crate) meta: Meta,
+    /// For a link whose target resolves beneath the root: the link's text.
+    pub(crate) target: Option<Vec<u8>>,
 }
 
 /// A confined view of one directory tree: a descriptor of its root.
@@ -209,6 +229,18 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGIC
 fn rel(virt: &[u8]) -> &OsStr {
     let rel = virt.strip_prefix(b"/").unwrap_or(virt);
     OsStr::from_bytes(if rel.is_empty() { b"." } else { rel })
+}
+
+/// The longest suffix STOU may add to a name (`.` and 16 hex digits).
+pub(crate) const UNIQUE_SUFFIX: usize = 17;
+
+/// Linux's limit on one name.
+const NAME_MAX: usize = 255;
+
+/// Whether a STOU name leaves room for its suffix.
+pub(crate) fn unique_name_fits(virt: &[u8]) -> bool {
+    let name = virt.rsplit(|&b| b == b'/').next().unwrap_or(virt);
+    name.len() + UNIQUE_SUFFIX <= NAME_MAX
 }
 
 /// Splits a folded virtual path into parent and last component; the root has no name.
@@ -299,6 +331,9 @@ impl Vfs {
             match rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC, mode, BENEATH) {
                 Ok(fd) => return Ok(fd),
                 Err(Errno::AGAIN | Errno::INTR) if tries < 8 => tries += 1,
+                // The resolution would leave the root (a `..`, an absolute or escaping link,
+                // a magic link): refused by the kernel while resolving.
+                Err(Errno::XDEV) => return Err(FsError::Denied),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -384,34 +419,25 @@ impl Vfs {
         Ok(())
     }
 
-    /// Opens a name for a metadata change without following it: a regular file or a
-    /// directory, never a link, never the root.
-    fn open_for_change(&self, virt: &[u8]) -> Result<OwnedFd, FsError> {
+    /// Applies a metadata change to a name without following it: a regular file or a
+    /// directory, never a link, never the root. The inode is pinned by an `O_PATH`
+    /// descriptor (no read or write permission needed, nothing of a device is opened) and
+    /// changed through its `/proc/self/fd` entry, which names exactly that inode.
+    fn change(&self, virt: &[u8], op: impl Fn(&OsStr) -> Result<(), Errno>) -> Result<(), FsError> {
         let (dir, name) = self.parent(virt)?;
-        let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        match Meta::of(&st).kind {
+        let fd = Vfs::open_beneath(
+            dir.as_fd(),
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+        match Meta::of(&rustix::fs::fstat(&fd)?).kind {
             Kind::File | Kind::Dir => {}
             Kind::Symlink => return Err(FsError::Symlink),
             Kind::Other => return Err(FsError::NotRegular),
         }
-        let fd = Vfs::open_beneath(
-            dir.as_fd(),
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            FsError::Io(io) if io.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
-                FsError::Symlink
-            }
-            e => e,
-        })?;
-        // The name may have been swapped between the two calls: check what was opened.
-        let now = rustix::fs::fstat(&fd)?;
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-            return Err(FsError::Io(io::Error::other("changed while opening")));
-        }
-        Ok(fd)
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        Ok(op(OsStr::new(&proc))?)
     }
 
     /// SITE CHMOD: permission bits only (no setuid, setgid or sticky), never on the root
@@ -420,14 +446,13 @@ impl Vfs {
         if mode & !0o777 != 0 {
             return Err(FsError::Denied);
         }
-        let fd = self.open_for_change(virt)?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-        Ok(())
+        self.change(virt, |inode| {
+            rustix::fs::chmod(inode, Mode::from_raw_mode(mode))
+        })
     }
 
     /// MFMT: sets the modification time (the access time is left alone).
     pub(crate) fn set_modified(&self, virt: &[u8], secs: i64) -> Result<(), FsError> {
-        let fd = self.open_for_change(virt)?;
         let times = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,
@@ -438,18 +463,28 @@ impl Vfs {
                 tv_nsec: 0,
             },
         };
-        rustix::fs::futimens(&fd, &times)?;
-        Ok(())
+        self.change(virt, |inode| {
+            rustix::fs::utimensat(rustix::fs::CWD, inode, &times, AtFlags::empty())
+        })
     }
 
     /// Lists a directory (links followed beneath the root) or describes a single entry;
-    /// upload temporaries are never shown. Entries come unsorted.
+    /// upload temporaries are never shown. Entries come unsorted. A link is listed as a
+    /// link, with its text when its target resolves beneath the root (such a text can name
+    /// nothing outside: the kernel refused any step above the root while resolving it), and
+    /// as a bare link of size 0 otherwise. Nothing but a directory is opened for reading.
     pub(crate) fn list(&self, virt: &[u8]) -> Result<(Meta, Option<Vec<Entry>>), FsError> {
-        let fd = self.open(virt, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
-        let meta = Meta::of(&rustix::fs::fstat(&fd)?);
+        let pinned = self.open(virt, OFlags::PATH)?;
+        let meta = Meta::of(&rustix::fs::fstat(&pinned)?);
         if meta.kind != Kind::Dir {
             return Ok((meta, None));
         }
+        let fd = rustix::fs::openat(
+            &pinned,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut entries = Vec::new();
         for item in rustix::fs::Dir::read_from(&fd)? {
             let item = item?;
@@ -463,20 +498,23 @@ impl Vfs {
                 continue;
             };
             let mut meta = Meta::of(&st);
+            let mut target = None;
             if meta.kind == Kind::Symlink {
                 let mut path = virt.to_vec();
                 if path.last() != Some(&b'/') {
                     path.push(b'/');
                 }
                 path.extend_from_slice(name);
-                meta = match self.stat(&path) {
-                    Ok(target) => target,
-                    Err(_) => Meta::link(&st),
-                };
+                let text = rustix::fs::readlinkat(&fd, item.file_name(), Vec::new());
+                match (self.stat(&path), text) {
+                    (Ok(_), Ok(text)) => target = Some(text.into_bytes()),
+                    _ => meta = Meta::link(&st),
+                }
             }
             entries.push(Entry {
                 name: name.to_vec(),
                 meta,
+                target,
             });
         }
         Ok((meta, Some(entries)))
@@ -500,7 +538,7 @@ impl Vfs {
                     if meta.kind != Kind::File {
                         return Err(FsError::NotRegular);
                     }
-                    Some((File::from(fd), meta.size))
+                    Some((Some((File::from(fd), meta.size)), meta.mode & 0o777))
                 }
                 Err(FsError::Io(e)) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
                     return Err(FsError::Symlink)
@@ -520,13 +558,19 @@ impl Vfs {
                 Ok(st) if Meta::of(&st).kind == Kind::Dir => {
                     return Err(FsError::Io(Errno::ISDIR.into()))
                 }
+                Ok(st) if Meta::of(&st).kind == Kind::File => Some((None, st.st_mode & 0o777)),
                 _ => None,
             }
         };
-        if matches!(source, Some((_, size)) if keep != u64::MAX && keep > size) {
+        if matches!(source, Some((Some((_, size)), _)) if keep != u64::MAX && keep > size) {
             return Err(FsError::PastEnd);
         }
         let mut upload = Upload::create(dir)?;
+        let Some((source, mode)) = source else {
+            return Ok(upload);
+        };
+        // The new file replaces the old one: it keeps its permission bits.
+        rustix::fs::fchmod(&upload.file, Mode::from_raw_mode(mode))?;
         if let Some((src, size)) = source {
             let want = keep.min(size);
             let copied = io::copy(&mut io::Read::take(src, want), &mut upload.file)?;
@@ -538,8 +582,8 @@ impl Vfs {
     }
 
     /// Moves a finished upload to `virt`, resolved again now: replaces the old file
-    /// atomically, or for `unique` (STOU) takes the first free name of `virt`, `virt.1`, ...
-    /// Returns the name used for STOU.
+    /// atomically, or for `unique` (STOU) takes the first free name of `virt`, `virt.1` to
+    /// `virt.9`, `virt.<random>`. Returns the name used for STOU.
     pub(crate) fn commit(
         &self,
         upload: Upload,
@@ -548,6 +592,13 @@ impl Vfs {
     ) -> Result<Option<Vec<u8>>, FsError> {
         let (dir, name) = self.parent(virt)?;
         if !unique {
+            // A new name is linked straight in; an existing file is replaced atomically by
+            // a rename from a hidden link.
+            match upload.link_as(&dir, name) {
+                Ok(()) => return Ok(None),
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
             let temp = upload.link_hidden(&dir)?;
             return match rustix::fs::renameat(&dir, &temp, &dir, name) {
                 Ok(()) => Ok(None),
@@ -557,10 +608,15 @@ impl Vfs {
                 }
             };
         }
-        for n in 0..1000u32 {
+        // The name itself, then `.1` to `.9`, then random suffixes: a few calls at most,
+        // however many names others took.
+        for n in 0..18u32 {
             let mut candidate = name.as_bytes().to_vec();
-            if n > 0 {
-                candidate.extend_from_slice(format!(".{n}").as_bytes());
+            match n {
+                0 => {}
+                1..=9 => candidate.extend_from_slice(format!(".{n}").as_bytes()),
+                _ => candidate
+                    .extend_from_slice(format!(".{:016x}", rand::random::<u64>()).as_bytes()),
             }
             match upload.link_as(&dir, OsStr::from_bytes(&candidate)) {
                 Ok(()) => return Ok(Some(candidate)),

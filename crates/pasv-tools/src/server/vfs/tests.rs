@@ -263,10 +263,19 @@ fn listings_show_nothing_of_what_lies_outside() {
             .find(|e| e.name == n.as_bytes())
             .map(|e| e.meta)
     };
+    let target = |n: &str| {
+        entries
+            .iter()
+            .find(|e| e.name == n.as_bytes())
+            .and_then(|e| e.target.clone())
+    };
     let out = get("out").unwrap();
     assert_eq!((out.kind, out.size), (Kind::Symlink, 0));
-    let inside = get("in").unwrap();
-    assert_eq!((inside.kind, inside.size), (Kind::File, 6));
+    assert_eq!(target("out"), None);
+    // A link inside is a link, with its text (recursive clients must not descend into it
+    // as if it were a directory).
+    assert_eq!(get("in").unwrap().kind, Kind::Symlink);
+    assert_eq!(target("in").as_deref(), Some(&b"d/f"[..]));
     assert!(get(".pasvd-upload-x").is_none());
 }
 
@@ -295,4 +304,56 @@ fn named_temporaries_are_hidden_and_removed() {
     vfs.commit(upload, b"/d/g", false).unwrap();
     assert_eq!(std::fs::read(root.path().join("d/g")).unwrap(), b"named");
     assert_eq!(temporaries(), 0);
+}
+
+#[test]
+fn replaced_files_keep_their_permission_bits() {
+    let (_outside, root, vfs) = tree();
+    let path = root.path().join("d/f");
+    std::fs::set_permissions(&path, PermissionsExt::from_mode(0o600)).unwrap();
+    commit_bytes(&vfs, b"/d/f", u64::MAX, b"+").unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    commit_bytes(&vfs, b"/d/f", 0, b"new").unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+}
+
+#[test]
+fn unique_names_take_few_calls_whatever_others_took() {
+    let (_outside, root, vfs) = tree();
+    for n in 1..=9 {
+        std::fs::write(root.path().join(format!("d/f.{n}")), b"taken").unwrap();
+    }
+    let mut upload = vfs.create_upload(b"/d/f", 0).unwrap();
+    io::Write::write_all(&mut upload.file, b"mine").unwrap();
+    let name = vfs.commit(upload, b"/d/f", true).unwrap().unwrap();
+    assert_eq!(name.len(), b"f".len() + UNIQUE_SUFFIX);
+    assert_eq!(
+        std::fs::read(root.path().join("d").join(OsStr::from_bytes(&name))).unwrap(),
+        b"mine"
+    );
+    assert!(unique_name_fits(&[b'a'; 200]));
+    assert!(!unique_name_fits(&[b'a'; 250]));
+}
+
+#[test]
+fn errors_map_to_their_replies() {
+    let code = |e: Errno| FsError::from(e).reply().0;
+    assert_eq!(code(Errno::NOSPC), 452);
+    assert_eq!(code(Errno::AGAIN), 450);
+    assert_eq!(code(Errno::NOENT), 550);
+    // A cross-device rename inside the root is an error of its own, not an escape.
+    assert_eq!(
+        FsError::from(Errno::XDEV).reply(),
+        (550, "Cross-device link.")
+    );
+    assert_eq!(FsError::Denied.reply().0, 550);
+    assert_eq!(FsError::BadName.reply().0, 553);
+    assert_eq!(FsError::PastEnd.reply().0, 554);
 }
