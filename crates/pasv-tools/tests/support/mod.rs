@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pasv_protocol::{Reply, ReplyDecoder};
-use pasv_tools::server::{Config, Server, ServerError};
+use pasv_tools::server::{Config, LoginMonitor, Server, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -36,6 +36,8 @@ pub fn port_block(len: u16) -> (u16, u16) {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub ports: (u16, u16),
+    /// The server's login counters.
+    pub login: LoginMonitor,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -50,6 +52,7 @@ impl TestServer {
         let ports = (config.pasv_min_port, config.pasv_max_port);
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
+        let login = server.login_monitor();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -62,6 +65,7 @@ impl TestServer {
         Ok(TestServer {
             addr,
             ports,
+            login,
             stop: Some(tx),
             task: Some(task),
         })
@@ -126,7 +130,8 @@ impl Ftp {
         ftp
     }
 
-    async fn greeted(stream: TcpStream, addr: SocketAddr) -> (Ftp, Reply) {
+    /// Wraps a connected stream and reads the greeting.
+    pub async fn greeted(stream: TcpStream, addr: SocketAddr) -> (Ftp, Reply) {
         stream.set_nodelay(true).ok();
         let mut ftp = Ftp {
             stream,
