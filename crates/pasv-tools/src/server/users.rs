@@ -71,7 +71,8 @@ pub(crate) struct Users {
     dummy: Option<String>,
     /// One permit per concurrent verification. Each argon2 run holds 19 MiB (the default
     /// `m`) for tens of milliseconds: unbounded, 100 parallel wrong passwords raised the
-    /// server's memory by 1.5 GB. tokio's semaphore queues waiters first come, first served.
+    /// server's memory from 5 MB to 1.35 GB. tokio's semaphore queues waiters first come,
+    /// first served.
     permits: Arc<Semaphore>,
     limit: usize,
     /// Work memory of finished verifications, reused by the next ones (so at most one
