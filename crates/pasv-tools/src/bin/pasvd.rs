@@ -107,6 +107,19 @@ struct Cli {
     /// /etc/passwd). Needs root; without it a server started as root warns and stays root.
     #[arg(long, env = "PASVD_RUN_AS")]
     run_as: Option<String>,
+    /// Seconds a session has to log in before it is closed with 421 (default 60).
+    #[arg(long, env = "PASVD_LOGIN_TIMEOUT")]
+    login_timeout: Option<f64>,
+    /// Failed logins from one client address (IPv6: its /64) within --ban-window that ban
+    /// it (default 10).
+    #[arg(long, env = "PASVD_MAX_LOGIN_FAILURES")]
+    max_login_failures: Option<u32>,
+    /// Seconds a failed login counts towards --max-login-failures (default 600).
+    #[arg(long, env = "PASVD_BAN_WINDOW")]
+    ban_window: Option<f64>,
+    /// Seconds a banned address is refused (default 900).
+    #[arg(long, env = "PASVD_BAN_TIME")]
+    ban_time: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +158,10 @@ impl Cli {
         o.busy_poll_us = self.busy_poll_us;
         o.no_ascii = self.no_ascii.then_some(true);
         o.run_as = self.run_as.clone();
+        o.login_timeout = self.login_timeout;
+        o.max_login_failures = self.max_login_failures;
+        o.ban_window = self.ban_window;
+        o.ban_time = self.ban_time;
         o
     }
 }

@@ -117,10 +117,21 @@ pub struct Config {
     pub port_enable: bool,
     /// Lowest port PORT/EPRT may name (1024 blocks bounces to well-known services).
     pub port_min_port: u16,
-    /// Delay before answering a failed login.
+    /// Delay before answering a client address's first failed login in `ban_window`;
+    /// doubled for each later one, up to 16 times.
     pub login_fail_delay: Duration,
-    /// Failed logins after which the session is closed.
+    /// Failed logins after which the session is closed (the address may reconnect; see
+    /// `max_login_failures`).
     pub max_login_fails: u32,
+    /// Failed logins from one client address (an IPv6 /64) within `ban_window` that ban it
+    /// for `ban_time`: its connections are then refused with 421 (1 to 1000).
+    pub max_login_failures: u32,
+    /// How long a failed login counts towards `max_login_failures`.
+    pub ban_window: Duration,
+    /// How long a banned address is refused.
+    pub ban_time: Duration,
+    /// Time a session has to log in; then it is closed with 421, whatever it sent.
+    pub login_timeout: Duration,
     /// Time running transfers get to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
     /// Listen backlog of the control and passive sockets.
@@ -174,6 +185,13 @@ impl Default for Config {
             port_min_port: 1024,
             login_fail_delay: Duration::from_secs(1),
             max_login_fails: 3,
+            // A user who mistypes gets three sessions of three tries; a guesser from one
+            // address gets fewer than 10 guesses per 25 minutes (fail2ban: 5 in 10 minutes,
+            // a 10-minute ban; SFTPGo: a score of 15 in 30 minutes, a 30-minute ban).
+            max_login_failures: 10,
+            ban_window: Duration::from_secs(600),
+            ban_time: Duration::from_secs(900),
+            login_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             listen_backlog: 1024,
             buffer_size: 256 * 1024,
@@ -253,6 +271,39 @@ impl Config {
                 ));
             }
         }
+        if !(1..=1000).contains(&self.max_login_failures) {
+            return bad(format!(
+                "max_login_failures {} is not within 1-1000",
+                self.max_login_failures
+            ));
+        }
+        // A zero ban window, ban or login timeout would switch the defence off unnoticed.
+        const DAY: Duration = Duration::from_secs(86_400);
+        for (key, value, zero_ok, max) in [
+            ("ban_window", self.ban_window, false, DAY),
+            ("ban_time", self.ban_time, false, 30 * DAY),
+            (
+                "login_timeout",
+                self.login_timeout,
+                false,
+                Duration::from_secs(3600),
+            ),
+            (
+                "login_fail_delay",
+                self.login_fail_delay,
+                true,
+                Duration::from_secs(60),
+            ),
+        ] {
+            if (value.is_zero() && !zero_ok) || value > max {
+                return bad(format!(
+                    "{key} {}s is not within {}-{}s",
+                    value.as_secs_f64(),
+                    if zero_ok { "0" } else { "0 (excluded)" },
+                    max.as_secs()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -290,6 +341,10 @@ pub struct ConfigFile {
     pub port_min_port: Option<u16>,
     pub login_fail_delay: Option<f64>,
     pub max_login_fails: Option<u32>,
+    pub max_login_failures: Option<u32>,
+    pub ban_window: Option<f64>,
+    pub ban_time: Option<f64>,
+    pub login_timeout: Option<f64>,
     pub shutdown_timeout: Option<f64>,
     pub listen_backlog: Option<u32>,
     pub buffer_size: Option<usize>,
@@ -362,7 +417,8 @@ impl ConfigFile {
             banner,
             port_enable,
             port_min_port,
-            max_login_fails
+            max_login_fails,
+            max_login_failures
         );
         set_secs!(
             time_wait,
@@ -372,7 +428,10 @@ impl ConfigFile {
             idle_timeout,
             data_timeout,
             login_fail_delay,
-            shutdown_timeout
+            shutdown_timeout,
+            ban_window,
+            ban_time,
+            login_timeout
         );
         if let Some(v) = self.busy_poll_us {
             if v > 1_000_000 {
@@ -493,6 +552,42 @@ mod tests {
         config.pasv_min_port = 30000;
         config.run_as = Some(String::new());
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn login_defences_are_read_and_range_checked() {
+        let config = Config::default();
+        assert_eq!(config.max_login_failures, 10);
+        assert_eq!(config.login_timeout, Duration::from_secs(60));
+        config.validate().unwrap();
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str(
+            "max_login_failures = 5\nban_window = 60\nban_time = 3600\nlogin_timeout = 20\n",
+        )
+        .unwrap();
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.max_login_failures, 5);
+        assert_eq!(config.ban_window, Duration::from_secs(60));
+        assert_eq!(config.ban_time, Duration::from_secs(3600));
+        assert_eq!(config.login_timeout, Duration::from_secs(20));
+        config.validate().unwrap();
+        for bad in [
+            "max_login_failures = 0",
+            "max_login_failures = 1001",
+            "ban_window = 0",
+            "ban_time = 0",
+            "ban_time = 2600000",
+            "login_timeout = 0",
+            "login_timeout = 3601",
+            "login_fail_delay = 61",
+        ] {
+            let mut config = Config::default();
+            toml::from_str::<ConfigFile>(bad)
+                .unwrap()
+                .apply(&mut config)
+                .unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -81,12 +81,21 @@
 //!   [`STAT_MAX_ENTRIES`] entries and [`STAT_MAX_BYTES`] bytes; a capped reply says so in its
 //!   last line (`End of status: first N of M entries; LIST shows all`). LIST, NLST and MLSD
 //!   over a data connection have no cap.
+//! * **Logins.** A session that has not logged in within `login_timeout` is closed with 421,
+//!   whatever it sends. Every PASS for a name other than anonymous runs one argon2
+//!   verification, against a dummy hash when the name is not an account, so a wrong name and
+//!   a wrong password take the same time; at most one verification per core runs at once,
+//!   the others queue in arrival order. Failed logins are counted per client address (an
+//!   IPv6 /64): each holds its reply for `login_fail_delay`, doubled per earlier failure of
+//!   the address; `max_login_failures` within `ban_window` ban the address for `ban_time`,
+//!   its new connections answered `421` and closed before a session exists. Counters:
+//!   [`Server::login_monitor`].
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
 //! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
-//! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing` (LIST/NLST/MLSD),
-//! `users` (argon2 accounts), `xferlog`, `privileges` (the switch to `run_as`; see
-//! [`BoundServer`]).
+//! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing`
+//! (LIST/NLST/MLSD), `users` (argon2 accounts), `defender` (failed logins and bans),
+//! `xferlog`, `privileges` (the switch to `run_as`; see [`BoundServer`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,6 +112,7 @@ use tokio_util::sync::CancellationToken;
 mod ascii;
 mod busy_poll;
 pub mod config;
+mod defender;
 mod demo;
 mod listing;
 mod passive;
@@ -117,6 +127,7 @@ pub use config::{Config, ConfigFile, ListenerMode};
 pub use demo::populate_demo;
 pub use users::hash_password;
 
+use defender::{BanPolicy, Defender};
 use passive::PassivePorts;
 use users::Users;
 
@@ -221,11 +232,65 @@ pub(crate) struct Shared {
     /// The served root, for accounts without a root of their own.
     pub(crate) vfs: vfs::Vfs,
     pub(crate) ports: Arc<PassivePorts>,
-    pub(crate) users: Users,
+    pub(crate) users: Arc<Users>,
+    pub(crate) defender: Arc<Defender>,
     pub(crate) xferlog: Option<xferlog::Xferlog>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) busy_poll: busy_poll::BusyPoll,
     pub(crate) stats: ServerStats,
+}
+
+/// Counters of the login defences (see [`LoginMonitor`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginStats {
+    /// Password verifications run (argon2), those against the dummy hash for names that are
+    /// not accounts included.
+    pub verifications: u64,
+    /// The most verifications seen running at once.
+    pub max_concurrent_verifications: usize,
+    /// The bound on verifications running at once (the available parallelism).
+    pub verification_limit: usize,
+    /// Failed logins.
+    pub failures: u64,
+    /// Bans imposed on client addresses.
+    pub bans: u64,
+    /// Connections refused because their address was banned.
+    pub refused_connections: u64,
+    /// Client addresses the ban ledger tracks now.
+    pub tracked_addresses: usize,
+}
+
+/// Reads the [`LoginStats`] of a server, also while it runs.
+#[derive(Clone)]
+pub struct LoginMonitor {
+    users: Arc<Users>,
+    defender: Arc<Defender>,
+}
+
+impl std::fmt::Debug for LoginMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginMonitor")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl LoginMonitor {
+    /// The counters now.
+    pub fn stats(&self) -> LoginStats {
+        let verify = self.users.verify_counts();
+        let (counts, tracked) = self.defender.counts();
+        LoginStats {
+            verifications: verify.runs,
+            max_concurrent_verifications: verify.max_running,
+            verification_limit: verify.limit,
+            failures: counts.failures,
+            bans: counts.bans,
+            refused_connections: counts.refused_connections,
+            tracked_addresses: tracked,
+        }
+    }
 }
 
 /// Session counts for `max_clients` and `max_per_ip`.
@@ -295,7 +360,7 @@ pub struct BoundServer {
     config: Config,
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
-    users: Users,
+    users: Arc<Users>,
     xferlog: Option<xferlog::Xferlog>,
     run_as: Option<privileges::Account>,
     privileges_dropped: bool,
@@ -327,11 +392,11 @@ impl BoundServer {
                 })?),
                 None => None,
             };
-        let users = Users::load(
+        let users = Arc::new(Users::load(
             config.users.as_deref(),
             config.anonymous_enable,
             config.anonymous_write,
-        )?;
+        )?);
         let xferlog = match &config.xferlog {
             Some(path) => {
                 Some(
@@ -434,6 +499,13 @@ impl BoundServer {
             source,
         })?;
         let ports = PassivePorts::new(&config, local_addr).await?;
+        let defender = Arc::new(Defender::new(BanPolicy {
+            max_failures: config.max_login_failures,
+            window: config.ban_window,
+            ban_time: config.ban_time,
+            fail_delay: config.login_fail_delay,
+            capacity: defender::DEFAULT_CAPACITY,
+        }));
         Ok(Server {
             listener,
             local_addr,
@@ -443,6 +515,7 @@ impl BoundServer {
                 vfs,
                 ports,
                 users,
+                defender,
                 xferlog,
                 shutdown: CancellationToken::new(),
                 stats: ServerStats::default(),
@@ -471,6 +544,14 @@ impl Server {
         self.shared.stats.clone()
     }
 
+    /// Counters of the login defences, readable while the server runs.
+    pub fn login_monitor(&self) -> LoginMonitor {
+        LoginMonitor {
+            users: Arc::clone(&self.shared.users),
+            defender: Arc::clone(&self.shared.defender),
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets sessions finish their
     /// transfers for up to `shutdown_timeout`, ends the rest and releases every port.
     pub async fn run_until(
@@ -497,6 +578,11 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Before any session state: a banned address costs one write.
+                        if shared.defender.refuses(peer.ip()) {
+                            refuse_banned(stream, peer);
+                            continue;
+                        }
                         let Some(slot) = admit(&shared.config, &admission, peer.ip()) else {
                             refuse(stream, peer);
                             continue;
@@ -579,4 +665,11 @@ fn refuse(stream: TcpStream, peer: SocketAddr) {
     tracing::warn!(peer = %peer, "connection refused: session limit");
     // A fresh socket's send buffer is empty: this write does not block or fail short.
     let _ = stream.try_write(b"421 Too many connections, try later.\r\n");
+}
+
+fn refuse_banned(stream: TcpStream, peer: SocketAddr) {
+    // Debug, not warn: a banned client reconnecting in a loop would flood the log; the ban
+    // itself was logged, and the refusals are counted.
+    tracing::debug!(peer = %peer, "connection refused: address banned");
+    let _ = stream.try_write(b"421 Too many failed logins from your address, try later.\r\n");
 }

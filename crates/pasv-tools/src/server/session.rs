@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::ascii::ToNetwork;
+use super::defender::Banned;
 use super::listing::{self, Civil, Format};
 use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
@@ -109,6 +110,8 @@ struct Session {
     /// RNFR's virtual path; RNTO resolves it again.
     rnfr: Option<Vec<u8>>,
     failed_logins: u32,
+    /// While not logged in: when the session is closed for it (`login_timeout`).
+    login_deadline: Option<tokio::time::Instant>,
     binary: bool,
     buffer: Vec<u8>,
     transfer: Option<Running>,
@@ -143,6 +146,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         rest: 0,
         rnfr: None,
         failed_logins: 0,
+        login_deadline: Some(clock::now() + shared.config.login_timeout),
         binary: false,
         buffer: Vec::new(),
         transfer: None,
@@ -396,6 +400,7 @@ impl Session {
                 _ => None,
             };
             let has_transfer = self.transfer.is_some();
+            let login_deadline = self.login_deadline;
             // Halves only to wait for room while reading: `read_buf` on the read half, as on
             // the stream, takes a short read as the end of the input (no extra read to find
             // the socket empty).
@@ -409,6 +414,10 @@ impl Session {
                     self.finish_transfer(outcome, stream_ref, &mut input, &mut read_closed)
                         .await;
                     last_activity = clock::now();
+                }
+                // Ahead of the read: a client that keeps sending cannot starve it.
+                () = sleep_until_some(login_deadline), if login_deadline.is_some() => {
+                    self.login_timed_out();
                 }
                 () = sleep_until_some(accept_deadline), if accept_deadline.is_some() => {
                     self.accept_timeout();
@@ -589,6 +598,9 @@ impl Session {
             }
             Command::Rein => {
                 self.release_data();
+                if self.account().is_some() {
+                    self.login_deadline = Some(clock::now() + self.shared.config.login_timeout);
+                }
                 self.login = Login::AwaitUser;
                 self.cwd = b"/".to_vec();
                 self.rest = 0;
@@ -620,21 +632,49 @@ impl Session {
         self.reply(331, b"Please specify the password.");
     }
 
+    /// `login_timeout` passed before a login.
+    fn login_timed_out(&mut self) {
+        tracing::info!(session = self.id, peer = %self.peer, "login timeout");
+        self.reply(421, b"Login timeout.");
+        self.done = true;
+    }
+
     async fn pass(&mut self, password: &[u8]) {
         let name = match &self.login {
             Login::AwaitPass(name) => name.clone(),
             Login::LoggedIn(_) => return self.reply(230, b"Already logged in."),
             Login::AwaitUser => return self.reply(503, b"Login with USER first."),
         };
-        let users = Arc::clone(&self.shared);
-        let pw = password.to_vec();
-        let lookup = name.clone();
-        // argon2 takes tens of milliseconds on purpose: keep it off the runtime threads.
-        let grant = tokio::task::spawn_blocking(move || users.users.verify(&lookup, &pw))
+        // The login deadline bounds the waits for a turn, a verification and the failure
+        // delay, which the control loop cannot see while this runs.
+        let deadline = self
+            .login_deadline
+            .unwrap_or_else(|| clock::now() + self.shared.config.login_timeout);
+        if tokio::time::timeout_at(deadline, self.check_password(name, password))
             .await
-            .ok()
-            .flatten();
-        let user_text = pasv_protocol::Escaped::new(&name);
+            .is_err()
+        {
+            self.login_timed_out();
+        }
+    }
+
+    async fn check_password(&mut self, name: Vec<u8>, password: &[u8]) {
+        let shared = Arc::clone(&self.shared);
+        let attempt = if is_anonymous_name(&name) {
+            None
+        } else {
+            match shared.defender.begin_login(self.peer.ip()).await {
+                Ok(attempt) => Some(attempt),
+                Err(Banned) => {
+                    self.login = Login::AwaitUser;
+                    self.closing = true;
+                    self.close_reply = Some((421, "Too many failed logins from your address."));
+                    return;
+                }
+            }
+        };
+        let grant = shared.users.verify_bounded(&name, password).await;
+        let user_text = pasv_protocol::Escaped::new(&name).to_string();
         let grant = grant.and_then(|grant| {
             let vfs = match &grant.root {
                 Some(root) => Vfs::new(root),
@@ -650,18 +690,27 @@ impl Session {
         });
         match grant {
             Some(account) => {
+                if let Some(attempt) = attempt {
+                    attempt.succeeded();
+                }
                 tracing::info!(session = self.id, peer = %self.peer, user = %account.grant.name, write = account.grant.write, "login");
                 self.login = Login::LoggedIn(account);
+                self.login_deadline = None;
                 self.reply(230, b"Login successful.");
             }
             None => {
+                let failure = attempt.map(|a| a.failed());
                 self.failed_logins += 1;
                 tracing::warn!(session = self.id, peer = %self.peer, user = %user_text, attempts = self.failed_logins, "login failed");
                 self.login = Login::AwaitUser;
                 // The delay is the defence against guessing; it also holds the session's
-                // other commands, which is the point.
-                tokio::time::sleep(self.shared.config.login_fail_delay).await;
-                if self.failed_logins >= self.shared.config.max_login_fails {
+                // other commands, which is the point. It grows with the address's failures.
+                let delay = failure.map_or(self.shared.config.login_fail_delay, |f| f.delay);
+                tokio::time::sleep(delay).await;
+                if failure.is_some_and(|f| f.banned_until.is_some()) {
+                    self.closing = true;
+                    self.close_reply = Some((421, "Too many failed logins from your address."));
+                } else if self.failed_logins >= self.shared.config.max_login_fails {
                     self.closing = true;
                     self.close_reply = Some((421, "Too many failed logins."));
                 } else {

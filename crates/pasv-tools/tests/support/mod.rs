@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pasv_protocol::{Reply, ReplyDecoder};
-use pasv_tools::server::{Config, Server, ServerError, ServerStats};
+use pasv_tools::server::{Config, LoginMonitor, Server, ServerError, ServerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -37,6 +37,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub ports: (u16, u16),
     pub stats: ServerStats,
+    /// The server's login counters.
+    pub login: LoginMonitor,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -52,6 +54,7 @@ impl TestServer {
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
         let stats = server.stats();
+        let login = server.login_monitor();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -65,6 +68,7 @@ impl TestServer {
             addr,
             ports,
             stats,
+            login,
             stop: Some(tx),
             task: Some(task),
         })
@@ -129,7 +133,8 @@ impl Ftp {
         ftp
     }
 
-    async fn greeted(stream: TcpStream, addr: SocketAddr) -> (Ftp, Reply) {
+    /// Wraps a connected stream and reads the greeting.
+    pub async fn greeted(stream: TcpStream, addr: SocketAddr) -> (Ftp, Reply) {
         stream.set_nodelay(true).ok();
         let mut ftp = Ftp {
             stream,
