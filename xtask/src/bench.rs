@@ -635,6 +635,11 @@ impl PasvdProcess {
                 &lo.to_string(),
                 "--pasv-max-port",
                 &hi.to_string(),
+                // The generator's sessions stand for many clients but share one address:
+                // the per-address lease cap (half the range by default) would halve the
+                // ports they can use.
+                "--max-passive-per-ip",
+                "0",
             ])
             .args(extra)
             .stdout(Stdio::piped())

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -268,6 +269,10 @@ pub struct PoolConfig {
     pub strategy: StrategyKind,
     /// Seed for everything keyed or random; equal seeds give equal runs.
     pub seed: u64,
+    /// Most leases one peer address may hold at once; `None`, the default, for no limit.
+    /// A peer at its limit is refused with [`crate::Shortage::PeerLimit`] even when ports
+    /// are free, so one address cannot take the whole range from the others.
+    pub peer_limit: Option<NonZeroUsize>,
 }
 
 impl PoolConfig {
@@ -284,6 +289,7 @@ impl PoolConfig {
             exclusivity: Exclusivity::PerPort,
             strategy: StrategyKind::LeastRecentlyReleased,
             seed: 0,
+            peer_limit: None,
         }
     }
 
@@ -314,6 +320,12 @@ impl PoolConfig {
     /// Sets the seed.
     pub fn with_seed(mut self, seed: u64) -> PoolConfig {
         self.seed = seed;
+        self
+    }
+
+    /// Sets the most leases one peer address may hold at once (`None`: no limit).
+    pub fn with_peer_limit(mut self, limit: Option<NonZeroUsize>) -> PoolConfig {
+        self.peer_limit = limit;
         self
     }
 

@@ -52,6 +52,9 @@
 //! * **Several local addresses**, IPv4 and IPv6, chosen per acquisition with [`AddrFilter`].
 //! * **Exact refusals.** [`Exhausted::retry_after`] is the time until the earliest
 //!   quarantine that would give this peer a port ends; `None` when all ports are leased.
+//! * **A limit per peer** ([`PoolConfig::peer_limit`]): a peer address holding that many
+//!   leases is refused with [`Shortage::PeerLimit`] while ports are free, so one address
+//!   cannot take the whole range; only the release of one of its own leases lifts it.
 //!
 //! # Cost
 //!
@@ -85,6 +88,8 @@ pub use config::{
     AddrFilter, ConfigError, Exclusivity, ParseStrategyError, PoolConfig, PortSet, QuarantineScope,
     StrategyKind,
 };
-pub use pool::{AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError};
+pub use pool::{
+    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError, Shortage,
+};
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;

@@ -70,13 +70,37 @@ impl Lease {
 
 /// No port can be leased to this peer now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("no passive port available")]
+#[error("{cause}")]
+#[non_exhaustive]
 pub struct Exhausted {
     /// Exactly how long until a port frees up for this peer by time alone: an acquisition by
     /// the same peer at `now + retry_after` succeeds if nothing else happened in between, one
     /// nanosecond earlier fails. `None`: every port is leased (or no address matches the
-    /// filter), so only a release can help.
+    /// filter), or the peer is at its limit, so only a release can help.
     pub retry_after: Option<Duration>,
+    /// What ran out.
+    pub cause: Shortage,
+}
+
+/// Why an acquisition was refused ([`Exhausted::cause`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Shortage {
+    /// Every port this peer may lease is leased or cooling.
+    Ports,
+    /// The peer already holds [`PoolConfig::peer_limit`] leases. Only the release of one of
+    /// its own leases helps, and a lease ends when its owner releases it, which the pool
+    /// cannot foresee: [`Exhausted::retry_after`] is `None`.
+    PeerLimit,
+}
+
+impl fmt::Display for Shortage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Shortage::Ports => "no passive port available",
+            Shortage::PeerLimit => "the peer holds as many passive leases as it may",
+        })
+    }
 }
 
 /// A release that does not match a live lease. The pool is unchanged.
@@ -132,6 +156,8 @@ pub struct PoolStats {
     pub releases_reset: u64,
     /// Releases with [`Closer::NeverConnected`].
     pub releases_never_connected: u64,
+    /// Refused acquisitions of a peer at its limit (also counted in `refusals`).
+    pub refusals_peer_limit: u64,
     /// The largest number of simultaneous leases seen.
     pub peak_leased: usize,
 }
@@ -200,6 +226,9 @@ pub struct Pool {
     /// Per-peer quarantines, in expiry order.
     peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
     peers: HashMap<IpAddr, PeerLedger>,
+    /// Live leases per peer, kept only under a [`PoolConfig::peer_limit`]; a peer leaves
+    /// with its last lease.
+    held: HashMap<IpAddr, usize>,
     counts: Vec<Counts>,
     allowed: Vec<bool>,
     quarantine: Duration,
@@ -209,6 +238,7 @@ pub struct Pool {
     peak_leased: usize,
     acquisitions: u64,
     refusals: u64,
+    refusals_peer_limit: u64,
     releases: [u64; 4],
 }
 
@@ -260,6 +290,7 @@ impl Pool {
             extended: BTreeSet::new(),
             peer_expiry: VecDeque::new(),
             peers: HashMap::new(),
+            held: HashMap::new(),
             counts: vec![Counts::default(); layout.addresses],
             allowed: vec![false; layout.addresses],
             quarantine,
@@ -269,6 +300,7 @@ impl Pool {
             peak_leased: 0,
             acquisitions: 0,
             refusals: 0,
+            refusals_peer_limit: 0,
             releases: [0; 4],
             config,
         })
@@ -337,6 +369,16 @@ impl Pool {
         filter: AddrFilter,
     ) -> Result<Lease, Exhausted> {
         let now = self.advance(now);
+        if let Some(limit) = self.config.peer_limit {
+            if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
+                self.refusals += 1;
+                self.refusals_peer_limit += 1;
+                return Err(Exhausted {
+                    retry_after: None,
+                    cause: Shortage::PeerLimit,
+                });
+            }
+        }
         let restricted = filter != AddrFilter::Any;
         if restricted {
             for (ok, addr) in self.allowed.iter_mut().zip(&self.config.addresses) {
@@ -371,7 +413,10 @@ impl Pool {
             let retry_after = self
                 .next_free_for(peer, restricted)
                 .map(|t| t.saturating_duration_since(now));
-            return Err(Exhausted { retry_after });
+            return Err(Exhausted {
+                retry_after,
+                cause: Shortage::Ports,
+            });
         };
         let i = slot.index();
         let a = self.layout.address_of(slot);
@@ -395,6 +440,9 @@ impl Pool {
         }
         self.counts[a].leased += 1;
         self.leased_total += 1;
+        if self.config.peer_limit.is_some() {
+            *self.held.entry(peer).or_default() += 1;
+        }
         self.peak_leased = self.peak_leased.max(self.leased_total);
         self.acquisitions += 1;
         let addr = SocketAddr::new(
@@ -459,6 +507,12 @@ impl Pool {
         self.slots[i].leases -= 1;
         self.counts[a].leased -= 1;
         self.leased_total -= 1;
+        if let Some(n) = self.held.get_mut(&id.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&id.peer);
+            }
+        }
         self.releases[closer as usize] += 1;
         let quarantine = closer == Closer::Server && !self.quarantine.is_zero();
         let until = now + self.quarantine;
@@ -687,6 +741,7 @@ impl Pool {
             releases_client: self.releases[Closer::Client as usize],
             releases_reset: self.releases[Closer::Reset as usize],
             releases_never_connected: self.releases[Closer::NeverConnected as usize],
+            refusals_peer_limit: self.refusals_peer_limit,
             peak_leased: self.peak_leased,
         }
     }

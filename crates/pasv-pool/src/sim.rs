@@ -168,6 +168,9 @@ pub struct SimConfig {
     pub server_close_fraction: f64,
     /// Number of distinct client addresses.
     pub peers: usize,
+    /// The pool's limit of leases per peer address ([`PoolConfig::peer_limit`]; accounted
+    /// strategies only).
+    pub peer_limit: Option<std::num::NonZeroUsize>,
     /// How long an arrival that finds no port may wait for one (zero: refuse at once).
     pub max_wait: Duration,
     /// Arrivals before this instant warm the system up and are not counted.
@@ -195,6 +198,7 @@ impl SimConfig {
             hold: HoldDist::Fixed(Duration::ZERO),
             server_close_fraction: 1.0,
             peers: 1,
+            peer_limit: None,
             max_wait: Duration::ZERO,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(600),
@@ -514,7 +518,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, ConfigError> {
                 .with_scope(cfg.scope)
                 .with_exclusivity(cfg.exclusivity)
                 .with_strategy(kind)
-                .with_seed(cfg.seed);
+                .with_seed(cfg.seed)
+                .with_peer_limit(cfg.peer_limit);
             Allocator::Accounted(Box::new(Pool::new(pc)?))
         }
         SimStrategy::Blind(kind) => {
@@ -843,13 +848,15 @@ impl Sim<'_> {
     }
 
     /// Serves waiters in FIFO order while ports are available. When every peer sees the same
-    /// ports (port scope, one lease per port), the first refusal ends the round.
+    /// ports (port scope, one lease per port, no per-peer limit), the first refusal ends the
+    /// round.
     fn serve_waiters(&mut self, now: Instant) {
         if self.waiters.is_empty() {
             return;
         }
-        let homogeneous =
-            self.cfg.scope != QuarantineScope::Peer && self.cfg.exclusivity == Exclusivity::PerPort;
+        let homogeneous = self.cfg.scope != QuarantineScope::Peer
+            && self.cfg.exclusivity == Exclusivity::PerPort
+            && self.cfg.peer_limit.is_none();
         let mut k = 0;
         while k < self.waiters.len() {
             let (peer, session, measured, arrived) = {

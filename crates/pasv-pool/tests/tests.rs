@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use pasv_pool::{
     AddrFilter, Closer, ConfigError, Exclusivity, Instant, Lease, Pool, PoolConfig, PortSet,
-    QuarantineScope, ReleaseError, StrategyKind,
+    QuarantineScope, ReleaseError, Shortage, StrategyKind,
 };
+use std::num::NonZeroUsize;
 
 fn v4(d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, d))
@@ -197,6 +198,61 @@ mod leases {
         assert_eq!(
             (s.free, s.leased, s.cooling, s.refusals, s.acquisitions),
             (0, 2, 0, 1, 2)
+        );
+    }
+
+    /// A peer at its limit is refused while ports are free, with no retry time (only the
+    /// release of one of its own leases helps); other peers are served; in either
+    /// exclusivity, and the count follows releases of every kind.
+    #[test]
+    fn a_peer_at_its_limit_is_refused_while_ports_are_free() {
+        for exclusivity in [Exclusivity::PerPort, Exclusivity::PerPortAndPeer] {
+            let config = PoolConfig::new(vec![v4(1)], PortSet::range(5000, 5009).unwrap())
+                .with_quarantine(secs(60))
+                .with_exclusivity(exclusivity)
+                .with_peer_limit(NonZeroUsize::new(3));
+            let mut p = Pool::new(config).unwrap();
+            let held: Vec<Lease> = (0..3).map(|_| p.acquire(at(0), peer(1)).unwrap()).collect();
+            let refused = p.acquire(at(0), peer(1)).unwrap_err();
+            assert_eq!(refused.cause, Shortage::PeerLimit, "{exclusivity:?}");
+            assert_eq!(refused.retry_after, None, "{exclusivity:?}");
+            assert_eq!(p.stats(at(0)).refusals_peer_limit, 1);
+            assert_eq!(p.stats(at(0)).free, 7, "{exclusivity:?}");
+            // Another address is not affected.
+            let other = p.acquire(at(0), peer(2)).unwrap();
+            // Time alone does not lift the limit; a release of the peer's own lease does,
+            // whoever closed (a server close quarantines the port, not the peer).
+            assert!(p.acquire(at(1_000), peer(1)).is_err());
+            let mut held = held.into_iter();
+            p.release(held.next().unwrap(), at(1_000), Closer::Server)
+                .unwrap();
+            let again = p.acquire(at(1_000), peer(1)).unwrap();
+            assert_eq!(
+                p.acquire(at(1_000), peer(1)).unwrap_err().cause,
+                Shortage::PeerLimit
+            );
+            for (lease, closer) in held.zip([Closer::Reset, Closer::NeverConnected]) {
+                p.release(lease, at(1_001), closer).unwrap();
+            }
+            p.release(again, at(1_001), Closer::Client).unwrap();
+            p.release(other, at(1_001), Closer::Client).unwrap();
+            // Every lease back: the peer starts again from zero.
+            let fresh: Vec<Lease> = (0..3)
+                .map(|_| p.acquire(at(1_002), peer(1)).unwrap())
+                .collect();
+            assert_eq!(fresh.len(), 3);
+            p.check_invariants().unwrap();
+        }
+    }
+
+    /// Without a limit, one peer takes every port (the limit is off by default).
+    #[test]
+    fn without_a_limit_one_peer_takes_the_range() {
+        let mut p = default_pool(4);
+        let _all: Vec<Lease> = (0..4).map(|_| p.acquire(at(0), peer(1)).unwrap()).collect();
+        assert_eq!(
+            p.acquire(at(0), peer(2)).unwrap_err().cause,
+            Shortage::Ports
         );
     }
 
@@ -1145,6 +1201,26 @@ mod sim {
         assert!(r.peak_leased > 150, "{}", r.peak_leased);
         assert_eq!(r.bind_failures, 0);
         assert!(r.served > 20_000, "{}", r.served);
+    }
+
+    /// One peer of a closed loop of 20 sessions on 20 ports: with a limit of 5 the peer never
+    /// holds more than 5 leases, and its refused sessions come back after their backoff.
+    #[test]
+    fn a_peer_limit_caps_one_address() {
+        let mut c = SimConfig::new(20);
+        c.scope = QuarantineScope::None;
+        c.arrivals = Arrivals::ClosedLoop {
+            sessions: 20,
+            backoff: Duration::from_millis(10),
+        };
+        c.hold = HoldDist::Fixed(Duration::from_millis(50));
+        c.duration = secs(5);
+        let free = run(&c).unwrap();
+        assert_eq!(free.peak_leased, 20);
+        c.peer_limit = NonZeroUsize::new(5);
+        let capped = run(&c).unwrap();
+        assert_eq!(capped.peak_leased, 5);
+        assert!(capped.refused > 0 && capped.served > 0, "{capped:?}");
     }
 
     /// Absurd inputs give an error or a report, never a panic.

@@ -423,21 +423,27 @@ async fn a_connection_from_another_address_is_dropped_and_the_client_served() {
         let mut ftp = Ftp::login(server.addr).await;
         let addr = ftp.pasv().await;
         let intruder_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-        let mut intruder = connect_from(intruder_ip, addr)
-            .await
-            .expect("intruder connects");
+        // The intruder's SYN goes out first (a non-blocking connect sends it at once).
+        let intruder = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM.nonblocking(),
+            None,
+        )
+        .unwrap();
+        intruder
+            .bind(&SocketAddr::new(intruder_ip, 0).into())
+            .unwrap();
+        let _ = intruder.connect(&addr.into());
         let mut data = connect_data(addr).await;
         ftp.expect("RETR f", 150).await;
         assert_eq!(read_all(&mut data).await, b"the real data", "{mode:?}");
         assert_eq!(ftp.reply().await.code().get(), 226);
-        // The intruder, first in the backlog, was taken and dropped on the way to the real
-        // client's connection: EOF or reset, never data.
-        let mut buf = Vec::new();
-        let read = tokio::time::timeout(WAIT, intruder.read_to_end(&mut buf))
-            .await
-            .expect("intruder dropped in time");
+        // The intruder never gets data: the kernel kept it out (its SYN dropped by the
+        // listener's filter), or it was taken and dropped on the way to the real client.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        let read = intruder.recv(&mut buf);
         assert!(
-            read.is_err() || buf.is_empty(),
+            !matches!(read, Ok(n) if n > 0),
             "{mode:?}: intruder got data"
         );
         server.stop().await;
@@ -1340,4 +1346,174 @@ async fn data_writes_time_out_on_stalls_not_on_slow_readers() {
     // The premise: the download as a whole outlasted the stall timeout.
     assert!(took > data_timeout * 2, "{took:?}");
     server.stop().await;
+}
+
+/// A number out of range stops pasvd at start with the key, the flag and the range, before
+/// it listens (`--idle-timeout 1e19` used to start a server whose every session panicked).
+#[tokio::test]
+async fn pasvd_refuses_an_out_of_range_number_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, key) in [
+        ("--idle-timeout", "1e19", "idle_timeout"),
+        ("--accept-timeout", "-1", "accept_timeout"),
+        ("--max-passive-per-ip", "21", "max_passive_per_ip"),
+    ] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pasvd"))
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(dir.path())
+            .arg(format!("{flag}={value}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pasvd starts");
+        let output = tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("pasvd {flag} {value} kept running"))
+            .expect("pasvd output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(flag) && stderr.contains("out of range"),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+            "{flag} {value}"
+        );
+    }
+}
+
+/// Twenty sessions from one address on a 20-port range: with the default limit (half the
+/// range) ten get a port, the other ten a 425 that says no time is known (no `retry after`
+/// hint: their address's leases end when its own transfers do), and a client from another
+/// address still gets a port. A released lease lifts the limit for the next one. Both
+/// listener modes (prebound leases per port and peer, so there the other address was never
+/// short of ports, but the limit holds all the same).
+#[tokio::test]
+async fn one_address_cannot_take_every_passive_port() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 20, |c| {
+            c.listener_mode = mode;
+            c.max_passive_per_ip = None;
+            c.pasv_wait = Duration::ZERO;
+        })
+        .await;
+        let mut holders = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..20 {
+            let mut ftp = Ftp::login(server.addr).await;
+            let reply = ftp.cmd("PASV").await;
+            match reply.code().get() {
+                227 => holders.push(ftp),
+                425 => {
+                    assert_eq!(reply.retry_after(), None, "{mode:?}: {reply}");
+                    assert!(reply.to_string().contains("no time known"), "{reply}");
+                    refused.push(ftp);
+                }
+                _ => panic!("{mode:?}: {reply}"),
+            }
+        }
+        assert_eq!((holders.len(), refused.len()), (10, 10), "{mode:?}");
+        let mut stranger = Ftp::login_from(other, server.addr).await;
+        stranger.pasv().await;
+        // One holder transfers: its lease ends, and a refused session gets a port.
+        let data_addr = holders[0].pasv().await;
+        let mut data = connect_data(data_addr).await;
+        holders[0].expect("RETR f", 150).await;
+        assert_eq!(read_all(&mut data).await, b"data");
+        assert_eq!(holders[0].reply().await.code().get(), 226);
+        refused[0].pasv().await;
+        assert_eq!(refused[1].cmd("PASV").await.code().get(), 425);
+        server.stop().await;
+    }
+}
+
+/// Forty connections from another address to a passive port, made before the real client
+/// connects: the real client's connect must still go through at once (they used to fill
+/// the per-lease listener's backlog, and the client's SYNs were dropped until its connect
+/// timed out). In prebound mode a port nobody from that address leased drops them too.
+#[tokio::test]
+async fn foreign_connections_cannot_fill_a_passive_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"for the real client").unwrap();
+    let intruder_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 1, |c| {
+            c.listener_mode = mode;
+            // Prebound listeners take the configured backlog; as small as a per-lease one.
+            c.listen_backlog = 16;
+        })
+        .await;
+        let mut ftp = Ftp::login(server.addr).await;
+        let addr = ftp.pasv().await;
+        let mut intruders = Vec::new();
+        for _ in 0..40 {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM.nonblocking(),
+                None,
+            )
+            .unwrap();
+            socket
+                .bind(&SocketAddr::new(intruder_ip, 0).into())
+                .unwrap();
+            // Non-blocking: in progress (a SYN sent) or already connected.
+            let _ = socket.connect(&addr.into());
+            intruders.push(socket);
+        }
+        // Every intruder handshake that the server's kernel completes does so before the
+        // real client's SYN arrives (loopback delivers in order), so this connect meets
+        // whatever backlog the intruders made.
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await;
+        let mut data = match connected {
+            Ok(Ok(stream)) => stream,
+            other => panic!("{mode:?}: the real client could not connect: {other:?}"),
+        };
+        ftp.expect("RETR f", 150).await;
+        assert_eq!(
+            read_all(&mut data).await,
+            b"for the real client",
+            "{mode:?}"
+        );
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+        drop(intruders);
+        server.stop().await;
+    }
+}
+
+/// A client that connects its data connection and never sends the transfer command: the
+/// connection is taken at the accept timeout and closed `accept_timeout` later, and the
+/// port goes back (it used to stay connected, holding the port, for as long as the control
+/// connection lived).
+#[tokio::test]
+async fn a_connected_data_connection_without_a_command_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 1, |c| {
+            c.listener_mode = mode;
+            c.accept_timeout = Duration::from_millis(300);
+            c.pasv_wait = Duration::ZERO;
+        })
+        .await;
+        let mut ftp = Ftp::login(server.addr).await;
+        let addr = ftp.pasv().await;
+        let mut data = connect_data(addr).await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), data.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{mode:?}: the unused connection stayed open"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{mode:?}: {read:?}");
+        // The port is free again, and the session is still there.
+        let mut other = Ftp::login(server.addr).await;
+        other.pasv().await;
+        ftp.expect("NOOP", 200).await;
+        server.stop().await;
+    }
 }

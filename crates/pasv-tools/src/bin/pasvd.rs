@@ -74,6 +74,10 @@ struct Cli {
     /// Maximum concurrent sessions per client address (0 = unlimited).
     #[arg(long, env = "PASVD_MAX_PER_IP")]
     max_per_ip: Option<usize>,
+    /// Maximum passive ports one client address holds at once, over all its sessions
+    /// (0 = unlimited; default: half the passive range, at least 1).
+    #[arg(long, env = "PASVD_MAX_PASSIVE_PER_IP")]
+    max_passive_per_ip: Option<usize>,
     /// Idle control connection timeout in seconds (no command read and no reply byte
     /// written); also the control write timeout (replies left unread this long).
     #[arg(long, env = "PASVD_IDLE_TIMEOUT")]
@@ -148,6 +152,7 @@ impl Cli {
         o.accept_timeout = self.accept_timeout;
         o.max_clients = self.max_clients;
         o.max_per_ip = self.max_per_ip;
+        o.max_passive_per_ip = self.max_passive_per_ip;
         o.idle_timeout = self.idle_timeout;
         o.data_timeout = self.data_timeout;
         o.xferlog = self.xferlog.clone();
@@ -284,6 +289,7 @@ fn serve(cli: &Cli, log: &BufferedStderr) -> anyhow::Result<()> {
     let configured_root =
         cli.root.is_some() || cli.config.is_some() && config.root != server::config::demo_root();
     cli.overrides().apply(&mut config)?;
+    config.validate()?;
     let demo = !configured_root;
     // Linux keeps credentials per thread and the switch to run_as changes the calling thread
     // only: it runs here, while this is the process's only thread, after binding with the

@@ -91,7 +91,8 @@ pub struct Config {
     pub no_reuseaddr: bool,
     /// Longest wait for a port that the pool says frees soon, before answering 425.
     pub pasv_wait: Duration,
-    /// Time a passive listener waits for the client's connection.
+    /// Time a passive listener waits for the client's connection; a connection that came but
+    /// whose transfer command did not gets this long again, then it is closed.
     pub accept_timeout: Duration,
     /// Time an active (PORT/EPRT) connect may take.
     pub connect_timeout: Duration,
@@ -99,6 +100,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Maximum concurrent sessions per client address (0 = unlimited).
     pub max_per_ip: usize,
+    /// Maximum passive leases one client address holds at once, over all its sessions
+    /// (0 = unlimited). `None`: half the ports of the range, at least one (see
+    /// [`Config::effective_max_passive_per_ip`]).
+    pub max_passive_per_ip: Option<usize>,
     /// Idle control connection timeout: no command read and no reply byte written for this
     /// long ends the session. Also the control write timeout: replies that wait this long
     /// with no byte taken by the client end the session with a reset, even while it still
@@ -176,6 +181,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(30),
             max_clients: 512,
             max_per_ip: 64,
+            max_passive_per_ip: None,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             xferlog: None,
@@ -212,7 +218,8 @@ pub fn demo_root() -> PathBuf {
 impl Config {
     /// A configuration for tests: `127.0.0.1:0`, the given root, passive ports leased on
     /// 127.0.0.1 from the default range (tests usually set their own), anonymous with write
-    /// access, short timeouts and no login delay.
+    /// access, short timeouts, no login delay, and no limit of passive leases per address
+    /// (test clients all come from 127.0.0.1).
     pub fn for_tests(root: PathBuf) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -223,6 +230,7 @@ impl Config {
             login_fail_delay: Duration::from_millis(10),
             shutdown_timeout: Duration::from_secs(2),
             fsync_uploads: false,
+            max_passive_per_ip: Some(0),
             ..Config::default()
         }
     }
@@ -236,6 +244,29 @@ impl Config {
         }
     }
 
+    /// The per-address passive lease cap in effect; `None` means unlimited.
+    ///
+    /// The default is half the ports of the range, at least one. The range counts ports, not
+    /// ports × addresses: every passive address has the same ports, and a client can be held
+    /// to one address (EPSV leases on the control connection's local address, PASV only on
+    /// IPv4 ones), so half of one address's ports is what keeps half of every address free
+    /// for the others whichever address they come in on.
+    pub fn effective_max_passive_per_ip(&self) -> Option<usize> {
+        match self.max_passive_per_ip {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some((self.pasv_port_count() / 2).max(1)),
+        }
+    }
+
+    /// Ports in the passive range (0 when the range is empty).
+    fn pasv_port_count(&self) -> usize {
+        if self.pasv_min_port > self.pasv_max_port {
+            return 0;
+        }
+        usize::from(self.pasv_max_port - self.pasv_min_port) + 1
+    }
+
     /// Reads a TOML file and applies it over `self`.
     pub fn load_file(&mut self, path: &Path) -> Result<(), ServerError> {
         let text = std::fs::read_to_string(path).map_err(|source| ServerError::Config {
@@ -247,17 +278,41 @@ impl Config {
         file.apply(self)
     }
 
-    /// Checks the values that cannot be checked one by one.
+    /// Checks every value: each numeric setting within its range (named by its key and its
+    /// flag), and the ones that depend on each other. A configuration built in code goes
+    /// through the same checks as one read from a file or flags.
     pub fn validate(&self) -> Result<(), ServerError> {
         let bad = |reason: String| Err(ServerError::Config { reason });
+        for (key, value) in [
+            ("time_wait", self.time_wait),
+            ("pasv_wait", self.pasv_wait),
+            ("accept_timeout", self.accept_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("data_timeout", self.data_timeout),
+            ("login_fail_delay", self.login_fail_delay),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            check_duration(key, value)?;
+        }
+        if self.busy_poll > MAX_BUSY_POLL {
+            return bad(format!(
+                "busy_poll_us (--busy-poll-us): {} is out of range (0 to {})",
+                self.busy_poll.as_micros(),
+                MAX_BUSY_POLL.as_micros()
+            ));
+        }
         if self.pasv_min_port == 0 || self.pasv_min_port > self.pasv_max_port {
             return bad(format!(
-                "passive range {}-{} is empty or starts at 0",
+                "pasv_min_port, pasv_max_port (--pasv-min-port, --pasv-max-port): passive range \
+                 {}-{} is empty or starts at 0 (1 <= min <= max <= 65535)",
                 self.pasv_min_port, self.pasv_max_port
             ));
         }
-        if self.buffer_size < 4096 {
-            return bad("buffer_size must be at least 4096".to_owned());
+        let addresses = self.pasv_address.len().max(1);
+        let slots = self.pasv_port_count() * addresses;
+        if let Some(n) = self.max_passive_per_ip {
+            check_count("max_passive_per_ip", n as u64, 0, slots as u64)?;
         }
         if let Some(user) = &self.run_as {
             if user.is_empty() {
@@ -281,7 +336,7 @@ impl Config {
         const DAY: Duration = Duration::from_secs(86_400);
         for (key, value, zero_ok, max) in [
             ("ban_window", self.ban_window, false, DAY),
-            ("ban_time", self.ban_time, false, 30 * DAY),
+            ("ban_time", self.ban_time, false, DAY),
             (
                 "login_timeout",
                 self.login_timeout,
@@ -304,8 +359,78 @@ impl Config {
                 ));
             }
         }
+        check_count("max_clients", self.max_clients as u64, 0, MAX_SESSIONS)?;
+        check_count("max_per_ip", self.max_per_ip as u64, 0, MAX_SESSIONS)?;
+        check_count(
+            "max_login_fails",
+            u64::from(self.max_login_fails),
+            1,
+            MAX_LOGIN_FAILS,
+        )?;
+        check_count(
+            "listen_backlog",
+            u64::from(self.listen_backlog),
+            1,
+            MAX_BACKLOG,
+        )?;
+        check_count(
+            "buffer_size",
+            self.buffer_size as u64,
+            MIN_BUFFER,
+            MAX_BUFFER,
+        )?;
         Ok(())
     }
+}
+
+/// Longest duration any setting may have: a day, longer than any of these timeouts needs.
+/// Every timer is `now + setting`, which must not overflow `Instant` (`--idle-timeout 1e19`
+/// made every session panic on its first timer) and stays well inside tokio's timer wheel
+/// (about two years).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest busy polling after an input: a second of spinning.
+const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
+/// Most sessions `max_clients` and `max_per_ip` may name (each takes a file descriptor).
+const MAX_SESSIONS: u64 = 1_000_000;
+/// Most failed logins a session may be allowed.
+const MAX_LOGIN_FAILS: u64 = 1_000;
+/// Largest listen backlog (`listen(2)` takes an `int`; Linux caps it at `somaxconn`, 4096 by
+/// default, anyway).
+const MAX_BACKLOG: u64 = 65_535;
+/// Smallest data copy buffer.
+const MIN_BUFFER: u64 = 4096;
+/// Largest data copy buffer: every running transfer holds one.
+const MAX_BUFFER: u64 = 64 * 1024 * 1024;
+
+/// The flag that sets `key`.
+fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+fn check_duration(key: &str, value: Duration) -> Result<(), ServerError> {
+    if value > MAX_DURATION {
+        return Err(ServerError::Config {
+            reason: format!(
+                "{key} ({}): {} s is out of range (0 to {} s)",
+                flag(key),
+                value.as_secs_f64(),
+                MAX_DURATION.as_secs()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_count(key: &str, value: u64, min: u64, max: u64) -> Result<(), ServerError> {
+    if value < min || value > max {
+        return Err(ServerError::Config {
+            reason: format!(
+                "{key} ({}): {value} is out of range ({min} to {max})",
+                flag(key)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One configuration layer: every key optional. Used for the TOML file and for the flags.
@@ -332,6 +457,7 @@ pub struct ConfigFile {
     pub connect_timeout: Option<f64>,
     pub max_clients: Option<usize>,
     pub max_per_ip: Option<usize>,
+    pub max_passive_per_ip: Option<usize>,
     pub idle_timeout: Option<f64>,
     pub data_timeout: Option<f64>,
     pub xferlog: Option<PathBuf>,
@@ -364,9 +490,19 @@ pub struct ConfigFile {
     pub run_as: Option<String>,
 }
 
+/// Seconds from a file or a flag: finite, not negative, at most [`MAX_DURATION`].
 fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
-    Duration::try_from_secs_f64(v).map_err(|_| ServerError::Config {
-        reason: format!("{key}: {v} is not a duration in seconds"),
+    let max = MAX_DURATION.as_secs_f64();
+    if !(0.0..=max).contains(&v) {
+        return Err(ServerError::Config {
+            reason: format!(
+                "{key} ({}): {v} is out of range (0 to {max} seconds)",
+                flag(key)
+            ),
+        });
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| ServerError::Config {
+        reason: format!("{key} ({}): {v}: {e}", flag(key)),
     })
 }
 
@@ -434,11 +570,7 @@ impl ConfigFile {
             login_timeout
         );
         if let Some(v) = self.busy_poll_us {
-            if v > 1_000_000 {
-                return Err(cfg(format!(
-                    "busy_poll_us: {v} is more than a second of spinning per input"
-                )));
-            }
+            check_count("busy_poll_us", v, 0, MAX_BUSY_POLL.as_micros() as u64)?;
             config.busy_poll = Duration::from_micros(v);
         }
         if let Some(v) = self.no_anonymous {
@@ -452,6 +584,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.no_ascii {
             config.ascii_transfers = !v;
+        }
+        if let Some(v) = self.max_passive_per_ip {
+            config.max_passive_per_ip = Some(v);
         }
         if let Some(v) = self.users {
             config.users = Some(v);
@@ -540,6 +675,114 @@ mod tests {
         assert!(file.apply(&mut Config::default()).is_err());
     }
 
+    /// Every out-of-range number is refused with its key, its flag and its range, from a
+    /// file or flags (both are a `ConfigFile`) and from a configuration built in code.
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_key_and_the_range() {
+        let refused = |toml_text: &str| -> String {
+            let mut config = Config::default();
+            let file: ConfigFile = toml::from_str(toml_text).expect(toml_text);
+            let result = file.apply(&mut config).and_then(|()| config.validate());
+            match result {
+                Err(e) => e.to_string(),
+                Ok(()) => panic!("{toml_text} accepted"),
+            }
+        };
+        for (text, key, range) in [
+            (
+                "idle_timeout = 1e19",
+                "idle_timeout (--idle-timeout)",
+                "0 to 86400",
+            ),
+            ("idle_timeout = 86400.5", "idle_timeout", "0 to 86400"),
+            ("accept_timeout = inf", "accept_timeout", "0 to 86400"),
+            ("data_timeout = nan", "data_timeout", "0 to 86400"),
+            ("pasv_wait = -1.0", "pasv_wait", "0 to 86400"),
+            ("time_wait = 1e300", "time_wait", "0 to 86400"),
+            ("connect_timeout = 1e10", "connect_timeout", "0 to 86400"),
+            ("login_fail_delay = 1e6", "login_fail_delay", "0 to 86400"),
+            ("shutdown_timeout = 1e6", "shutdown_timeout", "0 to 86400"),
+            ("busy_poll_us = 5000000", "busy_poll_us", "0 to 1000000"),
+            ("listen_backlog = 0", "listen_backlog", "1 to 65535"),
+            (
+                "listen_backlog = 4294967295",
+                "listen_backlog",
+                "1 to 65535",
+            ),
+            ("buffer_size = 100", "buffer_size", "4096 to 67108864"),
+            (
+                "buffer_size = 9223372036854775807",
+                "buffer_size",
+                "4096 to 67108864",
+            ),
+            (
+                "max_clients = 9223372036854775807",
+                "max_clients",
+                "0 to 1000000",
+            ),
+            ("max_per_ip = 2000000", "max_per_ip", "0 to 1000000"),
+            ("max_login_fails = 0", "max_login_fails", "1 to 1000"),
+            (
+                "max_passive_per_ip = 21",
+                "max_passive_per_ip (--max-passive-per-ip)",
+                "0 to 20",
+            ),
+            ("pasv_min_port = 0", "pasv_min_port", "1 <= min <= max"),
+            (
+                "pasv_min_port = 40000\npasv_max_port = 39999",
+                "pasv_max_port",
+                "1 <= min <= max",
+            ),
+        ] {
+            let message = refused(text);
+            assert!(message.contains(key), "{text}: {message}");
+            assert!(message.contains(range), "{text}: {message}");
+        }
+        // The bounds themselves are fine.
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str(
+            "idle_timeout = 86400\nlisten_backlog = 65535\nmax_passive_per_ip = 20\n\
+             busy_poll_us = 1000000\npasv_wait = 0",
+        )
+        .unwrap();
+        file.apply(&mut config).unwrap();
+        config.validate().unwrap();
+        // Two passive addresses: the range is 20 ports on each, 40 leases in all.
+        config.pasv_address = vec![
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        ];
+        config.max_passive_per_ip = Some(40);
+        config.validate().unwrap();
+        config.max_passive_per_ip = Some(41);
+        assert!(config.validate().is_err());
+        // Built in code: the same checks.
+        let config = Config {
+            idle_timeout: Duration::from_secs(u64::MAX),
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("idle_timeout"), "{message}");
+    }
+
+    #[test]
+    fn the_passive_limit_defaults_to_half_the_ports() {
+        let mut config = Config::default();
+        assert_eq!(config.effective_max_passive_per_ip(), Some(10));
+        config.pasv_address = vec![
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        ];
+        // Half of one address's ports: a client can be held to one address.
+        assert_eq!(config.effective_max_passive_per_ip(), Some(10));
+        config.pasv_max_port = config.pasv_min_port;
+        assert_eq!(config.effective_max_passive_per_ip(), Some(1));
+        config.max_passive_per_ip = Some(0);
+        assert_eq!(config.effective_max_passive_per_ip(), None);
+        config.max_passive_per_ip = Some(3);
+        assert_eq!(config.effective_max_passive_per_ip(), Some(3));
+    }
+
     #[test]
     fn run_as_is_read_and_checked() {
         let mut config = Config::default();
@@ -582,11 +825,10 @@ mod tests {
             "login_fail_delay = 61",
         ] {
             let mut config = Config::default();
-            toml::from_str::<ConfigFile>(bad)
+            let applied = toml::from_str::<ConfigFile>(bad)
                 .unwrap()
-                .apply(&mut config)
-                .unwrap();
-            assert!(config.validate().is_err(), "{bad}");
+                .apply(&mut config);
+            assert!(applied.is_err() || config.validate().is_err(), "{bad}");
         }
     }
 

@@ -397,6 +397,7 @@ impl Session {
             // accept timeout needs a timer.
             let accept_deadline = match (&self.transfer, &self.data) {
                 (None, Data::Passive(p)) => Some(p.deadline()),
+                (None, Data::Connected(_, guard)) => guard.unused_until(),
                 _ => None,
             };
             let has_transfer = self.transfer.is_some();
@@ -516,8 +517,18 @@ impl Session {
     }
 
     /// The accept timeout of an idle passive endpoint: a connection that did arrive is taken
-    /// (as if the transfer command were next), else the port goes back to the pool.
+    /// (as if the transfer command were next), else the port goes back to the pool. The
+    /// deadline of a connection so taken that is still unused: it is reset, and the port
+    /// goes back with [`Closer::Reset`] (a RST leaves no TIME_WAIT).
     fn accept_timeout(&mut self) {
+        if let Data::Connected(_, guard) = &self.data {
+            tracing::info!(
+                session = self.id,
+                port = guard.addr().map_or(0, |a| a.port()),
+                "data connection closed unused"
+            );
+            return self.release_data();
+        }
         if let Ok(true) = self.take_waiting_connection() {
             return;
         }
@@ -541,7 +552,7 @@ impl Session {
             return Ok(false);
         };
         if let Data::Passive(p) = std::mem::replace(&mut self.data, Data::None) {
-            self.data = Data::Connected(conn, p.into_guard());
+            self.data = Data::Connected(conn, p.into_waiting_connection());
         }
         Ok(true)
     }
@@ -1149,6 +1160,20 @@ impl Session {
                 // about as long as one transfer, and a second is a generous guess for that.
                 tracing::info!(session = self.id, "passive ports all leased");
                 self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+            }
+            Refusal::PeerLimit { limit } => {
+                // No `retry after` hint: this address's leases end when its own transfers
+                // or accept timeouts end them, which the server cannot foresee.
+                tracing::info!(
+                    session = self.id,
+                    limit,
+                    "passive leases per address at limit"
+                );
+                let text = format!(
+                    "Too many data connections from your address ({limit} at once); \
+                     wait for one of them to end (no time known)."
+                );
+                self.reply(425, text.as_bytes());
             }
             Refusal::NoAddress => self.reply(502, b"No passive address of this family."),
             Refusal::Bind(e) => {
