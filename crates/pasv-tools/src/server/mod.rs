@@ -40,7 +40,9 @@
 //!   an IPv6-only server): permanent, so clients switch rather than retry. EPSV without a
 //!   passive address of the control connection's family answers 522 (RFC 2428).
 //! * **Exhaustion.** PASV/EPSV wait up to `pasv_wait` for a release (any session's) or for
-//!   the pool's `retry_after`; then `425 ... (retry after Ns)`. Every 425 carries a hint.
+//!   the pool's `retry_after`; then `425 ... (retry after Ns)`. Every 425 for a shortage of
+//!   ports carries a hint; one for an address at its lease cap says that no time is known
+//!   (only the client's own transfers free its leases).
 //!   A release wakes one waiter, the oldest whose address filter admits the freed address
 //!   (EPSV on IPv6 waits for an IPv6 port, PASV for an IPv4 one); one that still finds
 //!   nothing hands the wake-up on to a waiter of another kind.
