@@ -540,6 +540,59 @@ async fn a_connection_left_by_a_replaced_pasv_is_never_served() {
     }
 }
 
+/// A client that connects after its lease ended (here: replaced by PORT; an accept timeout
+/// ends it the same way) must not be served the next lease of that port for its address,
+/// here another session's. Per-lease: the port is closed, the late connect is refused.
+/// Prebound: the shared listener (its filter still admitting the address) queues it, and the
+/// next grant on the port resets it instead of taking it for the new lease.
+#[tokio::test]
+async fn a_late_connection_for_an_ended_lease_never_gets_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"for the second session only").unwrap();
+    for mode in [ListenerMode::PerLease, ListenerMode::Prebound] {
+        let server = start(dir.path(), 1, |c| c.listener_mode = mode).await;
+        let mut first = Ftp::login(server.addr).await;
+        let addr = first.pasv().await;
+        // PORT ends the passive lease before its 200 is sent.
+        let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = unused.local_addr().unwrap().port();
+        first
+            .expect(&format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff), 200)
+            .await;
+        let late = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("late connect ends in time");
+        let mut second = Ftp::login(server.addr).await;
+        assert_eq!(second.pasv().await, addr, "{mode:?}: one port, the same port");
+        let mut data = connect_data(addr).await;
+        second.expect("RETR f", 150).await;
+        match late {
+            // Refused (per-lease), or queued and reset by the grant (prebound): either way
+            // it gets nothing, and the second session's data reaches the second session.
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{mode:?}"),
+            Ok(mut late) => {
+                assert_eq!(mode, ListenerMode::Prebound);
+                let mut buf = Vec::new();
+                let read = tokio::time::timeout(WAIT, late.read_to_end(&mut buf))
+                    .await
+                    .expect("late connection closed in time");
+                assert!(
+                    read.is_err() || buf.is_empty(),
+                    "{mode:?}: the late connection got the next lease's data: {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+            }
+        }
+        assert_eq!(
+            read_all(&mut data).await,
+            b"for the second session only",
+            "{mode:?}"
+        );
+        assert_eq!(second.reply().await.code().get(), 226, "{mode:?}");
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_busy_polling_server_serves_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();

@@ -337,46 +337,70 @@ impl PassivePorts {
         }
     }
 
-    /// Prebound mode: makes the port's filter admit `peer`, whose lease on `addr` is
-    /// registered. The filter is rebuilt, from the peers with a live lease on the port, only
-    /// when it does not admit `peer` yet or still admits a peer whose lease ended; a peer
-    /// that leases the same port again and again costs nothing. After a rebuild the backlog
-    /// is cleared of what the new filter would have kept out (each connection goes to the
-    /// session that leased the port for its address, or is reset), so connections queued
-    /// by a peer that is no longer admitted cannot keep the backlog full.
+    /// Prebound mode: grants `peer` its lease on `addr`: makes the port's filter admit it,
+    /// clears the backlog of what was queued before the lease, then registers `routed` as
+    /// where a connection from `peer` goes.
+    ///
+    /// The filter is rebuilt, from the peers with a live lease on the port, only when it does
+    /// not admit `peer` yet or still admits a peer whose lease ended; a peer that leases the
+    /// same port again and again costs nothing.
+    ///
+    /// The backlog is cleared at every grant (one `accept` that finds nothing, in the usual
+    /// case): a connection from `peer` already queued belongs to no lease, since the pool
+    /// leases a port to one session per peer address at a time and this one has not
+    /// answered yet. It came late for a lease that ended (accept timeout, replaced PASV) and
+    /// is reset, not taken as this lease's connection; a per-lease listener, bound now,
+    /// would not have it either. Connections from other peers go to the session that leased
+    /// the port for their address, or are reset (so ones from a peer that is no longer
+    /// admitted cannot keep the backlog full). All of this under the port's filter lock,
+    /// which [`Passive::try_accept`] also holds from its `accept` to its registry look-up, so
+    /// no session can take a connection queued before the grant and hand it to this lease.
     ///
     /// What the filter cannot do: a peer with its own live lease on the port is admitted,
     /// and could fill the shared backlog (`listen_backlog` connections) until a session
-    /// accepts on the port; `max_passive_per_ip` bounds how many ports it can do that to.
-    fn admit(
+    /// accepts on the port or a lease is granted on it; `max_passive_per_ip` bounds how many
+    /// ports it can do that to.
+    fn grant(
         &self,
         addr: SocketAddr,
         listener: &PassiveListener,
         filter: &Mutex<PortFilter>,
         peer: IpAddr,
+        routed: oneshot::Sender<DataConn>,
     ) -> io::Result<()> {
         let mut guard = lock(filter);
         let filter = &mut *guard;
         if !filter.live.contains(&peer) {
             filter.live.push(peer);
         }
-        if filter.admitted.contains(&peer) && filter.admitted.len() == filter.live.len() {
-            return Ok(());
+        if !(filter.admitted.contains(&peer) && filter.admitted.len() == filter.live.len()) {
+            if let Err(e) = attach_source_filter(&socket2::SockRef::from(listener), &filter.live) {
+                filter.live.retain(|&p| p != peer);
+                return Err(e);
+            }
+            filter.admitted.clone_from(&filter.live);
         }
-        attach_source_filter(&socket2::SockRef::from(listener), &filter.live)?;
-        filter.admitted.clone_from(&filter.live);
-        // Under the port's filter lock, so no other rebuild runs meanwhile.
         while let Ok(Some((stream, from))) = accept_nonblocking(listener) {
-            let waiting = lock(&self.registry).remove(&(addr, from.ip().to_canonical()));
+            let from = from.ip().to_canonical();
+            let waiting = (from != peer)
+                .then(|| lock(&self.registry).remove(&(addr, from)))
+                .flatten();
             match waiting {
                 Some(tx) => {
                     if let Err(stream) = tx.send(stream) {
                         reset(stream);
                     }
                 }
-                None => reset(stream),
+                None => {
+                    if from == peer {
+                        tracing::info!(port = addr.port(), from = %from,
+                            "late data connection of an ended lease reset");
+                    }
+                    reset(stream);
+                }
             }
         }
+        lock(&self.registry).insert((addr, peer), routed);
         Ok(())
     }
 
@@ -423,14 +447,12 @@ impl PassivePorts {
                     return Err((lease, io::Error::from(io::ErrorKind::AddrNotAvailable)));
                 };
                 let (tx, rx) = oneshot::channel();
-                lock(&self.registry).insert((addr, peer), tx);
-                if let Err(e) = self.admit(addr, &listener, &filter, peer) {
-                    lock(&self.registry).remove(&(addr, peer));
-                    lock(&filter).live.retain(|&p| p != peer);
+                if let Err(e) = self.grant(addr, &listener, &filter, peer, tx) {
                     return Err((lease, e));
                 }
                 Acceptor::Prebound {
                     listener,
+                    filter,
                     routed: rx,
                     registry: Arc::clone(&self.registry),
                 }
@@ -810,6 +832,9 @@ enum Acceptor {
     /// between threads on the way to the session.
     Prebound {
         listener: Arc<PassiveListener>,
+        /// The port's filter, whose lock orders accepts against grants (see
+        /// [`PassivePorts::grant`]).
+        filter: Arc<Mutex<PortFilter>>,
         routed: oneshot::Receiver<DataConn>,
         registry: Registry,
     },
@@ -911,6 +936,7 @@ impl Passive {
             },
             Acceptor::Prebound {
                 listener,
+                filter,
                 routed,
                 registry,
             } => {
@@ -918,30 +944,34 @@ impl Passive {
                 match routed.try_recv() {
                     Ok(stream) => stream,
                     Err(oneshot::error::TryRecvError::Closed) => return Err(withdrawn()),
-                    Err(oneshot::error::TryRecvError::Empty) => loop {
-                        let (stream, from) = match accept_nonblocking(listener) {
-                            Ok(Some(accepted)) => accepted,
-                            Ok(None) => return Ok(None),
-                            Err(e) => return Err(AcceptError::Io(e)),
-                        };
-                        let from_ip = from.ip().to_canonical();
-                        if from_ip == self.peer {
-                            break stream;
-                        }
-                        let key = (self.guard.addr().unwrap_or(from), from_ip);
-                        let waiting = lock(registry).remove(&key);
-                        match waiting {
-                            Some(tx) => {
-                                if let Err(stream) = tx.send(stream) {
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        // From accept to registry look-up, no grant on this port runs.
+                        let _grants = lock(filter);
+                        loop {
+                            let (stream, from) = match accept_nonblocking(listener) {
+                                Ok(Some(accepted)) => accepted,
+                                Ok(None) => return Ok(None),
+                                Err(e) => return Err(AcceptError::Io(e)),
+                            };
+                            let from_ip = from.ip().to_canonical();
+                            if from_ip == self.peer {
+                                break stream;
+                            }
+                            let key = (self.guard.addr().unwrap_or(from), from_ip);
+                            let waiting = lock(registry).remove(&key);
+                            match waiting {
+                                Some(tx) => {
+                                    if let Err(stream) = tx.send(stream) {
+                                        reset(stream);
+                                    }
+                                }
+                                None => {
+                                    tracing::warn!(port, from = %from, "unexpected data connection dropped");
                                     reset(stream);
                                 }
                             }
-                            None => {
-                                tracing::warn!(port, from = %from, "unexpected data connection dropped");
-                                reset(stream);
-                            }
                         }
-                    },
+                    }
                 }
             }
             Acceptor::Done => return Err(already_taken()),
