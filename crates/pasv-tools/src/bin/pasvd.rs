@@ -43,6 +43,11 @@ struct Cli {
     /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable).
     #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS", value_delimiter = ',')]
     pasv_public_address: Vec<String>,
+    /// Clients connect to the address a 227 reply advertises, so PASV may lease on any
+    /// passive address (default: PASV leases on the control connection's local address,
+    /// where ftplib, curl and commons-net connect whatever the reply says).
+    #[arg(long, env = "PASVD_PASV_FOLLOW_ADVERTISED")]
+    pasv_follow_advertised: bool,
     /// Let anonymous users upload, rename, delete and create directories.
     #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
     anonymous_write: bool,
@@ -142,6 +147,7 @@ impl Cli {
         o.pasv_address = (!self.pasv_address.is_empty()).then(|| self.pasv_address.clone());
         o.pasv_public_address =
             (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
+        o.pasv_follow_advertised = self.pasv_follow_advertised.then_some(true);
         o.anonymous_write = self.anonymous_write.then_some(true);
         o.no_anonymous = self.no_anonymous.then_some(true);
         o.users = self.users.clone();

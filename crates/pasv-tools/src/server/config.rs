@@ -76,6 +76,12 @@ pub struct Config {
     /// Address advertised in 227 replies instead of the leased one (NAT): `local -> public`.
     /// The key `0.0.0.0` applies to every local address without its own entry.
     pub pasv_public_address: HashMap<IpAddr, Ipv4Addr>,
+    /// PASV may lease on any passive address, because clients connect to the address the
+    /// 227 reply advertises. Off (the default), PASV leases on the control connection's local
+    /// address when it is a passive address: Python's ftplib, curl and Apache commons-net
+    /// ignore the 227 address and connect to the control connection's peer, so a lease on
+    /// another address would be refused.
+    pub pasv_follow_advertised: bool,
     /// Anonymous logins (`anonymous`, `ftp`) allowed.
     pub anonymous_enable: bool,
     /// Anonymous users may upload, rename, delete and create directories.
@@ -170,6 +176,7 @@ impl Default for Config {
             pasv_max_port: 30019,
             pasv_address: Vec::new(),
             pasv_public_address: HashMap::new(),
+            pasv_follow_advertised: false,
             anonymous_enable: true,
             anonymous_write: false,
             users: None,
@@ -446,6 +453,7 @@ pub struct ConfigFile {
     pub pasv_address: Option<Vec<IpAddr>>,
     /// Entries `PUBLIC` (for every local address) or `LOCAL=PUBLIC`.
     pub pasv_public_address: Option<Vec<String>>,
+    pub pasv_follow_advertised: Option<bool>,
     pub anonymous_enable: Option<bool>,
     pub anonymous_write: Option<bool>,
     pub users: Option<PathBuf>,
@@ -541,6 +549,7 @@ impl ConfigFile {
             pasv_min_port,
             pasv_max_port,
             pasv_address,
+            pasv_follow_advertised,
             anonymous_enable,
             anonymous_write,
             no_reuseaddr,
