@@ -48,6 +48,14 @@ struct Cli {
     /// where ftplib, curl and commons-net connect whatever the reply says).
     #[arg(long, env = "PASVD_PASV_FOLLOW_ADVERTISED")]
     pasv_follow_advertised: bool,
+    /// Control connections start with a PROXY protocol header (v1 or v2) naming the client's
+    /// address, from a load balancer in --proxy-from; that address then counts everywhere.
+    #[arg(long, env = "PASVD_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// Sources allowed to send a PROXY header, as CIDR blocks (repeatable); with
+    /// --proxy-protocol, control connections from anywhere else are closed unread.
+    #[arg(long, env = "PASVD_PROXY_FROM", value_delimiter = ',')]
+    proxy_from: Vec<String>,
     /// Let anonymous users upload, rename, delete and create directories.
     #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
     anonymous_write: bool,
@@ -148,6 +156,8 @@ impl Cli {
         o.pasv_public_address =
             (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
         o.pasv_follow_advertised = self.pasv_follow_advertised.then_some(true);
+        o.proxy_protocol = self.proxy_protocol.then_some(true);
+        o.proxy_from = (!self.proxy_from.is_empty()).then(|| self.proxy_from.clone());
         o.anonymous_write = self.anonymous_write.then_some(true);
         o.no_anonymous = self.no_anonymous.then_some(true);
         o.users = self.users.clone();
