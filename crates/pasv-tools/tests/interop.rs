@@ -438,3 +438,80 @@ print('ok')
         b"one\ntwo\nthree\n"
     );
 }
+
+/// Two passive addresses, and clients that connect to the control connection's peer whatever
+/// the 227 reply says (ftplib's default, curl's `--ftp-skip-pasv-ip` default): every PASV
+/// must lease on the address the client connected to, or its data connection is refused
+/// (before the fix, PASV alternated between the two and half the retrievals failed).
+#[test]
+fn ftplib_and_curl_with_two_passive_addresses_use_the_control_address() {
+    let server = Pasvd::start(&["--pasv-address", "127.0.0.2"]);
+    let work = tempfile::tempdir().unwrap();
+    let body = pattern(100_000, 4);
+    fs::write(server.root.join("f.bin"), &body).unwrap();
+    let script = r#"
+import ftplib, io, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=20)
+f.login()
+assert not f.trust_server_pasv_ipv4_address
+hosts = set()
+for i in range(6):
+    hosts.add(ftplib.parse227(f.sendcmd('PASV'))[0])
+    got = io.BytesIO(); f.retrbinary('RETR f.bin', got.write)
+    assert len(got.getvalue()) == 100000, (i, len(got.getvalue()))
+assert hosts == {'127.0.0.1'}, hosts
+f.quit()
+print('ok')
+"#;
+    run_python(script, server.port, work.path());
+    for i in 0..6 {
+        let name = format!("got{i}.bin");
+        run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "--disable-epsv",
+                "-o",
+                &name,
+                &server.url("f.bin"),
+            ],
+            work.path(),
+        );
+        assert_eq!(fs::read(work.path().join(&name)).unwrap(), body, "{name}");
+    }
+}
+
+/// With `--pasv-follow-advertised` PASV spreads over both addresses again, for clients that
+/// connect where the 227 reply says (ftplib with `trust_server_pasv_ipv4_address`).
+#[test]
+fn ftplib_following_the_advertised_address_gets_both_passive_addresses() {
+    let server = Pasvd::start(&["--pasv-address", "127.0.0.2", "--pasv-follow-advertised"]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.root.join("f.bin"), pattern(50_000, 5)).unwrap();
+    let script = r#"
+import ftplib, io, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=20)
+f.login()
+f.trust_server_pasv_ipv4_address = True
+hosts = set()
+makepasv = f.makepasv
+def recording():
+    host, port = makepasv()
+    hosts.add(host)
+    return host, port
+f.makepasv = recording
+for i in range(6):
+    got = io.BytesIO(); f.retrbinary('RETR f.bin', got.write)
+    assert len(got.getvalue()) == 50000, (i, len(got.getvalue()))
+assert hosts == {'127.0.0.1', '127.0.0.2'}, hosts
+f.quit()
+print('ok')
+"#;
+    run_python(script, server.port, work.path());
+}

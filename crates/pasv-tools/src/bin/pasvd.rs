@@ -43,6 +43,19 @@ struct Cli {
     /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable).
     #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS", value_delimiter = ',')]
     pasv_public_address: Vec<String>,
+    /// Clients connect to the address a 227 reply advertises, so PASV may lease on any
+    /// passive address (default: PASV leases on the control connection's local address,
+    /// where ftplib, curl and commons-net connect whatever the reply says).
+    #[arg(long, env = "PASVD_PASV_FOLLOW_ADVERTISED")]
+    pasv_follow_advertised: bool,
+    /// Control connections start with a PROXY protocol header (v1 or v2) naming the client's
+    /// address, from a load balancer in --proxy-from; that address then counts everywhere.
+    #[arg(long, env = "PASVD_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// Sources allowed to send a PROXY header, as CIDR blocks (repeatable); with
+    /// --proxy-protocol, control connections from anywhere else are closed unread.
+    #[arg(long, env = "PASVD_PROXY_FROM", value_delimiter = ',')]
+    proxy_from: Vec<String>,
     /// Let anonymous users upload, rename, delete and create directories.
     #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
     anonymous_write: bool,
@@ -142,6 +155,9 @@ impl Cli {
         o.pasv_address = (!self.pasv_address.is_empty()).then(|| self.pasv_address.clone());
         o.pasv_public_address =
             (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
+        o.pasv_follow_advertised = self.pasv_follow_advertised.then_some(true);
+        o.proxy_protocol = self.proxy_protocol.then_some(true);
+        o.proxy_from = (!self.proxy_from.is_empty()).then(|| self.proxy_from.clone());
         o.anonymous_write = self.anonymous_write.then_some(true);
         o.no_anonymous = self.no_anonymous.then_some(true);
         o.users = self.users.clone();

@@ -76,6 +76,19 @@ pub struct Config {
     /// Address advertised in 227 replies instead of the leased one (NAT): `local -> public`.
     /// The key `0.0.0.0` applies to every local address without its own entry.
     pub pasv_public_address: HashMap<IpAddr, Ipv4Addr>,
+    /// PASV may lease on any passive address, because clients connect to the address the
+    /// 227 reply advertises. Off (the default), PASV leases on the control connection's local
+    /// address when it is a passive address: Python's ftplib, curl and Apache commons-net
+    /// ignore the 227 address and connect to the control connection's peer, so a lease on
+    /// another address would be refused.
+    pub pasv_follow_advertised: bool,
+    /// Control connections start with a PROXY protocol header (version 1 or 2) naming the
+    /// client's address, which then counts as the peer everywhere (limits, bans, logs, the
+    /// PORT check, the data connection's address check). Needs `proxy_from`.
+    pub proxy_protocol: bool,
+    /// The sources (load balancers) allowed to send a PROXY header; with `proxy_protocol`,
+    /// control connections from anywhere else are closed unread.
+    pub proxy_from: Vec<Cidr>,
     /// Anonymous logins (`anonymous`, `ftp`) allowed.
     pub anonymous_enable: bool,
     /// Anonymous users may upload, rename, delete and create directories.
@@ -170,6 +183,9 @@ impl Default for Config {
             pasv_max_port: 30019,
             pasv_address: Vec::new(),
             pasv_public_address: HashMap::new(),
+            pasv_follow_advertised: false,
+            proxy_protocol: false,
+            proxy_from: Vec::new(),
             anonymous_enable: true,
             anonymous_write: false,
             users: None,
@@ -326,6 +342,13 @@ impl Config {
                 ));
             }
         }
+        if self.proxy_protocol && self.proxy_from.is_empty() {
+            return bad(
+                "proxy_protocol (--proxy-protocol) needs proxy_from (--proxy-from): the \
+                 balancers allowed to name a client's address"
+                    .to_owned(),
+            );
+        }
         if !(1..=1000).contains(&self.max_login_failures) {
             return bad(format!(
                 "max_login_failures {} is not within 1-1000",
@@ -446,6 +469,10 @@ pub struct ConfigFile {
     pub pasv_address: Option<Vec<IpAddr>>,
     /// Entries `PUBLIC` (for every local address) or `LOCAL=PUBLIC`.
     pub pasv_public_address: Option<Vec<String>>,
+    pub pasv_follow_advertised: Option<bool>,
+    pub proxy_protocol: Option<bool>,
+    /// CIDR blocks (`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`).
+    pub proxy_from: Option<Vec<String>>,
     pub anonymous_enable: Option<bool>,
     pub anonymous_write: Option<bool>,
     pub users: Option<PathBuf>,
@@ -506,6 +533,66 @@ fn secs(key: &str, v: f64) -> Result<Duration, ServerError> {
     })
 }
 
+/// A block of addresses, `ADDR/PREFIX` (a bare address is a block of one). IPv4 blocks also
+/// match IPv4-mapped IPv6 addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr = addr
+            .parse::<IpAddr>()
+            .map_err(|e| format!("{s:?}: {e}"))?
+            .to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// Parses `PUBLIC` or `LOCAL=PUBLIC`.
 pub fn parse_public_address(s: &str) -> Result<(IpAddr, Ipv4Addr), String> {
     let (local, public) = match s.split_once('=') {
@@ -541,6 +628,8 @@ impl ConfigFile {
             pasv_min_port,
             pasv_max_port,
             pasv_address,
+            pasv_follow_advertised,
+            proxy_protocol,
             anonymous_enable,
             anonymous_write,
             no_reuseaddr,
@@ -607,6 +696,12 @@ impl ConfigFile {
             config.pasv_strategy = v
                 .parse()
                 .map_err(|_| cfg(format!("unknown pasv_strategy {v:?}")))?;
+        }
+        if let Some(v) = self.proxy_from {
+            config.proxy_from = v
+                .iter()
+                .map(|c| c.parse().map_err(|e| cfg(format!("proxy_from: {e}"))))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = self.pasv_public_address {
             config.pasv_public_address.clear();
@@ -830,6 +925,39 @@ mod tests {
                 .apply(&mut config);
             assert!(applied.is_err() || config.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cidr_blocks_match_their_addresses_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains(ip("10.1.255.3")));
+        assert!(net.contains(ip("::ffff:10.1.0.1")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        assert!(!net.contains(ip("::1")));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.6")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.1")));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("2001:db9::1")));
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "host/8", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_sources() {
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str("proxy_protocol = true").unwrap();
+        file.apply(&mut config).unwrap();
+        assert!(config.validate().is_err());
+        let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+        file.apply(&mut config).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.proxy_from.len(), 2);
+        let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.0/40\"]").unwrap();
+        assert!(file.apply(&mut config).is_err());
     }
 
     #[test]

@@ -119,13 +119,14 @@ mod demo;
 mod listing;
 mod passive;
 mod privileges;
+mod proxy;
 mod session;
 mod transfer;
 mod users;
 mod vfs;
 mod xferlog;
 
-pub use config::{Config, ConfigFile, ListenerMode};
+pub use config::{Cidr, Config, ConfigFile, ListenerMode};
 pub use demo::populate_demo;
 pub use users::hash_password;
 
@@ -579,22 +580,35 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // Before any session state: a banned address costs one write.
-                        if shared.defender.refuses(peer.ip()) {
-                            refuse_banned(stream, peer);
+                    Ok((stream, peer)) if shared.config.proxy_protocol => {
+                        // Only a trusted balancer may name the client's address; anyone else
+                        // is closed before a byte is read.
+                        if !shared.config.proxy_from.iter().any(|c| c.contains(peer.ip())) {
+                            tracing::warn!(from = %peer, "connection refused: not a trusted PROXY source");
                             continue;
                         }
-                        let Some(slot) = admit(&shared.config, &admission, peer.ip()) else {
-                            refuse(stream, peer);
-                            continue;
-                        };
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        let shared = Arc::clone(&shared);
+                        let (shared, admission) = (Arc::clone(&shared), Arc::clone(&admission));
                         sessions.spawn(async move {
-                            session::serve(shared, stream, peer, id).await;
-                            drop(slot);
+                            let mut stream = stream;
+                            let client = match proxy::read_header(&mut stream).await {
+                                Ok(client) => client.unwrap_or(peer),
+                                Err(e) => {
+                                    tracing::warn!(from = %peer, error = %e, "connection refused: PROXY header");
+                                    return passive::reset(stream);
+                                }
+                            };
+                            tracing::debug!(session = id, peer = %client, via = %peer, "proxied connection");
+                            if let Some(session) = open_session(&shared, &admission, stream, client, id) {
+                                session.await;
+                            }
                         });
+                    }
+                    Ok((stream, peer)) => {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        if let Some(session) = open_session(&shared, &admission, stream, peer, id) {
+                            sessions.spawn(session);
+                        }
                     }
                     Err(e) if is_transient_accept_error(&e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");
@@ -643,6 +657,32 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
     )
+}
+
+/// The session of a control connection from `peer` (the client's address, given by a PROXY
+/// header when there is one), unless the address is banned or over its limits (then the
+/// connection is answered 421 and closed).
+fn open_session(
+    shared: &Arc<Shared>,
+    admission: &Arc<Mutex<Admission>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    // Before any session state: a banned address costs one write.
+    if shared.defender.refuses(peer.ip()) {
+        refuse_banned(stream, peer);
+        return None;
+    }
+    let Some(slot) = admit(&shared.config, admission, peer.ip()) else {
+        refuse(stream, peer);
+        return None;
+    };
+    let shared = Arc::clone(shared);
+    Some(async move {
+        session::serve(shared, stream, peer, id).await;
+        drop(slot);
+    })
 }
 
 fn admit(config: &Config, admission: &Arc<Mutex<Admission>>, ip: IpAddr) -> Option<Slot> {

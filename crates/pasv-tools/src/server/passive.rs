@@ -128,6 +128,8 @@ pub(crate) struct PassivePorts {
     wait: Duration,
     accept_timeout: Duration,
     public: HashMap<IpAddr, Ipv4Addr>,
+    /// PASV may lease on any IPv4 passive address (`pasv_follow_advertised`).
+    follow_advertised: bool,
     addresses: Vec<IpAddr>,
     registry: Registry,
     /// Prebound mode: every passive listener, bound once at start, with the peers its
@@ -177,6 +179,7 @@ impl PassivePorts {
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
             public: config.pasv_public_address.clone(),
+            follow_advertised: config.pasv_follow_advertised,
             addresses: addresses.clone(),
             registry: Arc::default(),
             prebound: Mutex::new(HashMap::new()),
@@ -219,6 +222,21 @@ impl PassivePorts {
             AddrFilter::V4
         } else {
             AddrFilter::V6
+        }
+    }
+
+    /// The filter for PASV: the control connection's local address when it is a passive
+    /// address, else any IPv4 passive address; any IPv4 one as well when clients follow the
+    /// advertised address (`pasv_follow_advertised`). Python's ftplib, curl (its default
+    /// `--ftp-skip-pasv-ip`) and Apache commons-net connect to the control connection's peer
+    /// whatever the 227 reply says: a lease on another local address would see them knock
+    /// on a port nobody listens on there.
+    pub(crate) fn pasv_filter(&self, control_local: IpAddr) -> AddrFilter {
+        let local = control_local.to_canonical();
+        if !self.follow_advertised && local.is_ipv4() && self.addresses.contains(&local) {
+            AddrFilter::Only(local)
+        } else {
+            AddrFilter::V4
         }
     }
 

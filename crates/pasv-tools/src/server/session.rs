@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
-use pasv_pool::{AddrFilter, Closer};
+use pasv_pool::Closer;
 use pasv_protocol::{
     Argument, Command, CommandDecoder, EpsvArg, Reply, ReplyCode, Structure, TransferMode,
     TransferType,
@@ -1086,7 +1086,8 @@ impl Session {
         }
         self.release_data();
         let ports = Arc::clone(&self.shared.ports);
-        match ports.open(self.peer.ip(), AddrFilter::V4).await {
+        let filter = ports.pasv_filter(self.local.ip());
+        match ports.open(self.peer.ip(), filter).await {
             Ok(passive) => {
                 let addr = passive.addr();
                 match ports.advertise_v4(addr.ip(), self.local.ip()) {

@@ -1,0 +1,161 @@
+//! pasvd behind a load balancer that speaks the PROXY protocol, on loopback: the test plays
+//! the balancer (connecting from 127.0.0.1, trusted) and names clients on 127.0.0.9 and
+//! 127.0.0.10; the server must treat the named address as the peer everywhere.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use pasv_tools::server::Config;
+use support::{connect_from, read_all, Ftp, TestServer, LOCALHOST};
+use tokio::io::AsyncWriteExt;
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
+
+fn config(root: &std::path::Path) -> Config {
+    let mut config = TestServer::config(root, 4);
+    config.proxy_protocol = true;
+    config.proxy_from = vec!["127.0.0.1/32".parse().unwrap()];
+    config
+}
+
+/// A version 2 header naming `client` (port 40000) as the source.
+fn v2_header(client: IpAddr, server: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V4(c), IpAddr::V4(s)) = (client, server.ip()) else {
+        panic!("IPv4 only");
+    };
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        ppp::v2::IPv4::new(c, s, 40_000, server.port()),
+    )
+    .build()
+    .unwrap()
+}
+
+/// Connects from `from` as the balancer would, sends `header`, and reads the greeting.
+async fn through_balancer(from: IpAddr, server: SocketAddr, header: &[u8]) -> (Ftp, u16) {
+    let mut stream = connect_from(from, server).await.expect("control connect");
+    stream.write_all(header).await.unwrap();
+    let (ftp, greeting) = Ftp::greeted(stream, server).await;
+    (ftp, greeting.code().get())
+}
+
+async fn login(ftp: &mut Ftp) {
+    ftp.expect("USER anonymous", 331).await;
+    ftp.expect("PASS guest@example.invalid", 230).await;
+    ftp.expect("TYPE I", 200).await;
+}
+
+/// The named client's data connection is the one accepted (the balancer's own address is
+/// not), PORT must name the client, and both header versions work.
+#[tokio::test]
+async fn the_named_client_is_the_peer_for_data_connections_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), support::pattern(70_000, 1)).unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let v1 = format!(
+        "PROXY TCP4 127.0.0.9 127.0.0.1 40000 {}\r\n",
+        server.addr.port()
+    );
+    for header in [v2_header(CLIENT, server.addr), v1.into_bytes()] {
+        let (mut ftp, code) = through_balancer(LOCALHOST, server.addr, &header).await;
+        assert_eq!(code, 220);
+        login(&mut ftp).await;
+        // The balancer's address is not the client's: its connection is never accepted
+        // (dropped by the kernel filter, or reset).
+        let addr = ftp.pasv().await;
+        // Its SYN is dropped by the kernel filter, so its connect stays pending meanwhile.
+        let intruder = tokio::spawn(connect_from(LOCALHOST, addr));
+        let mut data = connect_from(CLIENT, addr).await.expect("data connect");
+        ftp.expect("RETR f.bin", 150).await;
+        assert_eq!(read_all(&mut data).await.len(), 70_000);
+        assert_eq!(ftp.reply().await.code().get(), 226);
+        assert!(
+            !intruder.is_finished(),
+            "the balancer's own connection was answered"
+        );
+        intruder.abort();
+        // PORT is checked against the client's address, not the balancer's.
+        ftp.expect("PORT 127,0,0,1,200,1", 501).await;
+        ftp.expect("PORT 127,0,0,9,200,1", 200).await;
+        ftp.expect("QUIT", 221).await;
+    }
+    server.stop().await;
+}
+
+/// `max_per_ip` counts the named clients, not the balancer; failed logins ban the named
+/// client only.
+#[tokio::test]
+async fn limits_and_bans_apply_to_the_named_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_per_ip = 1;
+    config.max_login_failures = 1;
+    config.ban_time = Duration::from_secs(3600);
+    let server = TestServer::start(config).await;
+    let (mut first, code) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    assert_eq!(code, 220);
+    let (_second, code) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    assert_eq!(
+        code, 421,
+        "a second session of the same client is over max_per_ip"
+    );
+    let (mut other, code) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(OTHER, server.addr)).await;
+    assert_eq!(
+        code, 220,
+        "another client through the same balancer is admitted"
+    );
+
+    first.expect("USER nobody", 331).await;
+    // One failure is the limit: the reply is the ban's.
+    first.expect("PASS wrong", 421).await;
+    drop(first);
+    let (_banned, code) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    assert_eq!(code, 421, "the named client is banned");
+    login(&mut other).await;
+    let (_third, code) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(OTHER, server.addr)).await;
+    assert_eq!(code, 421, "OTHER still holds its one session");
+    drop(other);
+    server.stop().await;
+}
+
+/// Untrusted sources, and trusted ones that send no valid header, are closed without a
+/// greeting.
+#[tokio::test]
+async fn untrusted_sources_and_bad_headers_get_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    // 127.0.0.5 is not in proxy_from: closed even with a well-formed header.
+    let stranger = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    for (from, bytes) in [
+        (stranger, v2_header(CLIENT, server.addr)),
+        (LOCALHOST, b"USER anonymous\r\n".to_vec()),
+        (
+            LOCALHOST,
+            b"PROXY TCP4 999.0.0.1 127.0.0.1 1 21\r\n".to_vec(),
+        ),
+    ] {
+        let mut stream = connect_from(from, server.addr).await.expect("connect");
+        let _ = stream.write_all(&bytes).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            support::WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+        )
+        .await;
+        assert!(read.is_ok(), "closed in time ({from}, {bytes:?})");
+        assert!(
+            rest.is_empty(),
+            "no greeting for {from} {bytes:?}: {rest:?}"
+        );
+    }
+    server.stop().await;
+}
