@@ -159,3 +159,44 @@ async fn untrusted_sources_and_bad_headers_get_no_session() {
     }
     server.stop().await;
 }
+
+/// The 227 address follows the client's network (first matching block), with the plain
+/// public address as the fallback; a host name is resolved (`localhost`). Behind the
+/// balancer, the block is matched against the client the header names.
+#[tokio::test]
+async fn the_advertised_address_follows_the_client_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.pasv_public_address_for = vec![
+        (
+            "127.0.0.9/32".parse().unwrap(),
+            "192.0.2.9".parse().unwrap(),
+        ),
+        (
+            "127.0.0.0/29".parse().unwrap(),
+            "localhost".parse().unwrap(),
+        ),
+        ("127.0.0.0/8".parse().unwrap(), "192.0.2.1".parse().unwrap()),
+    ];
+    config.pasv_public_address.insert(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "203.0.113.7".parse().unwrap(),
+    );
+    let server = TestServer::start(config).await;
+    let ten = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    for (client, expected) in [
+        (CLIENT, "192.0.2.9"),
+        (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), "127.0.0.1"),
+        (OTHER, "192.0.2.1"),
+        (ten, "203.0.113.7"),
+    ] {
+        let (mut ftp, code) =
+            through_balancer(LOCALHOST, server.addr, &v2_header(client, server.addr)).await;
+        assert_eq!(code, 220);
+        login(&mut ftp).await;
+        let advertised = ftp.pasv().await;
+        assert_eq!(advertised.ip().to_string(), expected, "for {client}");
+        ftp.expect("QUIT", 221).await;
+    }
+    server.stop().await;
+}

@@ -967,8 +967,8 @@ async fn xferlog_records_transfers() {
     );
 }
 
-/// Two passive addresses: PASV may lease either and advertises the one it leased; EPSV
-/// leases on the control connection's local address. A public address replaces the
+/// Two passive addresses: PASV may lease either (clients follow the advertised address) and
+/// advertises the one it leased; EPSV leases on the control connection's local address. A public address replaces the
 /// advertised one (NAT) while the client still reaches the server.
 #[tokio::test]
 async fn several_passive_addresses_and_a_public_address() {
@@ -977,6 +977,7 @@ async fn several_passive_addresses_and_a_public_address() {
     let second = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let server = start(dir.path(), 2, |c| {
         c.pasv_address = vec![support::LOCALHOST, second];
+        c.pasv_follow_advertised = true;
     })
     .await;
     let mut ftp = Ftp::login(server.addr).await;
@@ -1004,7 +1005,7 @@ async fn several_passive_addresses_and_a_public_address() {
     let server = start(dir.path(), 2, |c| {
         c.pasv_public_address.insert(
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            Ipv4Addr::new(203, 0, 113, 7),
+            Ipv4Addr::new(203, 0, 113, 7).into(),
         );
     })
     .await;

@@ -40,9 +40,14 @@ struct Cli {
     /// Local address whose passive ports are leased (repeat for several).
     #[arg(long, env = "PASVD_PASV_ADDRESS", value_delimiter = ',')]
     pasv_address: Vec<IpAddr>,
-    /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable).
+    /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable); PUBLIC
+    /// is an IPv4 address or a host name, looked up when needed (cached 30 s).
     #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS", value_delimiter = ',')]
     pasv_public_address: Vec<String>,
+    /// Address advertised in 227 replies to clients in a block: CIDR=PUBLIC (repeatable; the
+    /// first block that holds the client wins, --pasv-public-address is the fallback).
+    #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS_FOR", value_delimiter = ',')]
+    pasv_public_address_for: Vec<String>,
     /// Clients connect to the address a 227 reply advertises, so PASV may lease on any
     /// passive address (default: PASV leases on the control connection's local address,
     /// where ftplib, curl and commons-net connect whatever the reply says).
@@ -155,6 +160,8 @@ impl Cli {
         o.pasv_address = (!self.pasv_address.is_empty()).then(|| self.pasv_address.clone());
         o.pasv_public_address =
             (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
+        o.pasv_public_address_for = (!self.pasv_public_address_for.is_empty())
+            .then(|| self.pasv_public_address_for.clone());
         o.pasv_follow_advertised = self.pasv_follow_advertised.then_some(true);
         o.proxy_protocol = self.proxy_protocol.then_some(true);
         o.proxy_from = (!self.proxy_from.is_empty()).then(|| self.proxy_from.clone());

@@ -75,7 +75,11 @@ pub struct Config {
     pub pasv_address: Vec<IpAddr>,
     /// Address advertised in 227 replies instead of the leased one (NAT): `local -> public`.
     /// The key `0.0.0.0` applies to every local address without its own entry.
-    pub pasv_public_address: HashMap<IpAddr, Ipv4Addr>,
+    pub pasv_public_address: HashMap<IpAddr, PublicAddress>,
+    /// Address advertised in 227 replies to clients in a block (`CIDR=ADDR`, LAN and WAN
+    /// clients of one server): the first block that holds the client wins, before
+    /// `pasv_public_address`.
+    pub pasv_public_address_for: Vec<(Cidr, PublicAddress)>,
     /// PASV may lease on any passive address, because clients connect to the address the
     /// 227 reply advertises. Off (the default), PASV leases on the control connection's local
     /// address when it is a passive address: Python's ftplib, curl and Apache commons-net
@@ -183,6 +187,7 @@ impl Default for Config {
             pasv_max_port: 30019,
             pasv_address: Vec::new(),
             pasv_public_address: HashMap::new(),
+            pasv_public_address_for: Vec::new(),
             pasv_follow_advertised: false,
             proxy_protocol: false,
             proxy_from: Vec::new(),
@@ -469,6 +474,8 @@ pub struct ConfigFile {
     pub pasv_address: Option<Vec<IpAddr>>,
     /// Entries `PUBLIC` (for every local address) or `LOCAL=PUBLIC`.
     pub pasv_public_address: Option<Vec<String>>,
+    /// Entries `CIDR=PUBLIC`, first match wins.
+    pub pasv_public_address_for: Option<Vec<String>>,
     pub pasv_follow_advertised: Option<bool>,
     pub proxy_protocol: Option<bool>,
     /// CIDR blocks (`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`).
@@ -593,8 +600,74 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// An address to advertise in 227 replies: an IPv4 address, or a host name resolved when a
+/// reply needs it (dynamic DNS), its answer cached for 30 s; a failed lookup keeps the last
+/// good address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublicAddress {
+    /// This address.
+    Fixed(Ipv4Addr),
+    /// The first IPv4 address this name resolves to.
+    Host(String),
+}
+
+impl From<Ipv4Addr> for PublicAddress {
+    fn from(addr: Ipv4Addr) -> Self {
+        PublicAddress::Fixed(addr)
+    }
+}
+
+impl FromStr for PublicAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<Ipv4Addr>() {
+            return Ok(PublicAddress::Fixed(addr));
+        }
+        if s.parse::<IpAddr>().is_ok() {
+            return Err(format!("{s:?}: a 227 reply carries IPv4 addresses only"));
+        }
+        // RFC 1123 host names: labels of letters, digits and hyphens.
+        let valid = !s.is_empty()
+            && s.len() <= 253
+            && s.trim_end_matches('.').split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            Ok(PublicAddress::Host(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is neither an IPv4 address nor a host name"))
+        }
+    }
+}
+
+impl std::fmt::Display for PublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublicAddress::Fixed(addr) => addr.fmt(f),
+            PublicAddress::Host(host) => f.write_str(host),
+        }
+    }
+}
+
+/// Parses `CIDR=PUBLIC` (an entry of `pasv_public_address_for`).
+pub fn parse_public_address_for(s: &str) -> Result<(Cidr, PublicAddress), String> {
+    let (block, public) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected CIDR=ADDRESS"))?;
+    Ok((block.parse()?, public.parse()?))
+}
+
 /// Parses `PUBLIC` or `LOCAL=PUBLIC`.
-pub fn parse_public_address(s: &str) -> Result<(IpAddr, Ipv4Addr), String> {
+pub fn parse_public_address(s: &str) -> Result<(IpAddr, PublicAddress), String> {
     let (local, public) = match s.split_once('=') {
         Some((l, p)) => (
             l.trim()
@@ -604,10 +677,7 @@ pub fn parse_public_address(s: &str) -> Result<(IpAddr, Ipv4Addr), String> {
         ),
         None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), s.trim()),
     };
-    let public = public
-        .parse::<Ipv4Addr>()
-        .map_err(|e| format!("{s:?}: public address must be IPv4 ({e})"))?;
-    Ok((local, public))
+    Ok((local, public.parse()?))
 }
 
 impl ConfigFile {
@@ -703,6 +773,15 @@ impl ConfigFile {
                 .map(|c| c.parse().map_err(|e| cfg(format!("proxy_from: {e}"))))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(v) = self.pasv_public_address_for {
+            config.pasv_public_address_for = v
+                .iter()
+                .map(|e| {
+                    parse_public_address_for(e)
+                        .map_err(|e| cfg(format!("pasv_public_address_for: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(v) = self.pasv_public_address {
             config.pasv_public_address.clear();
             for entry in v {
@@ -735,7 +814,7 @@ mod tests {
         assert_eq!(config.busy_poll, Duration::from_micros(150));
         assert_eq!(
             config.pasv_public_address[&IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
-            Ipv4Addr::new(203, 0, 113, 7)
+            Ipv4Addr::new(203, 0, 113, 7).into()
         );
         let flags = ConfigFile {
             pasv_max_port: Some(40001),
@@ -943,6 +1022,44 @@ mod tests {
         assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("2001:db9::1")));
         for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "host/8", ""] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_per_client_block_and_host_names_are_read_in_order() {
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str(
+            "pasv_public_address_for = [\"10.0.0.0/8=10.0.0.5\", \"0.0.0.0/0=ftp.example.net\"]\n\
+             pasv_public_address = [\"127.0.0.2=gw.example.net\"]",
+        )
+        .unwrap();
+        file.apply(&mut config).unwrap();
+        assert_eq!(
+            config.pasv_public_address_for,
+            vec![
+                (
+                    "10.0.0.0/8".parse().unwrap(),
+                    Ipv4Addr::new(10, 0, 0, 5).into()
+                ),
+                (
+                    "0.0.0.0/0".parse().unwrap(),
+                    PublicAddress::Host("ftp.example.net".to_owned())
+                ),
+            ]
+        );
+        assert_eq!(
+            config.pasv_public_address[&"127.0.0.2".parse::<IpAddr>().unwrap()],
+            PublicAddress::Host("gw.example.net".to_owned())
+        );
+        for bad in [
+            "pasv_public_address_for = [\"10.0.0.0/8\"]",
+            "pasv_public_address_for = [\"10.0.0.0/8=::1\"]",
+            "pasv_public_address_for = [\"10.0.0.0/99=10.0.0.1\"]",
+            "pasv_public_address = [\"bad name!\"]",
+            "pasv_public_address = [\"-x.example\"]",
+        ] {
+            let file: ConfigFile = toml::from_str(bad).unwrap();
+            assert!(file.apply(&mut Config::default()).is_err(), "{bad}");
         }
     }
 

@@ -120,13 +120,14 @@ mod listing;
 mod passive;
 mod privileges;
 mod proxy;
+mod public;
 mod session;
 mod transfer;
 mod users;
 mod vfs;
 mod xferlog;
 
-pub use config::{Cidr, Config, ConfigFile, ListenerMode};
+pub use config::{Cidr, Config, ConfigFile, ListenerMode, PublicAddress};
 pub use demo::populate_demo;
 pub use users::hash_password;
 

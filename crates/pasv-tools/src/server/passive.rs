@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
+use super::public::PublicAddresses;
 use super::ServerError;
 use crate::clock;
 
@@ -127,7 +128,7 @@ pub(crate) struct PassivePorts {
     reuseaddr: bool,
     wait: Duration,
     accept_timeout: Duration,
-    public: HashMap<IpAddr, Ipv4Addr>,
+    public: PublicAddresses,
     /// PASV may lease on any IPv4 passive address (`pasv_follow_advertised`).
     follow_advertised: bool,
     addresses: Vec<IpAddr>,
@@ -178,7 +179,10 @@ impl PassivePorts {
             reuseaddr: !config.no_reuseaddr,
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
-            public: config.pasv_public_address.clone(),
+            public: PublicAddresses::new(
+                config.pasv_public_address_for.clone(),
+                config.pasv_public_address.clone(),
+            ),
             follow_advertised: config.pasv_follow_advertised,
             addresses: addresses.clone(),
             registry: Arc::default(),
@@ -240,14 +244,18 @@ impl PassivePorts {
         }
     }
 
-    /// The IPv4 address a 227 reply advertises for a lease on `leased`.
-    pub(crate) fn advertise_v4(&self, leased: IpAddr, control_local: IpAddr) -> Option<Ipv4Addr> {
-        if let Some(public) = self
-            .public
-            .get(&leased)
-            .or_else(|| self.public.get(&IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
-        {
-            return Some(*public);
+    /// The IPv4 address a 227 reply to `client` advertises for a lease on `leased`: the
+    /// public address of the client's block, or of the leased address (a host name looked up
+    /// when needed, see [`PublicAddresses`]), else the leased address. `None` when there is
+    /// no IPv4 address to give.
+    pub(crate) async fn advertise_v4(
+        &self,
+        leased: IpAddr,
+        control_local: IpAddr,
+        client: IpAddr,
+    ) -> Option<Ipv4Addr> {
+        if let Some(public) = self.public.rule(leased, client) {
+            return self.public.resolve(public).await;
         }
         let ip = if leased.is_unspecified() {
             control_local

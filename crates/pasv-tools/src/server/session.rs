@@ -1090,7 +1090,10 @@ impl Session {
         match ports.open(self.peer.ip(), filter).await {
             Ok(passive) => {
                 let addr = passive.addr();
-                match ports.advertise_v4(addr.ip(), self.local.ip()) {
+                match ports
+                    .advertise_v4(addr.ip(), self.local.ip(), self.peer.ip())
+                    .await
+                {
                     Some(ip) => {
                         let reply =
                             Reply::entering_passive(std::net::SocketAddrV4::new(ip, addr.port()));
