@@ -280,7 +280,7 @@ mod tests {
         tokio::time::pause();
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"PROXY TCP4 192.0.2.9").await.unwrap();
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::now();
         assert!(matches!(
             read_header(&mut server).await,
             Err(HeaderError::Timeout)
