@@ -515,3 +515,52 @@ print('ok')
 "#;
     run_python(script, server.port, work.path());
 }
+
+/// `pasvd --check-config` validates the file and flags together, prints the settings in
+/// effect and exits without serving; a bad configuration exits 1 naming the key.
+#[test]
+fn check_config_prints_the_effective_settings_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pasvd.toml");
+    fs::write(
+        &file,
+        format!(
+            "root = {:?}\npasv_min_port = 41000\npasv_max_port = 41009\n\
+             pasv_public_address_for = [\"10.0.0.0/8=10.0.0.5\"]\n\
+             proxy_protocol = true\nproxy_from = [\"10.1.0.0/16\"]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pasvd"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--check-config")
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("pasvd runs")
+    };
+    let out = check(&["--pasv-max-port", "41004"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "pasv_min_port = 41000\n",
+        "pasv_max_port = 41004\n",
+        "pasv_public_address_for = [\"10.0.0.0/8=10.0.0.5\"]\n",
+        "proxy_from = [\"10.1.0.0/16\"]\n",
+        "max_passive_per_ip = 2\n",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+    }
+    let out = check(&["--pasv-min-port", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pasv_min_port"));
+    let out = check(&["--proxy-from", "10.0.0.0/99"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -25,6 +25,10 @@ struct Cli {
     /// TOML configuration file (keys named like the flags, with underscores).
     #[arg(long, env = "PASVD_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the configuration (file, environment and flags; the users file; the root),
+    /// print the settings in effect and exit without serving: 0 when valid, 1 when not.
+    #[arg(long)]
+    check_config: bool,
     /// Control connection address (port 0 picks a free one).
     #[arg(long, env = "PASVD_LISTEN")]
     listen: Option<SocketAddr>,
@@ -290,6 +294,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(Sub::Passwd) = cli.command {
         return passwd();
     }
+    if cli.check_config {
+        return check_config(&cli);
+    }
     let log = BufferedStderr::default();
     tracing_subscriber::fmt()
         .with_writer(log.clone())
@@ -302,6 +309,19 @@ fn main() -> anyhow::Result<()> {
     let result = serve(&cli, &log);
     log.flush_now();
     result
+}
+
+/// `--check-config`: the configuration the server would run with, checked and printed.
+fn check_config(cli: &Cli) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    if let Some(path) = &cli.config {
+        config.load_file(path)?;
+    }
+    cli.overrides().apply(&mut config)?;
+    let accounts = server::check_config(&config)?;
+    print!("{}", config.effective_settings());
+    eprintln!("configuration ok ({accounts} accounts in the users file)");
+    Ok(())
 }
 
 fn serve(cli: &Cli, log: &BufferedStderr) -> anyhow::Result<()> {

@@ -256,6 +256,125 @@ impl Config {
         }
     }
 
+    /// Every setting in effect, as `key = value` lines in the TOML file's syntax (the value
+    /// as its `Debug` form where TOML has no literal for it), for `pasvd --check-config`.
+    /// Nothing secret is in a `Config` (passwords live in the users file, which is named, not
+    /// shown); the users file's path is shown, its content never.
+    pub fn effective_settings(&self) -> String {
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| {
+            out.push_str(key);
+            out.push_str(" = ");
+            out.push_str(&value);
+            out.push('\n');
+        };
+        let quote = |s: &str| format!("{s:?}");
+        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+        let path = |p: &Path| quote(&p.display().to_string());
+        line("listen", quote(&self.listen.to_string()));
+        line("root", path(&self.root));
+        line("pasv_min_port", self.pasv_min_port.to_string());
+        line("pasv_max_port", self.pasv_max_port.to_string());
+        line(
+            "pasv_address",
+            list(
+                self.pasv_address
+                    .iter()
+                    .map(|a| quote(&a.to_string()))
+                    .collect(),
+            ),
+        );
+        let mut public: Vec<String> = self
+            .pasv_public_address
+            .iter()
+            .map(|(local, public)| quote(&format!("{local}={public}")))
+            .collect();
+        public.sort();
+        line("pasv_public_address", list(public));
+        line(
+            "pasv_public_address_for",
+            list(
+                self.pasv_public_address_for
+                    .iter()
+                    .map(|(block, public)| quote(&format!("{block}={public}")))
+                    .collect(),
+            ),
+        );
+        line(
+            "pasv_follow_advertised",
+            self.pasv_follow_advertised.to_string(),
+        );
+        line("proxy_protocol", self.proxy_protocol.to_string());
+        line(
+            "proxy_from",
+            list(
+                self.proxy_from
+                    .iter()
+                    .map(|c| quote(&c.to_string()))
+                    .collect(),
+            ),
+        );
+        line("anonymous_enable", self.anonymous_enable.to_string());
+        line("anonymous_write", self.anonymous_write.to_string());
+        line(
+            "users",
+            self.users
+                .as_deref()
+                .map_or_else(|| "(none)".to_owned(), path),
+        );
+        line(
+            "quarantine",
+            quote(&format!("{:?}", self.effective_quarantine()).to_lowercase()),
+        );
+        line("no_reuseaddr", self.no_reuseaddr.to_string());
+        line("listener_mode", quote(&format!("{:?}", self.listener_mode)));
+        line("pasv_strategy", quote(&format!("{:?}", self.pasv_strategy)));
+        line("max_clients", self.max_clients.to_string());
+        line("max_per_ip", self.max_per_ip.to_string());
+        line(
+            "max_passive_per_ip",
+            self.effective_max_passive_per_ip().unwrap_or(0).to_string(),
+        );
+        for (key, value) in [
+            ("time_wait", self.time_wait),
+            ("pasv_wait", self.pasv_wait),
+            ("accept_timeout", self.accept_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("data_timeout", self.data_timeout),
+            ("login_fail_delay", self.login_fail_delay),
+            ("ban_window", self.ban_window),
+            ("ban_time", self.ban_time),
+            ("login_timeout", self.login_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            line(key, value.as_secs_f64().to_string());
+        }
+        line("max_login_fails", self.max_login_fails.to_string());
+        line("max_login_failures", self.max_login_failures.to_string());
+        line("port_enable", self.port_enable.to_string());
+        line("port_min_port", self.port_min_port.to_string());
+        line("listen_backlog", self.listen_backlog.to_string());
+        line("buffer_size", self.buffer_size.to_string());
+        line("fsync_uploads", self.fsync_uploads.to_string());
+        line("ascii_transfers", self.ascii_transfers.to_string());
+        line("busy_poll_us", self.busy_poll.as_micros().to_string());
+        line("banner", quote(&self.banner));
+        line(
+            "xferlog",
+            self.xferlog
+                .as_deref()
+                .map_or_else(|| "(none)".to_owned(), path),
+        );
+        line(
+            "run_as",
+            self.run_as
+                .as_deref()
+                .map_or_else(|| "(none)".to_owned(), quote),
+        );
+        out
+    }
+
     /// The quarantine scope in effect: the configured one, else derived from SO_REUSEADDR.
     pub fn effective_quarantine(&self) -> QuarantineScope {
         match self.quarantine {

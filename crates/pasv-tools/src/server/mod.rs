@@ -379,6 +379,24 @@ impl std::fmt::Debug for BoundServer {
     }
 }
 
+/// Checks a configuration as `pasvd --check-config` does, without binding or serving: every
+/// value ([`Config::validate`]), the users file (read and parsed), and the served root
+/// (a readable, searchable directory for the account running the check). Returns the number
+/// of accounts in the users file.
+pub fn check_config(config: &Config) -> Result<usize, ServerError> {
+    config.validate()?;
+    let users = Users::load(
+        config.users.as_deref(),
+        config.anonymous_enable,
+        config.anonymous_write,
+    )?;
+    vfs::Vfs::new(&config.root).map_err(|source| ServerError::Root {
+        path: config.root.clone(),
+        source,
+    })?;
+    Ok(users.count())
+}
+
 impl BoundServer {
     /// Checks the configuration, resolves the `run_as` account, loads the users file, opens
     /// the transfer log and binds the control socket; all of it with the privileges the

@@ -183,6 +183,11 @@ pub(crate) fn is_anonymous_name(name: &[u8]) -> bool {
 
 impl Users {
     /// Loads the users file (if any); every hash must parse, so a typo fails at start.
+    /// Accounts in the users file.
+    pub(crate) fn count(&self) -> usize {
+        self.by_name.len()
+    }
+
     pub(crate) fn load(
         path: Option<&Path>,
         anonymous: bool,
