@@ -124,6 +124,9 @@ struct Cli {
     /// Seconds a banned address is refused (default 900).
     #[arg(long, env = "PASVD_BAN_TIME")]
     ban_time: Option<f64>,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`).
+    #[arg(long, env = "PASVD_METRICS")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +170,7 @@ impl Cli {
         o.max_login_failures = self.max_login_failures;
         o.ban_window = self.ban_window;
         o.ban_time = self.ban_time;
+        o.metrics = self.metrics;
         o
     }
 }

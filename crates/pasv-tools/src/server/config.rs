@@ -159,6 +159,9 @@ pub struct Config {
     /// bound, when started as root: its groups, group id and user id. `None` keeps the
     /// starting account (a warning is logged if that is root).
     pub run_as: Option<String>,
+    /// Address of the Prometheus endpoint (`GET /metrics` over HTTP on a listener of its
+    /// own; see docs/METRICS.md). `None` serves no metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -206,6 +209,7 @@ impl Default for Config {
             banner: "pasvd ready".to_owned(),
             busy_poll: Duration::ZERO,
             run_as: None,
+            metrics: None,
         }
     }
 }
@@ -488,6 +492,7 @@ pub struct ConfigFile {
     /// Same as `ascii_transfers = false` (the key of the `--no-ascii` flag).
     pub no_ascii: Option<bool>,
     pub run_as: Option<String>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Seconds from a file or a flag: finite, not negative, at most [`MAX_DURATION`].
@@ -596,6 +601,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.run_as {
             config.run_as = Some(v);
+        }
+        if let Some(v) = self.metrics {
+            config.metrics = Some(v);
         }
         if let Some(v) = self.quarantine {
             config.quarantine = Some(parse_scope(&v).map_err(cfg)?);
