@@ -46,6 +46,29 @@ impl FromStr for ListenerMode {
     }
 }
 
+/// The format of pasvd's log on stderr (the xferlog, if any, is written alongside either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per event (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object per line and event, with the field names of docs/LOGS.md.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?} (text or json)")),
+        }
+    }
+}
+
 /// Parses a quarantine scope name: `port`, `peer` or `none`.
 pub fn parse_scope(s: &str) -> Result<QuarantineScope, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -162,6 +185,8 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics` over HTTP on a listener of its
     /// own; see docs/METRICS.md). `None` serves no metrics.
     pub metrics: Option<SocketAddr>,
+    /// The format of the log on stderr (read by `pasvd` when it sets up its log).
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -210,6 +235,7 @@ impl Default for Config {
             busy_poll: Duration::ZERO,
             run_as: None,
             metrics: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -493,6 +519,8 @@ pub struct ConfigFile {
     pub no_ascii: Option<bool>,
     pub run_as: Option<String>,
     pub metrics: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
 }
 
 /// Seconds from a file or a flag: finite, not negative, at most [`MAX_DURATION`].
@@ -607,6 +635,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.quarantine {
             config.quarantine = Some(parse_scope(&v).map_err(cfg)?);
+        }
+        if let Some(v) = self.log_format {
+            config.log_format = v.parse().map_err(cfg)?;
         }
         if let Some(v) = self.listener_mode {
             config.listener_mode = v.parse().map_err(cfg)?;

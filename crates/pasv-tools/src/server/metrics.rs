@@ -59,6 +59,11 @@ pub(crate) enum Direction {
 const DIRECTIONS: [&str; 3] = ["download", "upload", "listing"];
 
 impl Direction {
+    /// The label value (also the `direction` field of the transfer log event).
+    pub(crate) fn label(self) -> &'static str {
+        DIRECTIONS[self as usize]
+    }
+
     /// The direction of a transfer command's verb.
     pub(crate) fn of_verb(verb: &str) -> Direction {
         match verb {
@@ -82,6 +87,13 @@ pub(crate) enum TransferResult {
     NetworkError = 3,
     /// 451: the file could not be read or written.
     LocalError = 4,
+}
+
+impl TransferResult {
+    /// The label value (also the `result` field of the transfer log event).
+    pub(crate) fn label(self) -> &'static str {
+        RESULTS[self as usize]
+    }
 }
 
 const RESULTS: [&str; 5] = [

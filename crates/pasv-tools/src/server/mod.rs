@@ -124,7 +124,7 @@ mod users;
 mod vfs;
 mod xferlog;
 
-pub use config::{Config, ConfigFile, ListenerMode};
+pub use config::{Config, ConfigFile, ListenerMode, LogFormat};
 pub use demo::populate_demo;
 pub use users::hash_password;
 

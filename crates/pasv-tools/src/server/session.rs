@@ -1581,25 +1581,35 @@ impl Session {
             Ending::Network(_) => TransferResult::NetworkError,
             Ending::Local(_) => TransferResult::LocalError,
         };
+        let direction = Direction::of_verb(verb);
         self.shared
             .metrics
-            .transfer(Direction::of_verb(verb), result, outcome.bytes);
+            .transfer(direction, result, outcome.bytes);
         let closer = outcome.closer.map_or("none", |c| match c {
             Closer::Server => "server",
             Closer::Client => "client",
             Closer::Reset => "reset",
             Closer::NeverConnected => "never-connected",
         });
+        // The fields are documented in docs/LOGS.md (the JSON log keeps their names).
+        let error = match &outcome.ending {
+            Ending::Complete | Ending::Aborted => None,
+            Ending::NoConnection(why) => Some(why.clone()),
+            Ending::Network(e) | Ending::Local(e) => Some(e.to_string()),
+        };
         tracing::info!(
             session = self.id,
             peer = %self.peer.ip(),
+            user = self.account().map_or("", |a| a.grant.name.as_str()),
             command = verb,
+            direction = direction.label(),
             path = %pasv_protocol::Escaped::new(path),
             bytes = outcome.bytes,
             duration_us = outcome.duration.as_micros() as u64,
             port = outcome.port.unwrap_or(0),
             closer,
-            result = ?outcome.ending,
+            result = result.label(),
+            error = error.as_deref(),
             "transfer"
         );
         if let (Some(log), true) = (
