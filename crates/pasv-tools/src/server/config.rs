@@ -69,6 +69,17 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Linux's TIME_WAIT length (`TCP_TIMEWAIT_LEN`, not tunable).
+const LINUX_TIME_WAIT: Duration = Duration::from_secs(60);
+
+fn scope_name(scope: QuarantineScope) -> &'static str {
+    match scope {
+        QuarantineScope::Port => "port",
+        QuarantineScope::Peer => "peer",
+        QuarantineScope::None => "none",
+    }
+}
+
 /// Parses a quarantine scope name: `port`, `peer` or `none`.
 pub fn parse_scope(s: &str) -> Result<QuarantineScope, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -272,6 +283,38 @@ impl Config {
             None if self.no_reuseaddr => QuarantineScope::Port,
             None => QuarantineScope::None,
         }
+    }
+
+    /// Settings that contradict the kernel the pool models, each as a sentence for the
+    /// log (the server starts all the same and warns). Without SO_REUSEADDR a port the
+    /// server closed first cannot be bound again, by anybody, until its TIME_WAIT ends
+    /// (60 s on Linux, fixed): a quarantine scope other than `port`, or shorter than that,
+    /// lets the pool offer ports whose bind will fail, and the refused clients are told to
+    /// retry too soon.
+    pub fn contradictions(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if !self.no_reuseaddr {
+            return found;
+        }
+        let scope = self.effective_quarantine();
+        if scope != QuarantineScope::Port {
+            found.push(format!(
+                "no_reuseaddr (--no-reuseaddr) with quarantine {} (--quarantine): without \
+                 SO_REUSEADDR a port in TIME_WAIT cannot be bound by anybody, so the pool \
+                 will offer ports whose bind fails; use --quarantine port",
+                scope_name(scope)
+            ));
+        }
+        if self.time_wait < LINUX_TIME_WAIT {
+            found.push(format!(
+                "no_reuseaddr (--no-reuseaddr) with time_wait (--time-wait) {} s: Linux \
+                 keeps TIME_WAIT {} s, so ports come back to the pool before the kernel \
+                 lets them be bound",
+                self.time_wait.as_secs_f64(),
+                LINUX_TIME_WAIT.as_secs()
+            ));
+        }
+        found
     }
 
     /// The per-address passive lease cap in effect; `None` means unlimited.
@@ -869,6 +912,33 @@ mod tests {
                 .apply(&mut config);
             assert!(applied.is_err() || config.validate().is_err(), "{bad}");
         }
+    }
+
+    /// `--no-reuseaddr` with a quarantine the kernel will not honour is named at start.
+    #[test]
+    fn contradictions_with_the_kernel_are_named() {
+        let mut config = Config::default();
+        assert!(config.contradictions().is_empty());
+        config.quarantine = Some(QuarantineScope::None);
+        assert!(
+            config.contradictions().is_empty(),
+            "SO_REUSEADDR: none is right"
+        );
+        config.no_reuseaddr = true;
+        let found = config.contradictions();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("quarantine none"), "{found:?}");
+        config.quarantine = Some(QuarantineScope::Peer);
+        assert!(config.contradictions()[0].contains("quarantine peer"));
+        config.quarantine = None;
+        assert!(config.contradictions().is_empty(), "derived scope: port");
+        config.time_wait = Duration::from_secs(10);
+        let found = config.contradictions();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("time_wait (--time-wait) 10 s"),
+            "{found:?}"
+        );
     }
 
     #[test]

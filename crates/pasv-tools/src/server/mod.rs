@@ -388,6 +388,9 @@ impl BoundServer {
     /// readable by root only, the port may be 21). Needs no runtime and starts no thread.
     pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config.validate()?;
+        for contradiction in config.contradictions() {
+            tracing::warn!("{contradiction}");
+        }
         let run_as =
             match &config.run_as {
                 Some(user) => Some(privileges::Account::lookup(user).map_err(|reason| {
