@@ -557,13 +557,20 @@ async fn a_late_connection_for_an_ended_lease_never_gets_the_next_one() {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = unused.local_addr().unwrap().port();
         first
-            .expect(&format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff), 200)
+            .expect(
+                &format!("PORT 127,0,0,1,{},{}", port >> 8, port & 0xff),
+                200,
+            )
             .await;
         let late = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
             .await
             .expect("late connect ends in time");
         let mut second = Ftp::login(server.addr).await;
-        assert_eq!(second.pasv().await, addr, "{mode:?}: one port, the same port");
+        assert_eq!(
+            second.pasv().await,
+            addr,
+            "{mode:?}: one port, the same port"
+        );
         let mut data = connect_data(addr).await;
         second.expect("RETR f", 150).await;
         match late {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pasv_tools::server::{self, BoundServer, Config, ConfigFile};
+use pasv_tools::server::{self, BoundServer, Config, ConfigFile, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -146,6 +146,13 @@ struct Cli {
     /// Seconds a banned address is refused (default 900).
     #[arg(long, env = "PASVD_BAN_TIME")]
     ban_time: Option<f64>,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`).
+    #[arg(long, env = "PASVD_METRICS")]
+    metrics: Option<SocketAddr>,
+    /// Log format on stderr: text (default) or json (one object per event and line; the
+    /// xferlog is written either way).
+    #[arg(long, env = "PASVD_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +201,8 @@ impl Cli {
         o.max_login_failures = self.max_login_failures;
         o.ban_window = self.ban_window;
         o.ban_time = self.ban_time;
+        o.metrics = self.metrics;
+        o.log_format = self.log_format.clone();
         o
     }
 }
@@ -297,34 +306,43 @@ fn main() -> anyhow::Result<()> {
     if cli.check_config {
         return check_config(&cli);
     }
+    // The configuration comes first: it says which log format to set up.
+    let (config, demo) = configure(&cli)?;
     let log = BufferedStderr::default();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PASVD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
         .with_writer(log.clone())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PASVD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let result = serve(&cli, &log);
+        .with_env_filter(filter);
+    match config.log_format {
+        // Field names are documented in docs/LOGS.md: the event's fields at the top level
+        // beside `timestamp`, `level`, `target` and `message`, no span context.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        _ => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    let result = serve(config, demo, &log);
     log.flush_now();
     result
 }
 
 /// `--check-config`: the configuration the server would run with, checked and printed.
 fn check_config(cli: &Cli) -> anyhow::Result<()> {
-    let mut config = Config::default();
-    if let Some(path) = &cli.config {
-        config.load_file(path)?;
-    }
-    cli.overrides().apply(&mut config)?;
+    let (config, _) = configure(cli)?;
     let accounts = server::check_config(&config)?;
     print!("{}", config.effective_settings());
     eprintln!("configuration ok ({accounts} accounts in the users file)");
     Ok(())
 }
 
-fn serve(cli: &Cli, log: &BufferedStderr) -> anyhow::Result<()> {
+/// The configuration from the file and the flags, and whether the demo directory is served.
+fn configure(cli: &Cli) -> anyhow::Result<(Config, bool)> {
     let mut config = Config::default();
     if let Some(path) = &cli.config {
         config.load_file(path)?;
@@ -333,7 +351,10 @@ fn serve(cli: &Cli, log: &BufferedStderr) -> anyhow::Result<()> {
         cli.root.is_some() || cli.config.is_some() && config.root != server::config::demo_root();
     cli.overrides().apply(&mut config)?;
     config.validate()?;
-    let demo = !configured_root;
+    Ok((config, !configured_root))
+}
+
+fn serve(config: Config, demo: bool, log: &BufferedStderr) -> anyhow::Result<()> {
     // Linux keeps credentials per thread and the switch to run_as changes the calling thread
     // only: it runs here, while this is the process's only thread, after binding with the
     // privileges it started with. The log flusher and the runtime's workers start afterwards

@@ -46,6 +46,40 @@ impl FromStr for ListenerMode {
     }
 }
 
+/// The format of pasvd's log on stderr (the xferlog, if any, is written alongside either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per event (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object per line and event, with the field names of docs/LOGS.md.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?} (text or json)")),
+        }
+    }
+}
+
+/// Linux's TIME_WAIT length (`TCP_TIMEWAIT_LEN`, not tunable).
+const LINUX_TIME_WAIT: Duration = Duration::from_secs(60);
+
+fn scope_name(scope: QuarantineScope) -> &'static str {
+    match scope {
+        QuarantineScope::Port => "port",
+        QuarantineScope::Peer => "peer",
+        QuarantineScope::None => "none",
+    }
+}
+
 /// Parses a quarantine scope name: `port`, `peer` or `none`.
 pub fn parse_scope(s: &str) -> Result<QuarantineScope, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -176,6 +210,11 @@ pub struct Config {
     /// bound, when started as root: its groups, group id and user id. `None` keeps the
     /// starting account (a warning is logged if that is root).
     pub run_as: Option<String>,
+    /// Address of the Prometheus endpoint (`GET /metrics` over HTTP on a listener of its
+    /// own; see docs/METRICS.md). `None` serves no metrics.
+    pub metrics: Option<SocketAddr>,
+    /// The format of the log on stderr (read by `pasvd` when it sets up its log).
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -227,6 +266,8 @@ impl Default for Config {
             banner: "pasvd ready".to_owned(),
             busy_poll: Duration::ZERO,
             run_as: None,
+            metrics: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -382,6 +423,38 @@ impl Config {
             None if self.no_reuseaddr => QuarantineScope::Port,
             None => QuarantineScope::None,
         }
+    }
+
+    /// Settings that contradict the kernel the pool models, each as a sentence for the
+    /// log (the server starts all the same and warns). Without SO_REUSEADDR a port the
+    /// server closed first cannot be bound again, by anybody, until its TIME_WAIT ends
+    /// (60 s on Linux, fixed): a quarantine scope other than `port`, or shorter than that,
+    /// lets the pool offer ports whose bind will fail, and the refused clients are told to
+    /// retry too soon.
+    pub fn contradictions(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if !self.no_reuseaddr {
+            return found;
+        }
+        let scope = self.effective_quarantine();
+        if scope != QuarantineScope::Port {
+            found.push(format!(
+                "no_reuseaddr (--no-reuseaddr) with quarantine {} (--quarantine): without \
+                 SO_REUSEADDR a port in TIME_WAIT cannot be bound by anybody, so the pool \
+                 will offer ports whose bind fails; use --quarantine port",
+                scope_name(scope)
+            ));
+        }
+        if self.time_wait < LINUX_TIME_WAIT {
+            found.push(format!(
+                "no_reuseaddr (--no-reuseaddr) with time_wait (--time-wait) {} s: Linux \
+                 keeps TIME_WAIT {} s, so ports come back to the pool before the kernel \
+                 lets them be bound",
+                self.time_wait.as_secs_f64(),
+                LINUX_TIME_WAIT.as_secs()
+            ));
+        }
+        found
     }
 
     /// The per-address passive lease cap in effect; `None` means unlimited.
@@ -641,6 +714,9 @@ pub struct ConfigFile {
     /// Same as `ascii_transfers = false` (the key of the `--no-ascii` flag).
     pub no_ascii: Option<bool>,
     pub run_as: Option<String>,
+    pub metrics: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
 }
 
 /// Seconds from a file or a flag: finite, not negative, at most [`MAX_DURATION`].
@@ -875,8 +951,14 @@ impl ConfigFile {
         if let Some(v) = self.run_as {
             config.run_as = Some(v);
         }
+        if let Some(v) = self.metrics {
+            config.metrics = Some(v);
+        }
         if let Some(v) = self.quarantine {
             config.quarantine = Some(parse_scope(&v).map_err(cfg)?);
+        }
+        if let Some(v) = self.log_format {
+            config.log_format = v.parse().map_err(cfg)?;
         }
         if let Some(v) = self.listener_mode {
             config.listener_mode = v.parse().map_err(cfg)?;
@@ -1123,6 +1205,33 @@ mod tests {
                 .apply(&mut config);
             assert!(applied.is_err() || config.validate().is_err(), "{bad}");
         }
+    }
+
+    /// `--no-reuseaddr` with a quarantine the kernel will not honour is named at start.
+    #[test]
+    fn contradictions_with_the_kernel_are_named() {
+        let mut config = Config::default();
+        assert!(config.contradictions().is_empty());
+        config.quarantine = Some(QuarantineScope::None);
+        assert!(
+            config.contradictions().is_empty(),
+            "SO_REUSEADDR: none is right"
+        );
+        config.no_reuseaddr = true;
+        let found = config.contradictions();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("quarantine none"), "{found:?}");
+        config.quarantine = Some(QuarantineScope::Peer);
+        assert!(config.contradictions()[0].contains("quarantine peer"));
+        config.quarantine = None;
+        assert!(config.contradictions().is_empty(), "derived scope: port");
+        config.time_wait = Duration::from_secs(10);
+        let found = config.contradictions();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("time_wait (--time-wait) 10 s"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub mod config;
 mod defender;
 mod demo;
 mod listing;
+mod metrics;
 mod passive;
 mod privileges;
 mod proxy;
@@ -127,7 +128,7 @@ mod users;
 mod vfs;
 mod xferlog;
 
-pub use config::{Cidr, Config, ConfigFile, ListenerMode, PublicAddress};
+pub use config::{Cidr, Config, ConfigFile, ListenerMode, LogFormat, PublicAddress};
 pub use demo::populate_demo;
 pub use users::hash_password;
 
@@ -242,6 +243,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) busy_poll: busy_poll::BusyPoll,
     pub(crate) stats: ServerStats,
+    /// The counters behind the Prometheus metrics (kept whether or not they are served).
+    pub(crate) metrics: Arc<metrics::Counters>,
 }
 
 /// Counters of the login defences (see [`LoginMonitor`]).
@@ -328,6 +331,8 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The metrics listener and what it serves, when `metrics` is set.
+    metrics: Option<(std::net::TcpListener, Arc<metrics::Exporter>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -368,6 +373,7 @@ pub struct BoundServer {
     xferlog: Option<xferlog::Xferlog>,
     run_as: Option<privileges::Account>,
     privileges_dropped: bool,
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -404,6 +410,9 @@ impl BoundServer {
     /// readable by root only, the port may be 21). Needs no runtime and starts no thread.
     pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config.validate()?;
+        for contradiction in config.contradictions() {
+            tracing::warn!("{contradiction}");
+        }
         let run_as =
             match &config.run_as {
                 Some(user) => Some(privileges::Account::lookup(user).map_err(|reason| {
@@ -437,6 +446,12 @@ impl BoundServer {
             },
         )?;
         let local_addr = listener.local_addr().map_err(ServerError::Accept)?;
+        let metrics = match config.metrics {
+            Some(addr) => {
+                Some(metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?)
+            }
+            None => None,
+        };
         Ok(BoundServer {
             config,
             listener,
@@ -445,6 +460,7 @@ impl BoundServer {
             xferlog,
             run_as,
             privileges_dropped: false,
+            metrics,
         })
     }
 
@@ -499,6 +515,7 @@ impl BoundServer {
             users,
             xferlog,
             run_as,
+            metrics: metrics_listener,
             ..
         } = self;
         // Read and search permission, as the serving account: checked now rather than
@@ -528,9 +545,20 @@ impl BoundServer {
             fail_delay: config.login_fail_delay,
             capacity: defender::DEFAULT_CAPACITY,
         }));
+        let counters = Arc::clone(&ports.counters);
+        let metrics = metrics_listener.map(|l| {
+            let collector = metrics::ServerCollector::new(
+                Arc::clone(&counters),
+                Arc::clone(&ports),
+                Arc::clone(&defender),
+                Arc::clone(&users),
+            );
+            (l, Arc::new(metrics::Exporter::new(collector)))
+        });
         Ok(Server {
             listener,
             local_addr,
+            metrics,
             shared: Arc::new(Shared {
                 busy_poll: busy_poll::BusyPoll::new(config.busy_poll),
                 config,
@@ -541,6 +569,7 @@ impl BoundServer {
                 xferlog,
                 shutdown: CancellationToken::new(),
                 stats: ServerStats::default(),
+                metrics: counters,
             }),
         })
     }
@@ -559,6 +588,11 @@ impl Server {
     /// The control address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics endpoint, when `metrics` is set (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// A handle on the figures the server keeps; it stays valid while and after it runs.
@@ -581,8 +615,18 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
-            listener, shared, ..
+            listener,
+            shared,
+            metrics,
+            ..
         } = self;
+        if let Some((metrics_listener, exporter)) = metrics {
+            tokio::spawn(metrics::serve(
+                metrics_listener,
+                exporter,
+                shared.shutdown.clone(),
+            ));
+        }
         let admission = Arc::new(Mutex::new(Admission::default()));
         let mut sessions = JoinSet::new();
         let next_id = AtomicU64::new(1);
@@ -694,6 +738,7 @@ fn open_session(
         return None;
     }
     let Some(slot) = admit(&shared.config, admission, peer.ip()) else {
+        shared.metrics.session_refused_by_limit();
         refuse(stream, peer);
         return None;
     };

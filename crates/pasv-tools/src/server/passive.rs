@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
+use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
 use super::ServerError;
 use crate::clock;
@@ -136,6 +137,21 @@ pub(crate) struct PassivePorts {
     /// Prebound mode: every passive listener, bound once at start, with the peers its
     /// filter admits.
     prebound: Mutex<HashMap<SocketAddr, PreboundPort>>,
+    /// The server's counters (see the `metrics` module), bumped here for the passive side.
+    pub(crate) counters: Arc<Counters>,
+    /// When the pool was built.
+    started: Instant,
+}
+
+/// The pool's capacity model for given measurements (see [`PassivePorts::capacity`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CapacityModel {
+    /// N·A.
+    pub(crate) slots: u64,
+    /// The configured quarantine length T.
+    pub(crate) time_wait: Duration,
+    /// `N·A / (h + f·T)` with T charged as the configured scope does.
+    pub(crate) rate_max: f64,
 }
 
 impl PassivePorts {
@@ -187,6 +203,8 @@ impl PassivePorts {
             addresses: addresses.clone(),
             registry: Arc::default(),
             prebound: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+            started: clock::now(),
         });
         if config.listener_mode == ListenerMode::Prebound {
             let mut listeners = HashMap::new();
@@ -278,6 +296,8 @@ impl PassivePorts {
         let peer = peer.to_canonical();
         let deadline = clock::now() + self.wait;
         let mut bind_failures = 0;
+        // When the first try found no port: the wait is measured from there.
+        let mut waiting_since: Option<Instant> = None;
         let mut waiter = Waiter::new(self, self.class(filter, peer));
         loop {
             // Queued before trying, so a release between the try and the wait wakes us.
@@ -292,12 +312,18 @@ impl PassivePorts {
             match attempt {
                 Ok(lease) => {
                     waiter.got(lease.addr());
-                    match self.listen(lease, peer) {
+                    if let Some(since) = waiting_since.take() {
+                        self.counters.pool_wait(now - since, true);
+                    }
+                    match self.listen(lease, peer, clock::pool_instant(now)) {
                         Ok(passive) => return Ok(passive),
                         Err((lease, e)) => {
                             tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
                             // Something outside the pool's model holds the port: keep it cooling.
-                            self.release(lease, Closer::Server);
+                            if e.kind() == io::ErrorKind::AddrInUse {
+                                self.counters.bind_in_use();
+                            }
+                            self.release(lease, Closer::Server, clock::pool_instant(now));
                             bind_failures += 1;
                             if bind_failures >= MAX_BIND_FAILURES {
                                 return Err(Refusal::Bind(e));
@@ -313,7 +339,9 @@ impl PassivePorts {
                     if !self.has_address(filter) {
                         return Err(Refusal::NoAddress);
                     }
+                    let since = *waiting_since.get_or_insert(now);
                     if now >= deadline {
+                        self.counters.pool_wait(now - since, false);
                         return Err(match (cause, self.peer_limit) {
                             (Shortage::PeerLimit, Some(limit)) => {
                                 Refusal::PeerLimit { limit: limit.get() }
@@ -421,6 +449,8 @@ impl PassivePorts {
                     if from == peer {
                         tracing::info!(port = addr.port(), from = %from,
                             "late data connection of an ended lease reset");
+                    } else {
+                        self.counters.intruder_dropped();
                     }
                     reset(stream);
                 }
@@ -456,7 +486,12 @@ impl PassivePorts {
         self.addresses.iter().any(|&a| filter.matches(a))
     }
 
-    fn listen(self: &Arc<Self>, lease: Lease, peer: IpAddr) -> Result<Passive, (Lease, io::Error)> {
+    fn listen(
+        self: &Arc<Self>,
+        lease: Lease,
+        peer: IpAddr,
+        leased_at: pasv_pool::Instant,
+    ) -> Result<Passive, (Lease, io::Error)> {
         let addr = lease.addr();
         let acceptor = match self.mode {
             ListenerMode::PerLease => {
@@ -489,6 +524,7 @@ impl PassivePorts {
                 ports: Arc::clone(self),
                 lease: Some(lease),
                 unused_until: None,
+                leased_at,
             },
             acceptor,
             deadline: clock::now() + self.accept_timeout,
@@ -496,7 +532,7 @@ impl PassivePorts {
         })
     }
 
-    fn release(&self, lease: Lease, closer: Closer) {
+    fn release(&self, lease: Lease, closer: Closer, leased_at: pasv_pool::Instant) {
         let freed = lease.addr();
         let lease_peer = lease.peer();
         if self.mode == ListenerMode::Prebound {
@@ -510,9 +546,13 @@ impl PassivePorts {
                 lock(&filter).live.retain(|&p| p != lease_peer);
             }
         }
-        let result = lock(&self.pool).release(lease, clock::pool_now(), closer);
-        if let Err(e) = result {
-            tracing::error!(error = %e, "pool refused a release");
+        let now = clock::pool_now();
+        let result = lock(&self.pool).release(lease, now, closer);
+        match result {
+            Ok(()) => self
+                .counters
+                .lease_held(now.saturating_duration_since(leased_at)),
+            Err(e) => tracing::error!(error = %e, "pool refused a release"),
         }
         // One port freed wakes one waiter that can use its address: waking all of them
         // would have every waiting session race for the one port (measured: a thundering
@@ -533,6 +573,21 @@ impl PassivePorts {
     /// Pool statistics now.
     pub(crate) fn stats(&self) -> pasv_pool::PoolStats {
         lock(&self.pool).stats(clock::pool_now())
+    }
+
+    /// The capacity model for a mean hold time and a share of server-side closes.
+    pub(crate) fn capacity(&self, hold: Duration, server_close_fraction: f64) -> CapacityModel {
+        let pool = lock(&self.pool);
+        CapacityModel {
+            slots: pool.layout().slots() as u64,
+            time_wait: pool.config().quarantine,
+            rate_max: pool.rate_max(hold, server_close_fraction),
+        }
+    }
+
+    /// When the pool was built.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
     }
 }
 
@@ -821,6 +876,8 @@ pub(crate) struct LeaseGuard {
     /// Set when a connection was taken before its transfer command came: when it is closed
     /// unused (see [`Passive::into_waiting_connection`]).
     unused_until: Option<Instant>,
+    /// When the lease was taken, for its hold time.
+    leased_at: pasv_pool::Instant,
 }
 
 impl LeaseGuard {
@@ -837,7 +894,7 @@ impl LeaseGuard {
     /// Returns the port to the pool.
     pub(crate) fn release(mut self, closer: Closer) {
         if let Some(lease) = self.lease.take() {
-            self.ports.release(lease, closer);
+            self.ports.release(lease, closer, self.leased_at);
         }
     }
 }
@@ -845,7 +902,7 @@ impl LeaseGuard {
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            self.ports.release(lease, Closer::Reset);
+            self.ports.release(lease, Closer::Reset, self.leased_at);
         }
     }
 }
@@ -954,6 +1011,7 @@ impl Passive {
                     Ok(Some((stream, from))) => {
                         tracing::warn!(port, from = %from, expected = %self.peer,
                             "data connection from a foreign address dropped");
+                        self.guard.ports.counters.intruder_dropped();
                         reset(stream);
                     }
                     Ok(None) => return Ok(None),
@@ -993,6 +1051,7 @@ impl Passive {
                                 }
                                 None => {
                                     tracing::warn!(port, from = %from, "unexpected data connection dropped");
+                                    self.guard.ports.counters.intruder_dropped();
                                     reset(stream);
                                 }
                             }
@@ -1041,7 +1100,13 @@ impl Passive {
             })
             .await;
             match event {
-                Err(_) => return Err(AcceptError::Timeout),
+                Err(_) => {
+                    self.guard
+                        .ports
+                        .counters
+                        .accept_timeout(AcceptStage::Transfer);
+                    return Err(AcceptError::Timeout);
+                }
                 Ok(Event::Routed(Ok(stream))) => {
                     self.acceptor = Acceptor::Done;
                     return Ok(stream);

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use super::ascii::ToNetwork;
 use super::defender::Banned;
 use super::listing::{self, Civil, Format};
+use super::metrics::{AcceptStage, Direction, LoginResult, RefusalCause, TransferResult};
 use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
@@ -133,6 +134,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     // Clients send ABOR with its first byte as TCP urgent data (RFC 959 section 4.1.3, Python's
     // ftplib does): inline, it stays part of the command instead of vanishing out of band.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
+    let _counted = shared.metrics.session_opened();
     tracing::info!(session = id, peer = %peer, "session opened");
     let mut session = Session {
         id,
@@ -269,6 +271,7 @@ fn quote_path(path: &[u8]) -> Vec<u8> {
 
 impl Session {
     fn reply(&mut self, code: u16, text: &[u8]) {
+        self.shared.metrics.reply(code);
         let digits = [
             b'0' + (code / 100 % 10) as u8,
             b'0' + (code / 10 % 10) as u8,
@@ -281,12 +284,16 @@ impl Session {
     }
 
     fn reply_full(&mut self, reply: &Reply) {
+        self.shared.metrics.reply(reply.code().get());
         reply.encode(&mut self.out);
     }
 
     fn multi(&mut self, code: u16, text: impl AsRef<[u8]>) {
         match ReplyCode::new(code) {
-            Some(code) => Reply::new(code, text).encode(&mut self.out),
+            Some(code) => {
+                self.shared.metrics.reply(code.get());
+                Reply::new(code, text).encode(&mut self.out)
+            }
             None => self.reply(451, b"Internal error"),
         }
     }
@@ -349,6 +356,7 @@ impl Session {
                 match decoder.decode(&mut input) {
                     Ok(Some(cmd)) => {
                         last_activity = clock::now();
+                        self.shared.metrics.command();
                         self.dispatch(cmd).await;
                     }
                     Ok(None) => break,
@@ -538,6 +546,7 @@ impl Session {
                 port = p.addr().port(),
                 "passive endpoint released unused"
             );
+            self.shared.metrics.accept_timeout(AcceptStage::Idle);
             p.never_connected();
         }
     }
@@ -677,6 +686,7 @@ impl Session {
             match shared.defender.begin_login(self.peer.ip()).await {
                 Ok(attempt) => Some(attempt),
                 Err(Banned) => {
+                    shared.metrics.login(LoginResult::Banned);
                     self.login = Login::AwaitUser;
                     self.closing = true;
                     self.close_reply = Some((421, "Too many failed logins from your address."));
@@ -704,12 +714,14 @@ impl Session {
                 if let Some(attempt) = attempt {
                     attempt.succeeded();
                 }
+                shared.metrics.login(LoginResult::Ok);
                 tracing::info!(session = self.id, peer = %self.peer, user = %account.grant.name, write = account.grant.write, "login");
                 self.login = Login::LoggedIn(account);
                 self.login_deadline = None;
                 self.reply(230, b"Login successful.");
             }
             None => {
+                shared.metrics.login(LoginResult::Failed);
                 let failure = attempt.map(|a| a.failed());
                 self.failed_logins += 1;
                 tracing::warn!(session = self.id, peer = %self.peer, user = %user_text, attempts = self.failed_logins, "login failed");
@@ -1152,6 +1164,9 @@ impl Session {
             Refusal::Exhausted {
                 retry_after: Some(d),
             } => {
+                self.shared
+                    .metrics
+                    .pool_refusal(RefusalCause::Cooling, Some(d));
                 tracing::info!(
                     session = self.id,
                     retry_after_ms = d.as_millis() as u64,
@@ -1163,9 +1178,15 @@ impl Session {
                 // Every port is held by a live lease, so no time is known; a lease lasts
                 // about as long as one transfer, and a second is a generous guess for that.
                 tracing::info!(session = self.id, "passive ports all leased");
+                self.shared
+                    .metrics
+                    .pool_refusal(RefusalCause::AllLeased, Some(ALL_LEASED_RETRY));
                 self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
             }
             Refusal::PeerLimit { limit } => {
+                self.shared
+                    .metrics
+                    .pool_refusal(RefusalCause::PeerLimit, None);
                 // No `retry after` hint: this address's leases end when its own transfers
                 // or accept timeouts end them, which the server cannot foresee.
                 tracing::info!(
@@ -1184,6 +1205,9 @@ impl Session {
                 // Something outside the pool holds the ports it picked; they are cooling now,
                 // so another try soon may get a different one.
                 tracing::warn!(session = self.id, error = %e, "passive ports unbindable");
+                self.shared
+                    .metrics
+                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_RETRY));
                 self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
             }
         }
@@ -1554,22 +1578,42 @@ impl Session {
         abor: bool,
     ) {
         let ok = matches!(outcome.ending, Ending::Complete);
+        let result = match outcome.ending {
+            Ending::Complete => TransferResult::Complete,
+            Ending::NoConnection(_) => TransferResult::NoConnection,
+            Ending::Aborted => TransferResult::Aborted,
+            Ending::Network(_) => TransferResult::NetworkError,
+            Ending::Local(_) => TransferResult::LocalError,
+        };
+        let direction = Direction::of_verb(verb);
+        self.shared
+            .metrics
+            .transfer(direction, result, outcome.bytes);
         let closer = outcome.closer.map_or("none", |c| match c {
             Closer::Server => "server",
             Closer::Client => "client",
             Closer::Reset => "reset",
             Closer::NeverConnected => "never-connected",
         });
+        // The fields are documented in docs/LOGS.md (the JSON log keeps their names).
+        let error = match &outcome.ending {
+            Ending::Complete | Ending::Aborted => None,
+            Ending::NoConnection(why) => Some(why.clone()),
+            Ending::Network(e) | Ending::Local(e) => Some(e.to_string()),
+        };
         tracing::info!(
             session = self.id,
             peer = %self.peer.ip(),
+            user = self.account().map_or("", |a| a.grant.name.as_str()),
             command = verb,
+            direction = direction.label(),
             path = %pasv_protocol::Escaped::new(path),
             bytes = outcome.bytes,
             duration_us = outcome.duration.as_micros() as u64,
             port = outcome.port.unwrap_or(0),
             closer,
-            result = ?outcome.ending,
+            result = result.label(),
+            error = error.as_deref(),
             "transfer"
         );
         if let (Some(log), true) = (
