@@ -86,6 +86,18 @@ struct Options {
     peers_only: bool,
     /// Only these workloads (all when empty).
     workloads: Vec<String>,
+    /// The load generator of `--peers`: `pasv load` (default) or the kit's `ftpload.py`.
+    generator: Generator,
+}
+
+/// Which load generator drives the side-by-side runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Generator {
+    /// `pasv load` on CPU 0, every server on CPU 1, the server core's busy time read from
+    /// `/proc/stat` around each run.
+    PasvLoad,
+    /// The kit's `compare.sh` and its Python `ftpload.py`.
+    Python,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -98,6 +110,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         busy_poll_us: None,
         peers_only: false,
         workloads: Vec::new(),
+        generator: Generator::PasvLoad,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -126,6 +139,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 )
             }
             "--peers-only" => options.peers_only = true,
+            "--generator" => {
+                options.generator = match it.next().map(String::as_str) {
+                    Some("pasv") => Generator::PasvLoad,
+                    Some("python") => Generator::Python,
+                    other => bail!("--generator takes pasv or python, not {other:?}"),
+                }
+            }
             "--workload" => options
                 .workloads
                 .push(it.next().context("--workload needs a name")?.clone()),
@@ -162,7 +182,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     if let Some(kit) = &options.peers {
-        failures += run_peers(&root, kit, &out, &options)?;
+        failures += match options.generator {
+            Generator::PasvLoad => run_peers_pasv_load(&root, kit, &out, &options)?,
+            Generator::Python => run_peers(&root, kit, &out, &options)?,
+        };
     }
     if failures > 0 {
         bail!("{failures} performance target(s) missed");
@@ -370,6 +393,12 @@ fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
 struct Workload {
     name: &'static str,
     kit_args: &'static [&'static str],
+    /// Passive ports per target, sessions, file size (`1k`, `1m`) and seconds per run, for
+    /// the `pasv load` runs (the same as `kit_args`).
+    ports: u16,
+    k: u32,
+    file: &'static str,
+    duration_s: u32,
     prebound_range: (u16, u16),
     per_lease_range: (u16, u16),
     busy_range: (u16, u16),
@@ -383,6 +412,10 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "20ports-k32",
         kit_args: &["--range-size", "20", "-k", "32", "--duration", "5"],
+        ports: 20,
+        k: 32,
+        file: "1k",
+        duration_s: 5,
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
@@ -392,6 +425,10 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "1000ports-k8",
         kit_args: &["--range-size", "1000", "-k", "8", "--duration", "5"],
+        ports: 1000,
+        k: 8,
+        file: "1k",
+        duration_s: 5,
         prebound_range: (24000, 24999),
         per_lease_range: (25000, 25999),
         busy_range: (26000, 26999),
@@ -410,6 +447,10 @@ const WORKLOADS: &[Workload] = &[
             "--file",
             "1m",
         ],
+        ports: 20,
+        k: 8,
+        file: "1m",
+        duration_s: 5,
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
@@ -508,6 +549,298 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<u
         println!("{report}");
     }
     Ok(missed)
+}
+
+/// The peers of the side-by-side runs, in the kit's order.
+const PEERS: &[&str] = &["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"];
+
+/// One server of a `pasv load` comparison.
+struct LoadTarget {
+    label: String,
+    kind: &'static str,
+    port: u16,
+    user: String,
+    pass: String,
+    range: (u16, u16),
+}
+
+/// Busy and total jiffies of one CPU, from `/proc/stat`.
+fn cpu_jiffies(cpu: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("{name} not in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok((busy, busy + get(3) + get(4)))
+}
+
+/// Jiffies per second as `/proc/stat` counts them (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Below this share of the server core busy, a run measured the generator or the latency
+/// of the loop, not the server.
+const SERVER_BOUND: f64 = 0.90;
+
+/// The side-by-side workloads driven by `pasv load` on CPU 0 against every server on CPU 1
+/// (peers started with the kit's `peers.sh`), interleaved, with the server core's busy time
+/// per transfer from `/proc/stat`; returns how many targets the pasvd targets missed.
+fn run_peers_pasv_load(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<usize> {
+    let peers_sh = kit.join("peers.sh");
+    if !peers_sh.is_file() {
+        bail!(
+            "{} not found: --peers takes the comparison kit's folder",
+            peers_sh.display()
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", "pasv-tools", "--bins"])
+        .status()?;
+    if !status.success() {
+        bail!("building pasvd and pasv failed");
+    }
+    let pasvd = root.join("target/release/pasvd");
+    let pasv = root.join("target/release/pasv");
+    let peers_home = std::env::var("PEERS_HOME").unwrap_or_else(|_| "/tmp/pasv-peers".into());
+    let data = PathBuf::from(&peers_home).join("data");
+    std::fs::create_dir_all(&data)?;
+    let rounds = if options.quick { 1 } else { options.rounds };
+    let mut missed = 0;
+    for workload in WORKLOADS {
+        if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
+            continue;
+        }
+        let bytes = match workload.file {
+            "1m" => 1 << 20,
+            _ => 1 << 10,
+        };
+        let file = format!("f{}.bin", workload.file);
+        std::fs::write(data.join(&file), vec![b'x'; bytes])?;
+        let dir = out.join(format!("peers-{}", workload.name));
+        std::fs::create_dir_all(&dir)?;
+        let run_dir = dir.join("run");
+        let peers_cmd = |args: &[&str]| -> Result<String> {
+            // Started on CPU 1: the daemons and their session processes inherit it.
+            let output = Command::new("taskset")
+                .args(["-c", "1", "bash"])
+                .arg(&peers_sh)
+                .args(args)
+                .env("PEERS_RUN", &run_dir)
+                .env("PEERS_HOME", &peers_home)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !output.status.success() {
+                bail!("peers.sh {} failed", args.join(" "));
+            }
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        };
+        let mut targets = Vec::new();
+        let result =
+            (|| -> Result<String> {
+                for (i, name) in PEERS.iter().enumerate() {
+                    let lo = 20000 + i as u16 * workload.ports.max(20);
+                    let hi = lo + workload.ports - 1;
+                    let port = (2121 + i as u16).to_string();
+                    let range = format!("{lo}-{hi}");
+                    let data_str = data.to_string_lossy();
+                    let said = peers_cmd(&[
+                        "start", name, "--port", &port, "--pasv", &range, "--root", &data_str,
+                    ])?;
+                    // NAME listening on 127.0.0.1:CTL user=U pass=P
+                    let field = |key: &str| {
+                        said.split_whitespace()
+                            .find_map(|w| w.strip_prefix(key))
+                            .map(str::to_owned)
+                            .unwrap_or_default()
+                    };
+                    targets.push(LoadTarget {
+                        label: (*name).to_owned(),
+                        kind: "peer",
+                        port: port.parse()?,
+                        user: field("user="),
+                        pass: field("pass="),
+                        range: (lo, hi),
+                    });
+                }
+                let busy = options.busy_poll_us.map(|us| us.to_string());
+                let mut variants = vec![
+                    ("prebound", "prebound", workload.prebound_range, None),
+                    ("per-lease", "per-lease", workload.per_lease_range, None),
+                ];
+                if let Some(us) = &busy {
+                    variants.push(("prebound-busy", "prebound", workload.busy_range, Some(us)));
+                }
+                let mut servers = Vec::new();
+                for (label, mode, range, busy_us) in variants {
+                    let mut extra = Vec::new();
+                    if let Some(us) = busy_us {
+                        extra.extend(["--busy-poll-us", us.as_str()]);
+                    }
+                    let server = PasvdProcess::start(&pasvd, &data, range, mode, &extra, true)?;
+                    targets.push(LoadTarget {
+                        label: format!("pasvd-{label}"),
+                        kind: "custom",
+                        port: server.port,
+                        user: "anonymous".into(),
+                        pass: "pasv@example.invalid".into(),
+                        range,
+                    });
+                    servers.push(server);
+                }
+                let mut results = String::new();
+                for round in 1..=rounds {
+                    for t in &targets {
+                        let url = format!(
+                            "ftp://{}:{}@127.0.0.1:{}/{file}",
+                            t.user,
+                            t.pass.replace('@', "%40"),
+                            t.port
+                        );
+                        let before = cpu_jiffies(1)?;
+                        let output = Command::new("taskset")
+                            .args(["-c", "0"])
+                            .arg(&pasv)
+                            .args(["load", &url, "-k", &workload.k.to_string()])
+                            .args(["--duration", &workload.duration_s.to_string()])
+                            .args(["--expect-range", &format!("{}-{}", t.range.0, t.range.1)])
+                            .arg("--json")
+                            .stderr(Stdio::null())
+                            .output()?;
+                        let after = cpu_jiffies(1)?;
+                        let text = String::from_utf8_lossy(&output.stdout);
+                        let line = text
+                            .lines()
+                            .rev()
+                            .find(|l| l.starts_with('{'))
+                            .with_context(|| {
+                                format!("pasv load against {} printed no report", t.label)
+                            })?;
+                        let mut d: Value = serde_json::from_str(line)?;
+                        let transfers = d["transfers"].as_f64().unwrap_or(0.0);
+                        let busy_j = (after.0 - before.0) as f64;
+                        let total_j = (after.1 - before.1).max(1) as f64;
+                        let share = busy_j / total_j;
+                        let us = (transfers > 0.0).then(|| busy_j / USER_HZ * 1e6 / transfers);
+                        d["label"] = format!("r{round}:{}", t.label).into();
+                        d["server_core_busy"] = share.into();
+                        d["server_us_per_transfer"] = us.into();
+                        d["generator_bound"] = (share < SERVER_BOUND).into();
+                        // The names check_peer_targets reads (the kit's).
+                        d["reconnects"] = d["sessions_lost"].clone();
+                        d["pasv_port_out_of_range"] = d["ports_outside_range"].clone();
+                        println!(
+                        "{} round {round} {}: {:.0}/s, server core {:.0}% busy, {} us/transfer{}",
+                        workload.name,
+                        t.label,
+                        d["transfers_per_s"].as_f64().unwrap_or(0.0),
+                        share * 100.0,
+                        us.map_or("-".into(), |u| format!("{u:.1}")),
+                        if share < SERVER_BOUND { " (generator-bound)" } else { "" }
+                    );
+                        results.push_str(&d.to_string());
+                        results.push('\n');
+                    }
+                }
+                drop(servers);
+                Ok(results)
+            })();
+        let _ = peers_cmd(&["stop", "all"]);
+        let results = result?;
+        let kinds: String = targets
+            .iter()
+            .map(|t| format!("{}\t{}\n", t.label, t.kind))
+            .collect();
+        std::fs::write(dir.join("results.jsonl"), &results)?;
+        std::fs::write(dir.join("targets.tsv"), &kinds)?;
+        let mut report = load_report(workload, &targets, &results)?;
+        let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
+        report.push_str(&checks);
+        missed += failures;
+        std::fs::write(out.join(format!("peers-{}.md", workload.name)), &report)?;
+        println!("{report}");
+    }
+    Ok(missed)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The markdown table of a `pasv load` comparison: per target, medians over the rounds of
+/// transfers/s, server-core µs per transfer, server core busy share and latency; a target
+/// whose server core was below 90% busy in any round is marked generator-bound.
+fn load_report(workload: &Workload, targets: &[LoadTarget], results: &str) -> Result<String> {
+    let mut rows: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for line in results.lines().filter(|l| !l.trim().is_empty()) {
+        let d: Value = serde_json::from_str(line)?;
+        let label = d["label"].as_str().unwrap_or_default().to_owned();
+        if let Some((_, t)) = label.split_once(':') {
+            if let Some(t) = targets.iter().find(|x| x.label == t) {
+                rows.entry(t.label.as_str()).or_default().push(d);
+            }
+        }
+    }
+    let get = |runs: &[Value], f: &dyn Fn(&Value) -> Option<f64>| {
+        median(runs.iter().filter_map(f).collect())
+    };
+    let best_peer = targets
+        .iter()
+        .filter(|t| t.kind == "peer")
+        .filter_map(|t| {
+            get(rows.get(t.label.as_str())?, &|d| {
+                d["transfers_per_s"].as_f64()
+            })
+        })
+        .fold(None, |b: Option<f64>, m| Some(b.map_or(m, |b| b.max(m))));
+    let mut out = format!(
+        "### {} ({} ports, K={}, {} RETR, `pasv load` on CPU 0, servers on CPU 1)\n\n\
+         | target | median transfers/s | server µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        workload.name, workload.ports, workload.k, workload.file
+    );
+    for t in targets {
+        let Some(runs) = rows.get(t.label.as_str()) else {
+            continue;
+        };
+        let rate = get(runs, &|d| d["transfers_per_s"].as_f64());
+        let us = get(runs, &|d| d["server_us_per_transfer"].as_f64());
+        let busy = get(runs, &|d| d["server_core_busy"].as_f64());
+        let p99 = get(runs, &|d| d["latency_ms"]["p99"].as_f64());
+        let c425: u64 = runs.iter().filter_map(|d| d["count_425"].as_u64()).sum();
+        let bound = runs
+            .iter()
+            .any(|d| d["generator_bound"].as_bool() == Some(true));
+        let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |x| format!("{x:.digits$}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {c425} | {} | {} | {} |",
+            t.label,
+            f(rate, 0),
+            f(us, 1),
+            busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+            f(p99, 2),
+            rate.zip(best_peer)
+                .map_or("-".into(), |(r, b)| format!("{:.2}x", r / b)),
+            if bound { "generator-bound" } else { "" }
+        );
+    }
+    Ok(out)
 }
 
 /// One target's runs in a side-by-side workload, summed over the rounds.
@@ -684,6 +1017,38 @@ impl Drop for PasvdProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_report_gives_server_cost_and_marks_generator_bound_runs() {
+        let target = |label: &str, kind| LoadTarget {
+            label: label.into(),
+            kind,
+            port: 1,
+            user: String::new(),
+            pass: String::new(),
+            range: (1, 2),
+        };
+        let targets = [target("vsftpd", "peer"), target("pasvd-prebound", "custom")];
+        let line = |label: &str, rate: f64, us: f64, busy: f64| {
+            format!(
+                "{{\"label\":\"{label}\",\"transfers_per_s\":{rate},\"server_us_per_transfer\":{us},\"server_core_busy\":{busy},\"generator_bound\":{},\"count_425\":0,\"latency_ms\":{{\"p99\":1.5}}}}\n",
+                busy < SERVER_BOUND
+            )
+        };
+        let results = line("r1:vsftpd", 1000.0, 500.0, 0.5)
+            + &line("r1:pasvd-prebound", 4000.0, 60.0, 0.95)
+            + &line("r2:vsftpd", 1200.0, 480.0, 0.97)
+            + &line("r2:pasvd-prebound", 5000.0, 50.0, 0.99);
+        let table = load_report(&WORKLOADS[0], &targets, &results).unwrap();
+        assert!(
+            table.contains("| vsftpd | 1100 | 490.0 | 74% | 0 | 1.50 | 1.00x | generator-bound |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| pasvd-prebound | 4500 | 55.0 | 97% | 0 | 1.50 | 4.09x |  |"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn peer_targets_are_checked_against_the_best_peer() {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
-//! cargo xtask bench --peers KIT [--pin] [--quick]  also pasvd side by side with the peer servers
+//! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
 //! ```
 //!
@@ -39,11 +39,15 @@ fn print_help() {
          \x20       checks the targets; writes target/pasv-bench/criterion.md.\n\
          \x20       --quick        shorter warm-up and measurement (noisier)\n\
          \x20       --filter RE    only benchmarks whose id matches RE (criterion's filter)\n\
-         \x20       --peers KIT    also run KIT/compare.sh (the peer-server comparison kit):\n\
-         \x20                      pasvd (release) beside vsftpd, pure-ftpd, proftpd, pyftpdlib\n\
-         \x20                      on three workloads; writes target/pasv-bench/peers-*.md\n\
+         \x20       --peers KIT    also run pasvd (release) beside vsftpd, pure-ftpd, proftpd,\n\
+         \x20                      pyftpdlib (started with KIT/peers.sh) on three workloads,\n\
+         \x20                      interleaved: `pasv load` on CPU 0, servers on CPU 1, and the\n\
+         \x20                      server core's busy time per transfer from /proc/stat (a run\n\
+         \x20                      below 90% busy is marked generator-bound); writes\n\
+         \x20                      target/pasv-bench/peers-*.md\n\
+         \x20       --generator python  KIT/compare.sh and its ftpload.py instead\n\
          \x20       --rounds N     rounds per peer workload [3]\n\
-         \x20       --pin          generator on CPU 0, servers on CPU 1 (taskset)\n\
+         \x20       --pin          (python generator) generator on CPU 0, servers on CPU 1\n\
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\

@@ -1494,6 +1494,93 @@ async fn one_address_cannot_take_every_passive_port() {
     }
 }
 
+/// Room for `n` more descriptors: the soft limit raised to the hard one if need be. A
+/// machine whose hard limit is lower fails the test with the reason.
+fn room_for_descriptors(n: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c < n) {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).expect("raise the descriptor limit");
+    }
+    assert!(
+        limit.current.map_or(true, |c| c >= n),
+        "this test needs {n} descriptors; the hard limit is {:?}",
+        limit.maximum
+    );
+}
+
+/// The default configuration (its listener mode and per-address lease cap) on a 20-port
+/// range: 1,000 clients on 1,000 different addresses each hold a PASV at once, none is
+/// refused, then each takes its own connection and its own file through the shared
+/// ports. Under per-lease listeners 20 would be served and 980 refused with 425.
+#[tokio::test]
+async fn a_20_port_range_serves_1000_clients_on_distinct_addresses_at_once() {
+    const CLIENTS: usize = 1000;
+    room_for_descriptors(4 * CLIENTS as u64 + 256);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..CLIENTS {
+        fs::write(dir.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let defaults = Config::default();
+    let server = start(dir.path(), 20, |c| {
+        c.listener_mode = defaults.listener_mode;
+        c.max_passive_per_ip = defaults.max_passive_per_ip;
+        c.max_clients = CLIENTS;
+    })
+    .await;
+    let (lo, hi) = server.ports;
+    // 127.1.0.1 to 127.1.3.250: all of 127.0.0.0/8 is local on Linux.
+    let address =
+        |i: usize| IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250) as u8 + 1));
+    let sessions = futures_util::future::join_all((0..CLIENTS).map(|i| async move {
+        let mut ftp = Ftp::login_from(address(i), server.addr).await;
+        let reply = ftp.cmd("PASV").await;
+        (ftp, reply)
+    }))
+    .await;
+    let refused: Vec<String> = sessions
+        .iter()
+        .filter(|(_, r)| r.code().get() != 227)
+        .map(|(_, r)| r.to_string())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {CLIENTS} refused, first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let mut used = HashSet::new();
+    let holders: Vec<(Ftp, SocketAddr)> = sessions
+        .into_iter()
+        .map(|(ftp, reply)| {
+            let addr = reply.pasv_addr().expect("227 address");
+            assert!((lo..=hi).contains(&addr.port()), "{addr} outside {lo}-{hi}");
+            used.insert(addr.port());
+            (ftp, SocketAddr::from(addr))
+        })
+        .collect();
+    assert!(used.len() <= 20);
+    // Every client connects first, then every one asks for its own file: whichever session
+    // accepts on a port hands the other addresses' connections to their sessions.
+    let connected = futures_util::future::join_all(holders.into_iter().enumerate().map(
+        |(i, (ftp, addr))| async move {
+            let data = connect_from(address(i), addr).await.expect("data connect");
+            (ftp, data)
+        },
+    ))
+    .await;
+    futures_util::future::join_all(connected.into_iter().enumerate().map(
+        |(i, (mut ftp, mut data))| async move {
+            ftp.expect(&format!("RETR f{i}"), 150).await;
+            assert_eq!(read_all(&mut data).await, format!("file {i}").as_bytes());
+            assert_eq!(ftp.reply().await.code().get(), 226);
+        },
+    ))
+    .await;
+    server.stop().await;
+}
+
 /// Forty connections from another address to a passive port, made before the real client
 /// connects: the real client's connect must still go through at once (they used to fill
 /// the per-lease listener's backlog, and the client's SYNs were dropped until its connect

@@ -110,7 +110,8 @@ struct Cli {
     /// wu-ftpd format transfer log.
     #[arg(long, env = "PASVD_XFERLOG")]
     xferlog: Option<PathBuf>,
-    /// per-lease (bind per PASV) or prebound (every port bound once).
+    /// prebound (default: every port bound once at start, shared by client addresses) or
+    /// per-lease (a listener bound per PASV, one session per port).
     #[arg(long, env = "PASVD_LISTENER_MODE")]
     listener_mode: Option<String>,
     /// Pool strategy: lrr, round-robin, lowest-free, keyed.

@@ -21,14 +21,28 @@ use super::ServerError;
 #[non_exhaustive]
 pub enum ListenerMode {
     /// A listener is bound for each lease and closed right after its one accept (portable).
-    #[default]
+    /// A port is leased to one session at a time, whatever its address.
     PerLease,
-    /// Every passive port is bound once at start and kept; an accepted connection goes to the
-    /// session that holds the lease for that port and that peer address, and one nobody
-    /// expects is reset when a session next accepts on that port (until then it waits in the
-    /// backlog). The limit of the mode: a client that connects after its lease ended (accept
-    /// timeout) can be taken for the next lease of that port by the same peer address,
-    /// which a listener closed per lease would have refused.
+    /// Every passive port is bound once at start and kept (the default); an accepted
+    /// connection goes to the session that holds the lease for that port and that peer
+    /// address, and one nobody expects is reset when a session next accepts on that port or
+    /// is granted a lease on it (until then it waits in the backlog). A port is leased per
+    /// port and peer address, so clients from different addresses share the range: 20 ports
+    /// serve any number of addresses at once, 20 sessions each. No bind, listen or filter
+    /// compilation per PASV, and no walk over a port's TIME_WAIT sockets to bind it again.
+    ///
+    /// A client that connects after its lease ended (accept timeout, replaced PASV) is
+    /// accepted by the kernel instead of refused, and reset at the next grant on that port:
+    /// it is never taken for the next lease of that port by the same address, which is what
+    /// a listener bound per lease gives. A connection that comes from that address after
+    /// the next grant is taken for it in both modes (nothing tells the two apart).
+    ///
+    /// The backlog of a port is shared by the addresses holding a lease on it: one of them
+    /// could fill it (`listen_backlog` connections) until a session accepts on the port or
+    /// a lease is granted on it, which clears it. `max_passive_per_ip` bounds how many ports
+    /// one address can do that to, as in per-lease mode it bounds how many ports one
+    /// address can hold.
+    #[default]
     Prebound,
 }
 
@@ -245,7 +259,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             xferlog: None,
-            listener_mode: ListenerMode::PerLease,
+            listener_mode: ListenerMode::Prebound,
             pasv_strategy: StrategyKind::default(),
             port_enable: true,
             port_min_port: 1024,
@@ -464,6 +478,14 @@ impl Config {
     /// to one address (EPSV leases on the control connection's local address, PASV only on
     /// IPv4 ones), so half of one address's ports is what keeps half of every address free
     /// for the others whichever address they come in on.
+    ///
+    /// In prebound mode (the default) an address holds at most one lease per port and
+    /// passive address whatever the cap, and its leases take no port from other addresses
+    /// (they lease per port and peer): the cap no longer keeps ports free for others, it
+    /// bounds how many shared backlogs one address is admitted to (see
+    /// [`ListenerMode::Prebound`]), and it is what sessions behind one address (a NAT) get
+    /// at once, as in per-lease mode. Clients on distinct addresses never meet it: 1,000 of
+    /// them hold a lease each on 20 ports.
     pub fn effective_max_passive_per_ip(&self) -> Option<usize> {
         match self.max_passive_per_ip {
             Some(0) => None,

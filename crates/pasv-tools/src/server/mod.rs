@@ -29,9 +29,9 @@
 //!   [`pasv_pool::Closer::NeverConnected`]. Downloads end with our FIN
 //!   ([`pasv_pool::Closer::Server`]), uploads with the client's ([`pasv_pool::Closer::Client`]),
 //!   aborts and errors with a RST ([`pasv_pool::Closer::Reset`]).
-//! * **Listener modes** ([`ListenerMode`]): a listener per lease (default), or every port bound
-//!   once at start and shared, connections routed by peer address (the pool then leases per
-//!   port and peer). With SO_REUSEADDR (the default; never SO_REUSEPORT) Linux lets a port be
+//! * **Listener modes** ([`ListenerMode`]): every port bound once at start and shared,
+//!   connections routed by peer address, the pool leasing per port and peer (default); or a
+//!   listener per lease, one session per port. With SO_REUSEADDR (the default; never SO_REUSEPORT) Linux lets a port be
 //!   bound again over its TIME_WAIT sockets, so the default quarantine scope is `None`;
 //!   `no_reuseaddr` restores the classic exhaustion, with scope `Port` to match.
 //! * **IPv6.** EPSV leases on the control connection's local address (or another passive
