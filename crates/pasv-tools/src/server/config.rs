@@ -1346,6 +1346,28 @@ mod tests {
         assert_eq!(config.proxy_from.len(), 2);
         let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.0/40\"]").unwrap();
         assert!(file.apply(&mut config).is_err());
+
+        // The same for headers on data connections, which may come without the control one.
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str("proxy_protocol_data = true").unwrap();
+        file.apply(&mut config).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--proxy-protocol-data"), "{error}");
+        let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.1\"]").unwrap();
+        file.apply(&mut config).unwrap();
+        config.validate().unwrap();
+        assert!(config.proxy_protocol_data);
+    }
+
+    #[test]
+    fn a_block_of_one_address_names_its_host() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = |s: &str| s.parse::<Cidr>().unwrap().host();
+        assert_eq!(host("10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(host("10.0.0.1/32"), Some(ip("10.0.0.1")));
+        assert_eq!(host("2001:db8::1/128"), Some(ip("2001:db8::1")));
+        assert_eq!(host("10.0.0.0/31"), None);
+        assert_eq!(host("2001:db8::/127"), None);
     }
 
     #[test]
