@@ -30,8 +30,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::config::{Config, ListenerMode};
+use super::config::{Cidr, Config, ListenerMode};
 use super::metrics::{AcceptStage, Counters};
+use super::proxy;
 use super::public::PublicAddresses;
 use super::ServerError;
 use crate::clock;
@@ -141,6 +142,31 @@ pub(crate) struct PassivePorts {
     pub(crate) counters: Arc<Counters>,
     /// When the pool was built.
     started: Instant,
+    /// `proxy_protocol_data`: data connections from the balancers carry a PROXY header.
+    proxy_data: Option<ProxyData>,
+}
+
+/// Data connections that pass through a load balancer (`proxy_protocol_data`): each one from
+/// a `proxy_from` source starts with a PROXY header naming the client, and the data
+/// connection's address check uses that address.
+struct ProxyData {
+    /// The sources whose data connections start with a header.
+    from: Vec<Cidr>,
+    /// The balancers' addresses, which every passive listener's kernel filter admits beside
+    /// the leases' peers; `None` when a `proxy_from` block holds more than one address, and
+    /// so the listeners have no filter (the check after the header still applies).
+    hosts: Option<Vec<IpAddr>>,
+}
+
+impl ProxyData {
+    /// What a passive listener's kernel filter admits: the balancers only, since every
+    /// client reaches the node through them (`None`: no filter). Data connections that
+    /// reach the node directly go with the other mode, each node advertising its own
+    /// address, without `proxy_protocol_data`. Listeners are per lease (see
+    /// [`Config::effective_listener_mode`]).
+    fn admit(&self) -> Option<Vec<IpAddr>> {
+        self.hosts.clone()
+    }
 }
 
 /// The pool's capacity model for given measurements (see [`PassivePorts::capacity`]).
@@ -170,7 +196,8 @@ impl PassivePorts {
         let peer_limit = config
             .effective_max_passive_per_ip()
             .and_then(NonZeroUsize::new);
-        let exclusivity = match config.listener_mode {
+        let mode = config.effective_listener_mode();
+        let exclusivity = match mode {
             ListenerMode::PerLease => Exclusivity::PerPort,
             ListenerMode::Prebound => Exclusivity::PerPortAndPeer,
         };
@@ -191,7 +218,7 @@ impl PassivePorts {
                 || config.effective_quarantine() == QuarantineScope::Peer
                 || peer_limit.is_some(),
             peer_limit,
-            mode: config.listener_mode,
+            mode,
             reuseaddr: !config.no_reuseaddr,
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
@@ -205,8 +232,12 @@ impl PassivePorts {
             prebound: Mutex::new(HashMap::new()),
             counters: Arc::default(),
             started: clock::now(),
+            proxy_data: config.proxy_protocol_data.then(|| ProxyData {
+                from: config.proxy_from.clone(),
+                hosts: config.proxy_from.iter().map(Cidr::host).collect(),
+            }),
         });
-        if config.listener_mode == ListenerMode::Prebound {
+        if mode == ListenerMode::Prebound {
             let mut listeners = HashMap::new();
             for &ip in &addresses {
                 for port in ports.iter() {
@@ -495,7 +526,16 @@ impl PassivePorts {
         let addr = lease.addr();
         let acceptor = match self.mode {
             ListenerMode::PerLease => {
-                match bind_passive(addr, self.reuseaddr, LEASE_BACKLOG, &[peer]) {
+                let bound = match &self.proxy_data {
+                    None => bind_passive(addr, self.reuseaddr, LEASE_BACKLOG, &[peer]),
+                    Some(proxy) => bind_socket(
+                        addr,
+                        self.reuseaddr,
+                        LEASE_BACKLOG,
+                        proxy.admit().as_deref(),
+                    ),
+                };
+                match bound {
                     Ok(listener) => Acceptor::Listener(listener),
                     Err(e) => return Err((lease, e)),
                 }
@@ -952,6 +992,29 @@ fn accept_nonblocking(listener: &PassiveListener) -> io::Result<Option<(DataConn
     }
 }
 
+/// Reads the PROXY header a balancer sends first on `stream`, until [`proxy::HEADER_TIMEOUT`]
+/// or `deadline`, whichever comes first: the stream, positioned after the header, and the
+/// client it names. A `LOCAL` header names nobody and is refused like a missing one.
+async fn read_data_header(
+    stream: DataConn,
+    deadline: Instant,
+) -> Result<(DataConn, IpAddr), (Option<DataConn>, String)> {
+    let mut tokio_stream =
+        tokio::net::TcpStream::from_std(stream).map_err(|e| (None, e.to_string()))?;
+    let read = tokio::time::timeout_at(deadline, proxy::read_header(&mut tokio_stream)).await;
+    // Back to a non-blocking std stream, like every other data connection.
+    let stream = tokio_stream.into_std().map_err(|e| (None, e.to_string()))?;
+    match read {
+        Err(_) => Err((
+            Some(stream),
+            "the accept deadline passed inside the header".into(),
+        )),
+        Ok(Err(e)) => Err((Some(stream), e.to_string())),
+        Ok(Ok(None)) => Err((Some(stream), "a LOCAL header names no client".into())),
+        Ok(Ok(Some(client))) => Ok((stream, client.ip().to_canonical())),
+    }
+}
+
 /// Our connection's channel closed: the lease's registry entry is gone.
 fn withdrawn() -> AcceptError {
     AcceptError::Io(io::Error::new(
@@ -1002,7 +1065,10 @@ impl Passive {
     /// as soon as the connection is taken.
     pub(crate) fn try_accept(&mut self) -> Result<Option<DataConn>, AcceptError> {
         let port = self.guard.addr().map_or(0, |a| a.port());
+        let proxied = self.guard.ports.proxy_data.is_some();
         let taken = match &mut self.acceptor {
+            // A connection's header may not have arrived yet: only `accept` waits for it.
+            Acceptor::Listener(_) if proxied => return Ok(None),
             Acceptor::Listener(listener) => loop {
                 match accept_nonblocking(listener) {
                     Ok(Some((stream, from))) if from.ip().to_canonical() == self.peer => {
@@ -1080,6 +1146,9 @@ impl Passive {
         if let Some(stream) = self.try_accept()? {
             return Ok(stream);
         }
+        if self.guard.ports.proxy_data.is_some() {
+            return self.accept_proxied().await;
+        }
         let registered = match &self.acceptor {
             Acceptor::Listener(listener) => register(listener),
             Acceptor::Prebound { listener, .. } => register(listener),
@@ -1118,6 +1187,77 @@ impl Passive {
                     None => guard.clear_ready(),
                 },
             }
+        }
+    }
+
+    /// [`Passive::accept`] with PROXY headers on data connections (`proxy_protocol_data`),
+    /// on a listener of this lease's own: each connection from a balancer is taken with its
+    /// header, read within [`proxy::HEADER_TIMEOUT`] and the accept deadline, then it is
+    /// ours if the header names the control peer, and reset otherwise, as are connections
+    /// whose header is missing, late, invalid or `LOCAL`. A connection from elsewhere (no
+    /// kernel filter when a `proxy_from` block is wider than one address) counts under its
+    /// own address.
+    async fn accept_proxied(&mut self) -> Result<DataConn, AcceptError> {
+        let registered = match &self.acceptor {
+            Acceptor::Listener(listener) => register(listener),
+            // Prebound listeners are shared, and a connection left in their backlog by an
+            // ended lease could only be told from the next one by its header: never used
+            // with data headers.
+            Acceptor::Prebound { .. } | Acceptor::Done => return Err(already_taken()),
+        }
+        .map_err(AcceptError::Io)?;
+        let deadline = self.deadline;
+        let port = self.addr().port();
+        loop {
+            let ready = tokio::time::timeout_at(deadline, registered.readable()).await;
+            let (stream, from) = match ready {
+                Err(_) => {
+                    self.guard
+                        .ports
+                        .counters
+                        .accept_timeout(AcceptStage::Transfer);
+                    return Err(AcceptError::Timeout);
+                }
+                Ok(Err(e)) => return Err(AcceptError::Io(e)),
+                Ok(Ok(mut guard)) => match accept_nonblocking(guard.get_inner()) {
+                    Ok(Some(accepted)) => accepted,
+                    Ok(None) => {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    Err(e) => return Err(AcceptError::Io(e)),
+                },
+            };
+            let from_ip = from.ip().to_canonical();
+            let through_balancer = self
+                .guard
+                .ports
+                .proxy_data
+                .as_ref()
+                .is_some_and(|p| p.from.iter().any(|c| c.contains(from_ip)));
+            let (stream, client) = if through_balancer {
+                match read_data_header(stream, deadline).await {
+                    Ok(named) => named,
+                    Err((stream, e)) => {
+                        tracing::warn!(port, from = %from, error = %e,
+                            "data connection without a usable PROXY header reset");
+                        if let Some(stream) = stream {
+                            reset(stream);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                (stream, from_ip)
+            };
+            if client == self.peer {
+                self.acceptor = Acceptor::Done;
+                return Ok(stream);
+            }
+            tracing::warn!(port, from = %from, client = %client, expected = %self.peer,
+                "data connection for a foreign address dropped");
+            self.guard.ports.counters.intruder_dropped();
+            reset(stream);
         }
     }
 
