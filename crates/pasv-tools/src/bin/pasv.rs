@@ -180,6 +180,8 @@ enum Cmd {
     Probe(ProbeArgs),
     /// Capacity planner for a passive range.
     Plan(PlanArgs),
+    /// Simulate pool strategies under load against Erlang B (strategies × load table).
+    Simulate(pasv_tools::client::simulate::SimulateArgs),
     /// Decode raw bytes from stdin as replies or commands, one JSON object per line.
     Decode {
         /// What the bytes are.
@@ -548,6 +550,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Load(args) => run_load(g, args).await?,
         Cmd::Probe(args) => run_probe(g, args).await?,
         Cmd::Plan(args) => run_plan(args)?,
+        Cmd::Simulate(args) => {
+            pasv_tools::client::simulate::run(&args, &mut std::io::stdout().lock())?
+        }
         Cmd::Decode { kind } => {
             let mut input = Vec::new();
             std::io::stdin().lock().read_to_end(&mut input)?;
