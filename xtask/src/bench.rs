@@ -88,6 +88,9 @@ struct Options {
     workloads: Vec<String>,
     /// The load generator of `--peers`: `pasv load` (default) or the kit's `ftpload.py`.
     generator: Generator,
+    /// The pool strategies × load table and docs/strategies.svg instead of the criterion
+    /// benches.
+    strategies: bool,
 }
 
 /// Which load generator drives the side-by-side runs.
@@ -111,6 +114,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         peers_only: false,
         workloads: Vec::new(),
         generator: Generator::PasvLoad,
+        strategies: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -139,6 +143,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 )
             }
             "--peers-only" => options.peers_only = true,
+            "--strategies" => options.strategies = true,
             "--generator" => {
                 options.generator = match it.next().map(String::as_str) {
                     Some("pasv") => Generator::PasvLoad,
@@ -171,7 +176,10 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("--peers-only needs --peers KIT");
     }
     let mut failures = 0;
-    if !options.peers_only {
+    if options.strategies {
+        crate::strategies::run(&out, &crate::strategies::svg_path(&root)?)?;
+    }
+    if !options.peers_only && !options.strategies {
         run_criterion(&root, &options)?;
         let measurements = read_criterion(&root.join("target/criterion"), since)?;
         let report;

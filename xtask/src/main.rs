@@ -4,6 +4,7 @@
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
+//! cargo xtask bench --strategies                  pool strategies × load, docs/strategies.svg
 //! ```
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
@@ -11,6 +12,7 @@
 //! (the comparison kit's report).
 
 mod bench;
+mod strategies;
 
 use anyhow::{bail, Result};
 
@@ -33,7 +35,7 @@ fn main() -> Result<()> {
 
 fn print_help() {
     println!(
-        "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT]\n\
+        "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT] [--strategies]\n\
          \n\
          bench   runs the criterion benches (package pasv-benches), prints every result and\n\
          \x20       checks the targets; writes target/pasv-bench/criterion.md.\n\
@@ -51,6 +53,10 @@ fn print_help() {
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\
-         \x20       --peers-only   skip the criterion benches"
+         \x20       --peers-only   skip the criterion benches\n\
+         \x20       --strategies   instead of the criterion benches: every pool strategy\n\
+         \x20                      × load through the simulator against Erlang B (the table\n\
+         \x20                      of `pasv simulate`), target/pasv-bench/strategies.txt and\n\
+         \x20                      the plot docs/strategies.svg"
     );
 }
