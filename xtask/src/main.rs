@@ -5,6 +5,10 @@
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
 //! cargo xtask bench --strategies                  pool strategies × load, docs/strategies.svg
+//! cargo xtask bench --peers KIT --peers-only --plot     + throughput against K, docs/peers*.svg
+//! cargo xtask bench --peers KIT --syscalls [--transfers N]  syscalls and wake-ups per transfer
+//! cargo xtask bench --peers KIT --memory [--sessions N]     memory per session and transfer
+//! cargo xtask bench --peers KIT --peers-only --contended    generator and servers unpinned
 //! ```
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
@@ -12,6 +16,8 @@
 //! (the comparison kit's report).
 
 mod bench;
+mod fleet;
+mod peers;
 mod strategies;
 
 use anyhow::{bail, Result};
@@ -54,6 +60,17 @@ fn print_help() {
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\
          \x20       --peers-only   skip the criterion benches\n\
+         \x20       --plot         (--peers) then transfers/s against K = 1, 8, 32, 128 on 20\n\
+         \x20                      and 1000 ports; writes docs/peers.svg and docs/peers-k.svg\n\
+         \x20       --contended    (--peers) generator and servers unpinned on both cores\n\
+         \x20       --syscalls     (--peers) instead of the workloads: syscalls (strace -c -f)\n\
+         \x20                      and context switches (perf stat) per transfer of every\n\
+         \x20                      server, 1000 ports, K=8; target/pasv-bench/syscalls.md\n\
+         \x20       --transfers N  transfers counted by --syscalls [4000]\n\
+         \x20       --memory       (--peers) instead of the workloads: memory of every server\n\
+         \x20                      with N idle sessions, then N/4 of them downloading;\n\
+         \x20                      target/pasv-bench/memory.md\n\
+         \x20       --sessions N   idle sessions of --memory [200]\n\
          \x20       --strategies   instead of the criterion benches: every pool strategy\n\
          \x20                      × load through the simulator against Erlang B (the table\n\
          \x20                      of `pasv simulate`), target/pasv-bench/strategies.txt and\n\
