@@ -757,13 +757,13 @@ fn load_report(
     };
     let mut out = format!(
         "### {} ({} ports, K={}, {} RETR, {placement})\n\n\
-         | target | median transfers/s | server µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | target | median transfers/s | server µs/transfer | process µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         workload.name, workload.ports, workload.k, workload.file
     );
-    let us_of = |label: &str| {
+    let us_of = |label: &str, key: &str| {
         rows.get(label)
-            .and_then(|runs| get(runs, &|d| d["server_us_per_transfer"].as_f64()))
+            .and_then(|runs| get(runs, &|d| d[key].as_f64()))
     };
     for t in targets {
         let Some(runs) = rows.get(t.label.as_str()) else {
@@ -771,6 +771,7 @@ fn load_report(
         };
         let rate = get(runs, &|d| d["transfers_per_s"].as_f64());
         let us = get(runs, &|d| d["server_us_per_transfer"].as_f64());
+        let process_us = get(runs, &|d| d["server_process_us_per_transfer"].as_f64());
         let busy = get(runs, &|d| d["server_core_busy"].as_f64());
         let p99 = get(runs, &|d| d["latency_ms"]["p99"].as_f64());
         let c425: u64 = runs.iter().filter_map(|d| d["count_425"].as_u64()).sum();
@@ -780,10 +781,11 @@ fn load_report(
         let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |x| format!("{x:.digits$}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {c425} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {c425} | {} | {} | {} |",
             t.label,
             f(rate, 0),
             f(us, 1),
+            f(process_us, 1),
             busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
             f(p99, 2),
             rate.zip(best_peer)
@@ -796,7 +798,7 @@ fn load_report(
         let _ = write!(
             out,
             "\nServer µs per transfer as a ratio (lower is cheaper; goal against the floor: \
-             at most 1.5x)\n\n| target |"
+             at most 1.5x), server core busy time / server processes' CPU time\n\n| target |"
         );
         for o in &others {
             let _ = write!(out, " vs {} |", o.label);
@@ -805,11 +807,16 @@ fn load_report(
         for t in targets.iter().filter(|t| t.kind == "custom") {
             let _ = write!(out, "| {} |", t.label);
             for o in &others {
-                let ratio = us_of(&t.label).zip(us_of(&o.label));
+                let ratio = |key| {
+                    us_of(&t.label, key)
+                        .zip(us_of(&o.label, key))
+                        .map_or("-".into(), |(a, b)| format!("{:.2}x", a / b))
+                };
                 let _ = write!(
                     out,
-                    " {} |",
-                    ratio.map_or("-".into(), |(a, b)| format!("{:.2}x", a / b))
+                    " {} / {} |",
+                    ratio("server_us_per_transfer"),
+                    ratio("server_process_us_per_transfer")
                 );
             }
             out.push('\n');
@@ -946,20 +953,22 @@ mod tests {
             + &line("r2:floor", 9000.0, 50.0, 0.99);
         let table = load_report(&WORKLOADS[0], &targets, &results, false).unwrap();
         assert!(
-            table.contains("| vsftpd | 1100 | 490.0 | 74% | 0 | 1.50 | 1.00x | generator-bound |"),
+            table.contains(
+                "| vsftpd | 1100 | 490.0 | - | 74% | 0 | 1.50 | 1.00x | generator-bound |"
+            ),
             "{table}"
         );
         assert!(
-            table.contains("| pasvd-prebound | 4500 | 55.0 | 97% | 0 | 1.50 | 4.09x |  |"),
+            table.contains("| pasvd-prebound | 4500 | 55.0 | - | 97% | 0 | 1.50 | 4.09x |  |"),
             "{table}"
         );
         // The floor is no peer: not the best peer, but the first ratio of server cost.
         assert!(
-            table.contains("| floor | 9000 | 45.0 | 99% | 0 | 1.50 | 8.18x |  |"),
+            table.contains("| floor | 9000 | 45.0 | - | 99% | 0 | 1.50 | 8.18x |  |"),
             "{table}"
         );
         assert!(
-            table.contains("| target | vs vsftpd | vs floor |\n|---|---|---|\n| pasvd-prebound | 0.11x | 1.22x |"),
+            table.contains("| target | vs vsftpd | vs floor |\n|---|---|---|\n| pasvd-prebound | 0.11x / - | 1.22x / - |"),
             "{table}"
         );
     }

@@ -399,18 +399,70 @@ fn load_json(stdout: &[u8], label: &str) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// Runs `pasv load` against `t`; its JSON report with, when pinned, the server core's busy
-/// share, busy µs per transfer and whether the run was generator-bound.
+/// CPU time, in clock ticks, of `pid`'s process tree: user and system time of every live
+/// process (zombies included) and of every child they reaped (`cutime`, `cstime`: a session
+/// process that ended counts in its parent's). Work the kernel does for the server in
+/// interrupt context on another task's time is not in it.
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut ticks: BTreeMap<u32, u64> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in dir.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // After `pid (comm)`: state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        parent.insert(p, num(1) as u32);
+        ticks.insert(p, num(11) + num(12) + num(13) + num(14));
+    }
+    let in_tree = |mut p: u32| loop {
+        if p == pid {
+            return true;
+        }
+        match parent.get(&p) {
+            Some(&pp) if pp != 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    };
+    ticks
+        .iter()
+        .filter(|(p, _)| in_tree(**p))
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// Runs `pasv load` against `t`; its JSON report with the server processes' CPU µs per
+/// transfer and, when pinned, the server core's busy share, busy µs per transfer and whether
+/// the run was generator-bound.
 pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
     let before = cpu_jiffies(1)?;
+    let cpu_before = tree_cpu_ticks(t.pid);
     let output = load_command(kit, t, run)
         .arg("--json")
         .stderr(Stdio::null())
         .output()?;
     let after = cpu_jiffies(1)?;
+    let cpu_after = tree_cpu_ticks(t.pid);
     let mut d = load_json(&output.stdout, &t.label)?;
+    let transfers = d["transfers"].as_f64().unwrap_or(0.0);
+    d["server_process_us_per_transfer"] = (transfers > 0.0)
+        .then(|| cpu_after.saturating_sub(cpu_before) as f64 / USER_HZ * 1e6 / transfers)
+        .into();
     if run.pin {
-        let transfers = d["transfers"].as_f64().unwrap_or(0.0);
         let busy_j = (after.0 - before.0) as f64;
         let share = busy_j / (after.1 - before.1).max(1) as f64;
         let us = (transfers > 0.0).then(|| busy_j / USER_HZ * 1e6 / transfers);
