@@ -224,7 +224,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if options.strategies {
         crate::strategies::run(&out, &crate::strategies::svg_path(&root)?)?;
     }
-    if !options.peers_only && !options.strategies {
+    // The other modes of --peers replace the criterion benches as --strategies does.
+    let criterion =
+        !options.peers_only && !options.strategies && !options.syscalls && !options.memory;
+    if criterion {
         run_criterion(&root, &options)?;
         let measurements = read_criterion(&root.join("target/criterion"), since)?;
         let report;
