@@ -6,8 +6,8 @@
 //! `peers.sh`), the pasvd variants and the floor, every one on CPU 1 unless the run is the
 //! contended one. On a fleet this module runs `pasv load` ([`run_load`]), counts system calls
 //! (`strace -c -f`) and context switches (`perf stat -e context-switches`, each one a sleep
-//! and so a wake-up) per transfer ([`syscalls`]), and reads the servers' memory with idle
-//! sessions and with active transfers ([`memory`]).
+//! and so a wake-up) per transfer ([`count_syscalls`]), and reads the servers' memory with idle
+//! sessions and with active transfers ([`measure_memory`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,8 +28,11 @@ pub struct Kit {
     pub peers_home: String,
     /// The served folder, `PEERS_HOME/data`.
     pub data: PathBuf,
+    /// The release `pasvd`.
     pub pasvd: PathBuf,
+    /// The release `pasv` (its `load` is the generator).
     pub pasv: PathBuf,
+    /// The release `floor` of `benches/`.
     pub floor: PathBuf,
 }
 
@@ -82,12 +85,17 @@ impl Kit {
 
 /// One server of a comparison.
 pub struct LoadTarget {
+    /// The name in reports: the peer's, `pasvd-MODE`, or `floor`.
     pub label: String,
     /// `peer`, `custom` (a pasvd) or `floor`.
     pub kind: &'static str,
+    /// Control port on 127.0.0.1.
     pub port: u16,
+    /// Login.
     pub user: String,
+    /// Password.
     pub pass: String,
+    /// Passive range.
     pub range: (u16, u16),
     /// The server's (daemon's) process id: its sessions are it, its threads or its children.
     pub pid: u32,
@@ -96,6 +104,7 @@ pub struct LoadTarget {
 /// A server process started here (pasvd or floor), killed when dropped.
 pub struct Spawned {
     child: Child,
+    /// The control port it printed.
     pub port: u16,
 }
 
@@ -128,6 +137,7 @@ impl Spawned {
         Ok(Spawned { child, port })
     }
 
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -185,8 +195,11 @@ pub struct FleetSpec {
     pub ports: u16,
     /// Ranges of the pasvd variants and the floor (the peers get 20000 + i × ports).
     pub prebound: (u16, u16),
+    /// A per-lease pasvd on this range, if any.
     pub per_lease: Option<(u16, u16)>,
+    /// A prebound pasvd with busy polling (range, µs), if any.
     pub busy: Option<((u16, u16), u32)>,
+    /// The floor's range.
     pub floor: (u16, u16),
     /// The file the floor serves for every RETR (under the kit's data folder).
     pub floor_file: PathBuf,
@@ -198,6 +211,7 @@ pub struct FleetSpec {
 
 /// Started servers; the peers are stopped and the others killed when dropped.
 pub struct Fleet {
+    /// Every server, peers first, then pasvd, then the floor.
     pub targets: Vec<LoadTarget>,
     children: Vec<Spawned>,
     peers_sh: PathBuf,
@@ -209,6 +223,7 @@ pub struct Fleet {
 pub const PEERS: &[&str] = &["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"];
 
 impl Fleet {
+    /// Starts every server of `spec`.
     pub fn start(kit: &Kit, spec: &FleetSpec) -> Result<Fleet> {
         let mut fleet = Fleet {
             targets: Vec::new(),
@@ -361,9 +376,13 @@ pub const SERVER_BOUND: f64 = 0.90;
 
 /// One `pasv load` run.
 pub struct LoadRun<'a> {
+    /// The file RETR fetches.
     pub file: &'a str,
+    /// Sessions.
     pub k: u32,
+    /// Seconds.
     pub duration_s: f64,
+    /// Stop after this many transfers.
     pub max_transfers: Option<u64>,
     /// Generator on CPU 0 and the server core's busy time read from CPU 1.
     pub pin: bool,
@@ -476,11 +495,15 @@ pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
 /// System calls and wake-ups per transfer of one server.
 #[derive(Debug, Default, Clone)]
 pub struct SyscallCount {
+    /// Transfers of the strace run.
     pub transfers: u64,
+    /// Calls of the strace run.
     pub syscalls: u64,
     /// Calls by name, most frequent first.
     pub by_name: Vec<(String, u64)>,
+    /// Context switches of the perf run.
     pub context_switches: u64,
+    /// Transfers of the perf run.
     pub perf_transfers: u64,
     /// CPU time of the server's tasks (perf's task-clock), milliseconds.
     pub task_clock_ms: f64,
@@ -634,8 +657,11 @@ pub fn syscall_report(rows: &[(String, SyscallCount)], transfers: u64, k: u32) -
 /// Memory of a process tree, kB.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TreeMemory {
+    /// Processes in the tree.
     pub processes: u64,
+    /// Sum of VmRSS.
     pub rss_kb: u64,
+    /// Sum of Pss.
     pub pss_kb: u64,
 }
 
@@ -794,10 +820,15 @@ fn probe_address(i: usize) -> IpAddr {
 /// Memory of one server: idle and active deltas.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryRow {
+    /// Before the sessions.
     pub base: TreeMemory,
+    /// With the idle sessions.
     pub idle: TreeMemory,
+    /// With the transfers under way.
     pub active: TreeMemory,
+    /// Idle sessions opened.
     pub sessions: usize,
+    /// Transfers started.
     pub transfers: usize,
 }
 

@@ -17,11 +17,15 @@ use crate::fleet::{
 /// Medians of one target in one workload.
 #[derive(Debug, Clone)]
 pub struct SummaryRow {
+    /// The target.
     pub label: String,
+    /// Transfers/s.
     pub rate: Option<f64>,
+    /// Server core µs per transfer.
     pub us: Option<f64>,
     /// The server processes' CPU µs per transfer.
     pub process_us: Option<f64>,
+    /// p99 latency per transfer, ms.
     pub p99: Option<f64>,
 }
 
