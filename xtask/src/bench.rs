@@ -8,12 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+use crate::fleet::{
+    pasvd_command, run_load, Fleet, FleetSpec, Kit, LoadRun, LoadTarget, Spawned, PEERS,
+    SERVER_BOUND,
+};
 
 /// One measured benchmark, as criterion saved it.
 #[derive(Debug, Clone)]
@@ -74,25 +78,40 @@ const TARGETS: &[Target] = &[
     // cooling port below every free one.
 ];
 
-struct Options {
-    quick: bool,
-    filter: Option<String>,
-    peers: Option<PathBuf>,
-    rounds: u32,
-    pin: bool,
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) filter: Option<String>,
+    pub(crate) peers: Option<PathBuf>,
+    pub(crate) rounds: u32,
+    pub(crate) pin: bool,
     /// Also a prebound pasvd with `--busy-poll-us N`.
-    busy_poll_us: Option<u32>,
+    pub(crate) busy_poll_us: Option<u32>,
     /// Skip the criterion benches.
-    peers_only: bool,
+    pub(crate) peers_only: bool,
     /// Only these workloads (all when empty).
-    workloads: Vec<String>,
+    pub(crate) workloads: Vec<String>,
     /// The load generator of `--peers`: `pasv load` (default) or the kit's `ftpload.py`.
-    generator: Generator,
+    pub(crate) generator: Generator,
+    /// The pool strategies × load table and docs/strategies.svg instead of the criterion
+    /// benches.
+    pub(crate) strategies: bool,
+    /// With `--peers`: system calls and wake-ups per transfer instead of the workloads.
+    pub(crate) syscalls: bool,
+    /// With `--peers`: memory per idle session and per active transfer instead.
+    pub(crate) memory: bool,
+    /// With `--peers`: the workloads, then throughput against K, and the plots in docs/.
+    pub(crate) plot: bool,
+    /// With `--peers`: generator and servers unpinned, sharing both cores.
+    pub(crate) contended: bool,
+    /// Transfers counted by `--syscalls`.
+    pub(crate) transfers: u64,
+    /// Idle sessions opened by `--memory`.
+    pub(crate) sessions: usize,
 }
 
 /// Which load generator drives the side-by-side runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Generator {
+pub(crate) enum Generator {
     /// `pasv load` on CPU 0, every server on CPU 1, the server core's busy time read from
     /// `/proc/stat` around each run.
     PasvLoad,
@@ -111,6 +130,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
         peers_only: false,
         workloads: Vec::new(),
         generator: Generator::PasvLoad,
+        strategies: false,
+        syscalls: false,
+        memory: false,
+        plot: false,
+        contended: false,
+        transfers: 4000,
+        sessions: 200,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -139,6 +165,25 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 )
             }
             "--peers-only" => options.peers_only = true,
+            "--strategies" => options.strategies = true,
+            "--syscalls" => options.syscalls = true,
+            "--memory" => options.memory = true,
+            "--plot" => options.plot = true,
+            "--contended" => options.contended = true,
+            "--transfers" => {
+                options.transfers = it
+                    .next()
+                    .context("--transfers needs a value")?
+                    .parse()
+                    .context("--transfers takes a count")?
+            }
+            "--sessions" => {
+                options.sessions = it
+                    .next()
+                    .context("--sessions needs a value")?
+                    .parse()
+                    .context("--sessions takes a count")?
+            }
             "--generator" => {
                 options.generator = match it.next().map(String::as_str) {
                     Some("pasv") => Generator::PasvLoad,
@@ -170,8 +215,19 @@ pub fn run(args: &[String]) -> Result<()> {
     if options.peers_only && options.peers.is_none() {
         bail!("--peers-only needs --peers KIT");
     }
+    if (options.syscalls || options.memory || options.plot || options.contended)
+        && options.peers.is_none()
+    {
+        bail!("--syscalls, --memory, --plot and --contended need --peers KIT");
+    }
     let mut failures = 0;
-    if !options.peers_only {
+    if options.strategies {
+        crate::strategies::run(&out, &crate::strategies::svg_path(&root)?)?;
+    }
+    // The other modes of --peers replace the criterion benches as --strategies does.
+    let criterion =
+        !options.peers_only && !options.strategies && !options.syscalls && !options.memory;
+    if criterion {
         run_criterion(&root, &options)?;
         let measurements = read_criterion(&root.join("target/criterion"), since)?;
         let report;
@@ -182,10 +238,28 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     if let Some(kit) = &options.peers {
-        failures += match options.generator {
-            Generator::PasvLoad => run_peers_pasv_load(&root, kit, &out, &options)?,
-            Generator::Python => run_peers(&root, kit, &out, &options)?,
-        };
+        if options.syscalls {
+            let kit = Kit::prepare(&root, kit, "peers.sh")?;
+            crate::peers::syscalls(&kit, &out, &options)?;
+        } else if options.memory {
+            let kit = Kit::prepare(&root, kit, "peers.sh")?;
+            crate::peers::memory(&kit, &out, &options)?;
+        } else {
+            failures += match options.generator {
+                Generator::PasvLoad => {
+                    let kit = Kit::prepare(&root, kit, "peers.sh")?;
+                    let (missed, summary) = run_peers_pasv_load(&kit, &out, &options)?;
+                    if options.plot {
+                        crate::peers::k_sweep_and_plots(&kit, &root, &out, &options, &summary)?;
+                    }
+                    missed
+                }
+                Generator::Python => {
+                    let kit = Kit::prepare(&root, kit, "compare.sh")?;
+                    run_peers(&root, &kit, &out, &options)?
+                }
+            };
+        }
     }
     if failures > 0 {
         bail!("{failures} performance target(s) missed");
@@ -390,25 +464,27 @@ fn criterion_report(measurements: &[Measurement]) -> (String, usize) {
 /// One side-by-side workload: the comparison kit's arguments, the passive ranges of the
 /// pasvd targets (prebound, per-lease, and prebound with busy polling), each as large as the
 /// peers' ranges, and the targets of docs/BENCHMARKS.md that every pasvd target must meet.
-struct Workload {
-    name: &'static str,
-    kit_args: &'static [&'static str],
+pub(crate) struct Workload {
+    pub(crate) name: &'static str,
+    pub(crate) kit_args: &'static [&'static str],
     /// Passive ports per target, sessions, file size (`1k`, `1m`) and seconds per run, for
     /// the `pasv load` runs (the same as `kit_args`).
-    ports: u16,
-    k: u32,
-    file: &'static str,
-    duration_s: u32,
-    prebound_range: (u16, u16),
-    per_lease_range: (u16, u16),
-    busy_range: (u16, u16),
+    pub(crate) ports: u16,
+    pub(crate) k: u32,
+    pub(crate) file: &'static str,
+    pub(crate) duration_s: u32,
+    pub(crate) prebound_range: (u16, u16),
+    pub(crate) per_lease_range: (u16, u16),
+    pub(crate) busy_range: (u16, u16),
+    /// The floor's range.
+    pub(crate) floor_range: (u16, u16),
     /// Median transfers/s over the best peer's median, at least.
-    min_ratio: f64,
+    pub(crate) min_ratio: f64,
     /// No 425, no session ended by the server, no port outside the range.
-    clean: bool,
+    pub(crate) clean: bool,
 }
 
-const WORKLOADS: &[Workload] = &[
+pub(crate) const WORKLOADS: &[Workload] = &[
     Workload {
         name: "20ports-k32",
         kit_args: &["--range-size", "20", "-k", "32", "--duration", "5"],
@@ -419,6 +495,7 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        floor_range: (30300, 30319),
         min_ratio: 1.5,
         clean: true,
     },
@@ -432,7 +509,8 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (24000, 24999),
         per_lease_range: (25000, 25999),
         busy_range: (26000, 26999),
-        min_ratio: 1.3,
+        floor_range: (27000, 27999),
+        min_ratio: 1.5,
         clean: false,
     },
     Workload {
@@ -454,33 +532,18 @@ const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        floor_range: (30300, 30319),
         min_ratio: 1.2,
         clean: false,
     },
 ];
 
-/// Runs the side-by-side workloads; returns how many targets the pasvd targets missed.
-fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<usize> {
-    let compare = kit.join("compare.sh");
-    if !compare.is_file() {
-        bail!(
-            "{} not found: --peers takes the comparison kit's folder",
-            compare.display()
-        );
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "pasv-tools", "--bin", "pasvd"])
-        .status()?;
-    if !status.success() {
-        bail!("building pasvd failed");
-    }
-    let pasvd = root.join("target/release/pasvd");
-    let peers_home = std::env::var("PEERS_HOME").unwrap_or_else(|_| "/tmp/pasv-peers".into());
-    let data = PathBuf::from(&peers_home).join("data");
-    std::fs::create_dir_all(&data)?;
+/// Runs the side-by-side workloads with the kit's `compare.sh` and its Python generator;
+/// returns how many targets the pasvd targets missed.
+fn run_peers(root: &Path, kit: &Kit, out: &Path, options: &Options) -> Result<usize> {
+    let compare = kit.dir.join("compare.sh");
     let rounds = options.rounds.to_string();
+    let cpu = options.pin.then_some(1);
     let mut missed = 0;
     for workload in WORKLOADS {
         if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
@@ -501,7 +564,8 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<u
             if let Some(us) = busy_us {
                 extra.extend(["--busy-poll-us", us.as_str()]);
             }
-            let server = PasvdProcess::start(&pasvd, &data, (lo, hi), mode, &extra, options.pin)?;
+            let command = pasvd_command(&kit.pasvd, &kit.data, (lo, hi), mode, &extra, cpu);
+            let server = Spawned::start(command, "pasvd")?;
             targets.push(format!(
                 "pasvd-{label}=127.0.0.1:{}:anonymous:pasv@example.invalid:{lo}-{hi}",
                 server.port
@@ -517,7 +581,7 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<u
         }
         let dir_str = dir.to_string_lossy().into_owned();
         args.extend(["--out", &dir_str]);
-        args.extend(["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"]);
+        args.extend(PEERS.iter().copied());
         args.extend(targets.iter().map(String::as_str));
         println!("== {}: compare.sh {}", workload.name, args.join(" "));
         let status = if options.pin {
@@ -551,225 +615,100 @@ fn run_peers(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<u
     Ok(missed)
 }
 
-/// The peers of the side-by-side runs, in the kit's order.
-const PEERS: &[&str] = &["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"];
-
-/// One server of a `pasv load` comparison.
-struct LoadTarget {
-    label: String,
-    kind: &'static str,
-    port: u16,
-    user: String,
-    pass: String,
-    range: (u16, u16),
-}
-
-/// Busy and total jiffies of one CPU, from `/proc/stat`.
-fn cpu_jiffies(cpu: usize) -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-        .with_context(|| format!("{name} not in /proc/stat"))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    Ok((busy, busy + get(3) + get(4)))
-}
-
-/// Jiffies per second as `/proc/stat` counts them (USER_HZ, 100 on Linux).
-const USER_HZ: f64 = 100.0;
-
-/// Below this share of the server core busy, a run measured the generator or the latency
-/// of the loop, not the server.
-const SERVER_BOUND: f64 = 0.90;
-
 /// The side-by-side workloads driven by `pasv load` on CPU 0 against every server on CPU 1
-/// (peers started with the kit's `peers.sh`), interleaved, with the server core's busy time
-/// per transfer from `/proc/stat`; returns how many targets the pasvd targets missed.
-fn run_peers_pasv_load(root: &Path, kit: &Path, out: &Path, options: &Options) -> Result<usize> {
-    let peers_sh = kit.join("peers.sh");
-    if !peers_sh.is_file() {
-        bail!(
-            "{} not found: --peers takes the comparison kit's folder",
-            peers_sh.display()
-        );
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "pasv-tools", "--bins"])
-        .status()?;
-    if !status.success() {
-        bail!("building pasvd and pasv failed");
-    }
-    let pasvd = root.join("target/release/pasvd");
-    let pasv = root.join("target/release/pasv");
-    let peers_home = std::env::var("PEERS_HOME").unwrap_or_else(|_| "/tmp/pasv-peers".into());
-    let data = PathBuf::from(&peers_home).join("data");
-    std::fs::create_dir_all(&data)?;
+/// (peers started with the kit's `peers.sh`, pasvd, the floor), interleaved, with the server
+/// core's busy time per transfer from `/proc/stat`; `--contended` runs them all unpinned.
+/// Returns how many targets the pasvd targets missed and the medians per workload.
+fn run_peers_pasv_load(
+    kit: &Kit,
+    out: &Path,
+    options: &Options,
+) -> Result<(usize, crate::peers::Summary)> {
     let rounds = if options.quick { 1 } else { options.rounds };
+    let pin = !options.contended;
     let mut missed = 0;
+    let mut summary = Vec::new();
     for workload in WORKLOADS {
         if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
             continue;
         }
-        let bytes = match workload.file {
-            "1m" => 1 << 20,
-            _ => 1 << 10,
-        };
         let file = format!("f{}.bin", workload.file);
-        std::fs::write(data.join(&file), vec![b'x'; bytes])?;
-        let dir = out.join(format!("peers-{}", workload.name));
+        let floor_file = kit.file(&file)?;
+        let suffix = if options.contended { "-contended" } else { "" };
+        let dir = out.join(format!("peers-{}{suffix}", workload.name));
         std::fs::create_dir_all(&dir)?;
-        let run_dir = dir.join("run");
-        let peers_cmd = |args: &[&str]| -> Result<String> {
-            // Started on CPU 1: the daemons and their session processes inherit it.
-            let output = Command::new("taskset")
-                .args(["-c", "1", "bash"])
-                .arg(&peers_sh)
-                .args(args)
-                .env("PEERS_RUN", &run_dir)
-                .env("PEERS_HOME", &peers_home)
-                .stderr(Stdio::inherit())
-                .output()?;
-            if !output.status.success() {
-                bail!("peers.sh {} failed", args.join(" "));
-            }
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let fleet = Fleet::start(
+            kit,
+            &FleetSpec {
+                ports: workload.ports,
+                prebound: workload.prebound_range,
+                per_lease: Some(workload.per_lease_range),
+                busy: options.busy_poll_us.map(|us| (workload.busy_range, us)),
+                floor: workload.floor_range,
+                floor_file,
+                pin,
+                run_dir: dir.join("run"),
+            },
+        )?;
+        let mut results = String::new();
+        let load = LoadRun {
+            file: &file,
+            k: workload.k,
+            duration_s: f64::from(workload.duration_s),
+            max_transfers: None,
+            pin,
         };
-        let mut targets = Vec::new();
-        let result =
-            (|| -> Result<String> {
-                for (i, name) in PEERS.iter().enumerate() {
-                    let lo = 20000 + i as u16 * workload.ports.max(20);
-                    let hi = lo + workload.ports - 1;
-                    let port = (2121 + i as u16).to_string();
-                    let range = format!("{lo}-{hi}");
-                    let data_str = data.to_string_lossy();
-                    let said = peers_cmd(&[
-                        "start", name, "--port", &port, "--pasv", &range, "--root", &data_str,
-                    ])?;
-                    // NAME listening on 127.0.0.1:CTL user=U pass=P
-                    let field = |key: &str| {
-                        said.split_whitespace()
-                            .find_map(|w| w.strip_prefix(key))
-                            .map(str::to_owned)
-                            .unwrap_or_default()
-                    };
-                    targets.push(LoadTarget {
-                        label: (*name).to_owned(),
-                        kind: "peer",
-                        port: port.parse()?,
-                        user: field("user="),
-                        pass: field("pass="),
-                        range: (lo, hi),
-                    });
-                }
-                let busy = options.busy_poll_us.map(|us| us.to_string());
-                let mut variants = vec![
-                    ("prebound", "prebound", workload.prebound_range, None),
-                    ("per-lease", "per-lease", workload.per_lease_range, None),
-                ];
-                if let Some(us) = &busy {
-                    variants.push(("prebound-busy", "prebound", workload.busy_range, Some(us)));
-                }
-                let mut servers = Vec::new();
-                for (label, mode, range, busy_us) in variants {
-                    let mut extra = Vec::new();
-                    if let Some(us) = busy_us {
-                        extra.extend(["--busy-poll-us", us.as_str()]);
+        for round in 1..=rounds {
+            for t in &fleet.targets {
+                let mut d = run_load(kit, t, &load)?;
+                d["label"] = format!("r{round}:{}", t.label).into();
+                // The names check_peer_targets reads (the kit's).
+                d["reconnects"] = d["sessions_lost"].clone();
+                d["pasv_port_out_of_range"] = d["ports_outside_range"].clone();
+                let share = d["server_core_busy"].as_f64();
+                println!(
+                    "{} round {round} {}: {:.0}/s, p99 {} ms, server core {} busy, {} us/transfer{}",
+                    workload.name,
+                    t.label,
+                    d["transfers_per_s"].as_f64().unwrap_or(0.0),
+                    d["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                    share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+                    d["server_us_per_transfer"]
+                        .as_f64()
+                        .map_or("-".into(), |u| format!("{u:.1}")),
+                    if share.is_some_and(|s| s < SERVER_BOUND) {
+                        " (generator-bound)"
+                    } else {
+                        ""
                     }
-                    let server = PasvdProcess::start(&pasvd, &data, range, mode, &extra, true)?;
-                    targets.push(LoadTarget {
-                        label: format!("pasvd-{label}"),
-                        kind: "custom",
-                        port: server.port,
-                        user: "anonymous".into(),
-                        pass: "pasv@example.invalid".into(),
-                        range,
-                    });
-                    servers.push(server);
-                }
-                let mut results = String::new();
-                for round in 1..=rounds {
-                    for t in &targets {
-                        let url = format!(
-                            "ftp://{}:{}@127.0.0.1:{}/{file}",
-                            t.user,
-                            t.pass.replace('@', "%40"),
-                            t.port
-                        );
-                        let before = cpu_jiffies(1)?;
-                        let output = Command::new("taskset")
-                            .args(["-c", "0"])
-                            .arg(&pasv)
-                            .args(["load", &url, "-k", &workload.k.to_string()])
-                            .args(["--duration", &workload.duration_s.to_string()])
-                            .args(["--expect-range", &format!("{}-{}", t.range.0, t.range.1)])
-                            .arg("--json")
-                            .stderr(Stdio::null())
-                            .output()?;
-                        let after = cpu_jiffies(1)?;
-                        let text = String::from_utf8_lossy(&output.stdout);
-                        let line = text
-                            .lines()
-                            .rev()
-                            .find(|l| l.starts_with('{'))
-                            .with_context(|| {
-                                format!("pasv load against {} printed no report", t.label)
-                            })?;
-                        let mut d: Value = serde_json::from_str(line)?;
-                        let transfers = d["transfers"].as_f64().unwrap_or(0.0);
-                        let busy_j = (after.0 - before.0) as f64;
-                        let total_j = (after.1 - before.1).max(1) as f64;
-                        let share = busy_j / total_j;
-                        let us = (transfers > 0.0).then(|| busy_j / USER_HZ * 1e6 / transfers);
-                        d["label"] = format!("r{round}:{}", t.label).into();
-                        d["server_core_busy"] = share.into();
-                        d["server_us_per_transfer"] = us.into();
-                        d["generator_bound"] = (share < SERVER_BOUND).into();
-                        // The names check_peer_targets reads (the kit's).
-                        d["reconnects"] = d["sessions_lost"].clone();
-                        d["pasv_port_out_of_range"] = d["ports_outside_range"].clone();
-                        println!(
-                        "{} round {round} {}: {:.0}/s, server core {:.0}% busy, {} us/transfer{}",
-                        workload.name,
-                        t.label,
-                        d["transfers_per_s"].as_f64().unwrap_or(0.0),
-                        share * 100.0,
-                        us.map_or("-".into(), |u| format!("{u:.1}")),
-                        if share < SERVER_BOUND { " (generator-bound)" } else { "" }
-                    );
-                        results.push_str(&d.to_string());
-                        results.push('\n');
-                    }
-                }
-                drop(servers);
-                Ok(results)
-            })();
-        let _ = peers_cmd(&["stop", "all"]);
-        let results = result?;
-        let kinds: String = targets
+                );
+                results.push_str(&d.to_string());
+                results.push('\n');
+            }
+        }
+        let kinds: String = fleet
+            .targets
             .iter()
             .map(|t| format!("{}\t{}\n", t.label, t.kind))
             .collect();
         std::fs::write(dir.join("results.jsonl"), &results)?;
         std::fs::write(dir.join("targets.tsv"), &kinds)?;
-        let mut report = load_report(workload, &targets, &results)?;
+        let mut report = load_report(workload, &fleet.targets, &results, options.contended)?;
         let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
         report.push_str(&checks);
         missed += failures;
-        std::fs::write(out.join(format!("peers-{}.md", workload.name)), &report)?;
+        summary.push((
+            workload.name.to_owned(),
+            crate::peers::summarize(&fleet.targets, &results)?,
+        ));
+        drop(fleet);
+        std::fs::write(
+            out.join(format!("peers-{}{suffix}.md", workload.name)),
+            &report,
+        )?;
         println!("{report}");
     }
-    Ok(missed)
+    Ok((missed, summary))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -784,8 +723,14 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// The markdown table of a `pasv load` comparison: per target, medians over the rounds of
 /// transfers/s, server-core µs per transfer, server core busy share and latency; a target
-/// whose server core was below 90% busy in any round is marked generator-bound.
-fn load_report(workload: &Workload, targets: &[LoadTarget], results: &str) -> Result<String> {
+/// whose server core was below 90% busy in any round is marked generator-bound. Then every
+/// pasvd target's server µs per transfer as a ratio to the floor's and to each peer's.
+fn load_report(
+    workload: &Workload,
+    targets: &[LoadTarget],
+    results: &str,
+    contended: bool,
+) -> Result<String> {
     let mut rows: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for line in results.lines().filter(|l| !l.trim().is_empty()) {
         let d: Value = serde_json::from_str(line)?;
@@ -808,18 +753,28 @@ fn load_report(workload: &Workload, targets: &[LoadTarget], results: &str) -> Re
             })
         })
         .fold(None, |b: Option<f64>, m| Some(b.map_or(m, |b| b.max(m))));
+    let placement = if contended {
+        "`pasv load` and servers unpinned, sharing both cores"
+    } else {
+        "`pasv load` on CPU 0, servers on CPU 1"
+    };
     let mut out = format!(
-        "### {} ({} ports, K={}, {} RETR, `pasv load` on CPU 0, servers on CPU 1)\n\n\
-         | target | median transfers/s | server µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "### {} ({} ports, K={}, {} RETR, {placement})\n\n\
+         | target | median transfers/s | server µs/transfer | process µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         workload.name, workload.ports, workload.k, workload.file
     );
+    let us_of = |label: &str, key: &str| {
+        rows.get(label)
+            .and_then(|runs| get(runs, &|d| d[key].as_f64()))
+    };
     for t in targets {
         let Some(runs) = rows.get(t.label.as_str()) else {
             continue;
         };
         let rate = get(runs, &|d| d["transfers_per_s"].as_f64());
         let us = get(runs, &|d| d["server_us_per_transfer"].as_f64());
+        let process_us = get(runs, &|d| d["server_process_us_per_transfer"].as_f64());
         let busy = get(runs, &|d| d["server_core_busy"].as_f64());
         let p99 = get(runs, &|d| d["latency_ms"]["p99"].as_f64());
         let c425: u64 = runs.iter().filter_map(|d| d["count_425"].as_u64()).sum();
@@ -829,16 +784,46 @@ fn load_report(workload: &Workload, targets: &[LoadTarget], results: &str) -> Re
         let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |x| format!("{x:.digits$}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {c425} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {c425} | {} | {} | {} |",
             t.label,
             f(rate, 0),
             f(us, 1),
+            f(process_us, 1),
             busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
             f(p99, 2),
             rate.zip(best_peer)
                 .map_or("-".into(), |(r, b)| format!("{:.2}x", r / b)),
             if bound { "generator-bound" } else { "" }
         );
+    }
+    let others: Vec<&LoadTarget> = targets.iter().filter(|t| t.kind != "custom").collect();
+    if !contended && !others.is_empty() {
+        let _ = write!(
+            out,
+            "\nServer µs per transfer as a ratio (lower is cheaper; goal against the floor: \
+             at most 1.5x), server core busy time / server processes' CPU time\n\n| target |"
+        );
+        for o in &others {
+            let _ = write!(out, " vs {} |", o.label);
+        }
+        let _ = writeln!(out, "\n|---|{}", "---|".repeat(others.len()));
+        for t in targets.iter().filter(|t| t.kind == "custom") {
+            let _ = write!(out, "| {} |", t.label);
+            for o in &others {
+                let ratio = |key| {
+                    us_of(&t.label, key)
+                        .zip(us_of(&o.label, key))
+                        .map_or("-".into(), |(a, b)| format!("{:.2}x", a / b))
+                };
+                let _ = write!(
+                    out,
+                    " {} / {} |",
+                    ratio("server_us_per_transfer"),
+                    ratio("server_process_us_per_transfer")
+                );
+            }
+            out.push('\n');
+        }
     }
     Ok(out)
 }
@@ -937,83 +922,6 @@ fn check_peer_targets(
     Ok((out, missed))
 }
 
-/// A pasvd started for one workload, killed when dropped.
-struct PasvdProcess {
-    child: Child,
-    port: u16,
-}
-
-impl PasvdProcess {
-    fn start(
-        pasvd: &Path,
-        root: &Path,
-        range: (u16, u16),
-        mode: &str,
-        extra: &[&str],
-        pin: bool,
-    ) -> Result<Self> {
-        let (lo, hi) = range;
-        let mut command = if pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "1"]).arg(pasvd);
-            c
-        } else {
-            Command::new(pasvd)
-        };
-        let mut child = command
-            .args(["--listener-mode", mode, "--listen", "127.0.0.1:0", "--root"])
-            .arg(root)
-            .args([
-                "--pasv-min-port",
-                &lo.to_string(),
-                "--pasv-max-port",
-                &hi.to_string(),
-                // The generator's sessions stand for many clients but share one address:
-                // the per-address lease cap (half the range by default) would halve the
-                // ports they can use.
-                "--max-passive-per-ip",
-                "0",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", pasvd.display()))?;
-        let stdout = child.stdout.take().context("pasvd stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        // pasvd prints `listening on ADDR:PORT` once it accepts connections.
-        let port = loop {
-            let Some(line) = lines.next() else {
-                let _ = child.kill();
-                bail!("pasvd exited before listening");
-            };
-            let line = line?;
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let port = addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-                    .context("pasvd printed an address without a port")?;
-                break port;
-            }
-        };
-        // Keep draining stdout so pasvd never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, port })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PasvdProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,8 +935,13 @@ mod tests {
             user: String::new(),
             pass: String::new(),
             range: (1, 2),
+            pid: 1,
         };
-        let targets = [target("vsftpd", "peer"), target("pasvd-prebound", "custom")];
+        let targets = [
+            target("vsftpd", "peer"),
+            target("floor", "floor"),
+            target("pasvd-prebound", "custom"),
+        ];
         let line = |label: &str, rate: f64, us: f64, busy: f64| {
             format!(
                 "{{\"label\":\"{label}\",\"transfers_per_s\":{rate},\"server_us_per_transfer\":{us},\"server_core_busy\":{busy},\"generator_bound\":{},\"count_425\":0,\"latency_ms\":{{\"p99\":1.5}}}}\n",
@@ -1038,14 +951,27 @@ mod tests {
         let results = line("r1:vsftpd", 1000.0, 500.0, 0.5)
             + &line("r1:pasvd-prebound", 4000.0, 60.0, 0.95)
             + &line("r2:vsftpd", 1200.0, 480.0, 0.97)
-            + &line("r2:pasvd-prebound", 5000.0, 50.0, 0.99);
-        let table = load_report(&WORKLOADS[0], &targets, &results).unwrap();
+            + &line("r2:pasvd-prebound", 5000.0, 50.0, 0.99)
+            + &line("r1:floor", 9000.0, 40.0, 0.99)
+            + &line("r2:floor", 9000.0, 50.0, 0.99);
+        let table = load_report(&WORKLOADS[0], &targets, &results, false).unwrap();
         assert!(
-            table.contains("| vsftpd | 1100 | 490.0 | 74% | 0 | 1.50 | 1.00x | generator-bound |"),
+            table.contains(
+                "| vsftpd | 1100 | 490.0 | - | 74% | 0 | 1.50 | 1.00x | generator-bound |"
+            ),
             "{table}"
         );
         assert!(
-            table.contains("| pasvd-prebound | 4500 | 55.0 | 97% | 0 | 1.50 | 4.09x |  |"),
+            table.contains("| pasvd-prebound | 4500 | 55.0 | - | 97% | 0 | 1.50 | 4.09x |  |"),
+            "{table}"
+        );
+        // The floor is no peer: not the best peer, but the first ratio of server cost.
+        assert!(
+            table.contains("| floor | 9000 | 45.0 | - | 99% | 0 | 1.50 | 8.18x |  |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| target | vs vsftpd | vs floor |\n|---|---|---|\n| pasvd-prebound | 0.11x / - | 1.22x / - |"),
             "{table}"
         );
     }

@@ -4,6 +4,11 @@
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
+//! cargo xtask bench --strategies                  pool strategies × load, docs/strategies.svg
+//! cargo xtask bench --peers KIT --peers-only --plot     + throughput against K, docs/peers*.svg
+//! cargo xtask bench --peers KIT --syscalls [--transfers N]  syscalls and wake-ups per transfer
+//! cargo xtask bench --peers KIT --memory [--sessions N]     memory per session and transfer
+//! cargo xtask bench --peers KIT --peers-only --contended    generator and servers unpinned
 //! cargo xtask dist [--out DIR]                   man pages and shell completions
 //! ```
 //!
@@ -13,6 +18,9 @@
 
 mod bench;
 mod dist;
+mod fleet;
+mod peers;
+mod strategies;
 
 use anyhow::{bail, Result};
 
@@ -36,7 +44,7 @@ fn main() -> Result<()> {
 
 fn print_help() {
     println!(
-        "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT]\n\
+        "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT] [--strategies]\n\
          cargo xtask dist [--out DIR]\n\
          \n\
          bench   runs the criterion benches (package pasv-benches), prints every result and\n\
@@ -56,6 +64,21 @@ fn print_help() {
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\
          \x20       --peers-only   skip the criterion benches\n\
+         \x20       --plot         (--peers) then transfers/s against K = 1, 8, 32, 128 on 20\n\
+         \x20                      and 1000 ports; writes docs/peers.svg and docs/peers-k.svg\n\
+         \x20       --contended    (--peers) generator and servers unpinned on both cores\n\
+         \x20       --syscalls     (--peers) instead of the workloads: syscalls (strace -c -f)\n\
+         \x20                      and context switches (perf stat) per transfer of every\n\
+         \x20                      server, 1000 ports, K=8; target/pasv-bench/syscalls.md\n\
+         \x20       --transfers N  transfers counted by --syscalls [4000]\n\
+         \x20       --memory       (--peers) instead of the workloads: memory of every server\n\
+         \x20                      with N idle sessions, then N/4 of them downloading;\n\
+         \x20                      target/pasv-bench/memory.md\n\
+         \x20       --sessions N   idle sessions of --memory [200]\n\
+         \x20       --strategies   instead of the criterion benches: every pool strategy\n\
+         \x20                      × load through the simulator against Erlang B (the table\n\
+         \x20                      of `pasv simulate`), target/pasv-bench/strategies.txt and\n\
+         \x20                      the plot docs/strategies.svg\n\
          \n\
          dist    writes man pages (man/pasvd.1, man/pasv.1, man/pasv-<command>.1, ...) and\n\
          \x20       bash, zsh and fish completions (completions/) generated from the clap\n\

@@ -73,6 +73,7 @@
 //! * [`strategy`]: the accounted strategies, and blind models of vsftpd, ProFTPD, Pure-FTPd,
 //!   pyftpdlib and FileZilla Server, answered by a kernel [`BindModel`].
 //! * [`sim`]: a seeded discrete-event simulator that checks all of the above against theory.
+//! * [`sweep`]: every strategy at several loads through the simulator, against Erlang B.
 
 mod bind;
 pub mod capacity;
@@ -81,6 +82,7 @@ mod pool;
 mod rng;
 pub mod sim;
 pub mod strategy;
+pub mod sweep;
 mod time;
 
 pub use bind::{bind_cost_ns, BindModel, BindResult};

@@ -1413,6 +1413,32 @@ mod snapshot {
         out
     }
 
+    /// `sweep::table` (behind `pasv simulate`) for its default spec gives the rows of the
+    /// snapshot's first table, which `sweep()` above builds from `sim::run` directly.
+    #[test]
+    fn sweep_module_table_is_the_snapshot_table() {
+        let spec = pasv_pool::sweep::SweepSpec::new(pasv_pool::sim::top_ports(20));
+        let rows = pasv_pool::sweep::sweep(&spec).unwrap();
+        let table = pasv_pool::sweep::table(&spec, &rows);
+        let direct = sweep();
+        let first_block: Vec<&str> = direct
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let ours: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(ours, first_block);
+        let json: serde_json::Value =
+            serde_json::from_str(&pasv_pool::sweep::to_json(&rows)).unwrap();
+        let cells = json.as_array().unwrap();
+        assert_eq!(cells.len(), rows.len());
+        for (cell, row) in cells.iter().zip(&rows) {
+            assert_eq!(cell["strategy"], row.report.strategy.as_str());
+            assert_eq!(cell["served"], row.report.served);
+            assert_eq!(cell["load"], row.load);
+        }
+    }
+
     #[test]
     fn strategy_sweep_matches_snapshot() {
         let path =

@@ -1510,8 +1510,8 @@ fn room_for_descriptors(n: u64) {
     );
 }
 
-/// The default configuration (its listener mode and per-address lease cap) on a 20-port
-/// range: 1,000 clients on 1,000 different addresses each hold a PASV at once, none is
+/// The default configuration (its session limits, listener mode and per-address lease cap)
+/// on a 20-port range: 1,000 clients on 1,000 different addresses each hold a PASV at once, none is
 /// refused, then each takes its own connection and its own file through the shared
 /// ports. Under per-lease listeners 20 would be served and 980 refused with 425.
 #[tokio::test]
@@ -1522,13 +1522,15 @@ async fn a_20_port_range_serves_1000_clients_on_distinct_addresses_at_once() {
     for i in 0..CLIENTS {
         fs::write(dir.path().join(format!("f{i}")), format!("file {i}")).unwrap();
     }
-    let defaults = Config::default();
-    let server = start(dir.path(), 20, |c| {
-        c.listener_mode = defaults.listener_mode;
-        c.max_passive_per_ip = defaults.max_passive_per_ip;
-        c.max_clients = CLIENTS;
-    })
-    .await;
+    // The default configuration but for the address, the root and the range: its session
+    // limits, its listener mode, its per-address lease cap, its open-file limit handling.
+    let test_config = TestServer::config(dir.path(), 20);
+    let mut config = Config::default();
+    config.listen = test_config.listen;
+    config.root = test_config.root;
+    config.pasv_min_port = test_config.pasv_min_port;
+    config.pasv_max_port = test_config.pasv_max_port;
+    let server = TestServer::start(config).await;
     let (lo, hi) = server.ports;
     // 127.1.0.1 to 127.1.3.250: all of 127.0.0.0/8 is local on Linux.
     let address =

@@ -260,6 +260,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Load(args) => run_load(g, args).await?,
         Cmd::Probe(args) => run_probe(g, args).await?,
         Cmd::Plan(args) => run_plan(args)?,
+        Cmd::Simulate(args) => {
+            pasv_tools::cli::simulate::run(&args, &mut std::io::stdout().lock())?
+        }
         Cmd::Decode { kind } => {
             let mut input = Vec::new();
             std::io::stdin().lock().read_to_end(&mut input)?;

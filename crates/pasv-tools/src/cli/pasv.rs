@@ -173,6 +173,8 @@ pub enum Cmd {
     Probe(ProbeArgs),
     /// Capacity planner for a passive range.
     Plan(PlanArgs),
+    /// Simulate pool strategies under load against Erlang B (strategies × load table).
+    Simulate(super::simulate::SimulateArgs),
     /// Decode raw bytes from stdin as replies or commands, one JSON object per line.
     Decode {
         /// What the bytes are.

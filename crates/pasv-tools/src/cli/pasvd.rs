@@ -93,7 +93,8 @@ pub struct Cli {
     /// Seconds a passive listener waits for the client.
     #[arg(long, env = "PASVD_ACCEPT_TIMEOUT")]
     pub accept_timeout: Option<f64>,
-    /// Maximum concurrent sessions (0 = unlimited).
+    /// Maximum concurrent sessions (0 = unlimited; default 2000). The soft open-file limit
+    /// is raised to what they need, up to the hard limit.
     #[arg(long, env = "PASVD_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
     /// Maximum concurrent sessions per client address (0 = unlimited).

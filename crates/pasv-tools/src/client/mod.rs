@@ -32,8 +32,8 @@
 //! Errors keep the server's reply: [`ClientError::code`] gives the code,
 //! [`ClientError::is_transient`] and [`ClientError::is_permanent`] its class.
 //!
-//! The modules [`load`], [`probe`], [`plan`] and [`decode`] are the library side of the
-//! `pasv load`, `pasv probe`, `pasv plan` and `pasv decode` commands.
+//! The modules [`load`], [`probe`], [`plan`] and [`decode`] are the library side
+//! of the `pasv load`, `pasv probe`, `pasv plan` and `pasv decode` commands.
 
 mod connection;
 mod data;

@@ -166,7 +166,9 @@ pub struct Config {
     pub accept_timeout: Duration,
     /// Time an active (PORT/EPRT) connect may take.
     pub connect_timeout: Duration,
-    /// Maximum concurrent sessions (0 = unlimited).
+    /// Maximum concurrent sessions (0 = unlimited; 2000 by default). At start the soft
+    /// open-file limit is raised to what this many sessions need (four descriptors each),
+    /// up to the hard limit.
     pub max_clients: usize,
     /// Maximum concurrent sessions per client address (0 = unlimited).
     pub max_per_ip: usize,
@@ -259,7 +261,7 @@ impl Default for Config {
             pasv_wait: Duration::from_secs(2),
             accept_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
-            max_clients: 512,
+            max_clients: 2000,
             max_per_ip: 64,
             max_passive_per_ip: None,
             idle_timeout: Duration::from_secs(300),

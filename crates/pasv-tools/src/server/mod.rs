@@ -116,6 +116,7 @@ mod busy_poll;
 pub mod config;
 mod defender;
 mod demo;
+mod limits;
 mod listing;
 mod metrics;
 mod passive;
@@ -413,6 +414,7 @@ impl BoundServer {
         for contradiction in config.contradictions() {
             tracing::warn!("{contradiction}");
         }
+        limits::ensure(&config);
         let run_as =
             match &config.run_as {
                 Some(user) => Some(privileges::Account::lookup(user).map_err(|reason| {
