@@ -72,6 +72,8 @@
 //! * [`capacity`]: the fluid bound `rate_max = N·A / (h + f·T)`, Erlang B, port sizing.
 //! * [`strategy`]: the accounted strategies, and blind models of vsftpd, ProFTPD, Pure-FTPd,
 //!   pyftpdlib and FileZilla Server, answered by a kernel [`BindModel`].
+//! * [`wait`]: a bounded, first-come first-served [`WaitQueue`] of sessions waiting for a
+//!   port, in front of a pool: the server and the simulator run the same queue.
 //! * [`sim`]: a seeded discrete-event simulator that checks all of the above against theory.
 
 mod bind;
@@ -82,6 +84,7 @@ mod rng;
 pub mod sim;
 pub mod strategy;
 mod time;
+pub mod wait;
 
 pub use bind::{bind_cost_ns, BindModel, BindResult};
 pub use config::{
@@ -93,3 +96,4 @@ pub use pool::{
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;
+pub use wait::{Admission, WaitEvent, WaitQueue, WaiterId};

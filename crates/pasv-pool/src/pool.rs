@@ -369,11 +369,25 @@ impl Pool {
         peer: IpAddr,
         filter: AddrFilter,
     ) -> Result<Lease, Exhausted> {
+        self.acquire_inner(now, peer, filter, true)
+    }
+
+    /// [`Pool::acquire_with`], counting a refusal in [`PoolStats`] only if `count`: a
+    /// [`crate::WaitQueue`] retrying its waiters does not count each retry as a refusal.
+    pub(crate) fn acquire_inner(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        filter: AddrFilter,
+        count: bool,
+    ) -> Result<Lease, Exhausted> {
         let now = self.advance(now);
         if let Some(limit) = self.config.peer_limit {
             if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
-                self.refusals += 1;
-                self.refusals_peer_limit += 1;
+                if count {
+                    self.refusals += 1;
+                    self.refusals_peer_limit += 1;
+                }
                 return Err(Exhausted {
                     retry_after: None,
                     cause: Shortage::PeerLimit,
@@ -410,7 +424,9 @@ impl Pool {
                 })
         });
         let Some(slot) = picked else {
-            self.refusals += 1;
+            if count {
+                self.refusals += 1;
+            }
             let retry_after = self
                 .next_free_for(peer, restricted)
                 .map(|t| t.saturating_duration_since(now));
@@ -805,6 +821,30 @@ impl Pool {
 }
 
 impl Pool {
+    /// Test oracle, independent of the strategy: whether an acquisition by `peer` through
+    /// `filter` at `now` would find a port, by a scan of every slot. O(slots).
+    #[doc(hidden)]
+    pub fn has_port_for(&self, now: Instant, peer: IpAddr, filter: AddrFilter) -> bool {
+        let now = now.max(self.latest);
+        if let Some(limit) = self.config.peer_limit {
+            if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
+                return false;
+            }
+        }
+        let ledger = self.peers.get(&peer);
+        (0..self.slots.len()).any(|i| {
+            let s = &self.slots[i];
+            let a = self.layout.address_of(SlotId(i as u32));
+            let slot = i as u32;
+            filter.matches(self.config.addresses[a])
+                && !(s.cooling() && s.cooling_until > now)
+                && !(self.config.exclusivity == Exclusivity::PerPort && s.leases > 0)
+                && !ledger.is_some_and(|l| {
+                    l.leases.contains_key(&slot) || l.blocked.get(&slot).is_some_and(|&t| t > now)
+                })
+        })
+    }
+
     /// Debug-only consistency check used by tests: counters agree with the slots.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
