@@ -252,6 +252,11 @@ impl<T> WaitQueue<T> {
         self.waiters.is_empty()
     }
 
+    /// The waiters' tokens, oldest first.
+    pub fn tokens(&self) -> impl Iterator<Item = &T> + '_ {
+        self.waiters.values().map(|w| &w.token)
+    }
+
     /// Counts since the queue was built.
     pub fn stats(&self) -> WaitStats {
         WaitStats {

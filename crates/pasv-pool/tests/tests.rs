@@ -1771,6 +1771,58 @@ mod snapshot {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "\n# waiting: 20 ports, Poisson from 4 peers, T = 1 s, f = 1, h ~ exp(20 ms), max_wait 0.2 s, 300 s, seed 7"
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:<5} {:>5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "strategy",
+            "scope",
+            "load",
+            "offered",
+            "served",
+            "refused",
+            "refusal",
+            "erlang_b",
+            "wait_p50",
+            "wait_p99",
+            "wait_max"
+        );
+        for kind in StrategyKind::ALL {
+            // Under the peer scope a port closed by one peer still serves the three others.
+            for scope in [QuarantineScope::Port, QuarantineScope::Peer] {
+                for load in [0.95, 1.5, 4.0] {
+                    let mut c = SimConfig::new(20);
+                    c.strategy = SimStrategy::Accounted(kind);
+                    c.scope = scope;
+                    c.quarantine = secs(1);
+                    c.peers = 4;
+                    c.max_wait = Duration::from_millis(200);
+                    c.hold = HoldDist::Exponential(Duration::from_millis(20));
+                    c.warmup = secs(5);
+                    c.duration = secs(305);
+                    c.seed = 7;
+                    let r = run(&c.with_load(load)).unwrap();
+                    let _ = writeln!(
+                        out,
+                        "{:<12} {:<5} {:>5.2} {:>7} {:>7} {:>7} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
+                        kind.name(),
+                        format!("{scope:?}").to_lowercase(),
+                        load,
+                        r.offered,
+                        r.served,
+                        r.refused,
+                        r.refusal_rate,
+                        r.erlang_b,
+                        r.wait.p50,
+                        r.wait.p99,
+                        r.wait.max
+                    );
+                }
+            }
+        }
         out
     }
 
