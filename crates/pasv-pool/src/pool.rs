@@ -836,12 +836,12 @@ impl Pool {
             let s = &self.slots[i];
             let a = self.layout.address_of(SlotId(i as u32));
             let slot = i as u32;
-            filter.matches(self.config.addresses[a])
-                && !(s.cooling() && s.cooling_until > now)
-                && !(self.config.exclusivity == Exclusivity::PerPort && s.leases > 0)
-                && !ledger.is_some_and(|l| {
-                    l.leases.contains_key(&slot) || l.blocked.get(&slot).is_some_and(|&t| t > now)
-                })
+            let cooling = s.cooling() && s.cooling_until > now;
+            let leased = self.config.exclusivity == Exclusivity::PerPort && s.leases > 0;
+            let refused_to_peer = ledger.is_some_and(|l| {
+                l.leases.contains_key(&slot) || l.blocked.get(&slot).is_some_and(|&t| t > now)
+            });
+            filter.matches(self.config.addresses[a]) && !cooling && !leased && !refused_to_peer
         })
     }
 
