@@ -89,7 +89,8 @@ pub use config::{
     StrategyKind,
 };
 pub use pool::{
-    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError, Shortage,
+    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger, ReleaseError,
+    Shortage,
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;

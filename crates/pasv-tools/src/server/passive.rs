@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
-use super::kernel::{self, TimeWait};
+use super::kernel::{self, LedgerCheck, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
 use super::ServerError;
@@ -622,6 +622,23 @@ impl PassivePorts {
     /// Pool statistics now.
     pub(crate) fn stats(&self) -> pasv_pool::PoolStats {
         lock(&self.pool).stats(clock::pool_now())
+    }
+
+    /// The pool's ledger against the kernel's TIME_WAIT table now (see `kernel::compare`);
+    /// an error where the kernel's tables cannot be read.
+    pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
+        let table = kernel::time_wait_sockets()?;
+        let pool = lock(&self.pool);
+        let now = clock::pool_now();
+        let config = pool.config();
+        Ok(kernel::compare(
+            &pool.ledger(now),
+            &table,
+            now,
+            config.scope,
+            config.exclusivity,
+            self.reuseaddr,
+        ))
     }
 
     /// The capacity model for a mean hold time and a share of server-side closes.

@@ -47,6 +47,8 @@ const MAX_INPUT: usize = 64 * 1024;
 /// Largest download sent inline by the session (see `send_inline`); loopback and typical
 /// socket buffers take this much at once.
 const INLINE_MAX: usize = 64 * 1024;
+/// Ports listed at most by `SITE POOL` (disagreements first).
+const SITE_POOL_PORTS: usize = 64;
 /// Retry hint when every port is leased and none is cooling (see `refused`).
 const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
 /// PASV without an IPv4 passive address (an IPv6-only server, or an IPv6 control connection
@@ -1042,7 +1044,10 @@ impl Session {
         let mut words = arg.splitn(3, |&b| b == b' ');
         let verb = words.next().unwrap_or(b"");
         if verb.eq_ignore_ascii_case(b"HELP") {
-            return self.multi(214, "SITE commands:\n CHMOD HELP\nEnd");
+            return self.multi(214, "SITE commands:\n CHMOD HELP POOL\nEnd");
+        }
+        if verb.eq_ignore_ascii_case(b"POOL") {
+            return self.site_pool();
         }
         if !verb.eq_ignore_ascii_case(b"CHMOD") {
             return self.reply(504, b"Unknown SITE command.");
@@ -1068,6 +1073,53 @@ impl Session {
         };
         let done = on_pool(vfs, move |v| v.chmod(&path, mode)).await;
         self.fs_done(done, 200, b"SITE CHMOD command ok.");
+    }
+
+    /// `SITE POOL`: the pool's counts and its ledger against the kernel's TIME_WAIT table,
+    /// for an administrator (an account with `admin = true` in the users file).
+    fn site_pool(&mut self) {
+        let admin = self.account().is_some_and(|a| a.grant.admin);
+        if !admin {
+            return self.reply(550, b"SITE POOL is for administrators.");
+        }
+        let ports = &self.shared.ports;
+        let stats = ports.stats();
+        let mut text = format!(
+            "Pool: {} free, {} leased, {} cooling, {} (port, client) pairs in per-client \
+             quarantine.\n",
+            stats.free, stats.leased, stats.cooling, stats.peer_quarantined
+        );
+        match ports.ledger_check() {
+            Ok(check) => {
+                text.push_str(&format!(
+                    " Kernel: {} TIME_WAIT sockets on the passive ports.\n \
+                     Disagreements: {} offered_while_held, {} withheld_while_free.\n",
+                    check.kernel_time_wait, check.offered_while_held, check.withheld_while_free
+                ));
+                // Disagreements first, then the rest, at most SITE_POOL_PORTS lines.
+                let mut listed: Vec<_> = check.ports.iter().collect();
+                listed.sort_by_key(|p| p.disagreement.is_none());
+                let secs = |d: Option<Duration>| {
+                    d.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+                };
+                for p in listed.iter().take(SITE_POOL_PORTS) {
+                    text.push_str(&format!(
+                        " {} kernel {} pool {} leases {} {}\n",
+                        p.addr,
+                        secs(p.kernel),
+                        secs(p.pool),
+                        p.leases,
+                        p.disagreement.map_or("agree", |d| d.name())
+                    ));
+                }
+                if listed.len() > SITE_POOL_PORTS {
+                    text.push_str(&format!(" ... {} more\n", listed.len() - SITE_POOL_PORTS));
+                }
+            }
+            Err(e) => text.push_str(&format!(" Kernel: tables unreadable ({e}).\n")),
+        }
+        text.push_str("End");
+        self.multi(200, text);
     }
 
     fn active(&mut self, addr: SocketAddr) {
