@@ -682,6 +682,13 @@ impl ServerCollector {
                 "TCP sockets in TIME_WAIT on the passive ports, as the kernel reports them.",
                 &ConstGauge::new(check.kernel_time_wait as i64),
             )?;
+            one(
+                e,
+                "pasvd_ledger_foreign_ports",
+                "Passive ports on which another program holds a TCP socket (a listener or a \
+                 connection), so the kernel refuses their bind.",
+                &ConstGauge::new(check.foreign as i64),
+            )?;
             family(
                 e,
                 "pasvd_ledger_disagreements",

@@ -628,12 +628,14 @@ impl PassivePorts {
     /// an error where the kernel's tables cannot be read.
     pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
         let table = kernel::time_wait_sockets()?;
+        let foreign = kernel::foreign_sockets()?;
         let pool = lock(&self.pool);
         let now = clock::pool_now();
         let config = pool.config();
         Ok(kernel::compare(
             &pool.ledger(now),
             &table,
+            &foreign,
             now,
             config.scope,
             config.exclusivity,

@@ -1092,9 +1092,13 @@ impl Session {
         match ports.ledger_check() {
             Ok(check) => {
                 text.push_str(&format!(
-                    " Kernel: {} TIME_WAIT sockets on the passive ports.\n \
+                    " Kernel: {} TIME_WAIT sockets on the passive ports, {} ports held by \
+                     other programs.\n \
                      Disagreements: {} offered_while_held, {} withheld_while_free.\n",
-                    check.kernel_time_wait, check.offered_while_held, check.withheld_while_free
+                    check.kernel_time_wait,
+                    check.foreign,
+                    check.offered_while_held,
+                    check.withheld_while_free
                 ));
                 // Disagreements first, then the rest, at most SITE_POOL_PORTS lines.
                 let mut listed: Vec<_> = check.ports.iter().collect();
@@ -1104,9 +1108,10 @@ impl Session {
                 };
                 for p in listed.iter().take(SITE_POOL_PORTS) {
                     text.push_str(&format!(
-                        " {} kernel {} pool {} leases {} {}\n",
+                        " {} kernel {}{} pool {} leases {} {}\n",
                         p.addr,
                         secs(p.kernel),
+                        if p.foreign { "+foreign" } else { "" },
                         secs(p.pool),
                         p.leases,
                         p.disagreement.map_or("agree", |d| d.name())
