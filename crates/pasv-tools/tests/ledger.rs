@@ -243,3 +243,35 @@ fn pasv_protocol_addr(reply: &pasv_protocol::Reply) -> std::net::SocketAddr {
     let ip = std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
     std::net::SocketAddr::new(ip.into(), n[4] * 256 + n[5])
 }
+
+/// Every port leased, none cooling: the 425's hint comes from the hold times measured so
+/// far, not a fixed guess. One port; two leases end at the accept timeout (0.6 s each), so
+/// a third, just taken, is expected to end within 0.6 s: the refused client is told so.
+#[tokio::test]
+async fn the_all_leased_hint_comes_from_measured_hold_times() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let ports = quiet_ports(29_400, 1);
+    let mut c = Config::for_tests(dir.path().to_path_buf());
+    (c.pasv_min_port, c.pasv_max_port) = ports;
+    c.quarantine = Some(QuarantineScope::Port);
+    c.accept_timeout = Duration::from_millis(600);
+    c.pasv_wait = Duration::ZERO;
+    let server = TestServer::start(c).await;
+    let mut a = Ftp::login(server.addr).await;
+    let mut b = Ftp::login(server.addr).await;
+    for _ in 0..2 {
+        a.pasv().await;
+        a.expect("RETR f", 150).await;
+        assert_eq!(a.reply().await.code().get(), 425);
+    }
+    a.pasv().await;
+    let refused = b.cmd("PASV").await;
+    assert_eq!(refused.code().get(), 425, "{refused}");
+    let hint = refused.retry_after().expect("a retry hint");
+    assert!(
+        hint >= Duration::from_millis(100) && hint <= Duration::from_millis(650),
+        "{refused}"
+    );
+    server.stop().await;
+}

@@ -32,7 +32,7 @@ use super::ascii::ToNetwork;
 use super::defender::Banned;
 use super::listing::{self, Civil, Format};
 use super::metrics::{AcceptStage, Direction, LoginResult, RefusalCause, TransferResult};
-use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
+use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal, ALL_LEASED_FALLBACK};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, FsError, Kind, Vfs};
@@ -49,8 +49,6 @@ const MAX_INPUT: usize = 64 * 1024;
 const INLINE_MAX: usize = 64 * 1024;
 /// Ports listed at most by `SITE POOL` (disagreements first).
 const SITE_POOL_PORTS: usize = 64;
-/// Retry hint when every port is leased and none is cooling (see `refused`).
-const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
 /// PASV without an IPv4 passive address (an IPv6-only server, or an IPv6 control connection
 /// whose leases would be IPv6).
 const PASV_NO_V4: &[u8] = b"PASV needs an IPv4 passive address and there is none; use EPSV.";
@@ -1232,13 +1230,18 @@ impl Session {
                 self.reply_full(&Reply::try_later(d));
             }
             Refusal::Exhausted { retry_after: None } => {
-                // Every port is held by a live lease, so no time is known; a lease lasts
-                // about as long as one transfer, and a second is a generous guess for that.
-                tracing::info!(session = self.id, "passive ports all leased");
+                // Every port is held by a live lease: the hint is the expected end of the
+                // first one, from measured hold times.
+                let hint = self.shared.ports.all_leased_hint();
+                tracing::info!(
+                    session = self.id,
+                    retry_after_ms = hint.as_millis() as u64,
+                    "passive ports all leased"
+                );
                 self.shared
                     .metrics
-                    .pool_refusal(RefusalCause::AllLeased, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::AllLeased, Some(hint));
+                self.reply_full(&Reply::try_later(hint));
             }
             Refusal::PeerLimit { limit } => {
                 self.shared
@@ -1264,8 +1267,8 @@ impl Session {
                 tracing::warn!(session = self.id, error = %e, "passive ports unbindable");
                 self.shared
                     .metrics
-                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_FALLBACK));
+                self.reply_full(&Reply::try_later(ALL_LEASED_FALLBACK));
             }
         }
     }
