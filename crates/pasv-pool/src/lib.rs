@@ -74,11 +74,13 @@
 //!   pyftpdlib and FileZilla Server, answered by a kernel [`BindModel`].
 //! * [`wait`]: a bounded, first-come first-served [`WaitQueue`] of sessions waiting for a
 //!   port, in front of a pool: the server and the simulator run the same queue.
+//! * [`hold`]: the expected wait for a live lease to end, from measured hold times.
 //! * [`sim`]: a seeded discrete-event simulator that checks all of the above against theory.
 
 mod bind;
 pub mod capacity;
 mod config;
+pub mod hold;
 mod pool;
 mod rng;
 pub mod sim;
@@ -91,8 +93,10 @@ pub use config::{
     AddrFilter, ConfigError, Exclusivity, ParseStrategyError, PoolConfig, PortSet, QuarantineScope,
     StrategyKind,
 };
+pub use hold::HoldEstimator;
 pub use pool::{
-    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError, Shortage,
+    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger, ReleaseError,
+    Shortage,
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;
