@@ -413,7 +413,10 @@ impl<T> WaitQueue<T> {
                 _ => break,
             }
         }
-        self.pool.handle_timeout(now);
+        // With nobody waiting the pool's own operations end its quarantines as they come.
+        if !self.waiters.is_empty() {
+            self.pool.handle_timeout(now);
+        }
         now
     }
 
@@ -450,6 +453,9 @@ impl<T> WaitQueue<T> {
 
     /// One round: every waiter the pool can serve at `now` is served, oldest first.
     fn serve(&mut self, now: Instant) {
+        if self.waiters.is_empty() {
+            return;
+        }
         self.refused.clear();
         let mut next = 0u64;
         while self.refused.len() < self.classes.len() {
