@@ -56,6 +56,48 @@ if mode == "paced":
         except ftplib.error_temp as e:
             ok, msg = False, str(e)
         print(json.dumps({"k": k, "late": t0 - at, "ok": ok, "hold": time.monotonic() - t0, "msg": msg}), flush=True)
+elif mode == "holder":
+    import random, socket
+    seed, until = int(sys.argv[4]), time.monotonic() + float(sys.argv[5])
+    rng = random.Random(seed)
+    while time.monotonic() < until:
+        try:
+            host, dport = ftplib.parse227(ftp.sendcmd("PASV"))
+        except ftplib.error_temp:
+            time.sleep(0.05)
+            continue
+        time.sleep(rng.uniform(0.5, 2.5))
+        conn = socket.create_connection((host, dport), timeout=20)
+        ftp.sendcmd("RETR f")
+        while conn.recv(65536):
+            pass
+        conn.close()
+        ftp.voidresp()
+        time.sleep(0.3)
+elif mode == "probe":
+    import re
+    until = time.monotonic() + float(sys.argv[4])
+    time.sleep(5)
+    while time.monotonic() < until:
+        try:
+            ftp.sendcmd("PASV")
+            ftp.sendcmd("ABOR")
+            time.sleep(0.1)
+            continue
+        except ftplib.error_temp as e:
+            m = re.search(r"retry after ([0-9.]+)s", str(e))
+            hint = float(m.group(1)) if m else None
+        t0 = time.monotonic()
+        while True:
+            time.sleep(0.01)
+            try:
+                ftp.sendcmd("PASV")
+                break
+            except ftplib.error_temp:
+                pass
+        print(json.dumps({"hint": hint, "actual": time.monotonic() - t0}), flush=True)
+        ftp.sendcmd("ABOR")
+        time.sleep(0.5)
 elif mode == "retr":
     ftp.retrbinary("RETR f", lambda b: None)
     print("done", flush=True)
@@ -323,6 +365,8 @@ pub fn run_model_check(args: &[String]) -> Result<()> {
         results.push(r);
     }
     drop(servers);
+    let hint = hint_accuracy(&bin, &work, &script, if quick { 20.0 } else { 60.0 })?;
+    println!("{hint}");
     let hold = results
         .iter()
         .filter_map(|r| r["hold_mean_s"].as_f64())
@@ -357,6 +401,7 @@ pub fn run_model_check(args: &[String]) -> Result<()> {
         "time_wait_after_retr": {"server": sides[0], "client": sides[1]},
         "time_wait_after_stor": {"server": sides[2], "client": sides[3]},
         "levels": results,
+        "all_leased_hint": hint,
         "runtime_s": started.elapsed().as_secs_f64(),
     });
     std::fs::write(
@@ -368,6 +413,89 @@ pub fn run_model_check(args: &[String]) -> Result<()> {
     drop(ns);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The 425 hint when every port is leased and none cooling (quarantine none), against the
+/// wait that follows: 4 ports, 4 holders that lease, wait 0.5-2.5 s (uniform), RETR, rest
+/// 0.3 s; a probe that, refused, polls PASV every 10 ms until it gets a port. Each refusal
+/// gives (hint, actual wait); also scored: what the old fixed 1 s hint would have said.
+fn hint_accuracy(bin: &Path, work: &Path, script: &Path, secs: f64) -> Result<serde_json::Value> {
+    let _server = Proc::new(
+        in_ns(NS_SERVER, &bin.join("pasvd"))
+            .args(["--listen", &format!("{SERVER_IP}:2298"), "--root"])
+            .arg(work.join("root"))
+            .args([
+                "--pasv-address",
+                SERVER_IP,
+                "--pasv-min-port",
+                "42000",
+                "--pasv-max-port",
+                "42003",
+                "--quarantine",
+                "none",
+                "--pasv-wait",
+                "0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let mut holders = Vec::new();
+    for seed in 0..4 {
+        holders.push(Proc::new(
+            in_ns(NS_CLIENT, Path::new("python3"))
+                .arg(script)
+                .args([
+                    "holder",
+                    SERVER_IP,
+                    "2298",
+                    &seed.to_string(),
+                    &(secs + 3.0).to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        ));
+    }
+    let probe = Proc::new(
+        in_ns(NS_CLIENT, Path::new("python3"))
+            .arg(script)
+            .args(["probe", SERVER_IP, "2298", &secs.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    )
+    .output()?;
+    drop(holders);
+    let pairs: Vec<(f64, f64)> = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["hint"].as_f64()?, v["actual"].as_f64()?)))
+        .collect();
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    let err = |guess: &dyn Fn(f64) -> f64| {
+        median(pairs.iter().map(|&(h, a)| (guess(h) - a).abs()).collect())
+    };
+    let covered = |guess: &dyn Fn(f64) -> f64| {
+        pairs.iter().filter(|&&(h, a)| guess(h) >= a).count() as f64 / pairs.len().max(1) as f64
+    };
+    Ok(serde_json::json!({
+        "refusals": pairs.len(),
+        "median_actual_wait_s": median(pairs.iter().map(|p| p.1).collect()),
+        "median_hint_s": median(pairs.iter().map(|p| p.0).collect()),
+        "median_abs_error_s": err(&|h| h),
+        "share_port_free_by_hint": covered(&|h| h),
+        "fixed_1s_median_abs_error_s": err(&|_| 1.0),
+        "fixed_1s_share_port_free_by_hint": covered(&|_| 1.0),
+        "pairs": pairs,
+    }))
 }
 
 /// TIME_WAIT sockets on the passive range after one RETR and then one STOR: [server after
