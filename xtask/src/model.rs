@@ -86,7 +86,10 @@ elif mode == "probe":
             continue
         except ftplib.error_temp as e:
             m = re.search(r"retry after ([0-9.]+)s", str(e))
-            hint = float(m.group(1)) if m else None
+            if not m:
+                time.sleep(0.1)
+                continue
+            hint = float(m.group(1))
         t0 = time.monotonic()
         while True:
             time.sleep(0.01)
@@ -431,6 +434,8 @@ fn hint_accuracy(bin: &Path, work: &Path, script: &Path, secs: f64) -> Result<se
                 "42000",
                 "--pasv-max-port",
                 "42003",
+                "--max-passive-per-ip",
+                "0",
                 "--quarantine",
                 "none",
                 "--pasv-wait",
