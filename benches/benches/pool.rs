@@ -4,6 +4,10 @@
 //! quarantine, its cooling ports spread over the range as they are in use. Numbers are
 //! written down in docs/CAPACITY.md ("Cost").
 //!
+//! `wait_queue`: the same acquire + release through `pasv_pool::wait::WaitQueue` with nobody
+//! waiting (the server's path when a port is free), and one hand-over of a released port to
+//! the oldest of W waiters (release, grant, and a new waiter joining), as pasvd runs them.
+//!
 //! `cargo bench -p pasv-benches --bench pool -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
@@ -11,7 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
-use pasv_pool::{Closer, Instant, Pool, PoolConfig, PortSet, StrategyKind};
+use pasv_pool::wait::{Admission, WaitEvent, WaitQueue};
+use pasv_pool::{AddrFilter, Closer, Instant, Pool, PoolConfig, PortSet, StrategyKind};
 
 const SIZES: [u16; 3] = [20, 1_000, 64_000];
 const COOLING: [u32; 2] = [0, 99];
@@ -118,11 +123,59 @@ fn acquire_release(c: &mut Criterion) {
     group.finish();
 }
 
+fn wait_queue(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wait_queue");
+    let now = Instant::from_nanos(1);
+    let far = Instant::from_nanos(u64::MAX / 2);
+    for &cooling in &COOLING {
+        let mut q: WaitQueue<()> = WaitQueue::new(
+            pool(StrategyKind::LeastRecentlyReleased, 1_000, cooling),
+            1_024,
+        );
+        let param = format!("1000-cooling{cooling}");
+        group.bench_function(BenchmarkId::new("acquire_release", &param), |b| {
+            b.iter(|| {
+                let Admission::Leased(lease) =
+                    q.acquire(black_box(now), black_box(peer()), AddrFilter::Any, now, ())
+                else {
+                    panic!("a free port");
+                };
+                q.release(lease, now, Closer::Client).expect("live lease");
+            })
+        });
+    }
+    for waiters in [1usize, 64, 1_024] {
+        // One port, leased; `waiters` sessions wait for it.
+        let mut q: WaitQueue<()> =
+            WaitQueue::new(pool(StrategyKind::LeastRecentlyReleased, 1, 0), waiters + 1);
+        let Admission::Leased(first) = q.acquire(now, peer(), AddrFilter::Any, far, ()) else {
+            panic!("a free port");
+        };
+        for _ in 0..waiters {
+            let _ = q.acquire(now, peer(), AddrFilter::Any, far, ());
+        }
+        let mut held = Some(first);
+        group.bench_function(BenchmarkId::new("hand_over", waiters), |b| {
+            b.iter(|| {
+                let lease = held.take().expect("the port is leased");
+                q.release(lease, now, Closer::Client).expect("live lease");
+                let Some(WaitEvent::Granted { lease, .. }) = q.poll_event() else {
+                    panic!("the oldest waiter gets the port");
+                };
+                held = Some(lease);
+                let _ = black_box(q.acquire(now, peer(), AddrFilter::Any, far, ()));
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The benchmark group, written out: `criterion_group!` would generate an undocumented
 /// `pub fn`, which the workspace's `missing_docs` lint rejects.
 fn benches() {
     let mut c = Criterion::default().configure_from_args();
     acquire_release(&mut c);
+    wait_queue(&mut c);
 }
 
 criterion_main!(benches);

@@ -72,26 +72,34 @@
 //! * [`capacity`]: the fluid bound `rate_max = N·A / (h + f·T)`, Erlang B, port sizing.
 //! * [`strategy`]: the accounted strategies, and blind models of vsftpd, ProFTPD, Pure-FTPd,
 //!   pyftpdlib and FileZilla Server, answered by a kernel [`BindModel`].
+//! * [`wait`]: a bounded, first-come first-served [`WaitQueue`] of sessions waiting for a
+//!   port, in front of a pool: the server and the simulator run the same queue.
+//! * [`hold`]: the expected wait for a live lease to end, from measured hold times.
 //! * [`sim`]: a seeded discrete-event simulator that checks all of the above against theory.
 //! * [`sweep`]: every strategy at several loads through the simulator, against Erlang B.
 
 mod bind;
 pub mod capacity;
 mod config;
+pub mod hold;
 mod pool;
 mod rng;
 pub mod sim;
 pub mod strategy;
 pub mod sweep;
 mod time;
+pub mod wait;
 
 pub use bind::{bind_cost_ns, BindModel, BindResult};
 pub use config::{
     AddrFilter, ConfigError, Exclusivity, ParseStrategyError, PoolConfig, PortSet, QuarantineScope,
     StrategyKind,
 };
+pub use hold::HoldEstimator;
 pub use pool::{
-    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError, Shortage,
+    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger, ReleaseError,
+    Shortage,
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;
+pub use wait::{Admission, WaitEvent, WaitQueue, WaiterId};

@@ -221,7 +221,8 @@ pub struct Pool {
     /// later move to `extended` when they come up.
     cooling: Vec<VecDeque<(Instant, u32)>>,
     /// Quarantines extended after their entry was queued (a second server close while
-    /// cooling), by new end. At most one entry per slot, in `cooling` or here.
+    /// cooling), by new end, and quarantines whose end the host chose ([`Pool::release_until`]).
+    /// At most one entry per slot, in `cooling` or here.
     extended: BTreeSet<(Instant, u32)>,
     /// Per-peer quarantines, in expiry order.
     peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
@@ -368,11 +369,25 @@ impl Pool {
         peer: IpAddr,
         filter: AddrFilter,
     ) -> Result<Lease, Exhausted> {
+        self.acquire_inner(now, peer, filter, true)
+    }
+
+    /// [`Pool::acquire_with`], counting a refusal in [`PoolStats`] only if `count`: a
+    /// [`crate::WaitQueue`] retrying its waiters does not count each retry as a refusal.
+    pub(crate) fn acquire_inner(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        filter: AddrFilter,
+        count: bool,
+    ) -> Result<Lease, Exhausted> {
         let now = self.advance(now);
         if let Some(limit) = self.config.peer_limit {
             if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
-                self.refusals += 1;
-                self.refusals_peer_limit += 1;
+                if count {
+                    self.refusals += 1;
+                    self.refusals_peer_limit += 1;
+                }
                 return Err(Exhausted {
                     retry_after: None,
                     cause: Shortage::PeerLimit,
@@ -409,7 +424,9 @@ impl Pool {
                 })
         });
         let Some(slot) = picked else {
-            self.refusals += 1;
+            if count {
+                self.refusals += 1;
+            }
             let retry_after = self
                 .next_free_for(peer, restricted)
                 .map(|t| t.saturating_duration_since(now));
@@ -479,6 +496,31 @@ impl Pool {
         now: Instant,
         closer: Closer,
     ) -> Result<(), ReleaseError> {
+        self.release_inner(id, now, closer, None)
+    }
+
+    /// Returns a lease whose port the host refuses to bind until `until` (a bind refused
+    /// with `EADDRINUSE`, the kernel still holding a TIME_WAIT entry on it): the port stays
+    /// out of the pool for every peer until then, whatever the configured scope and T, so
+    /// that [`Exhausted::retry_after`] reports the host's real wait. Counted as a
+    /// [`Closer::Server`] release. A port already cooling keeps the later of its two ends;
+    /// an `until` not after `now` is a plain release.
+    pub fn release_until(
+        &mut self,
+        lease: Lease,
+        now: Instant,
+        until: Instant,
+    ) -> Result<(), ReleaseError> {
+        self.release_inner(lease.id, now, Closer::Server, Some(until))
+    }
+
+    fn release_inner(
+        &mut self,
+        id: LeaseId,
+        now: Instant,
+        closer: Closer,
+        host_until: Option<Instant>,
+    ) -> Result<(), ReleaseError> {
         if id.pool != self.tag || id.slot as usize >= self.slots.len() {
             return Err(ReleaseError::Foreign);
         }
@@ -517,6 +559,24 @@ impl Pool {
         let quarantine = closer == Closer::Server && !self.quarantine.is_zero();
         let until = now + self.quarantine;
         let per_port = self.config.exclusivity == Exclusivity::PerPort;
+        if let Some(until) = host_until.filter(|&t| t > now) {
+            // An end of the host's choosing, not `now + T`: filed by its own time in
+            // `extended`, since the per-address FIFOs are in the order of one T.
+            let s = &mut self.slots[i];
+            if s.cooling() {
+                if until > s.cooling_until {
+                    s.cooling_until = until;
+                }
+            } else {
+                self.counts[a].cooling += 1;
+                if !per_port {
+                    self.strategy.remove(slot);
+                }
+                s.cooling_until = until;
+                self.extended.insert((until, id.slot));
+            }
+            return Ok(());
+        }
         match self.config.scope {
             QuarantineScope::Port if quarantine => {
                 // The slot stays occupied (it was leased, now it cools); under one lease per
@@ -760,7 +820,88 @@ impl Pool {
     }
 }
 
+/// What the pool believes of one passive (address, port) ([`Pool::ledger`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortLedger {
+    /// The passive address and port.
+    pub addr: SocketAddr,
+    /// Live leases on it.
+    pub leases: u32,
+    /// End of its port-wide quarantine, if it is cooling.
+    pub cooling_until: Option<Instant>,
+    /// Peers it is refused to under per-peer quarantine, with the end of each.
+    pub blocked: Vec<(IpAddr, Instant)>,
+}
+
+impl PortLedger {
+    /// Whether the pool would offer it to a peer that holds and blocks nothing on it.
+    pub fn offerable(&self, exclusivity: Exclusivity) -> bool {
+        self.cooling_until.is_none()
+            && (exclusivity == Exclusivity::PerPortAndPeer || self.leases == 0)
+    }
+}
+
 impl Pool {
+    /// Every passive port with what the pool believes of it as of `now`: leases, port-wide
+    /// quarantine, per-peer quarantines (quarantines due at `now` count as ended). One pass
+    /// over the range and the peers' ledgers: for an administrator's check against the
+    /// kernel, not for every lease.
+    pub fn ledger(&self, now: Instant) -> Vec<PortLedger> {
+        let now = now.max(self.latest);
+        let mut out = Vec::with_capacity(self.slots.len());
+        for a in 0..self.layout.addresses {
+            for (p, &port) in self.ports.iter().enumerate() {
+                let s = &self.slots[self.layout.slot(a, p).index()];
+                out.push(PortLedger {
+                    addr: SocketAddr::new(self.config.addresses[a], port),
+                    leases: s.leases,
+                    cooling_until: (s.cooling() && s.cooling_until > now)
+                        .then_some(s.cooling_until),
+                    blocked: Vec::new(),
+                });
+            }
+        }
+        for (&peer, ledger) in &self.peers {
+            for (&slot, &until) in &ledger.blocked {
+                if until > now {
+                    let a = self.layout.address_of(SlotId(slot));
+                    let p = slot as usize / self.layout.addresses;
+                    out[a * self.ports.len() + p].blocked.push((peer, until));
+                }
+            }
+        }
+        for port in &mut out {
+            port.blocked.sort_unstable();
+        }
+        out
+    }
+}
+
+impl Pool {
+    /// Test oracle, independent of the strategy: whether an acquisition by `peer` through
+    /// `filter` at `now` would find a port, by a scan of every slot. O(slots).
+    #[doc(hidden)]
+    pub fn has_port_for(&self, now: Instant, peer: IpAddr, filter: AddrFilter) -> bool {
+        let now = now.max(self.latest);
+        if let Some(limit) = self.config.peer_limit {
+            if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
+                return false;
+            }
+        }
+        let ledger = self.peers.get(&peer);
+        (0..self.slots.len()).any(|i| {
+            let s = &self.slots[i];
+            let a = self.layout.address_of(SlotId(i as u32));
+            let slot = i as u32;
+            let cooling = s.cooling() && s.cooling_until > now;
+            let leased = self.config.exclusivity == Exclusivity::PerPort && s.leases > 0;
+            let refused_to_peer = ledger.is_some_and(|l| {
+                l.leases.contains_key(&slot) || l.blocked.get(&slot).is_some_and(|&t| t > now)
+            });
+            filter.matches(self.config.addresses[a]) && !cooling && !leased && !refused_to_peer
+        })
+    }
+
     /// Debug-only consistency check used by tests: counters agree with the slots.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {

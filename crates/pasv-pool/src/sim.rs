@@ -4,9 +4,11 @@
 //! strategy asks a real [`Pool`], a blind strategy proposes ports to a kernel [`BindModel`].
 //! Each lease is held for a sampled time, then closed by the server with probability f
 //! (quarantine, TIME_WAIT) or by the client. An arrival that finds no port may wait up to
-//! `max_wait` in a FIFO served as ports free (accounted strategies only; no peer server
-//! waits), else it is refused. Events live in a binary heap keyed by (time, sequence number),
-//! so equal seeds give identical reports.
+//! `max_wait` in the [`WaitQueue`] that pasvd runs, which gives each freed port to the oldest
+//! waiter that can use it (accounted strategies only). A blind strategy's refusal is final,
+//! as in the servers it models: none of them waits for a port; a refused closed-loop session
+//! comes back after its backoff. Events live in a binary heap keyed by (time, sequence
+//! number), so equal seeds give identical reports.
 //!
 //! The simulator reproduces the formulas of [`crate::capacity`]: the fluid bound
 //! `rate_max` above saturation, and Erlang B for Poisson arrivals without waiting (one lease
@@ -31,17 +33,20 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::bind::BindModel;
-use crate::config::{ConfigError, Exclusivity, PoolConfig, PortSet, QuarantineScope, StrategyKind};
+use crate::config::{
+    AddrFilter, ConfigError, Exclusivity, PoolConfig, PortSet, QuarantineScope, StrategyKind,
+};
 use crate::pool::{Closer, Lease, Pool};
 use crate::rng::Rng;
 use crate::strategy::{BlindKind, BlindOutcome, BlindStrategy};
 use crate::time::{nanos, Instant};
+use crate::wait::{Admission, WaitEvent, WaitQueue};
 
 /// How sessions arrive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,8 +176,11 @@ pub struct SimConfig {
     /// The pool's limit of leases per peer address ([`PoolConfig::peer_limit`]; accounted
     /// strategies only).
     pub peer_limit: Option<std::num::NonZeroUsize>,
-    /// How long an arrival that finds no port may wait for one (zero: refuse at once).
+    /// How long an arrival that finds no port may wait for one (zero: refuse at once), in the
+    /// server's [`WaitQueue`] (accounted strategies only).
     pub max_wait: Duration,
+    /// How many arrivals may wait at once ([`WaitQueue::new`]); one more is refused at once.
+    pub max_waiters: usize,
     /// Arrivals before this instant warm the system up and are not counted.
     pub warmup: Duration,
     /// Simulated time; arrivals from `warmup` to `duration` are measured.
@@ -184,7 +192,8 @@ pub struct SimConfig {
 impl SimConfig {
     /// `ports` ports (the top of the port space), one address, T = 60 s, port scope, one lease
     /// per port, least recently released, Linux with `SO_REUSEADDR`, Poisson at 1/s,
-    /// instantaneous transfers all closed by the server, one peer, no waiting, 600 s.
+    /// instantaneous transfers all closed by the server, one peer, no waiting (at most
+    /// 100,000 waiters once `max_wait` is set), 600 s.
     pub fn new(ports: u16) -> SimConfig {
         SimConfig {
             ports: top_ports(ports),
@@ -200,6 +209,7 @@ impl SimConfig {
             peers: 1,
             peer_limit: None,
             max_wait: Duration::ZERO,
+            max_waiters: 100_000,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(600),
             seed: 1,
@@ -452,10 +462,8 @@ enum Event {
     Session(usize),
     /// Lease in slot `usize` of `active` ends.
     End(usize),
-    /// Waiter `u64` gives up.
-    WaitTimeout(u64),
-    /// A quarantine ends: serve waiters.
-    PoolTimer,
+    /// The wait queue's next deadline or quarantine end.
+    QueueTimer,
 }
 
 struct Active {
@@ -467,16 +475,17 @@ struct Active {
     session: Option<usize>,
 }
 
-struct Waiter {
-    id: u64,
+/// A waiting arrival: the token it leaves in the [`WaitQueue`].
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
     arrived: Instant,
-    peer: IpAddr,
     session: Option<usize>,
     measured: bool,
 }
 
 enum Allocator {
-    Accounted(Box<Pool>),
+    /// The pool behind the wait queue the server runs.
+    Accounted(Box<WaitQueue<Waiting>>),
     Blind(Box<dyn BlindStrategy>),
 }
 
@@ -490,8 +499,6 @@ struct Sim<'c> {
     range: Vec<u16>,
     active: Vec<Option<Active>>,
     free_active: Vec<usize>,
-    waiters: VecDeque<Waiter>,
-    next_waiter: u64,
     timer_at: Option<Instant>,
     warmup: Instant,
     end: Instant,
@@ -520,7 +527,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, ConfigError> {
                 .with_strategy(kind)
                 .with_seed(cfg.seed)
                 .with_peer_limit(cfg.peer_limit);
-            Allocator::Accounted(Box::new(Pool::new(pc)?))
+            Allocator::Accounted(Box::new(WaitQueue::new(Pool::new(pc)?, cfg.max_waiters)))
         }
         SimStrategy::Blind(kind) => {
             PoolConfig::new(locals, cfg.ports.clone()).validate()?;
@@ -546,8 +553,6 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, ConfigError> {
         range: cfg.ports.iter().collect(),
         active: Vec::new(),
         free_active: Vec::new(),
-        waiters: VecDeque::new(),
-        next_waiter: 0,
         timer_at: None,
         warmup: Instant::ZERO + cfg.warmup,
         end: Instant::ZERO + cfg.duration,
@@ -617,13 +622,12 @@ impl Sim<'_> {
                 }
                 Event::Session(s) => self.arrive(t, Some(s)),
                 Event::End(i) => self.end_lease(t, i),
-                Event::WaitTimeout(id) => self.wait_timeout(t, id),
-                Event::PoolTimer => {
+                Event::QueueTimer => {
                     self.timer_at = None;
-                    if let Allocator::Accounted(pool) = &mut self.alloc {
-                        pool.handle_timeout(t);
+                    if let Allocator::Accounted(queue) = &mut self.alloc {
+                        queue.handle_timeout(t);
                     }
-                    self.serve_waiters(t);
+                    self.drain_queue();
                 }
             }
         }
@@ -645,117 +649,164 @@ impl Sim<'_> {
             self.report.offered += 1;
         }
         let peer = self.peer(session);
-        match self.try_allocate(now, peer, session, measured, now) {
-            Ok(()) => {}
-            Err(retry_after) => {
-                if !self.cfg.max_wait.is_zero() && matches!(self.alloc, Allocator::Accounted(_)) {
-                    let id = self.next_waiter;
-                    self.next_waiter += 1;
-                    self.waiters.push_back(Waiter {
-                        id,
-                        arrived: now,
-                        peer,
-                        session,
-                        measured,
-                    });
-                    self.push(now + self.cfg.max_wait, Event::WaitTimeout(id));
-                    self.arm_timer();
-                } else {
-                    if measured {
-                        self.report.refused += 1;
-                    }
-                    self.retry_session(now, session, retry_after);
+        let waiting = Waiting {
+            arrived: now,
+            session,
+            measured,
+        };
+        let admission = match &mut self.alloc {
+            Allocator::Accounted(queue) => {
+                queue.acquire(now, peer, AddrFilter::Any, now + self.cfg.max_wait, waiting)
+            }
+            Allocator::Blind(_) => {
+                self.allocate_blind(now, peer, session, measured);
+                return;
+            }
+        };
+        match admission {
+            Admission::Leased(lease) => self.start_lease(now, lease, waiting),
+            Admission::Waiting(_) => {}
+            Admission::Refused { refusal, .. } => {
+                if measured {
+                    self.report.refused += 1;
                 }
+                self.retry_session(now, session, refusal.retry_after);
             }
         }
+        self.drain_queue();
     }
 
-    /// Tries to lease and start a transfer; `Err(retry_after)` when refused. Blind outcomes
-    /// other than success are counted here and reported as `Err(None)`.
-    fn try_allocate(
+    /// Serves what the wait queue decided: granted waiters start their transfer, expired
+    /// ones are refused with the queue's hint. Then arms the queue's timer.
+    fn drain_queue(&mut self) {
+        loop {
+            let Allocator::Accounted(queue) = &mut self.alloc else {
+                return;
+            };
+            match queue.poll_event() {
+                Some(WaitEvent::Granted {
+                    token, lease, at, ..
+                }) => self.start_lease(at, lease, token),
+                Some(WaitEvent::Expired {
+                    token, refusal, at, ..
+                }) => {
+                    if token.measured {
+                        self.report.refused += 1;
+                    }
+                    self.retry_session(at, token.session, refusal.retry_after);
+                }
+                None => break,
+            }
+        }
+        self.arm_timer();
+    }
+
+    /// A lease from the pool (at once or after waiting): binds its port when each lease has
+    /// its own listener and starts the transfer. A port the kernel refuses goes back to the
+    /// pool and the arrival is refused (a scope too lax for the kernel).
+    fn start_lease(&mut self, now: Instant, lease: Lease, w: Waiting) {
+        let Allocator::Accounted(queue) = &mut self.alloc else {
+            return;
+        };
+        let address = queue
+            .pool()
+            .config()
+            .addresses
+            .iter()
+            .position(|&a| a == lease.addr().ip())
+            .unwrap_or(0);
+        let port = lease.addr().port();
+        if self.cfg.exclusivity == Exclusivity::PerPort {
+            let before = (self.kernel.attempts(), self.kernel.total_cost_ns());
+            let ok = self.kernel.bind(now, address, port).ok;
+            if w.measured {
+                self.report.bind_attempts += self.kernel.attempts() - before.0;
+                self.bind_cost_ns += self.kernel.total_cost_ns() - before.1;
+            }
+            if !ok {
+                let _ = queue.release(lease, now, Closer::NeverConnected);
+                if w.measured {
+                    self.report.bind_failures += 1;
+                    self.report.refused += 1;
+                }
+                self.retry_session(now, w.session, None);
+                return;
+            }
+        }
+        let peer = lease.peer();
+        self.start_transfer(now, Some(lease), address, Some(port), peer, w);
+    }
+
+    /// A blind strategy proposes ports to the kernel; its refusals are final (no peer server
+    /// waits).
+    fn allocate_blind(
         &mut self,
         now: Instant,
         peer: IpAddr,
         session: Option<usize>,
         measured: bool,
-        arrived: Instant,
-    ) -> Result<(), Option<Duration>> {
+    ) {
+        let Allocator::Blind(strategy) = &mut self.alloc else {
+            return;
+        };
         let before = (self.kernel.attempts(), self.kernel.total_cost_ns());
-        let result = self.allocate_inner(now, peer, session, measured, arrived);
+        let kernel = &mut self.kernel;
+        let mut bind = |p: u16| kernel.bind(now, 0, p).ok;
+        let outcome = strategy.allocate(now, peer, &self.range, &mut self.rng, &mut bind);
         if measured {
             self.report.bind_attempts += self.kernel.attempts() - before.0;
             self.bind_cost_ns += self.kernel.total_cost_ns() - before.1;
         }
-        result
-    }
-
-    fn allocate_inner(
-        &mut self,
-        now: Instant,
-        peer: IpAddr,
-        session: Option<usize>,
-        measured: bool,
-        arrived: Instant,
-    ) -> Result<(), Option<Duration>> {
-        let (lease, address, port) = match &mut self.alloc {
-            Allocator::Accounted(pool) => {
-                let lease = pool.acquire(now, peer).map_err(|e| e.retry_after)?;
-                let address = pool
-                    .config()
-                    .addresses
-                    .iter()
-                    .position(|&a| a == lease.addr().ip())
-                    .unwrap_or(0);
-                let port = lease.addr().port();
-                if self.cfg.exclusivity == Exclusivity::PerPort {
-                    let r = self.kernel.bind(now, address, port);
-                    if !r.ok {
-                        let _ = pool.release(lease, now, Closer::NeverConnected);
-                        if measured {
-                            self.report.bind_failures += 1;
-                        }
-                        return Err(None);
-                    }
+        let port = match outcome {
+            BlindOutcome::InRange(p) => Some(p),
+            BlindOutcome::OutsideRange => {
+                if measured {
+                    self.report.outside_range += 1;
                 }
-                (Some(lease), address, Some(port))
+                None
             }
-            Allocator::Blind(strategy) => {
-                let kernel = &mut self.kernel;
-                let mut bind = |p: u16| kernel.bind(now, 0, p).ok;
-                match strategy.allocate(now, peer, &self.range, &mut self.rng, &mut bind) {
-                    BlindOutcome::InRange(p) => (None, 0, Some(p)),
-                    BlindOutcome::OutsideRange => {
-                        if measured {
-                            self.report.outside_range += 1;
-                        }
-                        (None, 0, None)
-                    }
-                    BlindOutcome::Refused => {
-                        if measured {
-                            self.report.refused += 1;
-                        }
-                        self.retry_session(now, session, None);
-                        return Ok(());
-                    }
-                    BlindOutcome::SessionKilled => {
-                        if measured {
-                            self.report.sessions_killed += 1;
-                        }
-                        self.retry_session(now, session, None);
-                        return Ok(());
-                    }
+            BlindOutcome::Refused => {
+                if measured {
+                    self.report.refused += 1;
                 }
+                self.retry_session(now, session, None);
+                return;
+            }
+            BlindOutcome::SessionKilled => {
+                if measured {
+                    self.report.sessions_killed += 1;
+                }
+                self.retry_session(now, session, None);
+                return;
             }
         };
+        let w = Waiting {
+            arrived: now,
+            session,
+            measured,
+        };
+        self.start_transfer(now, None, 0, port, peer, w);
+    }
+
+    /// Holds the port (or the kernel's port outside the range) for a sampled time.
+    fn start_transfer(
+        &mut self,
+        now: Instant,
+        lease: Option<Lease>,
+        address: usize,
+        port: Option<u16>,
+        peer: IpAddr,
+        w: Waiting,
+    ) {
         let hold = self.cfg.hold.sample(&mut self.rng);
         let closer = if self.rng.unit() < self.cfg.server_close_fraction {
             Closer::Server
         } else {
             Closer::Client
         };
-        if measured && port.is_some() {
+        if w.measured && port.is_some() {
             self.report.served += 1;
-            self.waits.record(nanos(now - arrived));
+            self.waits.record(nanos(now - w.arrived));
             self.holds.record(nanos(hold));
         }
         if port.is_some() {
@@ -768,7 +819,7 @@ impl Sim<'_> {
             port,
             peer,
             closer,
-            session,
+            session: w.session,
         };
         let i = match self.free_active.pop() {
             Some(i) => {
@@ -781,7 +832,6 @@ impl Sim<'_> {
             }
         };
         self.push(now + hold, Event::End(i));
-        Ok(())
     }
 
     fn retry_session(
@@ -812,10 +862,12 @@ impl Sim<'_> {
             }
         }
         match &mut self.alloc {
-            Allocator::Accounted(pool) => {
+            Allocator::Accounted(queue) => {
                 if let Some(lease) = a.lease {
-                    let _ = pool.release(lease, now, a.closer);
-                    self.report.peak_cooling = self.report.peak_cooling.max(pool.cooling_now());
+                    // The queue gives what this frees to the oldest waiter that can use it.
+                    let _ = queue.release(lease, now, a.closer);
+                    self.report.peak_cooling =
+                        self.report.peak_cooling.max(queue.pool().cooling_now());
                 }
             }
             Allocator::Blind(strategy) => {
@@ -827,62 +879,15 @@ impl Sim<'_> {
         if let Some(s) = a.session {
             self.push(now, Event::Session(s));
         }
-        self.serve_waiters(now);
-    }
-
-    fn wait_timeout(&mut self, now: Instant, id: u64) {
-        let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
-            return;
-        };
-        let Some(w) = self.waiters.remove(pos) else {
-            return;
-        };
-        if w.measured {
-            self.report.refused += 1;
-        }
-        let retry = match &self.alloc {
-            Allocator::Accounted(pool) => pool.poll_timeout().map(|t| t - now),
-            Allocator::Blind(_) => None,
-        };
-        self.retry_session(now, w.session, retry);
-    }
-
-    /// Serves waiters in FIFO order while ports are available. When every peer sees the same
-    /// ports (port scope, one lease per port, no per-peer limit), the first refusal ends the
-    /// round.
-    fn serve_waiters(&mut self, now: Instant) {
-        if self.waiters.is_empty() {
-            return;
-        }
-        let homogeneous = self.cfg.scope != QuarantineScope::Peer
-            && self.cfg.exclusivity == Exclusivity::PerPort
-            && self.cfg.peer_limit.is_none();
-        let mut k = 0;
-        while k < self.waiters.len() {
-            let (peer, session, measured, arrived) = {
-                let w = &self.waiters[k];
-                (w.peer, w.session, w.measured, w.arrived)
-            };
-            match self.try_allocate(now, peer, session, measured, arrived) {
-                Ok(()) => {
-                    self.waiters.remove(k);
-                }
-                Err(_) if homogeneous => break,
-                Err(_) => k += 1,
-            }
-        }
-        self.arm_timer();
+        self.drain_queue();
     }
 
     fn arm_timer(&mut self) {
-        if self.waiters.is_empty() {
-            return;
-        }
-        if let Allocator::Accounted(pool) = &self.alloc {
-            if let Some(t) = pool.poll_timeout() {
+        if let Allocator::Accounted(queue) = &self.alloc {
+            if let Some(t) = queue.poll_timeout() {
                 if self.timer_at.map_or(true, |cur| cur > t) {
                     self.timer_at = Some(t);
-                    self.push(t, Event::PoolTimer);
+                    self.push(t, Event::QueueTimer);
                 }
             }
         }
@@ -891,7 +896,10 @@ impl Sim<'_> {
     fn finish(mut self) -> SimReport {
         let cfg = self.cfg;
         let mut r = std::mem::take(&mut self.report);
-        r.still_waiting = self.waiters.iter().filter(|w| w.measured).count() as u64;
+        r.still_waiting = match &self.alloc {
+            Allocator::Accounted(queue) => queue.tokens().filter(|w| w.measured).count() as u64,
+            Allocator::Blind(_) => 0,
+        };
         let window = (self.end - self.warmup).as_secs_f64();
         r.refusal_rate = if r.offered == 0 {
             0.0

@@ -188,6 +188,93 @@ mod leases {
         assert!(p.acquire(at(61), peer(2)).is_ok());
     }
 
+    /// A port the host refuses to bind stays out until the host's end, under every scope
+    /// (even with no quarantine of its own), and the refusal's hint is that end.
+    #[test]
+    fn release_until_keeps_the_port_out_until_the_hosts_end() {
+        for scope in [
+            QuarantineScope::None,
+            QuarantineScope::Peer,
+            QuarantineScope::Port,
+        ] {
+            for exclusivity in [Exclusivity::PerPort, Exclusivity::PerPortAndPeer] {
+                let mut p = pool(2, scope, exclusivity, StrategyKind::LeastRecentlyReleased);
+                let a = p.acquire(at(0), peer(1)).unwrap();
+                let b = p.acquire(at(0), peer(1)).unwrap();
+                p.release_until(a, at(1), at(1) + secs(57)).unwrap();
+                // An end shorter than T on a port-scope pool: the host's end wins.
+                p.release_until(b, at(1), at(1) + secs(42)).unwrap();
+                let what = format!("{scope:?} {exclusivity:?}");
+                assert_eq!(
+                    p.acquire(at(2), peer(2)).unwrap_err().retry_after,
+                    Some(secs(41)),
+                    "{what}"
+                );
+                assert_eq!(p.stats(at(2)).cooling, 2, "{what}");
+                assert_eq!(p.poll_timeout(), Some(at(43)), "{what}");
+                let c = p.acquire(at(43), peer(2)).unwrap();
+                if exclusivity == Exclusivity::PerPort {
+                    assert_eq!(
+                        p.acquire(at(43), peer(3)).unwrap_err().retry_after,
+                        Some(secs(15)),
+                        "{what}"
+                    );
+                    assert_ne!(
+                        p.acquire(at(58), peer(3)).unwrap().addr(),
+                        c.addr(),
+                        "{what}"
+                    );
+                } else {
+                    // The other port is still out; only c's port, shared, is offered.
+                    assert_eq!(
+                        p.acquire(at(43), peer(3)).unwrap().addr(),
+                        c.addr(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        // An end already past is a plain release.
+        let mut p = pool(
+            1,
+            QuarantineScope::None,
+            Exclusivity::PerPort,
+            StrategyKind::LeastRecentlyReleased,
+        );
+        let a = p.acquire(at(5), peer(1)).unwrap();
+        p.release_until(a, at(5), at(4)).unwrap();
+        assert!(p.acquire(at(5), peer(1)).is_ok());
+    }
+
+    /// The ledger shows each port's leases and quarantines, port-wide and per peer.
+    #[test]
+    fn ledger_shows_what_the_pool_believes_per_port() {
+        let mut p = pool(
+            3,
+            QuarantineScope::Peer,
+            Exclusivity::PerPortAndPeer,
+            StrategyKind::LeastRecentlyReleased,
+        );
+        let a = p.acquire(at(0), peer(1)).unwrap();
+        let b = p.acquire(at(0), peer(2)).unwrap();
+        let (a_addr, b_addr) = (a.addr(), b.addr());
+        p.release(a, at(1), Closer::Server).unwrap();
+        let c = p.acquire(at(1), peer(3)).unwrap();
+        let c_addr = c.addr();
+        p.release_until(c, at(2), at(30)).unwrap();
+        let ledger = p.ledger(at(2));
+        assert_eq!(ledger.len(), 3);
+        let get = |addr| ledger.iter().find(|l| l.addr == addr).unwrap();
+        assert_eq!(get(a_addr).blocked, vec![(peer(1), at(61))]);
+        assert_eq!(get(b_addr).leases, 1);
+        assert_eq!(get(c_addr).cooling_until, Some(at(30)));
+        assert!(!get(c_addr).offerable(Exclusivity::PerPortAndPeer));
+        let later = p.ledger(at(61));
+        assert!(later
+            .iter()
+            .all(|l| l.blocked.is_empty() && l.cooling_until.is_none()));
+    }
+
     #[test]
     fn all_leased_has_no_retry_time() {
         let mut p = default_pool(2);
@@ -907,6 +994,309 @@ mod props {
     }
 }
 
+mod wait_props {
+    use super::*;
+    use pasv_pool::wait::{Admission, WaitEvent, WaitQueue, WaiterId};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashSet};
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Arrive { peer: u8, filter: u8, wait: u64 },
+        Release { index: usize, closer: u8 },
+        Cancel { index: usize },
+        Advance(u64),
+        Timeout,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0u8..3, 0u8..4, 0u64..3_000)
+                .prop_map(|(peer, filter, wait)| Op::Arrive { peer, filter, wait }),
+            3 => (any::<usize>(), 0u8..4).prop_map(|(index, closer)| Op::Release { index, closer }),
+            1 => any::<usize>().prop_map(|index| Op::Cancel { index }),
+            2 => (0u64..600).prop_map(Op::Advance),
+            2 => Just(Op::Timeout),
+        ]
+    }
+
+    const T: u64 = 1_000;
+
+    /// A waiter as the test sees it.
+    #[derive(Clone, Copy, Debug)]
+    struct Waiting {
+        id: WaiterId,
+        peer: IpAddr,
+        filter: AddrFilter,
+        arrived: u64,
+        deadline: u64,
+    }
+
+    #[derive(Clone, Debug)]
+    struct Shape {
+        ports: u16,
+        two: bool,
+        scope: u8,
+        excl: u8,
+        limit: u8,
+        max_waiters: usize,
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        (1u16..=3, any::<bool>(), 0u8..3, 0u8..2, 0u8..3, 0usize..6).prop_map(
+            |(ports, two, scope, excl, limit, max_waiters)| Shape {
+                ports,
+                two,
+                scope,
+                excl,
+                limit,
+                max_waiters,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
+
+        /// No port given twice, no waiter served after its deadline, first come first served
+        /// among waiters the pool answers alike, nobody waits while a port is free for it,
+        /// the bound holds, and every waiter leaves exactly once.
+        #[test]
+        fn the_wait_queue_keeps_its_promises(
+            shape in shape(),
+            ops in proptest::collection::vec(op(), 1..150),
+        ) {
+            check(shape, ops)?;
+        }
+    }
+
+    fn check(shape: Shape, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let addrs = if shape.two {
+            vec![v4(1), v6(1)]
+        } else {
+            vec![v4(1)]
+        };
+        let scope = [
+            QuarantineScope::Port,
+            QuarantineScope::Peer,
+            QuarantineScope::None,
+        ][usize::from(shape.scope)];
+        let exclusivity =
+            [Exclusivity::PerPort, Exclusivity::PerPortAndPeer][usize::from(shape.excl)];
+        let config = PoolConfig::new(
+            addrs.clone(),
+            PortSet::range(7000, 7000 + shape.ports - 1).unwrap(),
+        )
+        .with_quarantine(Duration::from_nanos(T))
+        .with_scope(scope)
+        .with_exclusivity(exclusivity)
+        .with_peer_limit(NonZeroUsize::new(usize::from(shape.limit)));
+        let per_peer = exclusivity == Exclusivity::PerPortAndPeer
+            || scope == QuarantineScope::Peer
+            || shape.limit > 0;
+        let mut q: WaitQueue<u64> = WaitQueue::new(Pool::new(config).unwrap(), shape.max_waiters);
+        let peers = [peer(1), peer(2), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let filters = [
+            AddrFilter::Any,
+            AddrFilter::V4,
+            AddrFilter::V6,
+            AddrFilter::Only(addrs[0]),
+        ];
+        let mut now = 0u64;
+        // The latest `now` the queue was given (Advance only moves the test's clock).
+        let mut qnow = 0u64;
+        let mut token = 0u64;
+        let mut live: Vec<Lease> = Vec::new();
+        let mut waiting: BTreeMap<u64, Waiting> = BTreeMap::new();
+        let mut left: HashSet<u64> = HashSet::new();
+        let same_class =
+            |a: &Waiting, b: &Waiting| a.filter == b.filter && (!per_peer || a.peer == b.peer);
+        for op in ops {
+            match op {
+                Op::Arrive {
+                    peer: p,
+                    filter: f,
+                    wait,
+                } => {
+                    token += 1;
+                    let (who, f) = (peers[usize::from(p)], filters[usize::from(f)]);
+                    let deadline = now + wait;
+                    qnow = now;
+                    match q.acquire(
+                        Instant::from_nanos(now),
+                        who,
+                        f,
+                        Instant::from_nanos(deadline),
+                        token,
+                    ) {
+                        Admission::Leased(l) => {
+                            prop_assert!(f.matches(l.addr().ip()));
+                            live.push(l);
+                        }
+                        Admission::Waiting(id) => {
+                            prop_assert!(wait > 0 && q.len() <= shape.max_waiters);
+                            waiting.insert(
+                                token,
+                                Waiting {
+                                    id,
+                                    peer: who,
+                                    filter: f,
+                                    arrived: now,
+                                    deadline,
+                                },
+                            );
+                        }
+                        Admission::Refused {
+                            token: t,
+                            queue_full,
+                            ..
+                        } => {
+                            prop_assert_eq!(t, token);
+                            // The queue replayed time first: its length now is what it saw.
+                            let full = q.len() >= shape.max_waiters;
+                            prop_assert!(wait == 0 || full);
+                            prop_assert_eq!(queue_full, wait > 0 && full);
+                        }
+                    }
+                }
+                Op::Release { index, closer: c } => {
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let lease = live.swap_remove(index % live.len());
+                    let closer = [
+                        Closer::Server,
+                        Closer::Client,
+                        Closer::Reset,
+                        Closer::NeverConnected,
+                    ][usize::from(c % 4)];
+                    q.release(lease, Instant::from_nanos(now), closer).unwrap();
+                    qnow = now;
+                }
+                Op::Cancel { index } => {
+                    if let Some((&tok, w)) = waiting.iter().nth(index % waiting.len().max(1)) {
+                        let id = w.id;
+                        prop_assert_eq!(q.cancel(id), Some(tok));
+                        prop_assert_eq!(q.cancel(id), None);
+                        waiting.remove(&tok);
+                        left.insert(tok);
+                    }
+                }
+                Op::Advance(d) => now += d,
+                Op::Timeout => {
+                    if let Some(t) = q.poll_timeout() {
+                        now = now.max(t.as_nanos());
+                        q.handle_timeout(Instant::from_nanos(now));
+                        qnow = now;
+                    }
+                }
+            }
+            // What became of waiters, in the order it happened.
+            let mut last_at = 0u64;
+            while let Some(e) = q.poll_event() {
+                let (tok, at, granted) = match e {
+                    WaitEvent::Granted {
+                        token: tok,
+                        lease,
+                        at,
+                        waited,
+                        id,
+                    } => {
+                        let w = waiting.get(&tok).copied();
+                        prop_assert!(w.is_some(), "granted {tok}, not waiting");
+                        let w = w.unwrap();
+                        prop_assert_eq!(id, w.id);
+                        prop_assert!(w.filter.matches(lease.addr().ip()));
+                        prop_assert_eq!(lease.peer(), w.peer);
+                        prop_assert!(
+                            at.as_nanos() <= w.deadline,
+                            "served at {:?} after its deadline {}",
+                            at,
+                            w.deadline
+                        );
+                        prop_assert_eq!(waited, Duration::from_nanos(at.as_nanos() - w.arrived));
+                        live.push(lease);
+                        (tok, at.as_nanos(), true)
+                    }
+                    WaitEvent::Expired {
+                        token: tok,
+                        at,
+                        waited,
+                        ..
+                    } => {
+                        let w = waiting.get(&tok).copied();
+                        prop_assert!(w.is_some(), "expired {tok}, not waiting");
+                        let w = w.unwrap();
+                        prop_assert_eq!(at.as_nanos(), w.deadline);
+                        prop_assert_eq!(waited, Duration::from_nanos(w.deadline - w.arrived));
+                        (tok, at.as_nanos(), false)
+                    }
+                };
+                prop_assert!(
+                    at <= qnow && at >= last_at,
+                    "event at {at}, previous {last_at}, now {qnow}"
+                );
+                last_at = at;
+                let w = waiting.remove(&tok).unwrap();
+                prop_assert!(left.insert(tok), "{tok} left twice");
+                if granted {
+                    // First come, first served: no older waiter the pool answers alike waits on.
+                    let older = waiting.values().find(|o| o.id < w.id && same_class(o, &w));
+                    prop_assert!(older.is_none(), "{:?} served before {:?}", w, older);
+                }
+            }
+            // Nobody waits while the pool has a port for it; the bound holds.
+            for w in waiting.values() {
+                prop_assert!(
+                    !q.pool()
+                        .has_port_for(Instant::from_nanos(qnow), w.peer, w.filter),
+                    "{:?} waits at {qnow} with a port free for it",
+                    w
+                );
+                prop_assert!(
+                    w.deadline > qnow,
+                    "{:?} waits past its deadline at {qnow}",
+                    w
+                );
+            }
+            prop_assert_eq!(q.len(), waiting.len());
+            prop_assert!(q.len() <= shape.max_waiters);
+            prop_assert_eq!(q.pool().check_invariants(), Ok(()));
+            // No port given twice.
+            let mut held = HashSet::new();
+            for l in &live {
+                let key = match exclusivity {
+                    Exclusivity::PerPort => (l.addr(), None),
+                    Exclusivity::PerPortAndPeer => (l.addr(), Some(l.peer())),
+                };
+                prop_assert!(held.insert(key), "{:?} leased twice", key);
+            }
+            prop_assert_eq!(q.pool().stats(Instant::from_nanos(qnow)).leased, live.len());
+        }
+        // Every waiter leaves by its deadline.
+        now += 4_000;
+        q.handle_timeout(Instant::from_nanos(now));
+        while let Some(e) = q.poll_event() {
+            let tok = match e {
+                WaitEvent::Granted { token, lease, .. } => {
+                    live.push(lease);
+                    token
+                }
+                WaitEvent::Expired { token, .. } => token,
+            };
+            prop_assert!(waiting.remove(&tok).is_some());
+        }
+        prop_assert!(waiting.is_empty() && q.is_empty());
+        prop_assert_eq!(q.poll_timeout(), None);
+        let s = q.stats();
+        prop_assert_eq!(s.queued, s.granted + s.expired + s.cancelled);
+        Ok(())
+    }
+}
+
 mod sim {
     use super::*;
     use pasv_pool::capacity;
@@ -1408,6 +1798,58 @@ mod snapshot {
                     r.bind_cost_s * 1e6 / r.served.max(1) as f64,
                     r.peak_time_wait
                 );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n# waiting: 20 ports, Poisson from 4 peers, T = 1 s, f = 1, h ~ exp(20 ms), max_wait 0.2 s, 300 s, seed 7"
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:<5} {:>5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "strategy",
+            "scope",
+            "load",
+            "offered",
+            "served",
+            "refused",
+            "refusal",
+            "erlang_b",
+            "wait_p50",
+            "wait_p99",
+            "wait_max"
+        );
+        for kind in StrategyKind::ALL {
+            // Under the peer scope a port closed by one peer still serves the three others.
+            for scope in [QuarantineScope::Port, QuarantineScope::Peer] {
+                for load in [0.95, 1.5, 4.0] {
+                    let mut c = SimConfig::new(20);
+                    c.strategy = SimStrategy::Accounted(kind);
+                    c.scope = scope;
+                    c.quarantine = secs(1);
+                    c.peers = 4;
+                    c.max_wait = Duration::from_millis(200);
+                    c.hold = HoldDist::Exponential(Duration::from_millis(20));
+                    c.warmup = secs(5);
+                    c.duration = secs(305);
+                    c.seed = 7;
+                    let r = run(&c.with_load(load)).unwrap();
+                    let _ = writeln!(
+                        out,
+                        "{:<12} {:<5} {:>5.2} {:>7} {:>7} {:>7} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
+                        kind.name(),
+                        format!("{scope:?}").to_lowercase(),
+                        load,
+                        r.offered,
+                        r.served,
+                        r.refused,
+                        r.refusal_rate,
+                        r.erlang_b,
+                        r.wait.p50,
+                        r.wait.p99,
+                        r.wait.max
+                    );
+                }
             }
         }
         out

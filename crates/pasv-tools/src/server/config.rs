@@ -159,7 +159,8 @@ pub struct Config {
     pub time_wait: Duration,
     /// Bind passive listeners without SO_REUSEADDR (reproduces classic exhaustion).
     pub no_reuseaddr: bool,
-    /// Longest wait for a port that the pool says frees soon, before answering 425.
+    /// Longest wait for a port, before answering 425: the session waits in the pool's wait
+    /// queue, served first come, first served as ports are released or their quarantine ends.
     pub pasv_wait: Duration,
     /// Time a passive listener waits for the client's connection; a connection that came but
     /// whose transfer command did not gets this long again, then it is closed.

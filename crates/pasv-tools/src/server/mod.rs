@@ -117,6 +117,7 @@ pub mod config;
 mod defender;
 mod demo;
 mod limits;
+pub mod kernel;
 mod listing;
 mod metrics;
 mod passive;

@@ -1,46 +1,55 @@
 //! Passive data connections: ports leased from the shared [`Pool`], bound per lease or once at
 //! start, one accepted connection per lease, every close reported to the pool.
 //!
-//! The pool decides which port; this module only binds, accepts and reports. One mutex guards
-//! the pool (its operations are a few hash-map and heap steps).
-//!
-//! Sessions that find every port taken wait in one queue, oldest first. A release wakes one
-//! waiter: the oldest whose address filter admits the freed address (an EPSV waiter on an
-//! IPv6 control connection is never woken for an IPv4 port). A woken waiter that still finds
-//! nothing hands the wake-up on to the next waiter that might fare differently (another
-//! filter, or another peer where the pool keeps per-peer state), and one that is cancelled
-//! before it tries does the same; each release's wake-up visits a kind of waiter at most once,
-//! so there is no herd (every waiter racing for one port) and no waiter ever wakes itself.
-//! Ports freed by time (a quarantine ending) are found by each waiter's own timer.
+//! The pool decides which port; this module only binds, accepts and reports. The pool sits
+//! behind pasv-pool's [`WaitQueue`], under one mutex (its operations are a few hash-map and
+//! heap steps): a session that finds every port taken waits in the queue for up to
+//! `pasv_wait`, and the queue, not the sessions, decides which waiter gets a freed port: the
+//! oldest one that can use it (its address filter admits the port, the port is not
+//! quarantined for its peer, its peer is under `max_passive_per_ip`). The queue leases the
+//! port to that waiter on the spot and this module hands it the lease through a oneshot
+//! channel, so exactly one session wakes per port and a newcomer cannot take a port a
+//! waiter can use. One driver task sleeps until the queue's next deadline or quarantine end
+//! ([`WaitQueue::poll_timeout`]). The simulator runs the same queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use pasv_pool::wait::{Admission, WaitEvent, WaitQueue};
 use pasv_pool::{
-    AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet, QuarantineScope,
-    Shortage,
+    AddrFilter, Closer, Exclusivity, Exhausted, Lease, Pool, PoolConfig, PortSet, Shortage,
 };
 use std::os::fd::AsFd;
 
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::{Cidr, Config, ListenerMode};
+use super::kernel::{self, LedgerCheck, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::proxy;
 use super::public::PublicAddresses;
 use super::ServerError;
 use crate::clock;
 
+/// Retry hint when every port is leased and the hold times measured so far say nothing
+/// (no lease has ended yet, or every live one is older than all of them).
+pub(crate) const ALL_LEASED_FALLBACK: Duration = Duration::from_secs(1);
 /// Backlog of a per-lease listener: it accepts one connection (plus the odd intruder).
 const LEASE_BACKLOG: u32 = 16;
 /// How many leased ports may fail to bind in a row before PASV gives up.
 const MAX_BIND_FAILURES: usize = 4;
+/// Most sessions waiting for a port at once when `max_clients` does not bound them (one
+/// wait per session): a session beyond it gets its 425 at once.
+const MAX_WAITERS: usize = 65_536;
+/// Binds refused with EADDRINUSE tried by one `open` (each takes its port out of the pool
+/// for the kernel's time, so the pool soon answers with that time instead).
+const MAX_IN_USE_FAILURES: usize = 64;
 
 /// An accepted data connection: a plain non-blocking socket, not registered with the
 /// runtime. A small download is written and closed without ever touching epoll (two
@@ -87,43 +96,30 @@ struct PortFilter {
     live: Vec<IpAddr>,
 }
 
-/// Sessions waiting in [`PassivePorts::open`] for a release, by arrival (oldest first).
-#[derive(Default)]
-struct Waiters {
-    next: u64,
-    queue: BTreeMap<u64, Waiting>,
-}
-
-/// One waiting session.
-struct Waiting {
-    class: Class,
-    wake: oneshot::Sender<Wake>,
-}
-
-/// What decides whether an acquisition succeeds: the address filter, and the peer when the
-/// pool keeps per-peer state (one lease per port and peer, or per-peer quarantine). Two
-/// waiters of one class fail or succeed together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Class {
-    filter: AddrFilter,
-    peer: Option<IpAddr>,
-}
-
-/// One release's wake-up, passed from waiter to waiter until one of them gets a port.
+/// What the wait queue decided for a waiting session, sent to it by whoever held the queue.
 #[derive(Debug)]
-struct Wake {
-    /// The freed address: only waiters whose filter admits it are woken.
-    addr: SocketAddr,
-    /// Classes that already tried for this release and found nothing.
-    tried: Vec<Class>,
+enum WaitOutcome {
+    /// A port, leased at `at` on the session's behalf.
+    Granted {
+        lease: Lease,
+        at: pasv_pool::Instant,
+    },
+    /// The deadline came first: the pool's answer then.
+    Expired(Exhausted),
 }
+
+/// The queue's token for a waiting session: where its outcome goes.
+type WaitToken = oneshot::Sender<WaitOutcome>;
 
 /// The passive side of the server, shared by all sessions.
 pub(crate) struct PassivePorts {
-    pool: Mutex<Pool>,
-    waiters: Mutex<Waiters>,
-    /// Whether the pool's answer depends on the peer (see [`Class`]).
-    per_peer: bool,
+    /// The pool behind its wait queue; every lease and release goes through it.
+    queue: Mutex<WaitQueue<WaitToken>>,
+    /// Hold times of recent leases and the starts of live ones, for the hint when every
+    /// port is leased ([`PassivePorts::all_leased_hint`]).
+    holds: Mutex<pasv_pool::HoldEstimator>,
+    /// Tells the driver task that the queue's next timeout may have moved earlier.
+    timer: Arc<Notify>,
     /// The pool's limit of leases per peer address.
     peer_limit: Option<NonZeroUsize>,
     mode: ListenerMode,
@@ -211,12 +207,16 @@ impl PassivePorts {
         let pool = Pool::new(pool_config).map_err(|e| ServerError::Config {
             reason: format!("passive pool: {e}"),
         })?;
+        // Every session waits at most once at a time, so `max_clients` sessions never find the
+        // queue full; with no session limit the queue still has one.
+        let max_waiters = match config.max_clients {
+            0 => MAX_WAITERS,
+            n => n.min(MAX_WAITERS),
+        };
         let ports_state = Arc::new(PassivePorts {
-            pool: Mutex::new(pool),
-            waiters: Mutex::default(),
-            per_peer: exclusivity == Exclusivity::PerPortAndPeer
-                || config.effective_quarantine() == QuarantineScope::Peer
-                || peer_limit.is_some(),
+            queue: Mutex::new(WaitQueue::new(pool, max_waiters)),
+            holds: Mutex::new(pasv_pool::HoldEstimator::new()),
+            timer: Arc::new(Notify::new()),
             peer_limit,
             mode,
             reuseaddr: !config.no_reuseaddr,
@@ -257,6 +257,10 @@ impl PassivePorts {
             }
             *lock(&ports_state.prebound) = listeners;
         }
+        tokio::spawn(drive_queue(
+            Arc::downgrade(&ports_state),
+            Arc::clone(&ports_state.timer),
+        ));
         Ok(ports_state)
     }
 
@@ -317,108 +321,120 @@ impl PassivePorts {
         }
     }
 
-    /// Leases a port for `peer` and opens its listener, waiting up to `pasv_wait` for a port
-    /// another session is about to release.
+    /// Leases a port for `peer` and opens its listener, waiting in the queue up to `pasv_wait`
+    /// for a port another session releases or a quarantine frees.
     pub(crate) async fn open(
         self: &Arc<Self>,
         peer: IpAddr,
         filter: AddrFilter,
     ) -> Result<Passive, Refusal> {
         let peer = peer.to_canonical();
-        let deadline = clock::now() + self.wait;
+        if !self.has_address(filter) {
+            return Err(Refusal::NoAddress);
+        }
+        let deadline = clock::pool_instant(clock::now() + self.wait);
         let mut bind_failures = 0;
+        let mut in_use_failures = 0;
+        // The kernel's TIME_WAIT table, read at the first bind refused with EADDRINUSE.
+        let mut kernel_table = None;
         // When the first try found no port: the wait is measured from there.
         let mut waiting_since: Option<Instant> = None;
-        let mut waiter = Waiter::new(self, self.class(filter, peer));
         loop {
-            // Queued before trying, so a release between the try and the wait wakes us.
-            waiter.enqueue();
             let now = clock::now();
-            let attempt = {
-                let mut pool = lock(&self.pool);
-                let at = clock::pool_instant(now);
-                pool.handle_timeout(at);
-                pool.acquire_with(at, peer, filter)
+            let at = clock::pool_instant(now);
+            let (tx, rx) = oneshot::channel();
+            let admission = {
+                let mut queue = lock(&self.queue);
+                let admission = queue.acquire(at, peer, filter, deadline, tx);
+                dispatch(&mut queue, at);
+                admission
             };
-            match attempt {
-                Ok(lease) => {
-                    waiter.got(lease.addr());
-                    if let Some(since) = waiting_since.take() {
-                        self.counters.pool_wait(now - since, true);
-                    }
-                    match self.listen(lease, peer, clock::pool_instant(now)) {
-                        Ok(passive) => return Ok(passive),
-                        Err((lease, e)) => {
-                            tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
-                            // Something outside the pool's model holds the port: keep it cooling.
-                            if e.kind() == io::ErrorKind::AddrInUse {
-                                self.counters.bind_in_use();
-                            }
-                            self.release(lease, Closer::Server, clock::pool_instant(now));
-                            bind_failures += 1;
-                            if bind_failures >= MAX_BIND_FAILURES {
-                                return Err(Refusal::Bind(e));
-                            }
+            let (lease, leased_at) = match admission {
+                Admission::Leased(lease) => (lease, at),
+                Admission::Waiting(id) => {
+                    let since = *waiting_since.get_or_insert(now);
+                    // The driver may be asleep until a later instant than this deadline.
+                    self.timer.notify_one();
+                    let mut wait = Waiting {
+                        ports: self,
+                        id,
+                        rx: Some(rx),
+                    };
+                    match wait.outcome().await {
+                        Some(WaitOutcome::Granted { lease, at }) => (lease, at),
+                        Some(WaitOutcome::Expired(refusal)) => {
+                            self.counters.pool_wait(clock::now() - since, false);
+                            return Err(self.refusal(refusal));
+                        }
+                        None => {
+                            self.counters.pool_wait(clock::now() - since, false);
+                            return Err(Refusal::Exhausted { retry_after: None });
                         }
                     }
                 }
-                Err(Exhausted {
-                    retry_after, cause, ..
-                }) => {
-                    // A wake-up this waiter could not use may serve another kind of waiter.
-                    waiter.hand_on();
-                    if !self.has_address(filter) {
-                        return Err(Refusal::NoAddress);
+                Admission::Refused {
+                    refusal,
+                    queue_full,
+                    ..
+                } => {
+                    if queue_full {
+                        tracing::warn!(
+                            waiting = lock(&self.queue).len(),
+                            "passive wait queue full: refused at once"
+                        );
                     }
                     let since = *waiting_since.get_or_insert(now);
-                    if now >= deadline {
-                        self.counters.pool_wait(now - since, false);
-                        return Err(match (cause, self.peer_limit) {
-                            (Shortage::PeerLimit, Some(limit)) => {
-                                Refusal::PeerLimit { limit: limit.get() }
-                            }
-                            _ => Refusal::Exhausted { retry_after },
-                        });
+                    self.counters.pool_wait(now - since, false);
+                    return Err(self.refusal(refusal));
+                }
+            };
+            let now = clock::now();
+            if let Some(since) = waiting_since.take() {
+                self.counters.pool_wait(now - since, true);
+            }
+            match self.listen(lease, peer, leased_at) {
+                Ok(passive) => return Ok(passive),
+                Err((lease, e)) => {
+                    tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
+                    let at = clock::pool_instant(now);
+                    if e.kind() == io::ErrorKind::AddrInUse {
+                        // Something outside the pool's model holds the port (a
+                        // TIME_WAIT socket without SO_REUSEADDR): keep it out for as
+                        // long as the kernel will, so the next hint is the real wait.
+                        self.counters.bind_in_use();
+                        let wait = self.host_wait(lease.addr(), &mut kernel_table);
+                        tracing::info!(
+                            port = lease.addr().port(),
+                            wait_ms = wait.as_millis() as u64,
+                            "passive port held by the kernel"
+                        );
+                        self.release_until(lease, at, at + wait);
+                        // Each such port leaves the pool until then, so these
+                        // failures end by themselves; the cap only bounds the work.
+                        in_use_failures += 1;
+                        if in_use_failures < MAX_IN_USE_FAILURES {
+                            continue;
+                        }
+                    } else {
+                        self.release(lease, Closer::Server, at);
                     }
-                    // The pool's hint covers ports freed by time; a release by another session
-                    // comes as a wake-up. Wake for whichever is first, never after the deadline.
-                    let wake = match retry_after {
-                        Some(d) => deadline.min(now + d),
-                        None => deadline,
-                    };
-                    tokio::select! {
-                        () = waiter.woken() => {}
-                        () = tokio::time::sleep_until(wake) => {}
+                    bind_failures += 1;
+                    if bind_failures >= MAX_BIND_FAILURES || in_use_failures >= MAX_IN_USE_FAILURES
+                    {
+                        return Err(Refusal::Bind(e));
                     }
                 }
             }
         }
     }
 
-    fn class(&self, filter: AddrFilter, peer: IpAddr) -> Class {
-        Class {
-            filter,
-            peer: self.per_peer.then_some(peer),
-        }
-    }
-
-    /// Wakes the oldest waiter that the wake-up may help: its filter admits the freed
-    /// address and its class has not tried for this release yet.
-    fn wake(&self, mut wake: Wake) {
-        let mut waiters = lock(&self.waiters);
-        loop {
-            let next = waiters.queue.iter().find_map(|(&seq, w)| {
-                (w.class.filter.matches(wake.addr.ip()) && !wake.tried.contains(&w.class))
-                    .then_some(seq)
-            });
-            let Some(waiting) = next.and_then(|seq| waiters.queue.remove(&seq)) else {
-                return;
-            };
-            match waiting.wake.send(wake) {
-                Ok(()) => return,
-                // Gone without leaving the queue (cannot happen: waiters leave on drop).
-                Err(back) => wake = back,
-            }
+    /// The refusal for the pool's answer.
+    fn refusal(&self, e: Exhausted) -> Refusal {
+        match (e.cause, self.peer_limit) {
+            (Shortage::PeerLimit, Some(limit)) => Refusal::PeerLimit { limit: limit.get() },
+            _ => Refusal::Exhausted {
+                retry_after: e.retry_after,
+            },
         }
     }
 
@@ -491,26 +507,10 @@ impl PassivePorts {
         Ok(())
     }
 
-    /// Wakes the oldest waiter of `peer`, if one waits (see [`PassivePorts::release`]).
-    fn wake_peer(&self, peer: IpAddr, freed: SocketAddr) {
-        let mut waiters = lock(&self.waiters);
-        let oldest = waiters
-            .queue
-            .iter()
-            .find_map(|(&seq, w)| (w.class.peer == Some(peer)).then_some(seq));
-        if let Some(waiting) = oldest.and_then(|seq| waiters.queue.remove(&seq)) {
-            // A waiter that cannot use it hands it on like any wake-up.
-            let _ = waiting.wake.send(Wake {
-                addr: freed,
-                tried: Vec::new(),
-            });
-        }
-    }
-
-    /// How many sessions wait for a release.
+    /// How many sessions wait for a port.
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        lock(&self.waiters).queue.len()
+        lock(&self.queue).len()
     }
 
     fn has_address(&self, filter: AddrFilter) -> bool {
@@ -559,6 +559,7 @@ impl PassivePorts {
                 }
             }
         };
+        lock(&self.holds).leased(leased_at);
         Ok(Passive {
             guard: LeaseGuard {
                 ports: Arc::clone(self),
@@ -570,6 +571,34 @@ impl PassivePorts {
             deadline: clock::now() + self.accept_timeout,
             peer,
         })
+    }
+
+    /// How long the kernel will refuse a bind on `addr`: the longest remaining TIME_WAIT
+    /// time on it (the table read once per `open`, into `table`), else the configured
+    /// time-wait when the kernel's tables cannot be read or show nothing (the holder may be
+    /// a socket in another state, which the kernel does not time).
+    fn host_wait(&self, addr: SocketAddr, table: &mut Option<Vec<TimeWait>>) -> Duration {
+        let table = table.get_or_insert_with(|| {
+            kernel::time_wait_sockets().unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "kernel TCP tables unreadable");
+                Vec::new()
+            })
+        });
+        // A TIME_WAIT past its time (the kernel's timer wheel ends 60 s timers up to a
+        // couple of seconds late) is held a short while more, not a whole time-wait.
+        kernel::bind_blocked_for(table, addr)
+            .map(|d| d.max(kernel::OVERDUE_WAIT))
+            .unwrap_or_else(|| lock(&self.queue).pool().config().quarantine)
+    }
+
+    /// Returns a lease whose port the kernel refuses to bind, out of the pool until `until`.
+    fn release_until(&self, lease: Lease, now: pasv_pool::Instant, until: pasv_pool::Instant) {
+        let mut queue = lock(&self.queue);
+        if let Err(e) = queue.release_until(lease, now, until) {
+            tracing::error!(error = %e, "pool refused a release");
+        }
+        // A port out of the pool serves nobody, but the release may lift a peer's limit.
+        dispatch(&mut queue, now);
     }
 
     fn release(&self, lease: Lease, closer: Closer, leased_at: pasv_pool::Instant) {
@@ -587,37 +616,59 @@ impl PassivePorts {
             }
         }
         let now = clock::pool_now();
-        let result = lock(&self.pool).release(lease, now, closer);
+        let mut queue = lock(&self.queue);
+        // The queue gives what this frees to the oldest waiter that can use it.
+        let result = queue.release(lease, now, closer);
+        dispatch(&mut queue, now);
+        drop(queue);
         match result {
-            Ok(()) => self
-                .counters
-                .lease_held(now.saturating_duration_since(leased_at)),
+            Ok(()) => {
+                lock(&self.holds).released(leased_at, now);
+                self.counters
+                    .lease_held(now.saturating_duration_since(leased_at));
+            }
             Err(e) => tracing::error!(error = %e, "pool refused a release"),
         }
-        // One port freed wakes one waiter that can use its address: waking all of them
-        // would have every waiting session race for the one port (measured: a thundering
-        // herd at 32 sessions on 20 ports). A woken waiter that cannot use it after all, or
-        // is cancelled first, hands the wake-up on (see `Waiter`).
-        self.wake(Wake {
-            addr: freed,
-            tried: Vec::new(),
-        });
-        // Under a per-address limit the release also lifts the limit of its own peer, whose
-        // waiters may use any free port, not only the freed one that the wake-up above may
-        // have given to somebody else.
-        if self.peer_limit.is_some() {
-            self.wake_peer(lease_peer, freed);
-        }
+    }
+
+    /// The retry hint when every port is leased and none is cooling: the median time until
+    /// the first live lease ends, from the hold times of recent leases (see
+    /// `pasv_pool::hold`); [`ALL_LEASED_FALLBACK`] before there are any.
+    pub(crate) fn all_leased_hint(&self) -> Duration {
+        lock(&self.holds)
+            .first_release(clock::pool_now())
+            .unwrap_or(ALL_LEASED_FALLBACK)
     }
 
     /// Pool statistics now.
     pub(crate) fn stats(&self) -> pasv_pool::PoolStats {
-        lock(&self.pool).stats(clock::pool_now())
+        lock(&self.queue).pool().stats(clock::pool_now())
+    }
+
+    /// The pool's ledger against the kernel's TIME_WAIT table now (see `kernel::compare`);
+    /// an error where the kernel's tables cannot be read.
+    pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
+        let table = kernel::time_wait_sockets()?;
+        let foreign = kernel::foreign_sockets()?;
+        let queue = lock(&self.queue);
+        let pool = queue.pool();
+        let now = clock::pool_now();
+        let config = pool.config();
+        Ok(kernel::compare(
+            &pool.ledger(now),
+            &table,
+            &foreign,
+            now,
+            config.scope,
+            config.exclusivity,
+            self.reuseaddr,
+        ))
     }
 
     /// The capacity model for a mean hold time and a share of server-side closes.
     pub(crate) fn capacity(&self, hold: Duration, server_close_fraction: f64) -> CapacityModel {
-        let pool = lock(&self.pool);
+        let queue = lock(&self.queue);
+        let pool = queue.pool();
         CapacityModel {
             slots: pool.layout().slots() as u64,
             time_wait: pool.config().quarantine,
@@ -631,107 +682,95 @@ impl PassivePorts {
     }
 }
 
-/// A session's place in the waiters' queue (kept across its tries, so it stays the oldest it
-/// was), and the wake-up it was handed. A wake-up it did not use goes to the next waiter:
-/// after a failed try, when the port it got is another one, or when it is dropped (a
-/// cancelled `open`).
-struct Waiter<'a> {
-    ports: &'a PassivePorts,
-    class: Class,
-    seq: Option<u64>,
-    queued: Option<oneshot::Receiver<Wake>>,
-    held: Option<Wake>,
-}
-
-impl<'a> Waiter<'a> {
-    fn new(ports: &'a PassivePorts, class: Class) -> Self {
-        Waiter {
-            ports,
-            class,
-            seq: None,
-            queued: None,
-            held: None,
-        }
-    }
-
-    /// Joins the queue, at the place of this waiter's first arrival; no-op when queued.
-    fn enqueue(&mut self) {
-        if self.queued.is_some() {
-            return;
-        }
-        let mut waiters = lock(&self.ports.waiters);
-        let seq = *self.seq.get_or_insert_with(|| {
-            waiters.next += 1;
-            waiters.next
-        });
-        let (tx, rx) = oneshot::channel();
-        waiters.queue.insert(
-            seq,
-            Waiting {
-                class: self.class,
-                wake: tx,
-            },
-        );
-        self.queued = Some(rx);
-    }
-
-    /// Leaves the queue; a wake-up sent meanwhile is kept.
-    fn dequeue(&mut self) {
-        let (Some(mut rx), Some(seq)) = (self.queued.take(), self.seq) else {
-            return;
-        };
-        let mut waiters = lock(&self.ports.waiters);
-        // Wake-ups are sent under this lock: if the entry is gone, the wake-up is in `rx`.
-        if waiters.queue.remove(&seq).is_none() {
-            if let Ok(wake) = rx.try_recv() {
-                self.held = Some(wake);
-            }
-        }
-    }
-
-    /// Resolves when a release hands this waiter a wake-up (which leaves the queue).
-    async fn woken(&mut self) {
-        let Some(rx) = self.queued.as_mut() else {
-            return std::future::pending().await;
-        };
-        match rx.await {
-            Ok(wake) => {
-                self.queued = None;
-                self.held = Some(wake);
-            }
-            // The sender is dropped only with the queue entry: the timers still run.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    /// This waiter got a lease on `addr`: a wake-up for that address is used up.
-    fn got(&mut self, addr: SocketAddr) {
-        self.dequeue();
-        if self.held.as_ref().is_some_and(|w| w.addr == addr) {
-            self.held = None;
-        }
-    }
-
-    /// Passes a held wake-up on after this waiter tried and found nothing (or got another
-    /// port): its class is marked as tried, so no waiter of that class gets it again.
-    fn hand_on(&mut self) {
-        if let Some(mut wake) = self.held.take() {
-            if !wake.tried.contains(&self.class) {
-                wake.tried.push(self.class);
-            }
-            self.ports.wake(wake);
-        }
-    }
-}
-
-impl Drop for Waiter<'_> {
+impl Drop for PassivePorts {
     fn drop(&mut self) {
-        self.dequeue();
-        // Unused when dropped: the waiter either never tried with it (cancelled), or got a
-        // port on another address (see `got`). Either way the next waiter of any class may
-        // use it.
-        if let Some(wake) = self.held.take() {
-            self.ports.wake(wake);
+        // The driver task holds only a weak reference: wake it to find it gone.
+        self.timer.notify_one();
+    }
+}
+
+/// Hands the queue's decisions to the sessions concerned. Called with the queue locked after
+/// every operation on it, so a decision is delivered before anyone else can act on the queue.
+fn dispatch(queue: &mut WaitQueue<WaitToken>, now: pasv_pool::Instant) {
+    while let Some(event) = queue.poll_event() {
+        match event {
+            WaitEvent::Granted {
+                token, lease, at, ..
+            } => {
+                if let Err(WaitOutcome::Granted { lease, .. }) =
+                    token.send(WaitOutcome::Granted { lease, at })
+                {
+                    // The session went away after its grant: the port goes to the next waiter.
+                    if let Err(e) = queue.release(lease, now, Closer::NeverConnected) {
+                        tracing::error!(error = %e, "pool refused a release");
+                    }
+                }
+            }
+            WaitEvent::Expired { token, refusal, .. } => {
+                let _ = token.send(WaitOutcome::Expired(refusal));
+            }
+        }
+    }
+}
+
+/// The wait queue's driver: sleeps until the queue's next deadline or quarantine end, then
+/// lets the queue decide and hands out its decisions. Ends with the passive side.
+async fn drive_queue(ports: Weak<PassivePorts>, timer: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(ports) = ports.upgrade() else {
+                return;
+            };
+            let mut queue = lock(&ports.queue);
+            let now = clock::pool_now();
+            queue.handle_timeout(now);
+            dispatch(&mut queue, now);
+            queue.poll_timeout()
+        };
+        match next {
+            Some(at) => tokio::select! {
+                () = timer.notified() => {}
+                () = tokio::time::sleep_until(clock::tokio_instant(at)) => {}
+            },
+            None => timer.notified().await,
+        }
+    }
+}
+
+/// A session waiting in the queue. Dropped before its outcome arrived (a cancelled `open`),
+/// it leaves the queue, and gives back a port granted meanwhile.
+struct Waiting<'a> {
+    ports: &'a PassivePorts,
+    id: pasv_pool::WaiterId,
+    rx: Option<oneshot::Receiver<WaitOutcome>>,
+}
+
+impl Waiting<'_> {
+    /// The queue's decision; `None` if the queue dropped the session without one, which it
+    /// does not (a token leaves the queue only with a decision or by our own cancel).
+    async fn outcome(&mut self) -> Option<WaitOutcome> {
+        let outcome = self.rx.as_mut()?.await.ok();
+        self.rx = None;
+        outcome
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut queue = lock(&self.ports.queue);
+        if queue.cancel(self.id).is_some() {
+            return;
+        }
+        // Decisions are sent under the queue's lock: one made for us is in the channel.
+        if let Ok(WaitOutcome::Granted { lease, .. }) = rx.try_recv() {
+            let now = clock::pool_now();
+            if let Err(e) = queue.release(lease, now, Closer::NeverConnected) {
+                tracing::error!(error = %e, "pool refused a release");
+            }
+            dispatch(&mut queue, now);
         }
     }
 }
@@ -1311,6 +1350,14 @@ mod tests {
     /// Passive ports on 127.0.0.1 and ::1, one port (the same number on both), with a 30 s
     /// `pasv_wait`; `None` on a machine without IPv6 loopback.
     async fn two_families(port: u16) -> Option<Arc<PassivePorts>> {
+        two_families_with(port, |_| {}).await
+    }
+
+    /// [`two_families`] with more configuration.
+    async fn two_families_with(
+        port: u16,
+        configure: impl FnOnce(&mut Config),
+    ) -> Option<Arc<PassivePorts>> {
         match StdListener::bind((V6, 0)) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
@@ -1324,6 +1371,7 @@ mod tests {
         config.pasv_min_port = port;
         config.pasv_max_port = port;
         config.pasv_wait = Duration::from_secs(30);
+        configure(&mut config);
         let listen = SocketAddr::new(V4, 0);
         Some(PassivePorts::new(&config, listen).await.expect("pool"))
     }
@@ -1363,11 +1411,10 @@ mod tests {
         assert_eq!(ports.waiting(), 0);
     }
 
-    /// A waiter woken for a port that another session takes first goes back to waiting
-    /// without waking anyone else of its kind, and a woken waiter that is cancelled hands
-    /// its wake-up to the next.
+    /// A released port goes to the oldest waiter, not to a newcomer that asks first; a waiter
+    /// cancelled after the queue granted it a port passes the port on to the next.
     #[tokio::test(start_paused = true)]
-    async fn wake_ups_are_handed_on_but_never_to_the_same_kind_twice() {
+    async fn freed_ports_go_to_the_oldest_waiter_and_a_cancelled_grant_is_passed_on() {
         let Some(ports) = two_families(26_401).await else {
             return;
         };
@@ -1378,26 +1425,55 @@ mod tests {
         assert!(second.as_mut().now_or_never().is_none());
         assert_eq!(ports.waiting(), 2);
 
-        // The release wakes `first` (the oldest); a newcomer takes the port before it runs.
+        // The release leases the port to `first` before it even runs: a newcomer finds
+        // nothing and queues behind `second`.
         held6.never_connected();
         assert_eq!(ports.waiting(), 1);
-        let newcomer = ports
-            .open(V6, AddrFilter::V6)
-            .await
-            .expect("newcomer lease");
-        // `first` finds nothing; `second` (same filter) is not woken in vain.
-        assert!(first.as_mut().now_or_never().is_none());
+        let mut newcomer = Box::pin(ports.open(V6, AddrFilter::V6));
+        assert!(newcomer.as_mut().now_or_never().is_none());
         assert_eq!(ports.waiting(), 2);
 
-        // Woken, then cancelled before it tries: the wake-up goes to `second`.
-        newcomer.never_connected();
-        assert_eq!(ports.waiting(), 1);
+        // `first` is cancelled with its grant unread: the port goes to `second`, not to the
+        // newcomer.
         drop(first);
+        assert_eq!(ports.waiting(), 1);
         let got = tokio::time::timeout(Duration::from_secs(1), second)
             .await
-            .expect("the wake-up is handed on")
+            .expect("the grant is passed on at once")
             .expect("lease after the hand-on");
         assert_eq!(got.addr().ip(), V6);
+        assert!(newcomer.as_mut().now_or_never().is_none());
+        got.never_connected();
+        let last = tokio::time::timeout(Duration::from_secs(1), newcomer)
+            .await
+            .expect("the newcomer's turn")
+            .expect("lease");
+        assert_eq!(last.addr().ip(), V6);
+        assert_eq!(ports.waiting(), 0);
+    }
+
+    /// A waiter whose deadline comes gets its 425 from the driver at the deadline, with the
+    /// pool's hint: here the port cools for 60 s from the release, so 30 s after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_refused_at_its_deadline_with_the_pools_hint() {
+        let Some(ports) = two_families_with(26_402, |c| {
+            c.quarantine = Some(pasv_pool::QuarantineScope::Port);
+        })
+        .await
+        else {
+            return;
+        };
+        let held = ports.open(V4, AddrFilter::V4).await.expect("v4 lease");
+        held.into_guard().release(Closer::Server);
+        let start = clock::now();
+        match ports.open(V4, AddrFilter::V4).await {
+            Err(Refusal::Exhausted { retry_after }) => {
+                assert_eq!(clock::now() - start, Duration::from_secs(30));
+                assert_eq!(retry_after, Some(Duration::from_secs(30)));
+            }
+            Ok(p) => panic!("leased {}", p.addr()),
+            Err(e) => panic!("{e:?}"),
+        }
         assert_eq!(ports.waiting(), 0);
     }
 }

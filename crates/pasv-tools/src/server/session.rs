@@ -32,7 +32,7 @@ use super::ascii::ToNetwork;
 use super::defender::Banned;
 use super::listing::{self, Civil, Format};
 use super::metrics::{AcceptStage, Direction, LoginResult, RefusalCause, TransferResult};
-use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal};
+use super::passive::{AcceptError, DataConn, LeaseGuard, Passive, Refusal, ALL_LEASED_FALLBACK};
 use super::transfer::{DataSource, Ending, Job, Outcome, TempUpload, Transfer};
 use super::users::{is_anonymous_name, Grant};
 use super::vfs::{io_text, FsError, Kind, Vfs};
@@ -47,8 +47,8 @@ const MAX_INPUT: usize = 64 * 1024;
 /// Largest download sent inline by the session (see `send_inline`); loopback and typical
 /// socket buffers take this much at once.
 const INLINE_MAX: usize = 64 * 1024;
-/// Retry hint when every port is leased and none is cooling (see `refused`).
-const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
+/// Ports listed at most by `SITE POOL` (disagreements first).
+const SITE_POOL_PORTS: usize = 64;
 /// PASV without an IPv4 passive address (an IPv6-only server, or an IPv6 control connection
 /// whose leases would be IPv6).
 const PASV_NO_V4: &[u8] = b"PASV needs an IPv4 passive address and there is none; use EPSV.";
@@ -1042,7 +1042,10 @@ impl Session {
         let mut words = arg.splitn(3, |&b| b == b' ');
         let verb = words.next().unwrap_or(b"");
         if verb.eq_ignore_ascii_case(b"HELP") {
-            return self.multi(214, "SITE commands:\n CHMOD HELP\nEnd");
+            return self.multi(214, "SITE commands:\n CHMOD HELP POOL\nEnd");
+        }
+        if verb.eq_ignore_ascii_case(b"POOL") {
+            return self.site_pool();
         }
         if !verb.eq_ignore_ascii_case(b"CHMOD") {
             return self.reply(504, b"Unknown SITE command.");
@@ -1068,6 +1071,58 @@ impl Session {
         };
         let done = on_pool(vfs, move |v| v.chmod(&path, mode)).await;
         self.fs_done(done, 200, b"SITE CHMOD command ok.");
+    }
+
+    /// `SITE POOL`: the pool's counts and its ledger against the kernel's TIME_WAIT table,
+    /// for an administrator (an account with `admin = true` in the users file).
+    fn site_pool(&mut self) {
+        let admin = self.account().is_some_and(|a| a.grant.admin);
+        if !admin {
+            return self.reply(550, b"SITE POOL is for administrators.");
+        }
+        let ports = &self.shared.ports;
+        let stats = ports.stats();
+        let mut text = format!(
+            "Pool: {} free, {} leased, {} cooling, {} (port, client) pairs in per-client \
+             quarantine.\n",
+            stats.free, stats.leased, stats.cooling, stats.peer_quarantined
+        );
+        match ports.ledger_check() {
+            Ok(check) => {
+                text.push_str(&format!(
+                    " Kernel: {} TIME_WAIT sockets on the passive ports, {} ports held by \
+                     other programs.\n \
+                     Disagreements: {} offered_while_held, {} withheld_while_free.\n",
+                    check.kernel_time_wait,
+                    check.foreign,
+                    check.offered_while_held,
+                    check.withheld_while_free
+                ));
+                // Disagreements first, then the rest, at most SITE_POOL_PORTS lines.
+                let mut listed: Vec<_> = check.ports.iter().collect();
+                listed.sort_by_key(|p| p.disagreement.is_none());
+                let secs = |d: Option<Duration>| {
+                    d.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+                };
+                for p in listed.iter().take(SITE_POOL_PORTS) {
+                    text.push_str(&format!(
+                        " {} kernel {}{} pool {} leases {} {}\n",
+                        p.addr,
+                        secs(p.kernel),
+                        if p.foreign { "+foreign" } else { "" },
+                        secs(p.pool),
+                        p.leases,
+                        p.disagreement.map_or("agree", |d| d.name())
+                    ));
+                }
+                if listed.len() > SITE_POOL_PORTS {
+                    text.push_str(&format!(" ... {} more\n", listed.len() - SITE_POOL_PORTS));
+                }
+            }
+            Err(e) => text.push_str(&format!(" Kernel: tables unreadable ({e}).\n")),
+        }
+        text.push_str("End");
+        self.multi(200, text);
     }
 
     fn active(&mut self, addr: SocketAddr) {
@@ -1175,13 +1230,18 @@ impl Session {
                 self.reply_full(&Reply::try_later(d));
             }
             Refusal::Exhausted { retry_after: None } => {
-                // Every port is held by a live lease, so no time is known; a lease lasts
-                // about as long as one transfer, and a second is a generous guess for that.
-                tracing::info!(session = self.id, "passive ports all leased");
+                // Every port is held by a live lease: the hint is the expected end of the
+                // first one, from measured hold times.
+                let hint = self.shared.ports.all_leased_hint();
+                tracing::info!(
+                    session = self.id,
+                    retry_after_ms = hint.as_millis() as u64,
+                    "passive ports all leased"
+                );
                 self.shared
                     .metrics
-                    .pool_refusal(RefusalCause::AllLeased, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::AllLeased, Some(hint));
+                self.reply_full(&Reply::try_later(hint));
             }
             Refusal::PeerLimit { limit } => {
                 self.shared
@@ -1207,8 +1267,8 @@ impl Session {
                 tracing::warn!(session = self.id, error = %e, "passive ports unbindable");
                 self.shared
                     .metrics
-                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_FALLBACK));
+                self.reply_full(&Reply::try_later(ALL_LEASED_FALLBACK));
             }
         }
     }
