@@ -154,6 +154,27 @@ struct Cli {
     /// xferlog is written either way).
     #[arg(long, env = "PASVD_LOG_FORMAT")]
     log_format: Option<String>,
+    /// FTPS: PEM certificate chain, leaf first (with --tls-key; read again on SIGHUP).
+    #[arg(long, env = "PASVD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// FTPS: PEM private key of --tls-cert.
+    #[arg(long, env = "PASVD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// FTPS with a certificate generated at start: for development only, clients cannot
+    /// verify it.
+    #[arg(long, env = "PASVD_TLS_SELF_SIGNED")]
+    tls_self_signed: bool,
+    /// Implicit FTPS listener (TLS from the first byte; usually port 990).
+    #[arg(long, env = "PASVD_IMPLICIT_TLS_LISTEN")]
+    implicit_tls_listen: Option<SocketAddr>,
+    /// What sessions must protect: none (default), login (no USER/PASS before AUTH TLS),
+    /// data (no transfer without PROT P) or all.
+    #[arg(long, env = "PASVD_TLS_REQUIRED")]
+    tls_required: Option<String>,
+    /// Protected data connections must resume their own control session's TLS session:
+    /// required (default) or off (for clients that never resume, such as Python's ftplib).
+    #[arg(long, env = "PASVD_TLS_SESSION_REUSE")]
+    tls_session_reuse: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +225,12 @@ impl Cli {
         o.ban_time = self.ban_time;
         o.metrics = self.metrics;
         o.log_format = self.log_format.clone();
+        o.tls_cert = self.tls_cert.clone();
+        o.tls_key = self.tls_key.clone();
+        o.tls_self_signed = self.tls_self_signed.then_some(true);
+        o.implicit_tls_listen = self.implicit_tls_listen;
+        o.tls_required = self.tls_required.clone();
+        o.tls_session_reuse = self.tls_session_reuse.clone();
         o
     }
 }
