@@ -21,7 +21,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pasv_tools::client::{
     decode, escape_bytes, escape_text, load, plan, probe, Client, ClientConfig, ClientError,
-    DataMode, DownloadOptions, EntryKind, FtpUrl, RetryPolicy, UploadOptions,
+    ClientTls, DataMode, DownloadOptions, EntryKind, FtpUrl, RetryPolicy, TlsMode, UploadOptions,
+    Verification,
 };
 
 /// An FTP client for passive-mode work: transfers, load generation, probing and planning.
@@ -63,6 +64,16 @@ struct Global {
     /// SO_RCVBUF/SO_SNDBUF for data sockets, bytes (k/m suffixes); default: kernel autotuning.
     #[arg(long, global = true, value_parser = parse_size)]
     socket_buffer: Option<u64>,
+    /// FTPS with AUTH TLS on an ftp:// URL (as ftpes://); ftps:// is implicit TLS.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// FTPS: trust the certificates of this PEM file instead of the system's roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// FTPS: accept any certificate for any name. For tests only: anyone on the path can
+    /// read and change the session.
+    #[arg(long, global = true, conflicts_with = "ca_file")]
+    insecure: bool,
     /// No progress bar, no informational messages.
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -407,9 +418,31 @@ fn client_exit_code(e: &ClientError) -> u8 {
     }
 }
 
-fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
+/// The FTPS settings for `u`: its scheme's mode, or explicit with `--tls`; `None` for plain
+/// FTP.
+fn client_tls(g: &Global, u: &FtpUrl) -> anyhow::Result<Option<ClientTls>> {
+    let mode = match (u.tls(), g.tls) {
+        (Some(mode), _) => mode,
+        (None, true) => TlsMode::Explicit,
+        (None, false) => {
+            if g.insecure || g.ca_file.is_some() {
+                bail!("--insecure and --ca-file apply to FTPS: use ftps://, ftpes:// or --tls");
+            }
+            return Ok(None);
+        }
+    };
+    let verification = match (&g.ca_file, g.insecure) {
+        (_, true) => Verification::Insecure,
+        (Some(file), false) => Verification::CaFile(file.clone()),
+        (None, false) => Verification::SystemRoots,
+    };
+    Ok(Some(ClientTls::new(mode, &verification)?))
+}
+
+fn client_config(g: &Global, u: &FtpUrl) -> anyhow::Result<ClientConfig> {
     let timeout = parse_secs(g.timeout, "--timeout")?;
     Ok(ClientConfig {
+        tls: client_tls(g, u)?,
         data_mode: if g.active {
             DataMode::Active
         } else {
@@ -445,7 +478,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mlsd,
         } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             let path = (!u.path().is_empty()).then_some(u.path());
             let mut out = Vec::new();
             if names {
@@ -506,42 +539,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rm { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.delete(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Mv { url: u, to } => {
             let u = url(&u)?;
-            let to_path = if to.to_ascii_lowercase().starts_with("ftp://") {
+            let to_path = if FtpUrl::parse(&to).is_ok() {
                 url(&to)?.path().to_vec()
             } else {
                 to.into_bytes()
             };
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.rename(u.path(), &to_path).await?;
             client.quit().await?;
         }
         Cmd::Mkdir { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.mkdir(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Rmdir { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.rmdir(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Size { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             println!("{}", client.size(u.path()).await?);
             client.quit().await?;
         }
         Cmd::Mdtm { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             println!("{}", client.mdtm(u.path()).await?);
             client.quit().await?;
         }
@@ -591,7 +624,7 @@ async fn get(
     resume: bool,
     max_size: Option<u64>,
 ) -> anyhow::Result<()> {
-    let config = client_config(g)?;
+    let config = client_config(g, u)?;
     let to_stdout = output.as_deref() == Some(Path::new("-"));
     let path = match output {
         Some(p) => p,
@@ -677,7 +710,7 @@ async fn put(
     } else {
         u.path().to_vec()
     };
-    let mut client = Client::open(u, client_config(g)?).await?;
+    let mut client = Client::open(u, client_config(g, u)?).await?;
     let options = if resume {
         UploadOptions::resume(resume_with == ResumeUpload::Appe)
     } else {
@@ -723,6 +756,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.data_mode = load_data_mode(g)?;
     config.socket_buffer = socket_buffer(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?;
+    config.tls = client_tls(g, &config.url)?;
     let report = load::run(config).await;
     print_report(&report, args.json)?;
     if report.transfers == 0 && !report.errors.is_empty() {
@@ -756,6 +790,7 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     config.time_wait = parse_secs(args.time_wait, "--time-wait")?;
     config.timeout = parse_secs(g.timeout, "--timeout")?;
     config.data_mode = load_data_mode(g)?;
+    config.tls = client_tls(g, &config.url)?;
     let report = probe::run(&config).await?;
     print_report(&report, args.json)?;
     Ok(())
