@@ -401,6 +401,7 @@ async fn data_connection_without_resumption_is_refused_and_probe_says_so() {
         config.tls = Some(tls_for(&server, TlsMode::Explicit));
         let report = probe::run(&config).await.expect("probe");
         assert_eq!(report.tls.auth_tls_advertised, Some(true));
+        assert_eq!(report.tls.auth_tls_accepted, Some(true));
         assert!(report.tls.control_encrypted);
         assert_eq!(report.tls.resumed_data_served, Some(true));
         assert_eq!(
@@ -519,4 +520,73 @@ async fn pasv_binary_over_ftps() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(report["tls_data_handshakes_resumed"], 6, "{json}");
     assert_eq!(report["tls_data_handshakes_full"], 0, "{json}");
+}
+
+/// Python's ftplib.FTP_TLS never resumes; the subclass of docs/FTPS.md passes the control
+/// connection's session to each data connection.
+const FTPLIB_SCRIPT: &str = r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+if sys.argv[3] == "1.2":
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+for cls in (ftplib.FTP_TLS, ReusingFTP_TLS):
+    f = cls(context=ctx, timeout=10)
+    f.connect("127.0.0.1", int(sys.argv[1]))
+    f.login("alice", "pw")
+    f.prot_p()
+    try:
+        for _ in range(3):
+            data = bytearray()
+            f.retrbinary("RETR f.bin", data.extend)
+        print(cls.__name__, "ok", len(data), f.sock.version())
+    except ftplib.error_temp as e:
+        print(cls.__name__, "refused", str(e)[:3])
+    except ssl.SSLError as e:
+        print(cls.__name__, "refused", e)
+    f.close()
+"#;
+
+#[tokio::test]
+async fn python_ftplib_needs_the_session_passed_to_data_connections() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("python3 not found: Python's ftplib is not checked");
+        return;
+    }
+    for version in ["1.3", "1.2"] {
+        let server = FtpsServer::start(false, SessionReuse::Required).await;
+        server.put_file("f.bin", pattern(5000));
+        let out = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                FTPLIB_SCRIPT,
+                &server.addr.port().to_string(),
+                &server.ca.display().to_string(),
+                version,
+            ])
+            .output()
+            .await
+            .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("FTP_TLS refused 425"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("ReusingFTP_TLS ok 5000 TLSv{version}")),
+            "{stdout}"
+        );
+    }
 }

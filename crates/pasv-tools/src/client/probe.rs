@@ -78,6 +78,9 @@ pub struct TlsFindings {
     pub auth_tls_advertised: Option<bool>,
     /// FEAT lists `PBSZ` and `PROT`.
     pub prot_advertised: Option<bool>,
+    /// A plaintext connection's `AUTH TLS` got 234 (FEAT may not list it: vsftpd leaves it
+    /// out unless TLS 1.0 is enabled); `null` when the probe could not ask (implicit FTPS).
+    pub auth_tls_accepted: Option<bool>,
     /// The probe spoke FTPS (its control connection is encrypted).
     pub control_encrypted: bool,
     /// A data connection that resumed the control connection's TLS session was served;
@@ -180,8 +183,19 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
     let mut client = Client::open(&config.url, client_config.clone()).await?;
 
     // Phase 0: TLS.
-    let tls = probe_tls(&mut client, &config.url).await;
-    if client.is_broken() {
+    let mut tls = probe_tls(&mut client, &config.url).await;
+    if config.tls.as_ref().map(ClientTls::mode) != Some(super::TlsMode::Implicit) {
+        tls.auth_tls_accepted = auth_tls_accepted(config).await;
+    }
+    // A server may end the session after refusing a data connection (vsftpd does after its
+    // 522): the phases below start on a live one.
+    if tls.control_encrypted
+        && (client.is_broken()
+            || !matches!(
+                tokio::time::timeout(config.timeout, client.noop()).await,
+                Ok(Ok(()))
+            ))
+    {
         client = Client::open(&config.url, client_config.clone()).await?;
     }
 
@@ -296,6 +310,18 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
         epsv_refused,
         tls,
     })
+}
+
+/// Whether the server answers `AUTH TLS` with 234 on a new plaintext connection (closed right
+/// after, before any handshake).
+async fn auth_tls_accepted(config: &ProbeConfig) -> Option<bool> {
+    let plain = ClientConfig::measuring(config.data_mode, config.timeout);
+    let mut client = Client::connect(config.url.host(), config.url.port(), plain)
+        .await
+        .ok()?;
+    let auth = pasv_protocol::Argument::new(b"TLS".to_vec()).ok()?;
+    let reply = client.command(&Command::Auth(auth)).await.ok()?;
+    Some(reply.code().get() == 234)
 }
 
 /// FEAT, and over FTPS a listing with and one without TLS session resumption.
@@ -520,7 +546,8 @@ impl fmt::Display for ProbeReport {
         };
         writeln!(
             f,
-            "TLS offered         {} (FEAT AUTH TLS), PBSZ/PROT {}{}",
+            "TLS offered         AUTH TLS accepted: {}; FEAT lists AUTH TLS: {}, PBSZ/PROT: {}{}",
+            yes_no(t.auth_tls_accepted),
             yes_no(t.auth_tls_advertised),
             yes_no(t.prot_advertised),
             if t.control_encrypted {

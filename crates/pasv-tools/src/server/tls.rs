@@ -35,7 +35,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -501,8 +501,12 @@ impl SessionTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let accepted = self.handshake(stream).await?;
+        let mut accepted = self.handshake(stream).await?;
         if self.reuse == SessionReuse::Required && !accepted.resumed {
+            // A close_notify before the close: the client sees the data connection end
+            // cleanly and reads the refusal on the control connection (Python's ssl module
+            // raises on a bare close before it gets there).
+            let _ = tokio::time::timeout(self.handshake_timeout, accepted.stream.shutdown()).await;
             return Err(DataTlsError::NotResumed {
                 version: accepted.version,
             });
