@@ -85,7 +85,10 @@ async fn main() {
             let connector = client(&root, version, resume);
             // The control connection: the client takes the session it will resume.
             let (a, b) = tokio::io::duplex(1 << 16);
-            let (s, c) = tokio::join!(session.accept_control(a), connector.connect(name.clone(), b));
+            let (s, c) = tokio::join!(
+                session.accept_control(a),
+                connector.connect(name.clone(), b)
+            );
             let mut s = s.expect("control").stream;
             let mut c = c.expect("control");
             s.write_all(b"200 ok\r\n").await.expect("write");

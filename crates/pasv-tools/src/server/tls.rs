@@ -284,7 +284,13 @@ fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, 
             if chain.is_empty() {
                 return Err(file_error(cert, "no CERTIFICATE in the file"));
             }
-            let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+            let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+                rustls_pki_types::pem::Error::NoItemsFound => file_error(
+                    key,
+                    "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY in the file",
+                ),
+                other => file_error(key, other),
+            })?;
             (chain, der)
         }
         CertSource::SelfSigned { names } => {
