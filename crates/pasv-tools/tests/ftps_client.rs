@@ -169,6 +169,7 @@ async fn serve(
     }
     let mut prot_p = false;
     let mut passive: Option<TcpListener> = None;
+    let mut active: Option<SocketAddr> = None;
     while let Some(line) = read_line(&mut control).await {
         let (verb, arg) = match line.split_once(' ') {
             Some((v, a)) => (v.to_ascii_uppercase(), a.to_owned()),
@@ -212,6 +213,18 @@ async fn serve(
                     .await?
                 }
             }
+            "PORT" => {
+                let n: Vec<u16> = arg.split(',').filter_map(|x| x.parse().ok()).collect();
+                if n.len() == 6 {
+                    let ip =
+                        std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
+                    active = Some(SocketAddr::from((ip, n[4] << 8 | n[5])));
+                    passive = None;
+                    reply(&mut control, "200 PORT ok").await?
+                } else {
+                    reply(&mut control, "501 bad PORT").await?
+                }
+            }
             "SIZE" => {
                 let size = files.lock().unwrap().get(&arg).map(Vec::len);
                 match size {
@@ -220,10 +233,12 @@ async fn serve(
                 }
             }
             "RETR" | "LIST" | "STOR" => {
-                let Some(listener) = passive.take() else {
-                    reply(&mut control, "425 use PASV first").await?;
+                let target = active.take();
+                let listener = passive.take();
+                if target.is_none() && listener.is_none() {
+                    reply(&mut control, "425 use PASV or PORT first").await?;
                     continue;
-                };
+                }
                 let body = match verb.as_str() {
                     "RETR" => files.lock().unwrap().get(&arg).cloned(),
                     "LIST" => {
@@ -245,7 +260,12 @@ async fn serve(
                     continue;
                 };
                 reply(&mut control, "150 opening data connection").await?;
-                let (tcp, _) = listener.accept().await?;
+                // The FTP client is the TLS client in both modes (RFC 4217 section 7).
+                let tcp = match (target, listener) {
+                    (Some(target), _) => TcpStream::connect(target).await?,
+                    (None, Some(listener)) => listener.accept().await?.0,
+                    (None, None) => unreachable!(),
+                };
                 let mut data: Box<dyn Io> = if prot_p {
                     match session.accept_data(tcp).await {
                         Ok(accepted) => Box::new(accepted.stream),
@@ -347,6 +367,24 @@ async fn implicit_ftps_round_trip() {
     let url = server.url("ftps", "");
     assert_eq!(url.tls(), Some(TlsMode::Implicit));
     round_trip(&server, &url, tls_for(&server, TlsMode::Implicit)).await;
+}
+
+#[tokio::test]
+async fn active_mode_data_connections_resume_too() {
+    let server = FtpsServer::start(false, SessionReuse::Required).await;
+    server.put_file("a.bin", pattern(70_000));
+    let url = server.url("ftpes", "");
+    let mut config = config(tls_for(&server, TlsMode::Explicit));
+    config.data_mode = pasv_tools::client::DataMode::Active;
+    let mut client = Client::open(&url, config).await.expect("login");
+    for _ in 0..2 {
+        let mut download = client.retrieve("a.bin", 0).await.expect("RETR");
+        let mut got = Vec::new();
+        download.read_to_end(&mut got).await.expect("read");
+        download.finish().await.expect("226");
+        assert_eq!(got, pattern(70_000));
+    }
+    assert_eq!(client.data_handshakes(), (0, 2));
 }
 
 #[tokio::test]
