@@ -19,9 +19,9 @@
 mod bench;
 mod dist;
 mod fleet;
+mod model;
 mod peers;
 mod strategies;
-mod model;
 
 use anyhow::{bail, Result};
 

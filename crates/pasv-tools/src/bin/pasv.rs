@@ -21,7 +21,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pasv_tools::client::{
     decode, escape_bytes, escape_text, load, plan, probe, Client, ClientConfig, ClientError,
-    DataMode, DownloadOptions, EntryKind, FtpUrl, RetryPolicy, UploadOptions,
+    ClientTls, DataMode, DownloadOptions, EntryKind, FtpUrl, RetryPolicy, TlsMode, UploadOptions,
+    Verification,
 };
 
 use pasv_tools::cli::pasv::{
@@ -119,9 +120,31 @@ fn client_exit_code(e: &ClientError) -> u8 {
     }
 }
 
-fn client_config(g: &Global) -> anyhow::Result<ClientConfig> {
+/// The FTPS settings for `u`: its scheme's mode, or explicit with `--tls`; `None` for plain
+/// FTP.
+fn client_tls(g: &Global, u: &FtpUrl) -> anyhow::Result<Option<ClientTls>> {
+    let mode = match (u.tls(), g.tls) {
+        (Some(mode), _) => mode,
+        (None, true) => TlsMode::Explicit,
+        (None, false) => {
+            if g.insecure || g.ca_file.is_some() {
+                bail!("--insecure and --ca-file apply to FTPS: use ftps://, ftpes:// or --tls");
+            }
+            return Ok(None);
+        }
+    };
+    let verification = match (&g.ca_file, g.insecure) {
+        (_, true) => Verification::Insecure,
+        (Some(file), false) => Verification::CaFile(file.clone()),
+        (None, false) => Verification::SystemRoots,
+    };
+    Ok(Some(ClientTls::new(mode, &verification)?))
+}
+
+fn client_config(g: &Global, u: &FtpUrl) -> anyhow::Result<ClientConfig> {
     let timeout = parse_secs(g.timeout, "--timeout")?;
     Ok(ClientConfig {
+        tls: client_tls(g, u)?,
         data_mode: if g.active {
             DataMode::Active
         } else {
@@ -157,7 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mlsd,
         } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             let path = (!u.path().is_empty()).then_some(u.path());
             let mut out = Vec::new();
             if names {
@@ -218,42 +241,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rm { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.delete(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Mv { url: u, to } => {
             let u = url(&u)?;
-            let to_path = if to.to_ascii_lowercase().starts_with("ftp://") {
+            let to_path = if FtpUrl::parse(&to).is_ok() {
                 url(&to)?.path().to_vec()
             } else {
                 to.into_bytes()
             };
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.rename(u.path(), &to_path).await?;
             client.quit().await?;
         }
         Cmd::Mkdir { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.mkdir(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Rmdir { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             client.rmdir(u.path()).await?;
             client.quit().await?;
         }
         Cmd::Size { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             println!("{}", client.size(u.path()).await?);
             client.quit().await?;
         }
         Cmd::Mdtm { url: u } => {
             let u = url(&u)?;
-            let mut client = Client::open(&u, client_config(g)?).await?;
+            let mut client = Client::open(&u, client_config(g, &u)?).await?;
             println!("{}", client.mdtm(u.path()).await?);
             client.quit().await?;
         }
@@ -307,7 +330,7 @@ async fn get(
     resume: bool,
     max_size: Option<u64>,
 ) -> anyhow::Result<()> {
-    let config = client_config(g)?;
+    let config = client_config(g, u)?;
     let to_stdout = output.as_deref() == Some(Path::new("-"));
     let path = match output {
         Some(p) => p,
@@ -393,7 +416,7 @@ async fn put(
     } else {
         u.path().to_vec()
     };
-    let mut client = Client::open(u, client_config(g)?).await?;
+    let mut client = Client::open(u, client_config(g, u)?).await?;
     let options = if resume {
         UploadOptions::resume(resume_with == ResumeUpload::Appe)
     } else {
@@ -439,6 +462,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.data_mode = load_data_mode(g)?;
     config.socket_buffer = socket_buffer(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?;
+    config.tls = client_tls(g, &config.url)?;
     let report = load::run(config).await;
     print_report(&report, args.json)?;
     if report.transfers == 0 && !report.errors.is_empty() {
@@ -472,6 +496,7 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     config.time_wait = parse_secs(args.time_wait, "--time-wait")?;
     config.timeout = parse_secs(g.timeout, "--timeout")?;
     config.data_mode = load_data_mode(g)?;
+    config.tls = client_tls(g, &config.url)?;
     let report = probe::run(&config).await?;
     print_report(&report, args.json)?;
     Ok(())
@@ -485,7 +510,7 @@ async fn run_doctor(g: &Global, args: DoctorArgs) -> anyhow::Result<()> {
     let report = doctor::examine(&input);
     let server_text = if let Some(u) = &args.server {
         let u = url(u)?;
-        let mut client = Client::open(&u, client_config(g)?).await?;
+        let mut client = Client::open(&u, client_config(g, &u)?).await?;
         let site = pasv_protocol::Command::Site(pasv_protocol::Argument::new(b"POOL".to_vec())?);
         let reply = client.command(&site).await?;
         client.quit().await.ok();

@@ -56,6 +56,12 @@ fn overrides(cli: &Cli) -> ConfigFile {
     o.ban_time = cli.ban_time;
     o.metrics = cli.metrics;
     o.log_format = cli.log_format.clone();
+    o.tls_cert = cli.tls_cert.clone();
+    o.tls_key = cli.tls_key.clone();
+    o.tls_self_signed = cli.tls_self_signed.then_some(true);
+    o.implicit_tls_listen = cli.implicit_tls_listen;
+    o.tls_required = cli.tls_required.clone();
+    o.tls_session_reuse = cli.tls_session_reuse.clone();
     o
 }
 

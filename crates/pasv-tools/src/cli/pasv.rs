@@ -52,6 +52,16 @@ pub struct Global {
     /// SO_RCVBUF/SO_SNDBUF for data sockets, bytes (k/m suffixes); default: kernel autotuning.
     #[arg(long, global = true, value_parser = parse_size)]
     pub socket_buffer: Option<u64>,
+    /// FTPS with AUTH TLS on an ftp:// URL (as ftpes://); ftps:// is implicit TLS.
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// FTPS: trust the certificates of this PEM file instead of the system's roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// FTPS: accept any certificate for any name. For tests only: anyone on the path can
+    /// read and change the session.
+    #[arg(long, global = true, conflicts_with = "ca_file")]
+    pub insecure: bool,
     /// No progress bar, no informational messages.
     #[arg(short, long, global = true)]
     pub quiet: bool,

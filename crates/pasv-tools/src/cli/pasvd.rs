@@ -158,6 +158,27 @@ pub struct Cli {
     /// xferlog is written either way).
     #[arg(long, env = "PASVD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// FTPS: PEM certificate chain, leaf first (with --tls-key; read again on SIGHUP).
+    #[arg(long, env = "PASVD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// FTPS: PEM private key of --tls-cert.
+    #[arg(long, env = "PASVD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// FTPS with a certificate generated at start: for development only, clients cannot
+    /// verify it.
+    #[arg(long, env = "PASVD_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+    /// Implicit FTPS listener (TLS from the first byte; usually port 990).
+    #[arg(long, env = "PASVD_IMPLICIT_TLS_LISTEN")]
+    pub implicit_tls_listen: Option<SocketAddr>,
+    /// What sessions must protect: none (default), login (no USER/PASS before AUTH TLS),
+    /// data (no transfer without PROT P) or all.
+    #[arg(long, env = "PASVD_TLS_REQUIRED")]
+    pub tls_required: Option<String>,
+    /// Protected data connections must resume their own control session's TLS session:
+    /// required (default) or off (for clients that never resume, such as Python's ftplib).
+    #[arg(long, env = "PASVD_TLS_SESSION_REUSE")]
+    pub tls_session_reuse: Option<String>,
 }
 
 /// What `pasvd` does instead of serving.

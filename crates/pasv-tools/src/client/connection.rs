@@ -7,12 +7,13 @@ use bytes::BytesMut;
 use pasv_protocol::{
     Argument, Command, EpsvArg, Password, Reply, ReplyClass, ReplyCode, ReplyDecoder, TransferType,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::data::{Download, Upload};
 use super::listing::{parse_mlsd, MlsdEntry};
 use super::retry::Backoff;
+use super::tls::{ClientTls, SessionTls, Stream, TlsMode};
 use super::{ClientError, FtpUrl, RetryPolicy};
 use crate::clock;
 
@@ -63,6 +64,8 @@ pub struct ClientConfig {
     pub data_socket_buffer: Option<u32>,
     /// Send `TYPE I` after login, so that SIZE and REST count bytes (RFC 3659 section 4).
     pub binary: bool,
+    /// FTPS: `None` (the default) speaks plain FTP.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +81,7 @@ impl Default for ClientConfig {
             stall_timeout: Duration::from_secs(30),
             data_socket_buffer: None,
             binary: true,
+            tls: None,
         }
     }
 }
@@ -126,7 +130,8 @@ pub enum ListCommand {
 /// can be sent while a data connection is open.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
+    tls: Option<SessionTls>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: ReplyDecoder,
@@ -164,7 +169,7 @@ impl Client {
         }
         let mut backoff = Backoff::new(config.retry);
         loop {
-            match Client::connect_once(&addrs, config.clone()).await {
+            match Client::connect_once(&addrs, host, config.clone()).await {
                 Ok(client) => return Ok(client),
                 Err(e) => backoff.retry(e).await?,
             }
@@ -176,7 +181,7 @@ impl Client {
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        Client::connect_once(&[addr], config).await
+        Client::connect_once(&[addr], &addr.ip().to_string(), config).await
     }
 
     /// Connects to the URL's host, reads the greeting and logs in (anonymously when the URL
@@ -198,7 +203,7 @@ impl Client {
         }
         loop {
             let attempt = async {
-                let mut client = Client::connect_once(&addrs, config.clone()).await?;
+                let mut client = Client::connect_once(&addrs, url.host(), config.clone()).await?;
                 client.login(url.user(), url.password()).await?;
                 Ok::<_, ClientError>(client)
             };
@@ -211,12 +216,13 @@ impl Client {
 
     async fn connect_once(
         addrs: &[SocketAddr],
+        host: &str,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
         let mut last = None;
         for &addr in addrs {
             match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Client::handshake(stream, config).await,
+                Ok(Ok(stream)) => return Client::handshake(stream, host, config).await,
                 Ok(Err(e)) => last = Some(ClientError::Io(e)),
                 Err(_) => last = Some(ClientError::Timeout("connect")),
             }
@@ -224,14 +230,32 @@ impl Client {
         Err(last.unwrap_or(ClientError::Closed))
     }
 
-    async fn handshake(stream: TcpStream, config: ClientConfig) -> Result<Client, ClientError> {
+    async fn handshake(
+        stream: TcpStream,
+        host: &str,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
         // Commands are small and each waits for its reply: Nagle's algorithm would only add
         // delay (up to the peer's delayed-ACK timer) to every round trip.
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
+        let tls = match &config.tls {
+            Some(settings) => Some(SessionTls::new(settings, host)?),
+            None => None,
+        };
+        let mut stream = Stream::Plain(stream);
+        if let Some(tls) = tls
+            .as_ref()
+            .filter(|t| t.settings.mode() == TlsMode::Implicit)
+        {
+            stream = tokio::time::timeout(config.reply_timeout, stream.upgrade(tls))
+                .await
+                .map_err(|_| ClientError::Timeout("TLS handshake"))??;
+        }
         let mut client = Client {
             stream,
+            tls,
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(512),
             decoder: ReplyDecoder::new(),
@@ -250,7 +274,74 @@ impl Client {
             return Err(ClientError::from_reply("greeting", greeting));
         }
         client.greeting = greeting;
+        if client.tls.is_some() && !client.stream.is_tls() {
+            client.auth_tls().await?;
+        }
         Ok(client)
+    }
+
+    /// AUTH TLS (RFC 4217 section 4), then the control connection's handshake.
+    async fn auth_tls(&mut self) -> Result<(), ClientError> {
+        self.expect(&Command::Auth(Argument::new(b"TLS".to_vec())?), |c| {
+            c == 234
+        })
+        .await?;
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        // Nothing may follow 234 in the clear: whatever was read after it is dropped.
+        self.rbuf.clear();
+        let plain = std::mem::replace(&mut self.stream, Stream::Gone);
+        let upgraded = tokio::time::timeout(self.config.reply_timeout, plain.upgrade(tls)).await;
+        match upgraded {
+            Ok(Ok(stream)) => {
+                self.stream = stream;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.broken = true;
+                Err(e)
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ClientError::Timeout("TLS handshake"))
+            }
+        }
+    }
+
+    /// PBSZ 0 and PROT P (or C): after login, as curl does (some servers want a user first).
+    async fn protect_data(&mut self) -> Result<(), ClientError> {
+        let Some(protect) = self.tls.as_ref().map(|t| t.settings.protects_data()) else {
+            return Ok(());
+        };
+        self.expect(&Command::Pbsz(Argument::new(b"0".to_vec())?), |c| c == 200)
+            .await?;
+        let level: &[u8] = if protect { b"P" } else { b"C" };
+        self.expect(&Command::Prot(Argument::new(level.to_vec())?), |c| c == 200)
+            .await?;
+        if let Some(tls) = &mut self.tls {
+            tls.data_protected = protect;
+        }
+        Ok(())
+    }
+
+    /// Whether the control connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Data connection handshakes so far: `(full, resumed)` (both 0 without PROT P).
+    pub fn data_handshakes(&self) -> (u64, u64) {
+        self.tls.as_ref().map_or((0, 0), |t| (t.full, t.resumed))
+    }
+
+    /// Whether protected data connections resume the control connection's TLS session (on
+    /// by default). Off, each one makes a full handshake: how `pasv probe` finds out whether
+    /// a server requires resumption.
+    pub fn set_data_resumption(&mut self, resume: bool) {
+        if let Some(tls) = &mut self.tls {
+            tls.resume_data = resume;
+        }
     }
 
     /// Logs in with USER, then PASS when asked (331), then `TYPE I` when configured.
@@ -273,7 +364,7 @@ impl Client {
             self.expect(&Command::Type(TransferType::Image), |c| c == 200)
                 .await?;
         }
-        Ok(())
+        self.protect_data().await
     }
 
     /// The server's greeting.
@@ -358,7 +449,21 @@ impl Client {
         let spare = self.rbuf.capacity() - self.rbuf.len();
         let start = self.rbuf.len();
         self.rbuf.resize(start + spare, 0);
-        match self.stream.try_read(&mut self.rbuf[start..]) {
+        let read = match &mut self.stream {
+            Stream::Plain(tcp) => tcp.try_read(&mut self.rbuf[start..]),
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+            tls @ Stream::Tls(_) => {
+                // Polled once with a waker that does nothing: ready data or EOF, or nothing.
+                let mut buf = tokio::io::ReadBuf::new(&mut self.rbuf[start..]);
+                let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+                match std::pin::Pin::new(tls).poll_read(&mut cx, &mut buf) {
+                    std::task::Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+                    std::task::Poll::Ready(Err(e)) => Err(e),
+                    std::task::Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        };
+        match read {
             Ok(0) => {
                 self.rbuf.truncate(start);
                 self.broken = true;
@@ -377,7 +482,11 @@ impl Client {
     pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
         self.wbuf.clear();
         command.encode(&mut self.wbuf);
-        if let Err(e) = self.stream.write_all(&self.wbuf).await {
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        if let Err(e) = write.await {
             self.broken = true;
             return Err(e.into());
         }
@@ -556,7 +665,7 @@ impl Client {
         command: &Command,
         offset: Option<u64>,
         backoff: &mut Backoff,
-    ) -> Result<(TcpStream, Option<Reply>), ClientError> {
+    ) -> Result<(Stream, Option<Reply>), ClientError> {
         loop {
             match self.try_start_transfer(command, offset).await {
                 Ok(started) => return Ok(started),
@@ -569,7 +678,7 @@ impl Client {
         &mut self,
         command: &Command,
         offset: Option<u64>,
-    ) -> Result<(TcpStream, Option<Reply>), ClientError> {
+    ) -> Result<(Stream, Option<Reply>), ClientError> {
         let pending = if self.config.data_mode == DataMode::Active {
             PendingData::Listening(self.listen_active().await?)
         } else {
@@ -581,16 +690,76 @@ impl Client {
             self.expect(&Command::Rest(offset), |c| c == 350).await?;
         }
         self.send(command).await?;
-        let reply = self.read_reply().await?;
+        let protected = self.tls.as_ref().is_some_and(|t| t.data_protected);
+        let (reply, stream) = match pending {
+            PendingData::Connected(tcp) if protected => {
+                // The handshake runs while the preliminary reply is awaited: servers differ
+                // on whether they send 150 before or after the data connection's handshake.
+                let handshake = match &self.tls {
+                    Some(tls) => tls.data_handshake(tcp)?,
+                    None => return Err(ClientError::Closed),
+                };
+                let mut handshake =
+                    std::pin::pin!(tokio::time::timeout(self.config.data_timeout, handshake));
+                let mut done = None;
+                let reply = tokio::select! {
+                    reply = self.read_reply() => reply?,
+                    finished = &mut handshake => {
+                        done = Some(finished);
+                        self.read_reply().await?
+                    }
+                };
+                if !matches!(
+                    reply.code().class(),
+                    ReplyClass::PositivePreliminary | ReplyClass::PositiveCompletion
+                ) {
+                    return Err(ClientError::from_reply(command.verb(), reply));
+                }
+                let finished = match done {
+                    Some(finished) => finished,
+                    None => handshake.await,
+                };
+                let (stream, resumed) = finished
+                    .map_err(|_| ClientError::Timeout("data connection TLS handshake"))??;
+                if let Some(tls) = &mut self.tls {
+                    tls.count(resumed);
+                }
+                (reply, stream)
+            }
+            PendingData::Connected(tcp) => (self.read_reply().await?, Stream::Plain(tcp)),
+            PendingData::Listening(listener) => {
+                let reply = self.read_reply().await?;
+                if !matches!(
+                    reply.code().class(),
+                    ReplyClass::PositivePreliminary | ReplyClass::PositiveCompletion
+                ) {
+                    return Err(ClientError::from_reply(command.verb(), reply));
+                }
+                let tcp = self.accept_data(listener).await?;
+                let stream = match &self.tls {
+                    Some(tls) if protected => {
+                        let handshake = tls.data_handshake(tcp)?;
+                        let (stream, resumed) =
+                            tokio::time::timeout(self.config.data_timeout, handshake)
+                                .await
+                                .map_err(|_| {
+                                    ClientError::Timeout("data connection TLS handshake")
+                                })??;
+                        if let Some(tls) = &mut self.tls {
+                            tls.count(resumed);
+                        }
+                        stream
+                    }
+                    _ => Stream::Plain(tcp),
+                };
+                (reply, stream)
+            }
+        };
         let early_final = match reply.code().class() {
             ReplyClass::PositivePreliminary => None,
             // A server may answer an empty listing with 226 and no 150.
             ReplyClass::PositiveCompletion => Some(reply),
             _ => return Err(ClientError::from_reply(command.verb(), reply)),
-        };
-        let stream = match pending {
-            PendingData::Connected(stream) => stream,
-            PendingData::Listening(listener) => self.accept_data(listener).await?,
         };
         Ok((stream, early_final))
     }

@@ -7,11 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pasv_protocol::{Command, Reply};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use super::error::Stalled;
+use super::tls::Stream;
 use super::{Client, ClientError};
 use crate::clock;
 
@@ -33,7 +33,7 @@ pub struct Upload<'a>(Transfer<'a>);
 #[derive(Debug)]
 struct Transfer<'a> {
     client: &'a mut Client,
-    data: Option<TcpStream>,
+    data: Option<Stream>,
     early_final: Option<Reply>,
     verb: &'static str,
     bytes: u64,
@@ -93,7 +93,7 @@ impl Stall {
 impl<'a> Transfer<'a> {
     fn new(
         client: &'a mut Client,
-        data: TcpStream,
+        data: Stream,
         early_final: Option<Reply>,
         verb: &'static str,
     ) -> Transfer<'a> {
@@ -111,7 +111,7 @@ impl<'a> Transfer<'a> {
 
     /// From here on the final reply is read by this call, not left for the client to skip.
     /// Returns the data connection, for the caller to close.
-    fn settle(&mut self) -> Option<TcpStream> {
+    fn settle(&mut self) -> Option<Stream> {
         self.done = true;
         self.data.take()
     }
@@ -137,7 +137,7 @@ impl Drop for Transfer<'_> {
 impl<'a> Download<'a> {
     pub(crate) fn new(
         client: &'a mut Client,
-        data: TcpStream,
+        data: Stream,
         early_final: Option<Reply>,
         verb: &'static str,
     ) -> Download<'a> {
@@ -204,7 +204,7 @@ impl AsyncRead for Download<'_> {
 impl<'a> Upload<'a> {
     pub(crate) fn new(
         client: &'a mut Client,
-        data: TcpStream,
+        data: Stream,
         early_final: Option<Reply>,
         verb: &'static str,
     ) -> Upload<'a> {
@@ -224,6 +224,17 @@ impl<'a> Upload<'a> {
             // reply below says why, which is more useful than the socket error.
             if let Err(e) = data.shutdown().await {
                 tracing::debug!(error = %e, "data shutdown failed");
+            } else if data.is_tls() {
+                // Read what the server sent after the handshake until it closes: TLS 1.3
+                // tickets, which a client that never reads an upload's data connection would
+                // otherwise leave unread, spending one ticket per upload until none is left
+                // and data connections can no longer resume. Bounded by the stall timeout.
+                let limit = self.0.client.config().stall_timeout;
+                let drain = async {
+                    let mut sink = [0u8; 512];
+                    while matches!(data.read(&mut sink).await, Ok(n) if n > 0) {}
+                };
+                let _ = tokio::time::timeout(limit, drain).await;
             }
         }
         self.0.final_reply().await

@@ -108,6 +108,14 @@ pub enum ClientError {
     /// The URL could not be parsed.
     #[error("invalid url: {0}")]
     Url(#[from] UrlError),
+    /// A TLS handshake failed or TLS could not be set up (`what` says which step).
+    #[error("TLS {what}: {reason}")]
+    Tls {
+        /// The step: `control connection handshake`, `data connection handshake`, `ca file`...
+        what: &'static str,
+        /// rustls' or the system's reason.
+        reason: String,
+    },
     /// The host name resolved to no address.
     #[error("host {0:?} resolved to no address")]
     NoAddress(String),
@@ -198,6 +206,7 @@ impl ClientError {
             ClientError::InvalidArgument(_) => "invalid_argument".into(),
             ClientError::Url(_) => "url".into(),
             ClientError::NoAddress(_) => "no_address".into(),
+            ClientError::Tls { .. } => "tls".into(),
         }
     }
 

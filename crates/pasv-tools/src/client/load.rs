@@ -20,7 +20,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Client, ClientConfig, ClientError, DataMode, Download, FtpUrl, ListCommand};
+use super::{
+    Client, ClientConfig, ClientError, ClientTls, DataMode, Download, FtpUrl, ListCommand,
+};
 use crate::clock;
 
 /// Relative weights of the operations a session loops over.
@@ -129,6 +131,9 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// SO_RCVBUF/SO_SNDBUF for data sockets (`None`: kernel autotuning).
     pub socket_buffer: Option<u32>,
+    /// FTPS (`None`: plain FTP); each session resumes its own control connection's TLS
+    /// session on its data connections.
+    pub tls: Option<ClientTls>,
 }
 
 impl LoadConfig {
@@ -148,6 +153,7 @@ impl LoadConfig {
             data_mode: DataMode::Pasv,
             timeout: Duration::from_secs(10),
             socket_buffer: None,
+            tls: None,
         }
     }
 }
@@ -211,6 +217,12 @@ pub struct LoadReport {
     pub loadgen_cpu_s: Option<f64>,
     /// `loadgen_cpu_s` / `elapsed_s`: cores the generator kept busy.
     pub loadgen_cpu_cores: Option<f64>,
+    /// Whether the run used FTPS.
+    pub tls: bool,
+    /// FTPS data connection handshakes that were full (no session resumed).
+    pub tls_data_handshakes_full: u64,
+    /// FTPS data connection handshakes that resumed the control connection's TLS session.
+    pub tls_data_handshakes_resumed: u64,
 }
 
 const MAX_ERROR_TEXTS: usize = 32;
@@ -228,6 +240,8 @@ struct SessionStats {
     ports: BTreeSet<u16>,
     ports_outside_range: u64,
     passive_replies: u64,
+    handshakes_full: u64,
+    handshakes_resumed: u64,
 }
 
 impl SessionStats {
@@ -248,7 +262,16 @@ impl SessionStats {
             ports: BTreeSet::new(),
             ports_outside_range: 0,
             passive_replies: 0,
+            handshakes_full: 0,
+            handshakes_resumed: 0,
         }
+    }
+
+    /// Counts the data handshakes of a client that is done with.
+    fn absorb(&mut self, client: &Client) {
+        let (full, resumed) = client.data_handshakes();
+        self.handshakes_full += full;
+        self.handshakes_resumed += resumed;
     }
 
     fn error(&mut self, key: String, text: String) {
@@ -275,6 +298,8 @@ impl SessionStats {
         self.ports.extend(other.ports);
         self.ports_outside_range += other.ports_outside_range;
         self.passive_replies += other.passive_replies;
+        self.handshakes_full += other.handshakes_full;
+        self.handshakes_resumed += other.handshakes_resumed;
     }
 }
 
@@ -356,6 +381,9 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         passive_replies: total.passive_replies,
         loadgen_cpu_s: cpu,
         loadgen_cpu_cores: cpu.map(|c| c / elapsed),
+        tls: config.tls.is_some(),
+        tls_data_handshakes_full: total.handshakes_full,
+        tls_data_handshakes_resumed: total.handshakes_resumed,
     }
 }
 
@@ -374,6 +402,7 @@ async fn run_session(
     let list_dir = config.url.parent().to_vec();
     let client_config = ClientConfig {
         data_socket_buffer: config.socket_buffer,
+        tls: config.tls.clone(),
         ..ClientConfig::measuring(config.data_mode, config.timeout)
     };
     let mut stored = false;
@@ -463,15 +492,18 @@ async fn run_session(
         }
         if cut_short {
             // The session is mid-transfer and the run is over: drop it without QUIT.
+            stats.absorb(&c);
             break;
         }
         if c.is_broken() {
+            stats.absorb(&c);
             stats.sessions_lost += 1;
         } else {
             client = Some(c);
         }
     }
     if let Some(mut c) = client {
+        stats.absorb(&c);
         if stored && config.delete_after {
             if let Err(e) = c.delete(stor_path.as_bytes()).await {
                 stats.error(format!("delete_{}", e.kind()), format!("delete: {e}"));
@@ -568,6 +600,21 @@ impl fmt::Display for LoadReport {
                 self.ports_seen, self.ports_outside_range, self.passive_replies
             )?,
             _ => writeln!(f, "passive ports     none seen")?,
+        }
+        if self.tls {
+            let all = self.tls_data_handshakes_full + self.tls_data_handshakes_resumed;
+            writeln!(
+                f,
+                "tls data          {} handshakes: {} resumed ({:.1}%), {} full",
+                all,
+                self.tls_data_handshakes_resumed,
+                if all == 0 {
+                    0.0
+                } else {
+                    100.0 * self.tls_data_handshakes_resumed as f64 / all as f64
+                },
+                self.tls_data_handshakes_full
+            )?;
         }
         if let Some(cores) = self.loadgen_cpu_cores {
             writeln!(f, "generator cpu     {:.2} cores", cores)?;

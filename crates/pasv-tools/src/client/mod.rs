@@ -46,6 +46,7 @@ pub mod load;
 pub mod plan;
 pub mod probe;
 mod retry;
+mod tls;
 mod transfer;
 mod url;
 
@@ -55,8 +56,9 @@ pub use error::ClientError;
 pub use escape::{escape_bytes, escape_text};
 pub use listing::{parse_mlsd, EntryKind, MlsdEntry};
 pub use retry::RetryPolicy;
+pub use tls::{ClientTls, TlsMode, Verification};
 pub use transfer::{DownloadOptions, DownloadReport, UploadOptions, UploadReport};
 pub use url::{
     percent_decode, percent_encode, FtpUrl, UrlError, ANONYMOUS_PASSWORD, ANONYMOUS_USER,
-    DEFAULT_PORT,
+    DEFAULT_PORT, IMPLICIT_TLS_PORT,
 };

@@ -15,6 +15,10 @@
 //! 3. **Push.** Up to `push_sessions` further sessions each take one passive listener and
 //!    hold it, until the server runs out; what it does then (425 and its text, a port
 //!    outside the range, a killed session, a refused login) is reported.
+//!
+//! Before them, FEAT tells whether the server offers TLS (`AUTH TLS`), and over FTPS one
+//! listing whose data connection resumes the control connection's TLS session and one whose
+//! data connection does not tell whether the server requires session reuse.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -23,7 +27,9 @@ use std::time::Duration;
 use pasv_pool::capacity;
 use serde::Serialize;
 
-use super::{Client, ClientConfig, ClientError, DataMode, FtpUrl, ListCommand};
+use pasv_protocol::Command;
+
+use super::{Client, ClientConfig, ClientError, ClientTls, DataMode, FtpUrl, ListCommand};
 use crate::clock;
 
 /// What to probe and how hard.
@@ -45,6 +51,8 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     /// The quarantine assumed for the capacity estimates (Linux TIME_WAIT: 60 s).
     pub time_wait: Duration,
+    /// FTPS (`None`: plain FTP, and only FEAT tells about TLS).
+    pub tls: Option<ClientTls>,
 }
 
 impl ProbeConfig {
@@ -58,8 +66,31 @@ impl ProbeConfig {
             data_mode: DataMode::Pasv,
             timeout: Duration::from_secs(5),
             time_wait: Duration::from_secs(60),
+            tls: None,
         }
     }
+}
+
+/// What the probe found out about FTPS.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsFindings {
+    /// FEAT lists `AUTH TLS` (or `AUTH SSL`); `null` when FEAT failed.
+    pub auth_tls_advertised: Option<bool>,
+    /// FEAT lists `PBSZ` and `PROT`.
+    pub prot_advertised: Option<bool>,
+    /// A plaintext connection's `AUTH TLS` got 234 (FEAT may not list it: vsftpd leaves it
+    /// out unless TLS 1.0 is enabled); `null` when the probe could not ask (implicit FTPS).
+    pub auth_tls_accepted: Option<bool>,
+    /// The probe spoke FTPS (its control connection is encrypted).
+    pub control_encrypted: bool,
+    /// A data connection that resumed the control connection's TLS session was served;
+    /// `null` without FTPS.
+    pub resumed_data_served: Option<bool>,
+    /// The server refused a data connection that did not resume (full handshake):
+    /// `true` it requires session reuse, `false` it served it, `null` untested.
+    pub requires_session_reuse: Option<bool>,
+    /// How the server refused the data connection without resumption.
+    pub refusal: Option<String>,
 }
 
 /// What happened when the range ran out.
@@ -138,13 +169,35 @@ pub struct ProbeReport {
     pub capacity: Option<CapacityEstimate>,
     /// Whether the server refused EPSV (in `auto` mode).
     pub epsv_refused: bool,
+    /// FTPS: offered, and whether session reuse is required.
+    pub tls: TlsFindings,
 }
 
 /// Runs the probe.
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
-    let client_config = ClientConfig::measuring(config.data_mode, config.timeout);
+    let client_config = ClientConfig {
+        tls: config.tls.clone(),
+        ..ClientConfig::measuring(config.data_mode, config.timeout)
+    };
     let mut exhaustion = Exhaustion::default();
     let mut client = Client::open(&config.url, client_config.clone()).await?;
+
+    // Phase 0: TLS.
+    let mut tls = probe_tls(&mut client, &config.url).await;
+    if config.tls.as_ref().map(ClientTls::mode) != Some(super::TlsMode::Implicit) {
+        tls.auth_tls_accepted = auth_tls_accepted(config).await;
+    }
+    // A server may end the session after refusing a data connection (vsftpd does after its
+    // 522): the phases below start on a live one.
+    if tls.control_encrypted
+        && (client.is_broken()
+            || !matches!(
+                tokio::time::timeout(config.timeout, client.noop()).await,
+                Ok(Ok(()))
+            ))
+    {
+        client = Client::open(&config.url, client_config.clone()).await?;
+    }
 
     // Phase 1: offers without connecting.
     let mut offers: Vec<u16> = Vec::with_capacity(config.count);
@@ -255,7 +308,75 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ClientError> {
         exhaustion,
         capacity,
         epsv_refused,
+        tls,
     })
+}
+
+/// Whether the server answers `AUTH TLS` with 234 on a new plaintext connection (closed right
+/// after, before any handshake).
+async fn auth_tls_accepted(config: &ProbeConfig) -> Option<bool> {
+    let plain = ClientConfig::measuring(config.data_mode, config.timeout);
+    let mut client = Client::connect(config.url.host(), config.url.port(), plain)
+        .await
+        .ok()?;
+    let auth = pasv_protocol::Argument::new(b"TLS".to_vec()).ok()?;
+    let reply = client.command(&Command::Auth(auth)).await.ok()?;
+    Some(reply.code().get() == 234)
+}
+
+/// FEAT, and over FTPS a listing with and one without TLS session resumption.
+async fn probe_tls(client: &mut Client, url: &FtpUrl) -> TlsFindings {
+    let mut findings = TlsFindings {
+        control_encrypted: client.is_tls(),
+        ..TlsFindings::default()
+    };
+    if let Ok(reply) = client.command(&Command::Feat).await {
+        if reply.code().get() == 211 {
+            let features: Vec<String> = reply
+                .lines()
+                .iter()
+                .map(|l| l.to_string_lossy().trim().to_ascii_uppercase())
+                .collect();
+            let has = |f: &str| {
+                features
+                    .iter()
+                    .any(|l| l.split_whitespace().next() == Some(f))
+            };
+            findings.auth_tls_advertised = Some(features.iter().any(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some("AUTH")
+                    && words.any(|w| w.split(';').any(|m| m == "TLS" || m == "SSL"))
+            }));
+            findings.prot_advertised = Some(has("PBSZ") && has("PROT"));
+        } else {
+            findings.auth_tls_advertised = Some(false);
+        }
+    }
+    if !client.is_tls() {
+        return findings;
+    }
+    let dir = url.path().to_vec();
+    findings.resumed_data_served = Some(list_once(client, &dir).await.is_ok());
+    if client.is_broken() {
+        return findings;
+    }
+    client.set_data_resumption(false);
+    let fresh = list_once(client, &dir).await;
+    client.set_data_resumption(true);
+    match fresh {
+        Ok(()) => findings.requires_session_reuse = Some(false),
+        // Refused after the handshake (the connection closed, or a 4xx/5xx reply): the
+        // server wants resumption. Only meaningful when the resumed one was served.
+        Err(e) if findings.resumed_data_served == Some(true) => {
+            findings.requires_session_reuse = Some(true);
+            findings.refusal = Some(e.to_string());
+            if !client.is_broken() {
+                client.check_connection();
+            }
+        }
+        Err(e) => findings.refusal = Some(e.to_string()),
+    }
+    findings
 }
 
 async fn list_once(client: &mut Client, dir: &[u8]) -> Result<(), ClientError> {
@@ -417,6 +538,40 @@ impl fmt::Display for ProbeReport {
     /// The human summary `pasv probe` prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "target              {}", self.target)?;
+        let t = &self.tls;
+        let yes_no = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        writeln!(
+            f,
+            "TLS offered         AUTH TLS accepted: {}; FEAT lists AUTH TLS: {}, PBSZ/PROT: {}{}",
+            yes_no(t.auth_tls_accepted),
+            yes_no(t.auth_tls_advertised),
+            yes_no(t.prot_advertised),
+            if t.control_encrypted {
+                "; this probe's control connection is encrypted"
+            } else {
+                ""
+            }
+        )?;
+        if t.control_encrypted {
+            writeln!(
+                f,
+                "TLS session reuse   {}; resumed data connection served: {}{}",
+                match t.requires_session_reuse {
+                    Some(true) => "required (a data connection without resumption was refused)",
+                    Some(false) => "not required (a data connection without resumption was served)",
+                    None => "unknown",
+                },
+                yes_no(t.resumed_data_served),
+                t.refusal
+                    .as_deref()
+                    .map(|r| format!(" [{r}]"))
+                    .unwrap_or_default()
+            )?;
+        }
         match (self.min_port, self.max_port, self.range_size) {
             (Some(lo), Some(hi), Some(n)) => writeln!(
                 f,

@@ -1,9 +1,16 @@
-//! `ftp://[user[:password]@]host[:port]/path` URLs (RFC 1738 section 3.2, RFC 3986 syntax).
+//! `ftp://[user[:password]@]host[:port]/path` URLs (RFC 1738 section 3.2, RFC 3986 syntax),
+//! and their FTPS forms: `ftps://` (implicit TLS, port 990) and `ftpes://` (explicit TLS,
+//! `AUTH TLS` on port 21), the schemes curl and lftp use.
 
 use std::fmt;
 
+use super::tls::TlsMode;
+
 /// The default FTP control port (RFC 959).
 pub const DEFAULT_PORT: u16 = 21;
+
+/// The default port of implicit FTPS (`ftps://`).
+pub const IMPLICIT_TLS_PORT: u16 = 990;
 
 /// The user name sent when a URL names none (RFC 1635).
 pub const ANONYMOUS_USER: &str = "anonymous";
@@ -16,8 +23,8 @@ pub const ANONYMOUS_PASSWORD: &str = "anonymous@example.invalid";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UrlError {
-    /// The URL does not start with `ftp://`.
-    #[error("url must start with ftp://")]
+    /// The URL does not start with `ftp://`, `ftps://` or `ftpes://`.
+    #[error("url must start with ftp://, ftps:// (implicit TLS) or ftpes:// (explicit TLS)")]
     Scheme,
     /// The authority has no host.
     #[error("url has no host")]
@@ -43,6 +50,7 @@ pub enum UrlError {
 /// slash (`ftp://host/%2Fetc`) makes it absolute. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FtpUrl {
+    tls: Option<TlsMode>,
     host: String,
     port: u16,
     user: Option<String>,
@@ -51,9 +59,16 @@ pub struct FtpUrl {
 }
 
 impl FtpUrl {
-    /// Parses `ftp://[user[:password]@]host[:port][/path]`.
+    /// Parses `ftp://[user[:password]@]host[:port][/path]` (or `ftps://`, `ftpes://`).
     pub fn parse(input: &str) -> Result<FtpUrl, UrlError> {
-        let rest = strip_prefix_ignore_case(input, "ftp://").ok_or(UrlError::Scheme)?;
+        let (tls, rest) = [
+            ("ftp://", None),
+            ("ftps://", Some(TlsMode::Implicit)),
+            ("ftpes://", Some(TlsMode::Explicit)),
+        ]
+        .into_iter()
+        .find_map(|(scheme, tls)| strip_prefix_ignore_case(input, scheme).map(|r| (tls, r)))
+        .ok_or(UrlError::Scheme)?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -72,13 +87,18 @@ impl FtpUrl {
                 None => (Some(decode_credential(info)?), None),
             },
         };
-        let (host, port) = split_host_port(hostport)?;
+        let default_port = match tls {
+            Some(TlsMode::Implicit) => IMPLICIT_TLS_PORT,
+            _ => DEFAULT_PORT,
+        };
+        let (host, port) = split_host_port(hostport, default_port)?;
         if host.is_empty() {
             return Err(UrlError::MissingHost);
         }
         // `;type=i` (RFC 1738) selects the transfer type; binary is the only type we use.
         let path = path.split(";type=").next().unwrap_or("");
         Ok(FtpUrl {
+            tls,
             host: host.to_owned(),
             port,
             user: user.filter(|u| !u.is_empty()),
@@ -90,6 +110,7 @@ impl FtpUrl {
     /// Builds a URL from parts (the path as raw bytes, not percent-encoded).
     pub fn new(host: impl Into<String>, port: u16, path: impl Into<Vec<u8>>) -> FtpUrl {
         FtpUrl {
+            tls: None,
             host: host.into(),
             port,
             user: None,
@@ -104,6 +125,19 @@ impl FtpUrl {
         self.user = Some(user.into());
         self.password = Some(password.into());
         self
+    }
+
+    /// Sets the TLS mode (`None`: plain FTP).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<TlsMode>) -> FtpUrl {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS mode the scheme asks for: `ftps://` implicit, `ftpes://` explicit, `ftp://`
+    /// none.
+    pub fn tls(&self) -> Option<TlsMode> {
+        self.tls
     }
 
     /// Replaces the path.
@@ -176,6 +210,7 @@ impl FtpUrl {
 impl fmt::Debug for FtpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FtpUrl")
+            .field("tls", &self.tls)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user)
@@ -188,7 +223,12 @@ impl fmt::Debug for FtpUrl {
 /// Shows the URL without its password.
 impl fmt::Display for FtpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ftp://")?;
+        let scheme = match self.tls {
+            None => "ftp",
+            Some(TlsMode::Implicit) => "ftps",
+            Some(TlsMode::Explicit) => "ftpes",
+        };
+        write!(f, "{scheme}://")?;
         if let Some(user) = &self.user {
             write!(f, "{}@", percent_encode(user.as_bytes()))?;
         }
@@ -207,7 +247,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-fn split_host_port(hostport: &str) -> Result<(&str, u16), UrlError> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(&str, u16), UrlError> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let end = rest.find(']').ok_or(UrlError::Ipv6)?;
         let after = &rest[end + 1..];
@@ -224,7 +264,7 @@ fn split_host_port(hostport: &str) -> Result<(&str, u16), UrlError> {
         }
     };
     let port = match port {
-        None | Some("") => DEFAULT_PORT,
+        None | Some("") => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => return Err(UrlError::Port(p.to_owned())),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use pasv_pool::{QuarantineScope, StrategyKind};
 use serde::Deserialize;
 
+use super::tls::{CertSource, SessionReuse, TlsRequired};
 use super::ServerError;
 
 /// How passive listeners are bound.
@@ -237,6 +238,18 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The format of the log on stderr (read by `pasvd` when it sets up its log).
     pub log_format: LogFormat,
+    /// PEM certificate chain (leaf first) for FTPS; needs `tls_key`. Read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate at start (development only; a warning is logged).
+    pub tls_self_signed: bool,
+    /// Address of the implicit FTPS listener (TLS from the first byte, usually port 990).
+    pub implicit_tls_listen: Option<SocketAddr>,
+    /// What a session must protect with TLS.
+    pub tls_required: TlsRequired,
+    /// Whether protected data connections must resume their control session's TLS session.
+    pub tls_session_reuse: SessionReuse,
 }
 
 impl Default for Config {
@@ -291,6 +304,12 @@ impl Default for Config {
             run_as: None,
             metrics: None,
             log_format: LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            implicit_tls_listen: None,
+            tls_required: TlsRequired::None,
+            tls_session_reuse: SessionReuse::Required,
         }
     }
 }
@@ -440,6 +459,14 @@ impl Config {
                 .as_deref()
                 .map_or_else(|| "(none)".to_owned(), quote),
         );
+        for (key, value) in super::tls::describe(
+            self.tls_source().as_ref(),
+            self.implicit_tls_listen,
+            self.tls_required,
+            self.tls_session_reuse,
+        ) {
+            line(key, value);
+        }
         out
     }
 
@@ -455,6 +482,67 @@ impl Config {
         } else {
             self.listener_mode
         }
+    }
+
+    /// Where the FTPS certificate comes from; `None` when FTPS is not configured.
+    pub fn tls_source(&self) -> Option<CertSource> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ if self.tls_self_signed => {
+                let mut names = vec!["localhost".to_owned()];
+                for addr in [Some(self.listen), self.implicit_tls_listen]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !addr.ip().is_unspecified() {
+                        names.push(addr.ip().to_string());
+                    }
+                }
+                names.dedup();
+                Some(CertSource::SelfSigned { names })
+            }
+            _ => None,
+        }
+    }
+
+    /// The FTPS settings' own checks (part of [`Config::validate`]).
+    fn validate_tls(&self) -> Result<(), ServerError> {
+        let bad = |reason: &str| {
+            Err(ServerError::Config {
+                reason: reason.to_owned(),
+            })
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return bad("tls_cert (--tls-cert) needs tls_key (--tls-key)"),
+            (None, Some(_)) => return bad("tls_key (--tls-key) needs tls_cert (--tls-cert)"),
+            (Some(_), Some(_)) if self.tls_self_signed => {
+                return bad(
+                    "tls_self_signed (--tls-self-signed) and tls_cert/tls_key (--tls-cert, \
+                     --tls-key) exclude each other",
+                )
+            }
+            _ => {}
+        }
+        let configured = self.tls_source().is_some();
+        if !configured && self.implicit_tls_listen.is_some() {
+            return bad(
+                "implicit_tls_listen (--implicit-tls-listen) needs a certificate: tls_cert and \
+                 tls_key (--tls-cert, --tls-key) or tls_self_signed (--tls-self-signed)",
+            );
+        }
+        if !configured && self.tls_required != TlsRequired::None {
+            return bad(
+                "tls_required (--tls-required) needs a certificate: tls_cert and tls_key \
+                 (--tls-cert, --tls-key) or tls_self_signed (--tls-self-signed)",
+            );
+        }
+        if self.implicit_tls_listen.is_some() && self.implicit_tls_listen == Some(self.listen) {
+            return bad("implicit_tls_listen (--implicit-tls-listen) is the listen address");
+        }
+        Ok(())
     }
 
     /// The quarantine scope in effect: the configured one, else derived from SO_REUSEADDR.
@@ -655,6 +743,7 @@ impl Config {
             MIN_BUFFER,
             MAX_BUFFER,
         )?;
+        self.validate_tls()?;
         Ok(())
     }
 }
@@ -774,6 +863,14 @@ pub struct ConfigFile {
     pub metrics: Option<SocketAddr>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub implicit_tls_listen: Option<SocketAddr>,
+    /// `none`, `login`, `data` or `all`.
+    pub tls_required: Option<String>,
+    /// `required` or `off`.
+    pub tls_session_reuse: Option<String>,
 }
 
 /// Seconds from a file or a flag: finite, not negative, at most [`MAX_DURATION`].
@@ -1023,6 +1120,24 @@ impl ConfigFile {
         }
         if let Some(v) = self.log_format {
             config.log_format = v.parse().map_err(cfg)?;
+        }
+        if let Some(v) = self.tls_cert {
+            config.tls_cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            config.tls_key = Some(v);
+        }
+        if let Some(v) = self.tls_self_signed {
+            config.tls_self_signed = v;
+        }
+        if let Some(v) = self.implicit_tls_listen {
+            config.implicit_tls_listen = Some(v);
+        }
+        if let Some(v) = self.tls_required {
+            config.tls_required = v.parse().map_err(cfg)?;
+        }
+        if let Some(v) = self.tls_session_reuse {
+            config.tls_session_reuse = v.parse().map_err(cfg)?;
         }
         if let Some(v) = self.listener_mode {
             config.listener_mode = v.parse().map_err(cfg)?;

@@ -116,8 +116,8 @@ mod busy_poll;
 pub mod config;
 mod defender;
 mod demo;
-mod limits;
 pub mod kernel;
+mod limits;
 mod listing;
 mod metrics;
 mod passive;
@@ -125,6 +125,7 @@ mod privileges;
 mod proxy;
 mod public;
 mod session;
+pub mod tls;
 mod transfer;
 mod users;
 mod vfs;
@@ -402,6 +403,9 @@ pub fn check_config(config: &Config) -> Result<usize, ServerError> {
         path: config.root.clone(),
         source,
     })?;
+    // Loads the certificate and key: a file that is unreadable or a key that does not fit
+    // the certificate is reported now, not at the first AUTH TLS.
+    tls::TlsServer::from_config(config)?;
     Ok(users.count())
 }
 

@@ -1,0 +1,554 @@
+//! FTPS building blocks for the server: settings, a reloadable certificate, and TLS
+//! acceptors bound to one control session.
+//!
+//! # Data connections bound to their own session
+//!
+//! Every control session gets its own [`SessionTls`]: a rustls [`ServerConfig`] that shares
+//! the server's certificate resolver ([`CertResolver`]) but has a session cache and a ticket
+//! key of its own, used for that session's control connection and for its data connections
+//! only. A TLS session (TLS 1.2 session id or ticket, TLS 1.3 ticket) issued on one control
+//! session is unknown to every other session's cache and does not decrypt under any other
+//! session's ticket key, so a data connection that offers it gets a full handshake, which
+//! [`SessionTls::accept_data`] refuses when reuse is required ([`SessionReuse::Required`]):
+//! a data connection must *resume its own control session's* TLS session, not just *a*
+//! session. That closes the port theft that the address check cannot (a thief behind the
+//! same NAT as the client).
+//!
+//! rustls resumes TLS 1.2 through session ids ([`ServerConfig::session_storage`], looked
+//! up, reusable) and tickets ([`ServerConfig::ticketer`]); TLS 1.3 through tickets, which
+//! are single-use when they come from the session storage and reusable when they are
+//! encrypted by a ticketer. FTP clients built on OpenSSL or GnuTLS offer the same ticket for
+//! every data connection, so each session has its own ticketer (stateless, reusable
+//! tickets) and its own small session cache (TLS 1.2 session ids). See docs/FTPS.md.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// What a session must protect with TLS (`tls_required`, `--tls-required`), like vsftpd's
+/// `force_local_logins_ssl` / `force_local_data_ssl` and ProFTPD's `TLSRequired`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TlsRequired {
+    /// Nothing (the default): plaintext sessions are served as before.
+    #[default]
+    None,
+    /// USER and PASS are refused before AUTH TLS.
+    Login,
+    /// Transfers are refused without PROT P.
+    Data,
+    /// Both.
+    All,
+}
+
+impl TlsRequired {
+    /// Whether USER/PASS need a TLS control connection.
+    pub fn login(self) -> bool {
+        matches!(self, TlsRequired::Login | TlsRequired::All)
+    }
+
+    /// Whether transfers need PROT P.
+    pub fn data(self) -> bool {
+        matches!(self, TlsRequired::Data | TlsRequired::All)
+    }
+
+    /// The name used in the TOML file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsRequired::None => "none",
+            TlsRequired::Login => "login",
+            TlsRequired::Data => "data",
+            TlsRequired::All => "all",
+        }
+    }
+}
+
+impl FromStr for TlsRequired {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "off" => Ok(TlsRequired::None),
+            "login" | "control" => Ok(TlsRequired::Login),
+            "data" => Ok(TlsRequired::Data),
+            "all" | "both" => Ok(TlsRequired::All),
+            _ => Err(format!(
+                "unknown tls_required {s:?} (none, login, data or all)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TlsRequired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether a protected data connection must resume its control session's TLS session
+/// (`tls_session_reuse`, `--tls-session-reuse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionReuse {
+    /// A data connection whose handshake did not resume a TLS session of its own control
+    /// session is refused (the default).
+    #[default]
+    Required,
+    /// Any successful handshake is accepted (for clients that never resume, such as
+    /// Python's `ftplib.FTP_TLS` unless told to).
+    Off,
+}
+
+impl SessionReuse {
+    /// The name used in the TOML file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionReuse::Required => "required",
+            SessionReuse::Off => "off",
+        }
+    }
+}
+
+impl FromStr for SessionReuse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "required" | "on" | "yes" => Ok(SessionReuse::Required),
+            "off" | "no" => Ok(SessionReuse::Off),
+            _ => Err(format!("unknown tls_session_reuse {s:?} (required or off)")),
+        }
+    }
+}
+
+impl fmt::Display for SessionReuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why TLS could not be set up or a certificate not (re)loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A certificate or key file is unreadable or holds no usable PEM item.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key does not fit the certificate, or rustls refused the configuration.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    /// A self-signed certificate could not be generated.
+    #[error("self-signed certificate: {0}")]
+    SelfSigned(String),
+}
+
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertSource {
+    /// A PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1),
+    /// read again on every reload.
+    Files {
+        /// The chain.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+    },
+    /// Generated once at start for these names (development only: no client can verify it).
+    SelfSigned {
+        /// Subject alternative names (host names or addresses).
+        names: Vec<String>,
+    },
+}
+
+/// The server's certificate, swappable while sessions run: a handshake takes the one in
+/// place when it starts; sessions and resumptions keep working across a swap.
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+    source: CertSource,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertResolver")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The crypto provider of every TLS connection of pasv (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl CertResolver {
+    /// Loads the certificate from `source` (or generates it).
+    pub fn new(source: CertSource) -> Result<CertResolver, TlsError> {
+        let provider = provider();
+        let key = load(&source, &provider)?;
+        Ok(CertResolver {
+            current: RwLock::new(Arc::new(key)),
+            source,
+            provider,
+        })
+    }
+
+    /// Where the certificate comes from.
+    pub fn source(&self) -> &CertSource {
+        &self.source
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the files again and, if they hold a usable chain and a key that fits it, puts
+    /// them in place for new handshakes. On error the certificate in place stays. A
+    /// self-signed certificate is kept as it is.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        if let CertSource::SelfSigned { .. } = self.source {
+            return Ok(());
+        }
+        let key = load(&self.source, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(())
+    }
+
+    /// [`CertResolver::reload`], logged: `info` on success, `error` (and the old
+    /// certificate kept) on failure. What `pasvd` does on SIGHUP.
+    pub fn reload_logged(&self) {
+        match self.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!("TLS certificate reload failed, the previous one stays: {e}")
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// Reloads `resolver` on every SIGHUP until the runtime stops (call from inside a tokio
+/// runtime). A failed reload is logged and keeps the certificate in place.
+pub fn reload_on_sighup(resolver: Arc<CertResolver>) -> io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let resolver = Arc::clone(&resolver);
+            // File reads and key parsing: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || resolver.reload_logged()).await;
+        }
+    }))
+}
+
+fn file_error(path: &Path, reason: impl fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let (chain, key) = match source {
+        CertSource::Files { cert, key } => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_error(cert, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_error(cert, e))?;
+            if chain.is_empty() {
+                return Err(file_error(cert, "no CERTIFICATE in the file"));
+            }
+            let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+                rustls_pki_types::pem::Error::NoItemsFound => file_error(
+                    key,
+                    "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY in the file",
+                ),
+                other => file_error(key, other),
+            })?;
+            (chain, der)
+        }
+        CertSource::SelfSigned { names } => {
+            let generated = rcgen::generate_simple_self_signed(names.clone())
+                .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+            (vec![generated.cert.der().clone()], key)
+        }
+    };
+    // `from_der` checks that the key is the one of the leaf certificate.
+    Ok(CertifiedKey::from_der(chain, key, provider)?)
+}
+
+/// TLS 1.3 tickets sent after each handshake: a client that takes each ticket once (rustls)
+/// gets more than it spends on a data connection it does not read.
+const TLS13_TICKETS: usize = 4;
+
+/// TLS 1.2 sessions a control session's cache keeps (its control connection and its data
+/// connections).
+const SESSION_CACHE: usize = 16;
+
+/// The server's TLS setup: the certificate and the policy shared by every session; makes
+/// each control session's [`SessionTls`].
+#[derive(Clone, Debug)]
+pub struct TlsServer {
+    base: ServerConfig,
+    resolver: Arc<CertResolver>,
+    reuse: SessionReuse,
+    handshake_timeout: Duration,
+}
+
+impl TlsServer {
+    /// TLS 1.2 and 1.3 with rustls' safe defaults, the certificate from `resolver`.
+    /// `handshake_timeout` bounds every handshake (for data connections it is part of the
+    /// accept: pass the accept timeout).
+    pub fn new(
+        resolver: Arc<CertResolver>,
+        reuse: SessionReuse,
+        handshake_timeout: Duration,
+    ) -> Result<TlsServer, TlsError> {
+        let mut base = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        base.send_tls13_tickets = TLS13_TICKETS;
+        Ok(TlsServer {
+            base,
+            resolver,
+            reuse,
+            handshake_timeout,
+        })
+    }
+
+    /// The same, restricted to some protocol versions (tests; a deployment pinning TLS 1.3).
+    pub fn with_versions(
+        resolver: Arc<CertResolver>,
+        reuse: SessionReuse,
+        handshake_timeout: Duration,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<TlsServer, TlsError> {
+        let mut server = TlsServer::new(resolver, reuse, handshake_timeout)?;
+        let mut base = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&server.resolver) as Arc<dyn ResolvesServerCert>);
+        base.send_tls13_tickets = TLS13_TICKETS;
+        server.base = base;
+        Ok(server)
+    }
+
+    /// The TLS setup of `config`, `None` when it configures no certificate. Loads (or
+    /// generates) the certificate: an error names the file and what is wrong with it.
+    pub fn from_config(config: &super::Config) -> Result<Option<TlsServer>, super::ServerError> {
+        let source = match config.tls_source() {
+            Some(source) => source,
+            None => return Ok(None),
+        };
+        let wrap = |e: TlsError| super::ServerError::Config {
+            reason: format!("TLS: {e}"),
+        };
+        if let CertSource::SelfSigned { names } = &source {
+            tracing::warn!(
+                "TLS with a self-signed certificate for {names:?} (--tls-self-signed): clients \
+                 cannot verify it and will refuse it unless told not to verify; for testing \
+                 only, use --tls-cert and --tls-key with a real certificate"
+            );
+        }
+        let resolver = Arc::new(CertResolver::new(source).map_err(wrap)?);
+        TlsServer::new(resolver, config.tls_session_reuse, config.accept_timeout)
+            .map(Some)
+            .map_err(wrap)
+    }
+
+    /// The certificate resolver (for [`reload_on_sighup`]).
+    pub fn resolver(&self) -> &Arc<CertResolver> {
+        &self.resolver
+    }
+
+    /// Whether data connections must resume their session's TLS session.
+    pub fn reuse(&self) -> SessionReuse {
+        self.reuse
+    }
+
+    /// The TLS state of a new control session: its own session cache and ticket key, the
+    /// shared certificate. Call once per control connection, before its handshake (implicit
+    /// FTPS) or at AUTH TLS, and keep it for the session's data connections.
+    pub fn session(&self) -> Result<SessionTls, TlsError> {
+        let mut config = self.base.clone();
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(SessionTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            reuse: self.reuse,
+            handshake_timeout: self.handshake_timeout,
+        })
+    }
+}
+
+/// Why a data connection's TLS handshake was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataTlsError {
+    /// The handshake did not finish within the handshake timeout.
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The handshake failed (the peer's alert, a protocol error, the connection closed).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The handshake succeeded without resuming a TLS session of this control session and
+    /// reuse is required (a client that does not resume, or a connection of another session).
+    #[error("TLS session not resumed (data connections must resume their control session's TLS session)")]
+    NotResumed {
+        /// The protocol version of the refused handshake.
+        version: Option<ProtocolVersion>,
+    },
+}
+
+/// A finished server-side handshake and what it was.
+pub struct Accepted<S> {
+    /// The TLS stream.
+    pub stream: TlsStream<S>,
+    /// Whether the handshake resumed a session of this control session.
+    pub resumed: bool,
+    /// The negotiated protocol version.
+    pub version: Option<ProtocolVersion>,
+}
+
+impl<S> fmt::Debug for Accepted<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accepted")
+            .field("resumed", &self.resumed)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS state of one control session: accepts its control connection and its data
+/// connections. Dropping it (at the end of the session) forgets its sessions and ticket key.
+#[derive(Clone)]
+pub struct SessionTls {
+    acceptor: TlsAcceptor,
+    reuse: SessionReuse,
+    handshake_timeout: Duration,
+}
+
+impl fmt::Debug for SessionTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTls")
+            .field("reuse", &self.reuse)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTls {
+    /// Whether data connections must resume.
+    pub fn reuse(&self) -> SessionReuse {
+        self.reuse
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
+            .await
+            .map_err(|_| DataTlsError::Timeout(self.handshake_timeout))?
+            .map_err(DataTlsError::Handshake)?;
+        let conn = stream.get_ref().1;
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let version = conn.protocol_version();
+        Ok(Accepted {
+            stream,
+            resumed,
+            version,
+        })
+    }
+
+    /// The control connection's handshake (implicit FTPS right after accept, explicit after
+    /// the 234 reply to AUTH TLS), within the handshake timeout. Any handshake is accepted.
+    pub async fn accept_control<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.handshake(stream).await
+    }
+
+    /// A protected data connection's handshake, within the handshake timeout (call it right
+    /// after the TCP accept, as part of the accept). With [`SessionReuse::Required`] a
+    /// handshake that did not resume a session issued on this control session is refused
+    /// (the stream is dropped, which closes the connection).
+    pub async fn accept_data<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut accepted = self.handshake(stream).await?;
+        if self.reuse == SessionReuse::Required && !accepted.resumed {
+            // A close_notify before the close: the client sees the data connection end
+            // cleanly and reads the refusal on the control connection (Python's ssl module
+            // raises on a bare close before it gets there).
+            let _ = tokio::time::timeout(self.handshake_timeout, accepted.stream.shutdown()).await;
+            return Err(DataTlsError::NotResumed {
+                version: accepted.version,
+            });
+        }
+        Ok(accepted)
+    }
+}
+
+/// Settings of the implicit FTPS listener and the certificate, as shown by
+/// `pasvd --check-config` (paths only: a key file's content is never shown).
+pub fn describe(
+    source: Option<&CertSource>,
+    implicit: Option<SocketAddr>,
+    required: TlsRequired,
+    reuse: SessionReuse,
+) -> Vec<(&'static str, String)> {
+    let quote = |s: String| format!("{s:?}");
+    let none = || "(none)".to_owned();
+    let (cert, key, self_signed) = match source {
+        Some(CertSource::Files { cert, key }) => (
+            quote(cert.display().to_string()),
+            format!("{} (content not shown)", quote(key.display().to_string())),
+            false,
+        ),
+        Some(CertSource::SelfSigned { .. }) => (none(), none(), true),
+        None => (none(), none(), false),
+    };
+    vec![
+        ("tls_cert", cert),
+        ("tls_key", key),
+        ("tls_self_signed", self_signed.to_string()),
+        (
+            "implicit_tls_listen",
+            implicit.map_or_else(none, |a| quote(a.to_string())),
+        ),
+        ("tls_required", quote(required.name().to_owned())),
+        ("tls_session_reuse", quote(reuse.name().to_owned())),
+    ]
+}
