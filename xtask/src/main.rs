@@ -4,13 +4,15 @@
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
+//! cargo xtask dist [--out DIR]                   man pages and shell completions
 //! ```
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
 //! then the targets with pass/fail) and, with `--peers`, one `peers-<workload>.md` per workload
-//! (the comparison kit's report).
+//! (the comparison kit's report). `dist` writes to `target/dist/` (see [`dist`]).
 
 mod bench;
+mod dist;
 
 use anyhow::{bail, Result};
 
@@ -23,6 +25,7 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "bench" => bench::run(&rest),
+        "dist" => dist::run(&rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
 fn print_help() {
     println!(
         "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT]\n\
+         cargo xtask dist [--out DIR]\n\
          \n\
          bench   runs the criterion benches (package pasv-benches), prints every result and\n\
          \x20       checks the targets; writes target/pasv-bench/criterion.md.\n\
@@ -51,6 +55,10 @@ fn print_help() {
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\
-         \x20       --peers-only   skip the criterion benches"
+         \x20       --peers-only   skip the criterion benches\n\
+         \n\
+         dist    writes man pages (man/pasvd.1, man/pasv.1, man/pasv-<command>.1, ...) and\n\
+         \x20       bash, zsh and fish completions (completions/) generated from the clap\n\
+         \x20       definitions, under target/dist/ or --out DIR"
     );
 }

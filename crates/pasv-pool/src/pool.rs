@@ -221,7 +221,8 @@ pub struct Pool {
     /// later move to `extended` when they come up.
     cooling: Vec<VecDeque<(Instant, u32)>>,
     /// Quarantines extended after their entry was queued (a second server close while
-    /// cooling), by new end. At most one entry per slot, in `cooling` or here.
+    /// cooling), by new end, and quarantines whose end the host chose ([`Pool::release_until`]).
+    /// At most one entry per slot, in `cooling` or here.
     extended: BTreeSet<(Instant, u32)>,
     /// Per-peer quarantines, in expiry order.
     peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
@@ -479,6 +480,31 @@ impl Pool {
         now: Instant,
         closer: Closer,
     ) -> Result<(), ReleaseError> {
+        self.release_inner(id, now, closer, None)
+    }
+
+    /// Returns a lease whose port the host refuses to bind until `until` (a bind refused
+    /// with `EADDRINUSE`, the kernel still holding a TIME_WAIT entry on it): the port stays
+    /// out of the pool for every peer until then, whatever the configured scope and T, so
+    /// that [`Exhausted::retry_after`] reports the host's real wait. Counted as a
+    /// [`Closer::Server`] release. A port already cooling keeps the later of its two ends;
+    /// an `until` not after `now` is a plain release.
+    pub fn release_until(
+        &mut self,
+        lease: Lease,
+        now: Instant,
+        until: Instant,
+    ) -> Result<(), ReleaseError> {
+        self.release_inner(lease.id, now, Closer::Server, Some(until))
+    }
+
+    fn release_inner(
+        &mut self,
+        id: LeaseId,
+        now: Instant,
+        closer: Closer,
+        host_until: Option<Instant>,
+    ) -> Result<(), ReleaseError> {
         if id.pool != self.tag || id.slot as usize >= self.slots.len() {
             return Err(ReleaseError::Foreign);
         }
@@ -517,6 +543,24 @@ impl Pool {
         let quarantine = closer == Closer::Server && !self.quarantine.is_zero();
         let until = now + self.quarantine;
         let per_port = self.config.exclusivity == Exclusivity::PerPort;
+        if let Some(until) = host_until.filter(|&t| t > now) {
+            // An end of the host's choosing, not `now + T`: filed by its own time in
+            // `extended`, since the per-address FIFOs are in the order of one T.
+            let s = &mut self.slots[i];
+            if s.cooling() {
+                if until > s.cooling_until {
+                    s.cooling_until = until;
+                }
+            } else {
+                self.counts[a].cooling += 1;
+                if !per_port {
+                    self.strategy.remove(slot);
+                }
+                s.cooling_until = until;
+                self.extended.insert((until, id.slot));
+            }
+            return Ok(());
+        }
         match self.config.scope {
             QuarantineScope::Port if quarantine => {
                 // The slot stays occupied (it was leased, now it cools); under one lease per

@@ -188,6 +188,64 @@ mod leases {
         assert!(p.acquire(at(61), peer(2)).is_ok());
     }
 
+    /// A port the host refuses to bind stays out until the host's end, under every scope
+    /// (even with no quarantine of its own), and the refusal's hint is that end.
+    #[test]
+    fn release_until_keeps_the_port_out_until_the_hosts_end() {
+        for scope in [
+            QuarantineScope::None,
+            QuarantineScope::Peer,
+            QuarantineScope::Port,
+        ] {
+            for exclusivity in [Exclusivity::PerPort, Exclusivity::PerPortAndPeer] {
+                let mut p = pool(2, scope, exclusivity, StrategyKind::LeastRecentlyReleased);
+                let a = p.acquire(at(0), peer(1)).unwrap();
+                let b = p.acquire(at(0), peer(1)).unwrap();
+                p.release_until(a, at(1), at(1) + secs(57)).unwrap();
+                // An end shorter than T on a port-scope pool: the host's end wins.
+                p.release_until(b, at(1), at(1) + secs(42)).unwrap();
+                let what = format!("{scope:?} {exclusivity:?}");
+                assert_eq!(
+                    p.acquire(at(2), peer(2)).unwrap_err().retry_after,
+                    Some(secs(41)),
+                    "{what}"
+                );
+                assert_eq!(p.stats(at(2)).cooling, 2, "{what}");
+                assert_eq!(p.poll_timeout(), Some(at(43)), "{what}");
+                let c = p.acquire(at(43), peer(2)).unwrap();
+                if exclusivity == Exclusivity::PerPort {
+                    assert_eq!(
+                        p.acquire(at(43), peer(3)).unwrap_err().retry_after,
+                        Some(secs(15)),
+                        "{what}"
+                    );
+                    assert_ne!(
+                        p.acquire(at(58), peer(3)).unwrap().addr(),
+                        c.addr(),
+                        "{what}"
+                    );
+                } else {
+                    // The other port is still out; only c's port, shared, is offered.
+                    assert_eq!(
+                        p.acquire(at(43), peer(3)).unwrap().addr(),
+                        c.addr(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        // An end already past is a plain release.
+        let mut p = pool(
+            1,
+            QuarantineScope::None,
+            Exclusivity::PerPort,
+            StrategyKind::LeastRecentlyReleased,
+        );
+        let a = p.acquire(at(5), peer(1)).unwrap();
+        p.release_until(a, at(5), at(4)).unwrap();
+        assert!(p.acquire(at(5), peer(1)).is_ok());
+    }
+
     #[test]
     fn all_leased_has_no_retry_time() {
         let mut p = default_pool(2);

@@ -4,6 +4,7 @@
 //! This is the only crate of the workspace that opens sockets, sleeps or reads the clock,
 //! and it reads the clock in exactly one module, [`clock`].
 
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod server;

@@ -4,208 +4,58 @@
 //! with passive ports 30000-30019. `pasvd passwd` prints an argon2 hash for the users file.
 
 use std::io::{BufRead, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use pasv_tools::server::{self, BoundServer, Config, ConfigFile, LogFormat};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "pasvd",
-    version,
-    about = "FTP server with a TIME_WAIT-aware passive port pool"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Sub>,
-    /// TOML configuration file (keys named like the flags, with underscores).
-    #[arg(long, env = "PASVD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Check the configuration (file, environment and flags; the users file; the root),
-    /// print the settings in effect and exit without serving: 0 when valid, 1 when not.
-    #[arg(long)]
-    check_config: bool,
-    /// Control connection address (port 0 picks a free one).
-    #[arg(long, env = "PASVD_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Served directory (default: a demo directory under the system temp dir).
-    #[arg(long, env = "PASVD_ROOT")]
-    root: Option<PathBuf>,
-    /// Lowest passive port.
-    #[arg(long, env = "PASVD_PASV_MIN_PORT")]
-    pasv_min_port: Option<u16>,
-    /// Highest passive port (inclusive).
-    #[arg(long, env = "PASVD_PASV_MAX_PORT")]
-    pasv_max_port: Option<u16>,
-    /// Local address whose passive ports are leased (repeat for several).
-    #[arg(long, env = "PASVD_PASV_ADDRESS", value_delimiter = ',')]
-    pasv_address: Vec<IpAddr>,
-    /// Address advertised in 227 replies (NAT): PUBLIC or LOCAL=PUBLIC (repeatable); PUBLIC
-    /// is an IPv4 address or a host name, looked up when needed (cached 30 s).
-    #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS", value_delimiter = ',')]
-    pasv_public_address: Vec<String>,
-    /// Address advertised in 227 replies to clients in a block: CIDR=PUBLIC (repeatable; the
-    /// first block that holds the client wins, --pasv-public-address is the fallback).
-    #[arg(long, env = "PASVD_PASV_PUBLIC_ADDRESS_FOR", value_delimiter = ',')]
-    pasv_public_address_for: Vec<String>,
-    /// Clients connect to the address a 227 reply advertises, so PASV may lease on any
-    /// passive address (default: PASV leases on the control connection's local address,
-    /// where ftplib, curl and commons-net connect whatever the reply says).
-    #[arg(long, env = "PASVD_PASV_FOLLOW_ADVERTISED")]
-    pasv_follow_advertised: bool,
-    /// Control connections start with a PROXY protocol header (v1 or v2) naming the client's
-    /// address, from a load balancer in --proxy-from; that address then counts everywhere.
-    #[arg(long, env = "PASVD_PROXY_PROTOCOL")]
-    proxy_protocol: bool,
-    /// Sources allowed to send a PROXY header, as CIDR blocks (repeatable); with
-    /// --proxy-protocol, control connections from anywhere else are closed unread.
-    #[arg(long, env = "PASVD_PROXY_FROM", value_delimiter = ',')]
-    proxy_from: Vec<String>,
-    /// Let anonymous users upload, rename, delete and create directories.
-    #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
-    anonymous_write: bool,
-    /// Refuse anonymous logins.
-    #[arg(long, env = "PASVD_NO_ANONYMOUS")]
-    no_anonymous: bool,
-    /// TOML users file with argon2 hashes (see `pasvd passwd`).
-    #[arg(long, env = "PASVD_USERS")]
-    users: Option<PathBuf>,
-    /// What a server-closed port blocks: port, peer or none (default: none with
-    /// SO_REUSEADDR, port without).
-    #[arg(long, env = "PASVD_QUARANTINE")]
-    quarantine: Option<String>,
-    /// Quarantine length in seconds (Linux TIME_WAIT: 60).
-    #[arg(long, env = "PASVD_TIME_WAIT")]
-    time_wait: Option<f64>,
-    /// Bind passive listeners without SO_REUSEADDR (shows the classic exhaustion).
-    #[arg(long, env = "PASVD_NO_REUSEADDR")]
-    no_reuseaddr: bool,
-    /// Longest wait in seconds for a port that frees soon before answering 425.
-    #[arg(long, env = "PASVD_PASV_WAIT")]
-    pasv_wait: Option<f64>,
-    /// Seconds a passive listener waits for the client.
-    #[arg(long, env = "PASVD_ACCEPT_TIMEOUT")]
-    accept_timeout: Option<f64>,
-    /// Maximum concurrent sessions (0 = unlimited).
-    #[arg(long, env = "PASVD_MAX_CLIENTS")]
-    max_clients: Option<usize>,
-    /// Maximum concurrent sessions per client address (0 = unlimited).
-    #[arg(long, env = "PASVD_MAX_PER_IP")]
-    max_per_ip: Option<usize>,
-    /// Maximum passive ports one client address holds at once, over all its sessions
-    /// (0 = unlimited; default: half the passive range, at least 1).
-    #[arg(long, env = "PASVD_MAX_PASSIVE_PER_IP")]
-    max_passive_per_ip: Option<usize>,
-    /// Idle control connection timeout in seconds (no command read and no reply byte
-    /// written); also the control write timeout (replies left unread this long).
-    #[arg(long, env = "PASVD_IDLE_TIMEOUT")]
-    idle_timeout: Option<f64>,
-    /// Data connection stall timeout in seconds (no byte moved on a read or write).
-    #[arg(long, env = "PASVD_DATA_TIMEOUT")]
-    data_timeout: Option<f64>,
-    /// wu-ftpd format transfer log.
-    #[arg(long, env = "PASVD_XFERLOG")]
-    xferlog: Option<PathBuf>,
-    /// prebound (default: every port bound once at start, shared by client addresses) or
-    /// per-lease (a listener bound per PASV, one session per port).
-    #[arg(long, env = "PASVD_LISTENER_MODE")]
-    listener_mode: Option<String>,
-    /// Pool strategy: lrr, round-robin, lowest-free, keyed.
-    #[arg(long, env = "PASVD_PASV_STRATEGY")]
-    pasv_strategy: Option<String>,
-    /// Refuse PORT and EPRT.
-    #[arg(long, env = "PASVD_NO_PORT")]
-    no_port: bool,
-    /// Do not fsync uploads before renaming them into place.
-    #[arg(long, env = "PASVD_NO_FSYNC")]
-    no_fsync: bool,
-    /// Keep polling for I/O this many microseconds after each command instead of sleeping
-    /// (0 = off): lower latency and no wake-up per command, for a core spent spinning.
-    #[arg(long, env = "PASVD_BUSY_POLL_US")]
-    busy_poll_us: Option<u64>,
-    /// Ignore TYPE A: send and store every file as is (binary), like vsftpd's default.
-    #[arg(long, env = "PASVD_NO_ASCII")]
-    no_ascii: bool,
-    /// Once the ports are bound, switch to this account (its groups, gid and uid; a name in
-    /// /etc/passwd). Needs root; without it a server started as root warns and stays root.
-    #[arg(long, env = "PASVD_RUN_AS")]
-    run_as: Option<String>,
-    /// Seconds a session has to log in before it is closed with 421 (default 60).
-    #[arg(long, env = "PASVD_LOGIN_TIMEOUT")]
-    login_timeout: Option<f64>,
-    /// Failed logins from one client address (IPv6: its /64) within --ban-window that ban
-    /// it (default 10).
-    #[arg(long, env = "PASVD_MAX_LOGIN_FAILURES")]
-    max_login_failures: Option<u32>,
-    /// Seconds a failed login counts towards --max-login-failures (default 600).
-    #[arg(long, env = "PASVD_BAN_WINDOW")]
-    ban_window: Option<f64>,
-    /// Seconds a banned address is refused (default 900).
-    #[arg(long, env = "PASVD_BAN_TIME")]
-    ban_time: Option<f64>,
-    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`).
-    #[arg(long, env = "PASVD_METRICS")]
-    metrics: Option<SocketAddr>,
-    /// Log format on stderr: text (default) or json (one object per event and line; the
-    /// xferlog is written either way).
-    #[arg(long, env = "PASVD_LOG_FORMAT")]
-    log_format: Option<String>,
-}
+use pasv_tools::cli::pasvd::{Cli, Sub};
 
-#[derive(Subcommand, Debug)]
-enum Sub {
-    /// Reads a password from stdin and prints its argon2 hash for the users file.
-    Passwd,
-}
-
-impl Cli {
-    fn overrides(&self) -> ConfigFile {
-        let mut o = ConfigFile::default();
-        o.listen = self.listen;
-        o.root = self.root.clone();
-        o.pasv_min_port = self.pasv_min_port;
-        o.pasv_max_port = self.pasv_max_port;
-        o.pasv_address = (!self.pasv_address.is_empty()).then(|| self.pasv_address.clone());
-        o.pasv_public_address =
-            (!self.pasv_public_address.is_empty()).then(|| self.pasv_public_address.clone());
-        o.pasv_public_address_for = (!self.pasv_public_address_for.is_empty())
-            .then(|| self.pasv_public_address_for.clone());
-        o.pasv_follow_advertised = self.pasv_follow_advertised.then_some(true);
-        o.proxy_protocol = self.proxy_protocol.then_some(true);
-        o.proxy_from = (!self.proxy_from.is_empty()).then(|| self.proxy_from.clone());
-        o.anonymous_write = self.anonymous_write.then_some(true);
-        o.no_anonymous = self.no_anonymous.then_some(true);
-        o.users = self.users.clone();
-        o.quarantine = self.quarantine.clone();
-        o.time_wait = self.time_wait;
-        o.no_reuseaddr = self.no_reuseaddr.then_some(true);
-        o.pasv_wait = self.pasv_wait;
-        o.accept_timeout = self.accept_timeout;
-        o.max_clients = self.max_clients;
-        o.max_per_ip = self.max_per_ip;
-        o.max_passive_per_ip = self.max_passive_per_ip;
-        o.idle_timeout = self.idle_timeout;
-        o.data_timeout = self.data_timeout;
-        o.xferlog = self.xferlog.clone();
-        o.listener_mode = self.listener_mode.clone();
-        o.pasv_strategy = self.pasv_strategy.clone();
-        o.no_port = self.no_port.then_some(true);
-        o.no_fsync = self.no_fsync.then_some(true);
-        o.busy_poll_us = self.busy_poll_us;
-        o.no_ascii = self.no_ascii.then_some(true);
-        o.run_as = self.run_as.clone();
-        o.login_timeout = self.login_timeout;
-        o.max_login_failures = self.max_login_failures;
-        o.ban_window = self.ban_window;
-        o.ban_time = self.ban_time;
-        o.metrics = self.metrics;
-        o.log_format = self.log_format.clone();
-        o
-    }
+/// The settings the command line gives, laid over the file and the environment.
+fn overrides(cli: &Cli) -> ConfigFile {
+    let mut o = ConfigFile::default();
+    o.listen = cli.listen;
+    o.root = cli.root.clone();
+    o.pasv_min_port = cli.pasv_min_port;
+    o.pasv_max_port = cli.pasv_max_port;
+    o.pasv_address = (!cli.pasv_address.is_empty()).then(|| cli.pasv_address.clone());
+    o.pasv_public_address =
+        (!cli.pasv_public_address.is_empty()).then(|| cli.pasv_public_address.clone());
+    o.pasv_public_address_for =
+        (!cli.pasv_public_address_for.is_empty()).then(|| cli.pasv_public_address_for.clone());
+    o.pasv_follow_advertised = cli.pasv_follow_advertised.then_some(true);
+    o.proxy_protocol = cli.proxy_protocol.then_some(true);
+    o.proxy_from = (!cli.proxy_from.is_empty()).then(|| cli.proxy_from.clone());
+    o.anonymous_write = cli.anonymous_write.then_some(true);
+    o.no_anonymous = cli.no_anonymous.then_some(true);
+    o.users = cli.users.clone();
+    o.quarantine = cli.quarantine.clone();
+    o.time_wait = cli.time_wait;
+    o.no_reuseaddr = cli.no_reuseaddr.then_some(true);
+    o.pasv_wait = cli.pasv_wait;
+    o.accept_timeout = cli.accept_timeout;
+    o.max_clients = cli.max_clients;
+    o.max_per_ip = cli.max_per_ip;
+    o.max_passive_per_ip = cli.max_passive_per_ip;
+    o.idle_timeout = cli.idle_timeout;
+    o.data_timeout = cli.data_timeout;
+    o.xferlog = cli.xferlog.clone();
+    o.listener_mode = cli.listener_mode.clone();
+    o.pasv_strategy = cli.pasv_strategy.clone();
+    o.no_port = cli.no_port.then_some(true);
+    o.no_fsync = cli.no_fsync.then_some(true);
+    o.busy_poll_us = cli.busy_poll_us;
+    o.no_ascii = cli.no_ascii.then_some(true);
+    o.run_as = cli.run_as.clone();
+    o.login_timeout = cli.login_timeout;
+    o.max_login_failures = cli.max_login_failures;
+    o.ban_window = cli.ban_window;
+    o.ban_time = cli.ban_time;
+    o.metrics = cli.metrics;
+    o.log_format = cli.log_format.clone();
+    o
 }
 
 fn passwd() -> anyhow::Result<()> {
@@ -350,7 +200,7 @@ fn configure(cli: &Cli) -> anyhow::Result<(Config, bool)> {
     }
     let configured_root =
         cli.root.is_some() || cli.config.is_some() && config.root != server::config::demo_root();
-    cli.overrides().apply(&mut config)?;
+    overrides(cli).apply(&mut config)?;
     config.validate()?;
     Ok((config, !configured_root))
 }

@@ -116,6 +116,7 @@ mod busy_poll;
 pub mod config;
 mod defender;
 mod demo;
+pub mod kernel;
 mod listing;
 mod metrics;
 mod passive;

@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
+use super::kernel::{self, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
 use super::ServerError;
@@ -40,6 +41,9 @@ use crate::clock;
 const LEASE_BACKLOG: u32 = 16;
 /// How many leased ports may fail to bind in a row before PASV gives up.
 const MAX_BIND_FAILURES: usize = 4;
+/// Binds refused with EADDRINUSE tried by one `open` (each takes its port out of the pool
+/// for the kernel's time, so the pool soon answers with that time instead).
+const MAX_IN_USE_FAILURES: usize = 64;
 
 /// An accepted data connection: a plain non-blocking socket, not registered with the
 /// runtime. A small download is written and closed without ever touching epoll (two
@@ -296,6 +300,9 @@ impl PassivePorts {
         let peer = peer.to_canonical();
         let deadline = clock::now() + self.wait;
         let mut bind_failures = 0;
+        let mut in_use_failures = 0;
+        // The kernel's TIME_WAIT table, read at the first bind refused with EADDRINUSE.
+        let mut kernel_table = None;
         // When the first try found no port: the wait is measured from there.
         let mut waiting_since: Option<Instant> = None;
         let mut waiter = Waiter::new(self, self.class(filter, peer));
@@ -319,13 +326,32 @@ impl PassivePorts {
                         Ok(passive) => return Ok(passive),
                         Err((lease, e)) => {
                             tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
-                            // Something outside the pool's model holds the port: keep it cooling.
+                            let at = clock::pool_instant(now);
                             if e.kind() == io::ErrorKind::AddrInUse {
+                                // Something outside the pool's model holds the port (a
+                                // TIME_WAIT socket without SO_REUSEADDR): keep it out for as
+                                // long as the kernel will, so the next hint is the real wait.
                                 self.counters.bind_in_use();
+                                let wait = self.host_wait(lease.addr(), &mut kernel_table);
+                                tracing::info!(
+                                    port = lease.addr().port(),
+                                    wait_ms = wait.as_millis() as u64,
+                                    "passive port held by the kernel"
+                                );
+                                self.release_until(lease, at, at + wait);
+                                // Each such port leaves the pool until then, so these
+                                // failures end by themselves; the cap only bounds the work.
+                                in_use_failures += 1;
+                                if in_use_failures < MAX_IN_USE_FAILURES {
+                                    continue;
+                                }
+                            } else {
+                                self.release(lease, Closer::Server, at);
                             }
-                            self.release(lease, Closer::Server, clock::pool_instant(now));
                             bind_failures += 1;
-                            if bind_failures >= MAX_BIND_FAILURES {
+                            if bind_failures >= MAX_BIND_FAILURES
+                                || in_use_failures >= MAX_IN_USE_FAILURES
+                            {
                                 return Err(Refusal::Bind(e));
                             }
                         }
@@ -530,6 +556,29 @@ impl PassivePorts {
             deadline: clock::now() + self.accept_timeout,
             peer,
         })
+    }
+
+    /// How long the kernel will refuse a bind on `addr`: the longest remaining TIME_WAIT
+    /// time on it (the table read once per `open`, into `table`), else the configured
+    /// time-wait when the kernel's tables cannot be read or show nothing (the holder may be
+    /// a socket in another state, which the kernel does not time).
+    fn host_wait(&self, addr: SocketAddr, table: &mut Option<Vec<TimeWait>>) -> Duration {
+        let table = table.get_or_insert_with(|| {
+            kernel::time_wait_sockets().unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "kernel TCP tables unreadable");
+                Vec::new()
+            })
+        });
+        kernel::bind_blocked_for(table, addr)
+            .filter(|d| !d.is_zero())
+            .unwrap_or_else(|| lock(&self.pool).config().quarantine)
+    }
+
+    /// Returns a lease whose port the kernel refuses to bind, out of the pool until `until`.
+    fn release_until(&self, lease: Lease, now: pasv_pool::Instant, until: pasv_pool::Instant) {
+        if let Err(e) = lock(&self.pool).release_until(lease, now, until) {
+            tracing::error!(error = %e, "pool refused a release");
+        }
     }
 
     fn release(&self, lease: Lease, closer: Closer, leased_at: pasv_pool::Instant) {
