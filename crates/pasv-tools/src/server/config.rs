@@ -14,7 +14,7 @@ use std::time::Duration;
 use pasv_pool::{QuarantineScope, StrategyKind};
 use serde::Deserialize;
 
-use super::ServerError;
+use super::error::ServerError;
 
 /// How passive listeners are bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -34,7 +34,7 @@ use super::config::{Config, ListenerMode};
 use super::kernel::{self, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
-use super::ServerError;
+use super::error::ServerError;
 use crate::clock;
 
 /// Backlog of a per-lease listener: it accepts one connection (plus the odd intruder).
@@ -549,7 +549,6 @@ impl PassivePorts {
             guard: LeaseGuard {
                 ports: Arc::clone(self),
                 lease: Some(lease),
-                unused_until: None,
                 leased_at,
             },
             acceptor,
@@ -922,19 +921,11 @@ pub(crate) fn reset(stream: impl AsFd) {
 pub(crate) struct LeaseGuard {
     ports: Arc<PassivePorts>,
     lease: Option<Lease>,
-    /// Set when a connection was taken before its transfer command came: when it is closed
-    /// unused (see [`Passive::into_waiting_connection`]).
-    unused_until: Option<Instant>,
     /// When the lease was taken, for its hold time.
     leased_at: pasv_pool::Instant,
 }
 
 impl LeaseGuard {
-    /// When a data connection taken for this lease without a transfer command is closed.
-    pub(crate) fn unused_until(&self) -> Option<Instant> {
-        self.unused_until
-    }
-
     /// The leased local address.
     pub(crate) fn addr(&self) -> Option<SocketAddr> {
         self.lease.as_ref().map(Lease::addr)
@@ -1038,11 +1029,6 @@ impl Passive {
         self.guard
             .addr()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-
-    /// When the accept timeout ends.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
     }
 
     /// Takes the control peer's connection if it has arrived, without waiting: `Ok(None)` when
@@ -1192,17 +1178,6 @@ impl Passive {
     /// The lease, once the endpoint is done accepting.
     pub(crate) fn into_guard(self) -> LeaseGuard {
         self.guard
-    }
-
-    /// The lease of a connection taken before its transfer command (at the accept timeout,
-    /// the client connected but sent nothing yet): the connection gets `accept_timeout`
-    /// again to be used, then it is closed and the port goes back. Without this deadline a
-    /// client could keep a connected port, and so a share of the range, as long as it
-    /// keeps its control connection from going idle.
-    pub(crate) fn into_waiting_connection(self) -> LeaseGuard {
-        let mut guard = self.guard;
-        guard.unused_until = Some(clock::now() + guard.ports.accept_timeout);
-        guard
     }
 }
 
