@@ -371,18 +371,37 @@ pub(crate) enum Pending {
     Rnfr(Vec<u8>),
     /// RMD, DELE, RNTO, SITE CHMOD: a fixed reply on success.
     Done(ReplyCode, &'static [u8]),
-    Mfmt { civil: Civil, path: Vec<u8> },
+    Mfmt {
+        civil: Civil,
+        path: Vec<u8>,
+    },
     Mlst(Vec<u8>),
     /// STAT of a path: the listing goes on the control connection.
     StatListing,
     /// MLSD checks that its path is a directory before rendering it.
-    MlsdCheck { path: Vec<u8>, writable: bool },
-    Listing { path: Vec<u8>, verb: &'static str },
-    Retr { path: Vec<u8> },
-    Store { path: Vec<u8>, kind: StoreKind },
+    MlsdCheck {
+        path: Vec<u8>,
+        writable: bool,
+    },
+    Listing {
+        path: Vec<u8>,
+        verb: &'static str,
+    },
+    Retr {
+        path: Vec<u8>,
+    },
+    Store {
+        path: Vec<u8>,
+        kind: StoreKind,
+    },
     /// An upload's commit, after its transfer.
-    Commit { running: Running, end: TransferEnd },
-    Passive { extended: bool },
+    Commit {
+        running: Running,
+        end: TransferEnd,
+    },
+    Passive {
+        extended: bool,
+    },
 }
 
 /// A running transfer.
@@ -424,12 +443,16 @@ impl StoreKind {
 enum Data {
     None,
     /// Listening; the port goes back at `until` (accept timeout).
-    Passive { until: Instant },
+    Passive {
+        until: Instant,
+    },
     /// The client's connection was taken at the accept timeout (it connected but sent no
     /// transfer command yet); closed unused at `until`. Without this deadline a client
     /// could keep a connected port, and so a share of the range, as long as it keeps its
     /// control connection from going idle.
-    Connected { until: Instant },
+    Connected {
+        until: Instant,
+    },
     Active,
 }
 
@@ -815,7 +838,10 @@ impl Core {
             (_, Err(e)) => self.fs_error(&e),
             (Pending::Cwd(path), Ok(_)) => {
                 self.cwd = path;
-                self.reply(ReplyCode::FILE_ACTION_OK, b"Directory successfully changed.");
+                self.reply(
+                    ReplyCode::FILE_ACTION_OK,
+                    b"Directory successfully changed.",
+                );
             }
             (Pending::Size, Ok(FsDone::Meta(m))) if m.kind == Kind::File => {
                 self.reply(ReplyCode::FILE_STATUS, m.size.to_string().as_bytes())
@@ -860,7 +886,10 @@ impl Core {
                     self.reply(ReplyCode::CANT_OPEN_DATA, NO_DATA);
                 } else {
                     self.busy(
-                        Pending::Listing { path: path.clone(), verb: "MLSD" },
+                        Pending::Listing {
+                            path: path.clone(),
+                            verb: "MLSD",
+                        },
                         FsOp::Render {
                             path,
                             format: Format::Mlsd { writable },
@@ -870,7 +899,10 @@ impl Core {
                 }
             }
             (Pending::Listing { path, verb }, Ok(FsDone::Rendered(body))) => {
-                self.reply(ReplyCode::FILE_STATUS_OK, b"Here comes the directory listing.");
+                self.reply(
+                    ReplyCode::FILE_STATUS_OK,
+                    b"Here comes the directory listing.",
+                );
                 self.start(Job::Listing(body), verb, path, None);
             }
             (Pending::Retr { path }, Ok(FsDone::Opened { len })) => {
@@ -898,7 +930,12 @@ impl Core {
                 self.start(Job::Upload { ascii }, kind.verb(), path, Some(target));
             }
             (pending, Ok(done)) => {
-                tracing::warn!(session = self.id, ?pending, ?done, "unexpected filesystem answer");
+                tracing::warn!(
+                    session = self.id,
+                    ?pending,
+                    ?done,
+                    "unexpected filesystem answer"
+                );
                 self.reply(ReplyCode::LOCAL_ERROR, b"Internal error.");
             }
         }
@@ -1067,7 +1104,10 @@ impl Core {
                 self.reply(ReplyCode::NOT_IMPLEMENTED, text.as_bytes());
             }
             _ if self.account.is_none() => {
-                self.reply(ReplyCode::NOT_LOGGED_IN, b"Please login with USER and PASS.");
+                self.reply(
+                    ReplyCode::NOT_LOGGED_IN,
+                    b"Please login with USER and PASS.",
+                );
             }
             cmd => self.logged_in(cmd),
         }
@@ -1112,7 +1152,10 @@ impl Core {
             if value.is_empty() || value.eq_ignore_ascii_case(b"ON") {
                 self.reply(ReplyCode::OK, b"Always in UTF8 mode.");
             } else {
-                self.reply(ReplyCode::NOT_IMPLEMENTED_FOR_PARAM, b"UTF8 cannot be turned off.");
+                self.reply(
+                    ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+                    b"UTF8 cannot be turned off.",
+                );
             }
         } else if name.eq_ignore_ascii_case(b"MLST") {
             self.reply(ReplyCode::OK, b"MLST OPTS type;size;modify;perm;unix.mode;");
@@ -1269,7 +1312,10 @@ impl Core {
             return;
         }
         let Some(civil) = Civil::parse_time_val(time) else {
-            return self.reply(ReplyCode::SYNTAX_ERROR_ARGS, b"Bad time value (YYYYMMDDHHMMSS).");
+            return self.reply(
+                ReplyCode::SYNTAX_ERROR_ARGS,
+                b"Bad time value (YYYYMMDDHHMMSS).",
+            );
         };
         let secs = civil.to_unix();
         if secs < 0 {
@@ -1294,7 +1340,10 @@ impl Core {
             return self.multi(ReplyCode::HELP, "SITE commands:\n CHMOD HELP\nEnd");
         }
         if !verb.eq_ignore_ascii_case(b"CHMOD") {
-            return self.reply(ReplyCode::NOT_IMPLEMENTED_FOR_PARAM, b"Unknown SITE command.");
+            return self.reply(
+                ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+                b"Unknown SITE command.",
+            );
         }
         if self.read_only() {
             return;
@@ -1346,7 +1395,10 @@ impl Core {
         self.release_data();
         self.data = Data::Active;
         self.actions.push_back(Action::UseActive(addr));
-        self.reply(ReplyCode::OK, b"PORT command successful. Consider using PASV.");
+        self.reply(
+            ReplyCode::OK,
+            b"PORT command successful. Consider using PASV.",
+        );
     }
 
     fn pasv(&mut self) {
@@ -1377,7 +1429,8 @@ impl Core {
         }
         self.release_data();
         self.state = State::Busy(Pending::Passive { extended: true });
-        self.actions.push_back(Action::OpenPassive { extended: true });
+        self.actions
+            .push_back(Action::OpenPassive { extended: true });
     }
 
     /// The 425 (or 502) of a PASV/EPSV that got no port. Every 425 for a shortage of ports
@@ -1437,7 +1490,13 @@ impl Core {
             return;
         };
         if let Format::Mlsd { writable } = format {
-            return self.busy(Pending::MlsdCheck { path: path.clone(), writable }, FsOp::Stat(path));
+            return self.busy(
+                Pending::MlsdCheck {
+                    path: path.clone(),
+                    writable,
+                },
+                FsOp::Stat(path),
+            );
         }
         if self.data == Data::None {
             return self.reply(ReplyCode::CANT_OPEN_DATA, NO_DATA);
@@ -1482,7 +1541,10 @@ impl Core {
             return;
         };
         if kind == StoreKind::Stou && !super::vfs::unique_name_fits(&path) {
-            return self.reply(ReplyCode::BAD_FILENAME, b"File name too long for a unique name.");
+            return self.reply(
+                ReplyCode::BAD_FILENAME,
+                b"File name too long for a unique name.",
+            );
         }
         // What of the old file the new one starts with: REST + STOR keeps `offset` bytes,
         // APPE all of them, copied into the upload's unnamed file so the old file stays
@@ -1583,15 +1645,16 @@ impl Core {
                 let text = format!("Can't open data connection: {why}.");
                 self.reply(ReplyCode::CANT_OPEN_DATA, text.as_bytes());
             }
-            Ending::Aborted => {
-                self.reply(ReplyCode::TRANSFER_ABORTED, b"Connection closed; transfer aborted.")
-            }
+            Ending::Aborted => self.reply(
+                ReplyCode::TRANSFER_ABORTED,
+                b"Connection closed; transfer aborted.",
+            ),
             Ending::Network(e) => {
                 let text = format!("Connection closed; transfer aborted: {e}.");
                 self.reply(ReplyCode::TRANSFER_ABORTED, text.as_bytes());
             }
             Ending::Local(e) => {
-                let text = format!("Local error: {}.", io_text(e));
+                let text = format!("Local error: {}", io_text(e));
                 self.reply(ReplyCode::LOCAL_ERROR, text.as_bytes());
             }
         }
@@ -1694,7 +1757,10 @@ impl Core {
     /// Every filesystem error becomes its reply here, through [`FsError::reply`].
     fn fs_error(&mut self, e: &FsError) {
         let (code, text) = e.reply();
-        self.reply(ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR), text.as_bytes());
+        self.reply(
+            ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR),
+            text.as_bytes(),
+        );
     }
 
     /// A one-line reply; CR, LF and NUL in `text` become `?`.

@@ -134,9 +134,9 @@ mod xferlog;
 
 pub use self::core::{MAX_PENDING_OUTPUT, STAT_MAX_BYTES, STAT_MAX_ENTRIES};
 pub use config::{Cidr, Config, ConfigFile, ListenerMode, LogFormat, PublicAddress};
+pub use demo::populate_demo;
 pub use error::ServerError;
 pub use stats::ServerStats;
-pub use demo::populate_demo;
 pub use users::hash_password;
 
 use defender::{BanPolicy, Defender};

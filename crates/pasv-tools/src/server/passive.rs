@@ -31,10 +31,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
+use super::error::ServerError;
 use super::kernel::{self, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
-use super::error::ServerError;
 use crate::clock;
 
 /// Backlog of a per-lease listener: it accepts one connection (plus the odd intruder).

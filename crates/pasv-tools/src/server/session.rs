@@ -385,7 +385,8 @@ impl Driver {
                 })
             }
             FsOp::Commit { target, unique } => {
-                let Prepared::Upload(upload) = std::mem::replace(&mut self.prepared, Prepared::None)
+                let Prepared::Upload(upload) =
+                    std::mem::replace(&mut self.prepared, Prepared::None)
                 else {
                     let lost = io::Error::other("upload lost before its commit");
                     return core.handle_fs(clock::pool_now(), Err(FsError::Io(lost)));
@@ -579,8 +580,7 @@ impl Driver {
             // on both connections: if the control connection is closed too, the upload was
             // not finished on purpose.
             if core.wants_input() {
-                if let Some(Ok(0) | Err(_)) = control.read_buf(core.input_buffer()).now_or_never()
-                {
+                if let Some(Ok(0) | Err(_)) = control.read_buf(core.input_buffer()).now_or_never() {
                     core.handle_eof(clock::pool_now());
                 }
             }
@@ -707,7 +707,8 @@ impl Driver {
         body: Vec<u8>,
         len: usize,
     ) -> Result<Outcome, (Job, u64)> {
-        let Endpoint::Connected(stream, guard) = std::mem::replace(&mut self.data, Endpoint::None) else {
+        let Endpoint::Connected(stream, guard) = std::mem::replace(&mut self.data, Endpoint::None)
+        else {
             return Err((Job::SendBytes(body[..len].to_vec()), 0));
         };
         let port = guard.addr().map(|a| a.port());
@@ -773,7 +774,6 @@ impl Driver {
             self.buffer = body;
         }
     }
-
 }
 
 /// Runs the filesystem operations that have no file to hand over.
