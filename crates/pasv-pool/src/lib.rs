@@ -72,11 +72,13 @@
 //! * [`capacity`]: the fluid bound `rate_max = N·A / (h + f·T)`, Erlang B, port sizing.
 //! * [`strategy`]: the accounted strategies, and blind models of vsftpd, ProFTPD, Pure-FTPd,
 //!   pyftpdlib and FileZilla Server, answered by a kernel [`BindModel`].
+//! * [`hold`]: the expected wait for a live lease to end, from measured hold times.
 //! * [`sim`]: a seeded discrete-event simulator that checks all of the above against theory.
 
 mod bind;
 pub mod capacity;
 mod config;
+pub mod hold;
 mod pool;
 mod rng;
 pub mod sim;
@@ -88,8 +90,10 @@ pub use config::{
     AddrFilter, ConfigError, Exclusivity, ParseStrategyError, PoolConfig, PortSet, QuarantineScope,
     StrategyKind,
 };
+pub use hold::HoldEstimator;
 pub use pool::{
-    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, ReleaseError, Shortage,
+    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger, ReleaseError,
+    Shortage,
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;

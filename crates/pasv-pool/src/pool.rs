@@ -804,6 +804,63 @@ impl Pool {
     }
 }
 
+/// What the pool believes of one passive (address, port) ([`Pool::ledger`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortLedger {
+    /// The passive address and port.
+    pub addr: SocketAddr,
+    /// Live leases on it.
+    pub leases: u32,
+    /// End of its port-wide quarantine, if it is cooling.
+    pub cooling_until: Option<Instant>,
+    /// Peers it is refused to under per-peer quarantine, with the end of each.
+    pub blocked: Vec<(IpAddr, Instant)>,
+}
+
+impl PortLedger {
+    /// Whether the pool would offer it to a peer that holds and blocks nothing on it.
+    pub fn offerable(&self, exclusivity: Exclusivity) -> bool {
+        self.cooling_until.is_none()
+            && (exclusivity == Exclusivity::PerPortAndPeer || self.leases == 0)
+    }
+}
+
+impl Pool {
+    /// Every passive port with what the pool believes of it as of `now`: leases, port-wide
+    /// quarantine, per-peer quarantines (quarantines due at `now` count as ended). One pass
+    /// over the range and the peers' ledgers: for an administrator's check against the
+    /// kernel, not for every lease.
+    pub fn ledger(&self, now: Instant) -> Vec<PortLedger> {
+        let now = now.max(self.latest);
+        let mut out = Vec::with_capacity(self.slots.len());
+        for a in 0..self.layout.addresses {
+            for (p, &port) in self.ports.iter().enumerate() {
+                let s = &self.slots[self.layout.slot(a, p).index()];
+                out.push(PortLedger {
+                    addr: SocketAddr::new(self.config.addresses[a], port),
+                    leases: s.leases,
+                    cooling_until: (s.cooling() && s.cooling_until > now)
+                        .then_some(s.cooling_until),
+                    blocked: Vec::new(),
+                });
+            }
+        }
+        for (&peer, ledger) in &self.peers {
+            for (&slot, &until) in &ledger.blocked {
+                if until > now {
+                    let a = self.layout.address_of(SlotId(slot));
+                    let p = slot as usize / self.layout.addresses;
+                    out[a * self.ports.len() + p].blocked.push((peer, until));
+                }
+            }
+        }
+        for port in &mut out {
+            port.blocked.sort_unstable();
+        }
+        out
+    }
+}
+
 impl Pool {
     /// Debug-only consistency check used by tests: counters agree with the slots.
     #[doc(hidden)]

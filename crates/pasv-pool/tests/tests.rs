@@ -246,6 +246,35 @@ mod leases {
         assert!(p.acquire(at(5), peer(1)).is_ok());
     }
 
+    /// The ledger shows each port's leases and quarantines, port-wide and per peer.
+    #[test]
+    fn ledger_shows_what_the_pool_believes_per_port() {
+        let mut p = pool(
+            3,
+            QuarantineScope::Peer,
+            Exclusivity::PerPortAndPeer,
+            StrategyKind::LeastRecentlyReleased,
+        );
+        let a = p.acquire(at(0), peer(1)).unwrap();
+        let b = p.acquire(at(0), peer(2)).unwrap();
+        let (a_addr, b_addr) = (a.addr(), b.addr());
+        p.release(a, at(1), Closer::Server).unwrap();
+        let c = p.acquire(at(1), peer(3)).unwrap();
+        let c_addr = c.addr();
+        p.release_until(c, at(2), at(30)).unwrap();
+        let ledger = p.ledger(at(2));
+        assert_eq!(ledger.len(), 3);
+        let get = |addr| ledger.iter().find(|l| l.addr == addr).unwrap();
+        assert_eq!(get(a_addr).blocked, vec![(peer(1), at(61))]);
+        assert_eq!(get(b_addr).leases, 1);
+        assert_eq!(get(c_addr).cooling_until, Some(at(30)));
+        assert!(!get(c_addr).offerable(Exclusivity::PerPortAndPeer));
+        let later = p.ledger(at(61));
+        assert!(later
+            .iter()
+            .all(|l| l.blocked.is_empty() && l.cooling_until.is_none()));
+    }
+
     #[test]
     fn all_leased_has_no_retry_time() {
         let mut p = default_pool(2);

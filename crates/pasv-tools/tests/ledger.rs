@@ -75,6 +75,159 @@ async fn a_bind_refused_by_time_wait_is_hinted_with_the_kernels_time() {
     server.stop().await;
 }
 
+/// `n` consecutive ports of this binary's block from `from` on that the kernel holds
+/// nothing on (an earlier run's TIME_WAIT lasts a minute), as a range.
+fn quiet_ports(from: u16, n: u16) -> (u16, u16) {
+    let table = kernel::time_wait_sockets().expect("kernel tables");
+    let foreign = kernel::foreign_sockets().expect("kernel tables");
+    let lo = (0..40)
+        .map(|k| from + (n + 2) * k)
+        .find(|&lo| {
+            kernel::on_ports(&table, "127.0.0.1".parse().unwrap(), (lo, lo + n - 1)).is_empty()
+                && !foreign.iter().any(|f| (lo..lo + n).contains(&f.port()))
+        })
+        .expect("ports free of TIME_WAIT");
+    (lo, lo + n - 1)
+}
+
+/// A server on `ports` with the account `root` (password `secret`, `admin = true`) besides
+/// anonymous.
+async fn admin_server(
+    root: &std::path::Path,
+    ports: (u16, u16),
+    tweak: impl FnOnce(&mut Config),
+) -> TestServer {
+    let users = root.join("users.toml");
+    let hash = pasv_tools::server::hash_password(b"secret").unwrap();
+    fs::write(
+        &users,
+        format!("[[user]]\nname = \"root\"\npassword = \"{hash}\"\nwrite = true\nadmin = true\n[[user]]\nname = \"bob\"\npassword = \"{hash}\"\nwrite = true\n"),
+    )
+    .unwrap();
+    let mut c = Config::for_tests(root.to_path_buf());
+    (c.pasv_min_port, c.pasv_max_port) = ports;
+    c.users = Some(users);
+    tweak(&mut c);
+    TestServer::start(c).await
+}
+
+/// Logs in as `name` (password `secret`).
+async fn login_as(server: &TestServer, name: &str) -> Ftp {
+    let (mut ftp, greeting) = Ftp::connect(server.addr).await;
+    assert_eq!(greeting.code().get(), 220);
+    ftp.expect(&format!("USER {name}"), 331).await;
+    ftp.expect("PASS secret", 230).await;
+    ftp.expect("TYPE I", 200).await;
+    ftp
+}
+
+/// `SITE POOL`'s two disagreement counts, and its text.
+async fn site_pool(ftp: &mut Ftp) -> ((u32, u32), String) {
+    let reply = ftp.cmd("SITE POOL").await;
+    assert_eq!(reply.code().get(), 200, "{reply}");
+    let text = reply.to_string();
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Disagreements: "))
+        .unwrap_or_else(|| panic!("no disagreement line: {text}"));
+    let n: Vec<u32> = line
+        .split(',')
+        .map(|part| part.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    ((n[0], n[1]), text)
+}
+
+/// Downloads (the server closes: TIME_WAIT on its passive port), uploads (the client
+/// closes: TIME_WAIT on the client's side) and listings, under each quarantine scope that
+/// models the kernel with `SO_REUSEADDR`, in both listener modes: in steady state the
+/// ledger and the kernel agree on every port. Only an administrator may ask.
+#[tokio::test]
+async fn after_transfers_the_ledger_agrees_with_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let cases = [
+        (QuarantineScope::Port, ListenerMode::PerLease, false),
+        (QuarantineScope::Peer, ListenerMode::Prebound, false),
+        (QuarantineScope::Port, ListenerMode::PerLease, true),
+    ];
+    for (i, (scope, mode, no_reuseaddr)) in cases.into_iter().enumerate() {
+        let ports = quiet_ports(29_200 + 40 * i as u16, 6);
+        let server = admin_server(dir.path(), ports, |c| {
+            c.quarantine = Some(scope);
+            c.listener_mode = mode;
+            c.no_reuseaddr = no_reuseaddr;
+        })
+        .await;
+        let mut anon = Ftp::login(server.addr).await;
+        let denied = anon.cmd("SITE POOL").await;
+        assert_eq!(denied.code().get(), 550, "{denied}");
+        let mut bob = login_as(&server, "bob").await;
+        assert_eq!(bob.cmd("SITE POOL").await.code().get(), 550);
+        let mut root = login_as(&server, "root").await;
+        for k in 0..2 {
+            assert_eq!(root.retr("f").await, b"data");
+            let done = root.upload(&format!("STOR u{k}"), b"up").await;
+            assert_eq!(done.code().get(), 226, "{done}");
+        }
+        root.listing("NLST").await;
+        let (counts, text) = site_pool(&mut root).await;
+        assert_eq!(counts, (0, 0), "{scope:?} {mode:?}: {text}");
+        // The server closed three data connections: the kernel holds them, and so does the
+        // pool (under scope peer, for the client only).
+        let table = kernel::time_wait_sockets().expect("kernel tables");
+        let held = kernel::on_ports(&table, "127.0.0.1".parse().unwrap(), ports);
+        assert_eq!(held.len(), 3, "{scope:?} {mode:?}: {held:?}\n{text}");
+        assert!(
+            text.contains("TIME_WAIT sockets on the passive ports"),
+            "{text}"
+        );
+        server.stop().await;
+    }
+}
+
+/// Another program's listener on a passive port: the pool would offer it, the kernel would
+/// refuse its bind. `SITE POOL` names the port.
+#[tokio::test]
+async fn a_foreign_listener_on_a_passive_port_is_a_disagreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = quiet_ports(29_350, 3);
+    let server = admin_server(dir.path(), ports, |c| {
+        c.listener_mode = ListenerMode::PerLease;
+        c.quarantine = Some(QuarantineScope::Port);
+    })
+    .await;
+    let mut root = login_as(&server, "root").await;
+    let (counts, text) = site_pool(&mut root).await;
+    assert_eq!(counts, (0, 0), "{text}");
+    // A listener in another process (one in this process would be the server's own).
+    let port = ports.0 + 1;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\n\
+             s.listen()\nprint('ok',flush=True)\nsys.stdin.read()",
+            &port.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ok");
+    let (counts, text) = site_pool(&mut root).await;
+    drop(child.stdin.take()); // ends the child
+    child.wait().unwrap();
+    assert_eq!(counts, (1, 0), "{text}");
+    let named = format!("127.0.0.1:{port} kernel -+foreign pool - leases 0 offered_while_held");
+    assert!(text.contains(&named), "{text}");
+    server.stop().await;
+}
+
 /// The data address of a 227 reply.
 fn pasv_protocol_addr(reply: &pasv_protocol::Reply) -> std::net::SocketAddr {
     let text = reply.to_string();
@@ -89,4 +242,36 @@ fn pasv_protocol_addr(reply: &pasv_protocol::Reply) -> std::net::SocketAddr {
         .collect();
     let ip = std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
     std::net::SocketAddr::new(ip.into(), n[4] * 256 + n[5])
+}
+
+/// Every port leased, none cooling: the 425's hint comes from the hold times measured so
+/// far, not a fixed guess. One port; two leases end at the accept timeout (0.6 s each), so
+/// a third, just taken, is expected to end within 0.6 s: the refused client is told so.
+#[tokio::test]
+async fn the_all_leased_hint_comes_from_measured_hold_times() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let ports = quiet_ports(29_400, 1);
+    let mut c = Config::for_tests(dir.path().to_path_buf());
+    (c.pasv_min_port, c.pasv_max_port) = ports;
+    c.quarantine = Some(QuarantineScope::Port);
+    c.accept_timeout = Duration::from_millis(600);
+    c.pasv_wait = Duration::ZERO;
+    let server = TestServer::start(c).await;
+    let mut a = Ftp::login(server.addr).await;
+    let mut b = Ftp::login(server.addr).await;
+    for _ in 0..2 {
+        a.pasv().await;
+        a.expect("RETR f", 150).await;
+        assert_eq!(a.reply().await.code().get(), 425);
+    }
+    a.pasv().await;
+    let refused = b.cmd("PASV").await;
+    assert_eq!(refused.code().get(), 425, "{refused}");
+    let hint = refused.retry_after().expect("a retry hint");
+    assert!(
+        hint >= Duration::from_millis(100) && hint <= Duration::from_millis(650),
+        "{refused}"
+    );
+    server.stop().await;
 }

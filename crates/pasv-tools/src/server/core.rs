@@ -65,9 +65,9 @@ pub const STAT_MAX_BYTES: usize = 1024 * 1024;
 pub(crate) const MAX_QUEUED: usize = 16;
 /// Undecoded control input beyond which the driver stops reading.
 pub(crate) const MAX_INPUT: usize = 64 * 1024;
-/// Retry hint when every port is leased and none is cooling, or the leased ports could not
-/// be bound: a lease lasts about as long as one transfer, and a second is a generous guess.
-const ALL_LEASED_RETRY: Duration = Duration::from_secs(1);
+/// Retry hint when the leased ports could not be bound: they are cooling now, and a lease
+/// lasts about as long as one transfer, for which a second is a generous guess.
+const BIND_RETRY: Duration = Duration::from_secs(1);
 /// PASV without an IPv4 passive address (an IPv6-only server, or an IPv6 control connection
 /// whose leases would be IPv6).
 const PASV_NO_V4: &[u8] = b"PASV needs an IPv4 passive address and there is none; use EPSV.";
@@ -193,8 +193,12 @@ pub(crate) enum Job {
 /// Why no passive endpoint was opened (the driver's `passive::Refusal`, without its IO).
 #[derive(Debug)]
 pub(crate) enum PassiveRefusal {
-    /// Every port is leased or cooling; the pool's hint, if it has one.
-    Exhausted { retry_after: Option<Duration> },
+    /// Every port is leased or cooling, the first back after `retry_after` (the pool's
+    /// exact hint for a cooling port).
+    Exhausted { retry_after: Duration },
+    /// Every port is held by a live lease: `hint` is the expected end of the first one,
+    /// from measured hold times.
+    AllLeased { hint: Duration },
     /// The client's address holds `limit` leases already.
     PeerLimit { limit: usize },
     /// No passive address of the family asked for.
@@ -221,6 +225,8 @@ pub(crate) enum Verified {
         name: String,
         write: bool,
         anonymous: bool,
+        /// May run `SITE POOL`.
+        admin: bool,
     },
     /// Wrong name or password. `delay` is the address's failure delay (none for anonymous:
     /// the configured one); `banned` when this failure banned the address.
@@ -300,6 +306,9 @@ pub(crate) enum Action {
     DiscardUpload,
     /// Write a transfer log entry.
     Log(Finished),
+    /// `SITE POOL` from an administrator: the pool's counts and its ledger against the
+    /// kernel's; [`Core::handle_pool_report`].
+    PoolReport,
     /// Replies waited `idle_timeout` with no byte taken: reset the control connection.
     Reset { unread: usize },
 }
@@ -402,6 +411,8 @@ pub(crate) enum Pending {
     Passive {
         extended: bool,
     },
+    /// `SITE POOL`.
+    PoolReport,
 }
 
 /// A running transfer.
@@ -469,6 +480,7 @@ struct Account {
     name: String,
     write: bool,
     anonymous: bool,
+    admin: bool,
 }
 
 /// One control connection's rules (see the module docs).
@@ -747,6 +759,7 @@ impl Core {
                 name,
                 write,
                 anonymous,
+                admin,
             } => {
                 self.metrics.login(LoginResult::Ok);
                 tracing::info!(session = self.id, peer = %self.peer, user = %name, write, "login");
@@ -754,6 +767,7 @@ impl Core {
                     name,
                     write,
                     anonymous,
+                    admin,
                 });
                 self.login_deadline = None;
                 self.state = State::Ready;
@@ -816,6 +830,15 @@ impl Core {
             Passive::Refused(refusal) => self.refused(refusal),
         }
         self.pump(now);
+    }
+
+    /// The answer to [`Action::PoolReport`]: its text, lines separated by `\n`.
+    pub(crate) fn handle_pool_report(&mut self, now: Instant, text: &str) {
+        if let State::Busy(Pending::PoolReport) = self.state {
+            self.state = State::Ready;
+            self.multi(ReplyCode::OK, text);
+            self.pump(now);
+        }
     }
 
     /// The answer to [`Action::Fs`].
@@ -1337,7 +1360,17 @@ impl Core {
         let mut words = arg.splitn(3, |&b| b == b' ');
         let verb = words.next().unwrap_or(b"");
         if verb.eq_ignore_ascii_case(b"HELP") {
-            return self.multi(ReplyCode::HELP, "SITE commands:\n CHMOD HELP\nEnd");
+            return self.multi(ReplyCode::HELP, "SITE commands:\n CHMOD HELP POOL\nEnd");
+        }
+        if verb.eq_ignore_ascii_case(b"POOL") {
+            if !self.account.as_ref().is_some_and(|a| a.admin) {
+                return self.reply(
+                    ReplyCode::FILE_UNAVAILABLE,
+                    b"SITE POOL is for administrators.",
+                );
+            }
+            self.state = State::Busy(Pending::PoolReport);
+            return self.actions.push_back(Action::PoolReport);
         }
         if !verb.eq_ignore_ascii_case(b"CHMOD") {
             return self.reply(
@@ -1437,9 +1470,7 @@ impl Core {
     /// carries a retry hint; the one for an address at its lease cap says no time is known.
     fn refused(&mut self, refusal: PassiveRefusal) {
         match refusal {
-            PassiveRefusal::Exhausted {
-                retry_after: Some(d),
-            } => {
+            PassiveRefusal::Exhausted { retry_after: d } => {
                 self.metrics.pool_refusal(RefusalCause::Cooling, Some(d));
                 tracing::info!(
                     session = self.id,
@@ -1448,11 +1479,15 @@ impl Core {
                 );
                 self.reply_full(&Reply::try_later(d));
             }
-            PassiveRefusal::Exhausted { retry_after: None } => {
-                tracing::info!(session = self.id, "passive ports all leased");
+            PassiveRefusal::AllLeased { hint } => {
+                tracing::info!(
+                    session = self.id,
+                    retry_after_ms = hint.as_millis() as u64,
+                    "passive ports all leased"
+                );
                 self.metrics
-                    .pool_refusal(RefusalCause::AllLeased, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::AllLeased, Some(hint));
+                self.reply_full(&Reply::try_later(hint));
             }
             PassiveRefusal::PeerLimit { limit } => {
                 self.metrics.pool_refusal(RefusalCause::PeerLimit, None);
@@ -1478,8 +1513,8 @@ impl Core {
                 // now, so another try soon may get a different one.
                 tracing::warn!(session = self.id, error = %e, "passive ports unbindable");
                 self.metrics
-                    .pool_refusal(RefusalCause::Bind, Some(ALL_LEASED_RETRY));
-                self.reply_full(&Reply::try_later(ALL_LEASED_RETRY));
+                    .pool_refusal(RefusalCause::Bind, Some(BIND_RETRY));
+                self.reply_full(&Reply::try_later(BIND_RETRY));
             }
         }
     }

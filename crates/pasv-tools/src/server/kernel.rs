@@ -109,6 +109,81 @@ pub fn time_wait_sockets() -> io::Result<Vec<TimeWait>> {
     Ok(all)
 }
 
+/// The `st` column of a socket that no longer holds its port (`TCP_CLOSE`).
+const STATE_CLOSE: &str = "07";
+
+/// A TCP socket on the host that holds its local port and is not in TIME_WAIT: a
+/// listener, a connection, a socket on its way to closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// Local address and port (IPv4-mapped IPv6 addresses as IPv4).
+    pub local: SocketAddr,
+    /// The `st` column (`0A`: listening, `01`: established, ...), as the kernel numbers it.
+    pub state: u8,
+    /// The socket's inode (zero for sockets no process holds any more).
+    pub inode: u64,
+}
+
+/// Parses the rows of a `/proc/net/tcp` or `/proc/net/tcp6` table and keeps the sockets
+/// that hold their port and are not in TIME_WAIT (see [`parse_tcp_table`] for the format).
+pub fn parse_bound_sockets(text: &str) -> Vec<Bound> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _sl = fields.next()?;
+            let local = parse_endpoint(fields.next()?)?;
+            let _remote = parse_endpoint(fields.next()?)?;
+            let st = fields.next()?;
+            if st == STATE_TIME_WAIT || st == STATE_CLOSE {
+                return None;
+            }
+            let state = u8::from_str_radix(st, 16).ok()?;
+            let inode = fields.nth(5)?.parse().ok()?;
+            Some(Bound {
+                local,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// The host's TCP sockets that hold a port and belong to no file of this process (another
+/// program's listener or connection on a passive port): their local addresses. Read from
+/// `/proc/net/tcp{,6}` and this process's `/proc/self/fd`; an error where those cannot be
+/// read.
+pub fn foreign_sockets() -> io::Result<Vec<SocketAddr>> {
+    let mut all = parse_bound_sockets(&std::fs::read_to_string("/proc/net/tcp")?);
+    match std::fs::read_to_string("/proc/net/tcp6") {
+        Ok(text) => all.extend(parse_bound_sockets(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let own = own_socket_inodes()?;
+    Ok(all
+        .into_iter()
+        .filter(|b| b.inode != 0 && !own.contains(&b.inode))
+        .map(|b| b.local)
+        .collect())
+}
+
+/// The inodes of the sockets this process holds (`socket:[N]` links in `/proc/self/fd`).
+fn own_socket_inodes() -> io::Result<std::collections::BTreeSet<u64>> {
+    let mut own = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(link) = std::fs::read_link(entry?.path()) else {
+            continue; // closed since the directory was read
+        };
+        let inode = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("socket:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        own.extend(inode);
+    }
+    Ok(own)
+}
+
 /// The unit of the `tm->when` column: `USER_HZ`, as the C library reports it.
 fn ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
@@ -162,6 +237,157 @@ pub fn on_ports(
     out
 }
 
+/// Remaining times shorter than this, on either side, count as ended: the pool starts a
+/// quarantine when the server closes, the kernel its TIME_WAIT when the FINs have crossed,
+/// and a check that reads the two one after the other must not call that gap a
+/// disagreement.
+pub const SLACK: Duration = Duration::from_secs(1);
+
+/// How the pool and the kernel disagree on a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disagreement {
+    /// The pool offers the port (to some client) while the kernel holds it: another
+    /// program's socket on it (the bind will fail), in TIME_WAIT without `SO_REUSEADDR`
+    /// (the bind will fail), or, with it, in TIME_WAIT with a client the configured
+    /// quarantine scope says to keep the port from.
+    OfferedWhileHeld,
+    /// The pool keeps the port from a client (port-wide or per-client quarantine) while the
+    /// kernel holds nothing that the quarantine stands for.
+    WithheldWhileFree,
+}
+
+impl Disagreement {
+    /// A short name, for replies and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Disagreement::OfferedWhileHeld => "offered_while_held",
+            Disagreement::WithheldWhileFree => "withheld_while_free",
+        }
+    }
+}
+
+/// One port as the pool and the kernel see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortCheck {
+    /// The passive address and port.
+    pub addr: SocketAddr,
+    /// The kernel's longest remaining TIME_WAIT on it (`None`: nothing, or under [`SLACK`]).
+    pub kernel: Option<Duration>,
+    /// Another program's socket holds it (see [`foreign_sockets`]).
+    pub foreign: bool,
+    /// The pool's live leases on it.
+    pub leases: u32,
+    /// The pool's remaining quarantine on it, port-wide or the longest per-client one.
+    pub pool: Option<Duration>,
+    /// How they disagree, if they do.
+    pub disagreement: Option<Disagreement>,
+}
+
+/// The pool's ledger against the kernel's TIME_WAIT table ([`compare`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerCheck {
+    /// Ports where either side holds something, in the ledger's order.
+    pub ports: Vec<PortCheck>,
+    /// TIME_WAIT sockets on the passive ports.
+    pub kernel_time_wait: usize,
+    /// Passive ports another program's socket holds.
+    pub foreign: usize,
+    /// Ports with [`Disagreement::OfferedWhileHeld`].
+    pub offered_while_held: usize,
+    /// Ports with [`Disagreement::WithheldWhileFree`].
+    pub withheld_while_free: usize,
+}
+
+/// Compares the pool's `ledger` (as of `now`) with the kernel's TIME_WAIT `table` under the
+/// pool's quarantine `scope` and exclusivity, for listeners bound with or without
+/// `SO_REUSEADDR` (`reuseaddr`):
+/// - without `SO_REUSEADDR`, any TIME_WAIT on a port refuses its bind: a port the pool offers
+///   then is [`Disagreement::OfferedWhileHeld`], whatever the scope;
+/// - with it, scope `port` stands for "TIME_WAIT on the port", scope `peer` for "TIME_WAIT
+///   with that client on the port", scope `none` for nothing (the kernel lets the bind
+///   through);
+/// - a port another program's socket holds (`foreign`, see [`foreign_sockets`]) refuses
+///   the bind whatever the options: a port the pool offers then is
+///   [`Disagreement::OfferedWhileHeld`];
+/// - a quarantine (port-wide, or per client under `peer`) with no TIME_WAIT that it stands
+///   for is [`Disagreement::WithheldWhileFree`].
+///
+/// Remaining times under [`SLACK`] count as ended on both sides.
+pub fn compare(
+    ledger: &[pasv_pool::PortLedger],
+    table: &[TimeWait],
+    foreign: &[SocketAddr],
+    now: pasv_pool::Instant,
+    scope: pasv_pool::QuarantineScope,
+    exclusivity: pasv_pool::Exclusivity,
+    reuseaddr: bool,
+) -> LedgerCheck {
+    use pasv_pool::QuarantineScope;
+    let left = |until: pasv_pool::Instant| {
+        Some(until.saturating_duration_since(now)).filter(|d| *d >= SLACK)
+    };
+    let mut check = LedgerCheck::default();
+    for port in ledger {
+        let held: BTreeMap<IpAddr, Duration> = table
+            .iter()
+            .filter(|t| conflicts(t.local, port.addr) && t.remaining >= SLACK)
+            .fold(BTreeMap::new(), |mut m, t| {
+                let e = m.entry(t.remote.ip()).or_default();
+                *e = (*e).max(t.remaining);
+                m
+            });
+        check.kernel_time_wait += table
+            .iter()
+            .filter(|t| conflicts(t.local, port.addr))
+            .count();
+        let kernel = held.values().copied().max();
+        let is_foreign = foreign.iter().any(|&f| conflicts(f, port.addr));
+        check.foreign += usize::from(is_foreign);
+        let cooling = port.cooling_until.and_then(left);
+        let blocked: Vec<(IpAddr, Duration)> = port
+            .blocked
+            .iter()
+            .filter_map(|&(peer, until)| left(until).map(|d| (peer, d)))
+            .collect();
+        let pool = cooling.max(blocked.iter().map(|b| b.1).max());
+        let offerable = cooling.is_none() && port.offerable(exclusivity);
+        let offered_while_held = offerable
+            && (is_foreign
+                || match (reuseaddr, scope) {
+                    (false, _) => kernel.is_some(),
+                    (true, QuarantineScope::Port) => kernel.is_some() && port.leases == 0,
+                    (true, QuarantineScope::Peer) => held
+                        .keys()
+                        .any(|peer| !blocked.iter().any(|b| b.0 == *peer)),
+                    (true, QuarantineScope::None) => false,
+                });
+        let withheld_while_free = match cooling {
+            Some(_) => kernel.is_none(),
+            None => blocked.iter().any(|b| !held.contains_key(&b.0)),
+        };
+        let disagreement = if offered_while_held {
+            check.offered_while_held += 1;
+            Some(Disagreement::OfferedWhileHeld)
+        } else if withheld_while_free {
+            check.withheld_while_free += 1;
+            Some(Disagreement::WithheldWhileFree)
+        } else {
+            None
+        };
+        if kernel.is_some() || is_foreign || pool.is_some() || port.leases > 0 {
+            check.ports.push(PortCheck {
+                addr: port.addr,
+                kernel,
+                foreign: is_foreign,
+                leases: port.leases,
+                pool,
+                disagreement,
+            });
+        }
+    }
+    check
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +428,116 @@ mod tests {
             parse_tcp_table(TCP, 1000)[0].remaining,
             Duration::from_millis(5_979)
         );
+    }
+
+    #[test]
+    fn parses_bound_sockets_with_their_inodes() {
+        let bound = parse_bound_sockets(TCP);
+        assert_eq!(
+            bound,
+            vec![
+                Bound {
+                    local: "127.0.0.1:29980".parse().unwrap(),
+                    state: 0x0A,
+                    inode: 9_111_243,
+                },
+                Bound {
+                    local: "127.0.0.2:21".parse().unwrap(),
+                    state: 0x05,
+                    inode: 0,
+                },
+            ]
+        );
+    }
+
+    /// A listener this process holds is its own; one in another process is foreign.
+    #[test]
+    fn a_listener_of_this_process_is_not_foreign() {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = own.local_addr().unwrap();
+        let foreign = foreign_sockets().expect("kernel tables");
+        assert!(!foreign.contains(&addr), "{addr} in {foreign:?}");
+    }
+
+    /// Each scope's reading of the same kernel table and ledger.
+    #[test]
+    fn compare_names_each_disagreement_under_each_scope() {
+        use pasv_pool::{Exclusivity, Instant, PortLedger, QuarantineScope};
+        let now = Instant::ZERO + Duration::from_secs(100);
+        let table = parse_tcp_table(TCP, 100); // TIME_WAIT on 127.0.0.1:29980, 59.79 s
+        let port = |p: u16| PortLedger {
+            addr: SocketAddr::new("127.0.0.1".parse().unwrap(), p),
+            leases: 0,
+            cooling_until: None,
+            blocked: Vec::new(),
+        };
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let cooling = |p: u16| PortLedger {
+            cooling_until: Some(now + Duration::from_secs(30)),
+            ..port(p)
+        };
+        let run = |ledger: &[PortLedger], scope, reuseaddr| {
+            let c = compare(
+                ledger,
+                &table,
+                &[],
+                now,
+                scope,
+                Exclusivity::PerPort,
+                reuseaddr,
+            );
+            (c.offered_while_held, c.withheld_while_free)
+        };
+        // Free in the pool, TIME_WAIT in the kernel.
+        let free = [port(29_980), port(29_981)];
+        assert_eq!(run(&free, QuarantineScope::None, false), (1, 0));
+        assert_eq!(run(&free, QuarantineScope::None, true), (0, 0));
+        assert_eq!(run(&free, QuarantineScope::Port, true), (1, 0));
+        assert_eq!(run(&free, QuarantineScope::Peer, true), (1, 0));
+        // Cooling in the pool: agrees where the kernel holds it, not where it does not.
+        let both = [cooling(29_980), cooling(29_981)];
+        assert_eq!(run(&both, QuarantineScope::Port, true), (0, 1));
+        // Per-peer quarantine for the client the kernel holds: agreement.
+        let peer = [PortLedger {
+            blocked: vec![(client, now + Duration::from_secs(59))],
+            ..port(29_980)
+        }];
+        assert_eq!(run(&peer, QuarantineScope::Peer, true), (0, 0));
+        // A quarantine that ends within the slack is no disagreement.
+        let ending = [PortLedger {
+            cooling_until: Some(now + Duration::from_millis(500)),
+            ..port(29_981)
+        }];
+        assert_eq!(run(&ending, QuarantineScope::Port, true), (0, 0));
+        let c = compare(
+            &both,
+            &table,
+            &[],
+            now,
+            QuarantineScope::Port,
+            Exclusivity::PerPort,
+            true,
+        );
+        assert!(!c.ports[0].foreign);
+        // Another program's listener on a free port: refused whatever the options.
+        let listener: SocketAddr = "0.0.0.0:29981".parse().unwrap();
+        let f = compare(
+            &free,
+            &[],
+            &[listener],
+            now,
+            QuarantineScope::None,
+            Exclusivity::PerPort,
+            true,
+        );
+        assert_eq!((f.offered_while_held, f.foreign), (1, 1));
+        assert_eq!(f.ports[0].addr.port(), 29_981);
+        assert_eq!(c.kernel_time_wait, 1);
+        assert_eq!(
+            c.ports[1].disagreement,
+            Some(Disagreement::WithheldWhileFree)
+        );
+        assert_eq!(c.ports[0].kernel, Some(Duration::from_millis(59_790)));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::defender::Defender;
+use super::kernel::Disagreement;
 use super::passive::PassivePorts;
 use super::users::Users;
 use crate::clock;
@@ -672,6 +673,39 @@ impl ServerCollector {
              leases per second.",
             &ConstGauge::new(model.rate_max - rate),
         )?;
+        // The ledger against the kernel (read at each scrape; absent where the kernel's
+        // tables cannot be read).
+        if let Ok(check) = self.ports.ledger_check() {
+            one(
+                e,
+                "pasvd_ledger_kernel_time_wait",
+                "TCP sockets in TIME_WAIT on the passive ports, as the kernel reports them.",
+                &ConstGauge::new(check.kernel_time_wait as i64),
+            )?;
+            one(
+                e,
+                "pasvd_ledger_foreign_ports",
+                "Passive ports on which another program holds a TCP socket (a listener or a \
+                 connection), so the kernel refuses their bind.",
+                &ConstGauge::new(check.foreign as i64),
+            )?;
+            family(
+                e,
+                "pasvd_ledger_disagreements",
+                "Passive ports on which the pool's ledger and the kernel disagree now.",
+                "kind",
+                [
+                    (
+                        Disagreement::OfferedWhileHeld.name(),
+                        ConstGauge::new(check.offered_while_held as i64),
+                    ),
+                    (
+                        Disagreement::WithheldWhileFree.name(),
+                        ConstGauge::new(check.withheld_while_free as i64),
+                    ),
+                ],
+            )?;
+        }
         Ok(())
     }
 }

@@ -32,11 +32,14 @@ use tokio::time::Instant;
 
 use super::config::{Config, ListenerMode};
 use super::error::ServerError;
-use super::kernel::{self, TimeWait};
+use super::kernel::{self, LedgerCheck, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::public::PublicAddresses;
 use crate::clock;
 
+/// Retry hint when every port is leased and the hold times measured so far say nothing
+/// (no lease has ended yet, or every live one is older than all of them).
+pub(crate) const ALL_LEASED_FALLBACK: Duration = Duration::from_secs(1);
 /// Backlog of a per-lease listener: it accepts one connection (plus the odd intruder).
 const LEASE_BACKLOG: u32 = 16;
 /// How many leased ports may fail to bind in a row before PASV gives up.
@@ -124,6 +127,9 @@ struct Wake {
 /// The passive side of the server, shared by all sessions.
 pub(crate) struct PassivePorts {
     pool: Mutex<Pool>,
+    /// Hold times of recent leases and the starts of live ones, for the hint when every
+    /// port is leased ([`PassivePorts::all_leased_hint`]).
+    holds: Mutex<pasv_pool::HoldEstimator>,
     waiters: Mutex<Waiters>,
     /// Whether the pool's answer depends on the peer (see [`Class`]).
     per_peer: bool,
@@ -190,6 +196,7 @@ impl PassivePorts {
         })?;
         let ports_state = Arc::new(PassivePorts {
             pool: Mutex::new(pool),
+            holds: Mutex::new(pasv_pool::HoldEstimator::new()),
             waiters: Mutex::default(),
             per_peer: exclusivity == Exclusivity::PerPortAndPeer
                 || config.effective_quarantine() == QuarantineScope::Peer
@@ -545,6 +552,7 @@ impl PassivePorts {
                 }
             }
         };
+        lock(&self.holds).leased(leased_at);
         Ok(Passive {
             guard: LeaseGuard {
                 ports: Arc::clone(self),
@@ -597,9 +605,11 @@ impl PassivePorts {
         let now = clock::pool_now();
         let result = lock(&self.pool).release(lease, now, closer);
         match result {
-            Ok(()) => self
-                .counters
-                .lease_held(now.saturating_duration_since(leased_at)),
+            Ok(()) => {
+                lock(&self.holds).released(leased_at, now);
+                self.counters
+                    .lease_held(now.saturating_duration_since(leased_at));
+            }
             Err(e) => tracing::error!(error = %e, "pool refused a release"),
         }
         // One port freed wakes one waiter that can use its address: waking all of them
@@ -618,9 +628,37 @@ impl PassivePorts {
         }
     }
 
+    /// The retry hint when every port is leased and none is cooling: the median time until
+    /// the first live lease ends, from the hold times of recent leases (see
+    /// `pasv_pool::hold`); [`ALL_LEASED_FALLBACK`] before there are any.
+    pub(crate) fn all_leased_hint(&self) -> Duration {
+        lock(&self.holds)
+            .first_release(clock::pool_now())
+            .unwrap_or(ALL_LEASED_FALLBACK)
+    }
+
     /// Pool statistics now.
     pub(crate) fn stats(&self) -> pasv_pool::PoolStats {
         lock(&self.pool).stats(clock::pool_now())
+    }
+
+    /// The pool's ledger against the kernel's TIME_WAIT table now (see `kernel::compare`);
+    /// an error where the kernel's tables cannot be read.
+    pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
+        let table = kernel::time_wait_sockets()?;
+        let foreign = kernel::foreign_sockets()?;
+        let pool = lock(&self.pool);
+        let now = clock::pool_now();
+        let config = pool.config();
+        Ok(kernel::compare(
+            &pool.ledger(now),
+            &table,
+            &foreign,
+            now,
+            config.scope,
+            config.exclusivity,
+            self.reuseaddr,
+        ))
     }
 
     /// The capacity model for a mean hold time and a share of server-side closes.

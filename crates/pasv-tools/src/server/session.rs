@@ -45,6 +45,9 @@ use crate::clock;
 /// socket buffers take this much at once.
 const INLINE_MAX: usize = 64 * 1024;
 
+/// Ports listed at most by `SITE POOL` (disagreements first).
+const SITE_POOL_PORTS: usize = 64;
+
 /// The data endpoint the next transfer will use.
 enum Endpoint {
     None,
@@ -311,6 +314,10 @@ impl Driver {
                 self.release_data();
             }
             Action::AcceptDue => self.accept_due(core),
+            Action::PoolReport => {
+                let text = self.pool_report();
+                core.handle_pool_report(clock::pool_now(), &text);
+            }
             Action::Verify { name, password } => self.verify(name, password),
             Action::StartTransfer(job) => self.start(job, core),
             Action::AbortTransfer => {
@@ -472,6 +479,7 @@ impl Driver {
                         name: grant.name,
                         write: grant.write,
                         anonymous: grant.anonymous,
+                        admin: grant.admin,
                     };
                     OpDone::Verified(verified, Some(vfs))
                 }
@@ -485,6 +493,54 @@ impl Driver {
                 }
             }
         }));
+    }
+
+    /// The text of `SITE POOL`: the pool's counts and its ledger against the kernel's
+    /// TIME_WAIT table.
+    fn pool_report(&self) -> String {
+        let ports = &self.shared.ports;
+        let stats = ports.stats();
+        let mut text = format!(
+            "Pool: {} free, {} leased, {} cooling, {} (port, client) pairs in per-client \
+             quarantine.\n",
+            stats.free, stats.leased, stats.cooling, stats.peer_quarantined
+        );
+        match ports.ledger_check() {
+            Ok(check) => {
+                text.push_str(&format!(
+                    " Kernel: {} TIME_WAIT sockets on the passive ports, {} ports held by \
+                     other programs.\n \
+                     Disagreements: {} offered_while_held, {} withheld_while_free.\n",
+                    check.kernel_time_wait,
+                    check.foreign,
+                    check.offered_while_held,
+                    check.withheld_while_free
+                ));
+                // Disagreements first, then the rest, at most SITE_POOL_PORTS lines.
+                let mut listed: Vec<_> = check.ports.iter().collect();
+                listed.sort_by_key(|p| p.disagreement.is_none());
+                let secs = |d: Option<Duration>| {
+                    d.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+                };
+                for p in listed.iter().take(SITE_POOL_PORTS) {
+                    text.push_str(&format!(
+                        " {} kernel {}{} pool {} leases {} {}\n",
+                        p.addr,
+                        secs(p.kernel),
+                        if p.foreign { "+foreign" } else { "" },
+                        secs(p.pool),
+                        p.leases,
+                        p.disagreement.map_or("agree", |d| d.name())
+                    ));
+                }
+                if listed.len() > SITE_POOL_PORTS {
+                    text.push_str(&format!(" ... {} more\n", listed.len() - SITE_POOL_PORTS));
+                }
+            }
+            Err(e) => text.push_str(&format!(" Kernel: tables unreadable ({e}).\n")),
+        }
+        text.push_str("End");
+        text
     }
 
     fn op_done(&mut self, core: &mut Core, done: OpDone) {
@@ -511,7 +567,12 @@ impl Driver {
             }
             OpDone::Passive(Err(refusal)) => {
                 let refusal = match refusal {
-                    Refusal::Exhausted { retry_after } => PassiveRefusal::Exhausted { retry_after },
+                    Refusal::Exhausted {
+                        retry_after: Some(retry_after),
+                    } => PassiveRefusal::Exhausted { retry_after },
+                    Refusal::Exhausted { retry_after: None } => PassiveRefusal::AllLeased {
+                        hint: self.shared.ports.all_leased_hint(),
+                    },
                     Refusal::PeerLimit { limit } => PassiveRefusal::PeerLimit { limit },
                     Refusal::NoAddress => PassiveRefusal::NoAddress,
                     Refusal::Bind(e) => PassiveRefusal::Bind(e.to_string()),

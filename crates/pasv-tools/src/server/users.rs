@@ -6,6 +6,7 @@
 //! password = "$argon2id$v=19$m=19456,t=2,p=1$..."   # from `pasvd passwd`
 //! root = "/srv/ftp/alice"                            # optional: the server root
 //! write = true                                       # optional: false
+//! admin = true                                       # optional: false (SITE POOL)
 //! ```
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub(crate) struct User {
     root: Option<PathBuf>,
     #[serde(default)]
     write: bool,
+    #[serde(default)]
+    admin: bool,
 }
 
 impl fmt::Debug for User {
@@ -40,6 +43,7 @@ impl fmt::Debug for User {
             .field("password", &"<redacted>")
             .field("root", &self.root)
             .field("write", &self.write)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -58,6 +62,8 @@ pub(crate) struct Grant {
     pub(crate) anonymous: bool,
     pub(crate) root: Option<PathBuf>,
     pub(crate) write: bool,
+    /// May run the administrator's SITE commands (`SITE POOL`); never anonymous.
+    pub(crate) admin: bool,
 }
 
 /// The accounts the server knows, and the bound on password verifications.
@@ -274,6 +280,7 @@ impl Users {
                 anonymous: true,
                 root: None,
                 write: self.anonymous_write,
+                admin: false,
             });
         }
         let user = self.by_name.get(name);
@@ -295,6 +302,7 @@ impl Users {
             anonymous: false,
             root: user.root.clone(),
             write: user.write,
+            admin: user.admin,
         })
     }
 

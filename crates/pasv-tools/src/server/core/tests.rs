@@ -116,6 +116,7 @@ impl Session {
                 name: "alice".into(),
                 write,
                 anonymous: false,
+                admin: false,
             },
         );
         assert_eq!(s.codes(), [331, 230]);
@@ -252,6 +253,7 @@ fn login_goes_user_pass_verified() {
             name: "alice".into(),
             write: true,
             anonymous: false,
+            admin: false,
         },
     );
     assert_eq!(s.replies(), ["230 Login successful."]);
@@ -392,6 +394,7 @@ fn the_login_deadline_holds_whatever_the_client_sends_or_waits_for() {
             name: "alice".into(),
             write: true,
             anonymous: false,
+            admin: false,
         },
     );
     assert_eq!(s.codes(), Vec::<u16>::new());
@@ -760,6 +763,7 @@ fn pipelined_commands_are_answered_in_order_across_waits() {
             name: "alice".into(),
             write: true,
             anonymous: false,
+            admin: false,
         },
     );
     let actions = s.actions();
@@ -899,6 +903,7 @@ fn port_is_checked_before_anything_connects() {
             name: "anonymous".into(),
             write: false,
             anonymous: true,
+            admin: false,
         },
     );
     s.send("PORT 127,0,0,1,200,0\r\n");
@@ -927,15 +932,15 @@ fn the_425_path() {
     let refusals = [
         (
             PassiveRefusal::Exhausted {
-                retry_after: Some(37 * SECOND),
+                retry_after: 37 * SECOND,
             },
             425,
             Some(37 * SECOND),
         ),
         (
-            PassiveRefusal::Exhausted { retry_after: None },
+            PassiveRefusal::AllLeased { hint: 3 * SECOND },
             425,
-            Some(SECOND),
+            Some(3 * SECOND),
         ),
         (PassiveRefusal::Bind("in use".into()), 425, Some(SECOND)),
         (PassiveRefusal::PeerLimit { limit: 4 }, 425, None),
