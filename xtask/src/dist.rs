@@ -164,4 +164,61 @@ mod tests {
         }
         assert!(read(dir.path().join("man/pasv-get.1")).contains("--trust-pasv-ip"));
     }
+
+    /// `packaging/install.sh` lays out what a package holds, from the generated pages and
+    /// completions and two stand-in binaries: the unit names the binary under the prefix,
+    /// and an installed configuration file is kept.
+    #[test]
+    fn the_install_script_lays_out_a_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let dist = dir.path().join("dist");
+        generate(&dist).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for name in ["pasvd", "pasv"] {
+            std::fs::write(bin.join(name), format!("#!/bin/sh\necho {name}\n")).unwrap();
+        }
+        let dest = dir.path().join("dest");
+        let install = || {
+            let status = std::process::Command::new("sh")
+                .arg(workspace_root().join("packaging/install.sh"))
+                .env("DESTDIR", &dest)
+                .env("PREFIX", "/usr")
+                .env("BIN_DIR", &bin)
+                .env("DIST_DIR", &dist)
+                .status()
+                .expect("sh runs");
+            assert!(status.success(), "install.sh: {status}");
+        };
+        install();
+        for path in [
+            "usr/bin/pasvd",
+            "usr/bin/pasv",
+            "usr/share/man/man1/pasvd.1",
+            "usr/share/man/man1/pasv-get.1",
+            "usr/share/bash-completion/completions/pasvd",
+            "usr/share/bash-completion/completions/pasv",
+            "usr/share/zsh/site-functions/_pasvd",
+            "usr/share/fish/vendor_completions.d/pasv.fish",
+            "usr/lib/systemd/system/pasvd.service",
+            "usr/lib/sysusers.d/pasvd.conf",
+            "usr/lib/tmpfiles.d/pasvd.conf",
+            "usr/share/doc/pasvd/DEPLOYMENT.md",
+            "etc/pasvd/pasvd.toml",
+        ] {
+            assert!(dest.join(path).is_file(), "{path} not installed");
+        }
+        let unit = read(dest.join("usr/lib/systemd/system/pasvd.service"));
+        assert!(
+            unit.lines()
+                .any(|l| l == "ExecStart=/usr/bin/pasvd --config /etc/pasvd/pasvd.toml"),
+            "{unit}"
+        );
+        assert!(!unit.contains("/usr/local/bin"), "{unit}");
+
+        let config = dest.join("etc/pasvd/pasvd.toml");
+        std::fs::write(&config, "# changed here\n").unwrap();
+        install();
+        assert_eq!(read(config), "# changed here\n");
+    }
 }

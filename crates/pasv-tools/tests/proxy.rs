@@ -7,9 +7,10 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use pasv_tools::server::Config;
+use pasv_tools::server::{Config, ListenerMode};
 use support::{connect_from, read_all, Ftp, TestServer, LOCALHOST};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
 const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
@@ -198,5 +199,133 @@ async fn the_advertised_address_follows_the_client_network() {
         assert_eq!(advertised.ip().to_string(), expected, "for {client}");
         ftp.expect("QUIT", 221).await;
     }
+    server.stop().await;
+}
+
+/// A data connection as a balancer that forwards the passive range with `send-proxy-v2`
+/// opens it: from the balancer's address, with a header naming `client`.
+async fn data_through_balancer(client: IpAddr, addr: SocketAddr) -> TcpStream {
+    let mut data = connect_from(LOCALHOST, addr)
+        .await
+        .expect("the balancer's data connection is admitted");
+    data.write_all(&v2_header(client, addr)).await.unwrap();
+    data
+}
+
+/// Whether the server closed `stream` (reset or end of stream) without sending a byte.
+async fn refused(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(support::WAIT, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("the connection was neither served nor closed in time"),
+    }
+}
+
+/// `proxy_protocol_data`: passive data connections come through the balancer with their
+/// own PROXY header; the transfer goes to the client the header names, a connection whose
+/// header names another client is refused (the real one is still served), in both listener
+/// modes.
+#[tokio::test]
+async fn data_connections_through_the_balancer_carry_the_client_in_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), support::pattern(70_000, 3)).unwrap();
+    for mode in [ListenerMode::Prebound, ListenerMode::PerLease] {
+        let mut config = config(dir.path());
+        config.proxy_protocol_data = true;
+        config.listener_mode = mode;
+        let server = TestServer::start(config).await;
+        let (mut ftp, code) =
+            through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+        assert_eq!(code, 220);
+        login(&mut ftp).await;
+
+        let addr = ftp.pasv().await;
+        let mut data = data_through_balancer(CLIENT, addr).await;
+        ftp.expect("RETR f.bin", 150).await;
+        assert_eq!(
+            read_all(&mut data).await,
+            support::pattern(70_000, 3),
+            "{mode:?}"
+        );
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+
+        // A header naming another client: refused, and the client's own still served.
+        let addr = ftp.pasv().await;
+        let mut foreign = data_through_balancer(OTHER, addr).await;
+        ftp.expect("RETR f.bin", 150).await;
+        assert!(
+            refused(&mut foreign).await,
+            "{mode:?}: the foreign connection served"
+        );
+        let mut data = data_through_balancer(CLIENT, addr).await;
+        assert_eq!(read_all(&mut data).await.len(), 70_000, "{mode:?}");
+        assert_eq!(ftp.reply().await.code().get(), 226, "{mode:?}");
+        ftp.expect("QUIT", 221).await;
+        server.stop().await;
+    }
+}
+
+/// A balancer connection whose header never comes is reset at the accept deadline (0.5 s,
+/// before the 5 s header bound) and the transfer fails with 425; the session goes on and
+/// its next transfer works.
+#[tokio::test]
+async fn a_data_connection_whose_header_never_comes_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), support::pattern(1_000, 4)).unwrap();
+    let mut config = config(dir.path());
+    config.proxy_protocol_data = true;
+    config.accept_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
+    let (mut ftp, _) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    login(&mut ftp).await;
+    let addr = ftp.pasv().await;
+    let mut silent = connect_from(LOCALHOST, addr).await.expect("connect");
+    ftp.expect("RETR f.bin", 150).await;
+    // The header wait ends with the accept deadline, not at the 5 s header bound.
+    let reply = tokio::time::timeout(Duration::from_secs(4), ftp.reply())
+        .await
+        .expect("the 425 comes at the accept deadline, before the header bound");
+    assert_eq!(reply.code().get(), 425, "{reply:?}");
+    assert!(refused(&mut silent).await);
+
+    let addr = ftp.pasv().await;
+    let mut data = data_through_balancer(CLIENT, addr).await;
+    ftp.expect("RETR f.bin", 150).await;
+    assert_eq!(read_all(&mut data).await.len(), 1_000);
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    server.stop().await;
+}
+
+/// Prebound, one port leased to two clients behind the same balancer: the session that
+/// accepts reads each connection's header and hands the other client's connection to the
+/// other session, which serves it.
+#[tokio::test]
+async fn a_prebound_port_routes_balancer_connections_by_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), support::pattern(5_000, 5)).unwrap();
+    std::fs::write(dir.path().join("b.bin"), support::pattern(6_000, 6)).unwrap();
+    let mut config = config(dir.path());
+    config.proxy_protocol_data = true;
+    config.pasv_max_port = config.pasv_min_port;
+    let server = TestServer::start(config).await;
+    let (mut a, _) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    let (mut b, _) = through_balancer(LOCALHOST, server.addr, &v2_header(OTHER, server.addr)).await;
+    login(&mut a).await;
+    login(&mut b).await;
+    let port_a = a.pasv().await;
+    let port_b = b.pasv().await;
+    assert_eq!(port_a, port_b, "one port, shared by the two clients");
+    // B's connection is queued first: A's session takes it, and must pass it on.
+    let mut data_b = data_through_balancer(OTHER, port_b).await;
+    let mut data_a = data_through_balancer(CLIENT, port_a).await;
+    a.expect("RETR a.bin", 150).await;
+    assert_eq!(read_all(&mut data_a).await, support::pattern(5_000, 5));
+    assert_eq!(a.reply().await.code().get(), 226);
+    b.expect("RETR b.bin", 150).await;
+    assert_eq!(read_all(&mut data_b).await, support::pattern(6_000, 6));
+    assert_eq!(b.reply().await.code().get(), 226);
     server.stop().await;
 }

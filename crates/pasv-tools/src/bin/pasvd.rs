@@ -28,6 +28,7 @@ fn overrides(cli: &Cli) -> ConfigFile {
     o.pasv_follow_advertised = cli.pasv_follow_advertised.then_some(true);
     o.proxy_protocol = cli.proxy_protocol.then_some(true);
     o.proxy_from = (!cli.proxy_from.is_empty()).then(|| cli.proxy_from.clone());
+    o.proxy_protocol_data = cli.proxy_protocol_data.then_some(true);
     o.anonymous_write = cli.anonymous_write.then_some(true);
     o.no_anonymous = cli.no_anonymous.then_some(true);
     o.users = cli.users.clone();

@@ -63,6 +63,11 @@ pub struct Cli {
     /// --proxy-protocol, control connections from anywhere else are closed unread.
     #[arg(long, env = "PASVD_PROXY_FROM", value_delimiter = ',')]
     pub proxy_from: Vec<String>,
+    /// Passive data connections from --proxy-from sources start with a PROXY header too
+    /// (the balancer forwards the passive ranges with send-proxy-v2); the data connection
+    /// must come from the client that header names.
+    #[arg(long, env = "PASVD_PROXY_PROTOCOL_DATA")]
+    pub proxy_protocol_data: bool,
     /// Let anonymous users upload, rename, delete and create directories.
     #[arg(long, env = "PASVD_ANONYMOUS_WRITE")]
     pub anonymous_write: bool,

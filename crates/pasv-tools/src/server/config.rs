@@ -141,6 +141,10 @@ pub struct Config {
     /// The sources (load balancers) allowed to send a PROXY header; with `proxy_protocol`,
     /// control connections from anywhere else are closed unread.
     pub proxy_from: Vec<Cidr>,
+    /// Passive data connections from `proxy_from` sources start with a PROXY header naming
+    /// the client (the balancer forwards the passive ranges with `send-proxy-v2`); the data
+    /// connection's address check then uses that address. Needs `proxy_from`.
+    pub proxy_protocol_data: bool,
     /// Anonymous logins (`anonymous`, `ftp`) allowed.
     pub anonymous_enable: bool,
     /// Anonymous users may upload, rename, delete and create directories.
@@ -244,6 +248,7 @@ impl Default for Config {
             pasv_follow_advertised: false,
             proxy_protocol: false,
             proxy_from: Vec::new(),
+            proxy_protocol_data: false,
             anonymous_enable: true,
             anonymous_write: false,
             users: None,
@@ -369,6 +374,7 @@ impl Config {
                     .collect(),
             ),
         );
+        line("proxy_protocol_data", self.proxy_protocol_data.to_string());
         line("anonymous_enable", self.anonymous_enable.to_string());
         line("anonymous_write", self.anonymous_write.to_string());
         line(
@@ -568,6 +574,13 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.proxy_protocol_data && self.proxy_from.is_empty() {
+            return bad(
+                "proxy_protocol_data (--proxy-protocol-data) needs proxy_from (--proxy-from): \
+                 the balancers allowed to name a client's address"
+                    .to_owned(),
+            );
+        }
         if !(1..=1000).contains(&self.max_login_failures) {
             return bad(format!(
                 "max_login_failures {} is not within 1-1000",
@@ -694,6 +707,7 @@ pub struct ConfigFile {
     pub proxy_protocol: Option<bool>,
     /// CIDR blocks (`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`).
     pub proxy_from: Option<Vec<String>>,
+    pub proxy_protocol_data: Option<bool>,
     pub anonymous_enable: Option<bool>,
     pub anonymous_write: Option<bool>,
     pub users: Option<PathBuf>,
@@ -766,6 +780,12 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The one address of a block that holds one (`/32`, `/128`).
+    pub fn host(&self) -> Option<IpAddr> {
+        let full = if self.addr.is_ipv4() { 32 } else { 128 };
+        (self.prefix == full).then_some(self.addr)
+    }
+
     /// Whether `ip` lies in the block.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
@@ -917,6 +937,7 @@ impl ConfigFile {
             pasv_address,
             pasv_follow_advertised,
             proxy_protocol,
+            proxy_protocol_data,
             anonymous_enable,
             anonymous_write,
             no_reuseaddr,
@@ -1325,6 +1346,28 @@ mod tests {
         assert_eq!(config.proxy_from.len(), 2);
         let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.0/40\"]").unwrap();
         assert!(file.apply(&mut config).is_err());
+
+        // The same for headers on data connections, which may come without the control one.
+        let mut config = Config::default();
+        let file: ConfigFile = toml::from_str("proxy_protocol_data = true").unwrap();
+        file.apply(&mut config).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--proxy-protocol-data"), "{error}");
+        let file: ConfigFile = toml::from_str("proxy_from = [\"10.0.0.1\"]").unwrap();
+        file.apply(&mut config).unwrap();
+        config.validate().unwrap();
+        assert!(config.proxy_protocol_data);
+    }
+
+    #[test]
+    fn a_block_of_one_address_names_its_host() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = |s: &str| s.parse::<Cidr>().unwrap().host();
+        assert_eq!(host("10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(host("10.0.0.1/32"), Some(ip("10.0.0.1")));
+        assert_eq!(host("2001:db8::1/128"), Some(ip("2001:db8::1")));
+        assert_eq!(host("10.0.0.0/31"), None);
+        assert_eq!(host("2001:db8::/127"), None);
     }
 
     #[test]

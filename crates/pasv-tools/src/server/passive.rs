@@ -30,10 +30,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::config::{Config, ListenerMode};
+use super::config::{Cidr, Config, ListenerMode};
 use super::error::ServerError;
 use super::kernel::{self, LedgerCheck, TimeWait};
 use super::metrics::{AcceptStage, Counters};
+use super::proxy;
 use super::public::PublicAddresses;
 use crate::clock;
 
@@ -151,6 +152,30 @@ pub(crate) struct PassivePorts {
     pub(crate) counters: Arc<Counters>,
     /// When the pool was built.
     started: Instant,
+    /// `proxy_protocol_data`: data connections from the balancers carry a PROXY header.
+    proxy_data: Option<ProxyData>,
+}
+
+/// Data connections that pass through a load balancer (`proxy_protocol_data`): each one from
+/// a `proxy_from` source starts with a PROXY header naming the client, and the data
+/// connection's address check uses that address.
+struct ProxyData {
+    /// The sources whose data connections start with a header.
+    from: Vec<Cidr>,
+    /// The balancers' addresses, which every passive listener's kernel filter admits beside
+    /// the leases' peers; `None` when a `proxy_from` block holds more than one address, and
+    /// so the listeners have no filter (the check after the header still applies).
+    hosts: Option<Vec<IpAddr>>,
+}
+
+impl ProxyData {
+    /// What a passive listener's kernel filter admits, in both listener modes: the
+    /// balancers only, since every client reaches the node through them (`None`: no
+    /// filter). Data connections that reach the node directly go with the other mode, each
+    /// node advertising its own address, without `proxy_protocol_data`.
+    fn admit(&self) -> Option<Vec<IpAddr>> {
+        self.hosts.clone()
+    }
 }
 
 /// The pool's capacity model for given measurements (see [`PassivePorts::capacity`]).
@@ -216,16 +241,29 @@ impl PassivePorts {
             prebound: Mutex::new(HashMap::new()),
             counters: Arc::default(),
             started: clock::now(),
+            proxy_data: config.proxy_protocol_data.then(|| ProxyData {
+                from: config.proxy_from.clone(),
+                hosts: config.proxy_from.iter().map(Cidr::host).collect(),
+            }),
         });
         if config.listener_mode == ListenerMode::Prebound {
             let mut listeners = HashMap::new();
             for &ip in &addresses {
                 for port in ports.iter() {
                     let addr = SocketAddr::new(ip, port);
-                    // Nobody is admitted until a lease on the port names a peer.
-                    let listener =
-                        bind_passive(addr, ports_state.reuseaddr, config.listen_backlog, &[])
-                            .map_err(|source| ServerError::Bind { addr, source })?;
+                    // Nobody is admitted until a lease on the port names a peer; with PROXY
+                    // headers on data connections, the balancers are, and only they.
+                    let admit = match &ports_state.proxy_data {
+                        None => Some(Vec::new()),
+                        Some(proxy) => proxy.admit(),
+                    };
+                    let listener = bind_socket(
+                        addr,
+                        ports_state.reuseaddr,
+                        config.listen_backlog,
+                        admit.as_deref(),
+                    )
+                    .map_err(|source| ServerError::Bind { addr, source })?;
                     listeners.insert(
                         addr,
                         PreboundPort {
@@ -455,6 +493,12 @@ impl PassivePorts {
         peer: IpAddr,
         routed: oneshot::Sender<DataConn>,
     ) -> io::Result<()> {
+        if self.proxy_data.is_some() {
+            // The filter admits the balancers, whatever the leases; a connection is routed by
+            // the client its header names, once read (see [`Passive::accept_proxied`]).
+            lock(&self.registry).insert((addr, peer), routed);
+            return Ok(());
+        }
         let mut guard = lock(filter);
         let filter = &mut *guard;
         if !filter.live.contains(&peer) {
@@ -528,7 +572,16 @@ impl PassivePorts {
         let addr = lease.addr();
         let acceptor = match self.mode {
             ListenerMode::PerLease => {
-                match bind_passive(addr, self.reuseaddr, LEASE_BACKLOG, &[peer]) {
+                let bound = match &self.proxy_data {
+                    None => bind_passive(addr, self.reuseaddr, LEASE_BACKLOG, &[peer]),
+                    Some(proxy) => bind_socket(
+                        addr,
+                        self.reuseaddr,
+                        LEASE_BACKLOG,
+                        proxy.admit().as_deref(),
+                    ),
+                };
+                match bound {
                     Ok(listener) => Acceptor::Listener(listener),
                     Err(e) => return Err((lease, e)),
                 }
@@ -1030,6 +1083,29 @@ fn accept_nonblocking(listener: &PassiveListener) -> io::Result<Option<(DataConn
     }
 }
 
+/// Reads the PROXY header a balancer sends first on `stream`, until [`proxy::HEADER_TIMEOUT`]
+/// or `deadline`, whichever comes first: the stream, positioned after the header, and the
+/// client it names. A `LOCAL` header names nobody and is refused like a missing one.
+async fn read_data_header(
+    stream: DataConn,
+    deadline: Instant,
+) -> Result<(DataConn, IpAddr), (Option<DataConn>, String)> {
+    let mut tokio_stream =
+        tokio::net::TcpStream::from_std(stream).map_err(|e| (None, e.to_string()))?;
+    let read = tokio::time::timeout_at(deadline, proxy::read_header(&mut tokio_stream)).await;
+    // Back to a non-blocking std stream, like every other data connection.
+    let stream = tokio_stream.into_std().map_err(|e| (None, e.to_string()))?;
+    match read {
+        Err(_) => Err((
+            Some(stream),
+            "the accept deadline passed inside the header".into(),
+        )),
+        Ok(Err(e)) => Err((Some(stream), e.to_string())),
+        Ok(Ok(None)) => Err((Some(stream), "a LOCAL header names no client".into())),
+        Ok(Ok(Some(client))) => Ok((stream, client.ip().to_canonical())),
+    }
+}
+
 /// Our connection's channel closed: the lease's registry entry is gone.
 fn withdrawn() -> AcceptError {
     AcceptError::Io(io::Error::new(
@@ -1075,7 +1151,10 @@ impl Passive {
     /// as soon as the connection is taken.
     pub(crate) fn try_accept(&mut self) -> Result<Option<DataConn>, AcceptError> {
         let port = self.guard.addr().map_or(0, |a| a.port());
+        let proxied = self.guard.ports.proxy_data.is_some();
         let taken = match &mut self.acceptor {
+            // A connection's header may not have arrived yet: only `accept` waits for it.
+            Acceptor::Listener(_) if proxied => return Ok(None),
             Acceptor::Listener(listener) => loop {
                 match accept_nonblocking(listener) {
                     Ok(Some((stream, from))) if from.ip().to_canonical() == self.peer => {
@@ -1101,6 +1180,7 @@ impl Passive {
                 match routed.try_recv() {
                     Ok(stream) => stream,
                     Err(oneshot::error::TryRecvError::Closed) => return Err(withdrawn()),
+                    Err(oneshot::error::TryRecvError::Empty) if proxied => return Ok(None),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         // From accept to registry look-up, no grant on this port runs.
                         let _grants = lock(filter);
@@ -1153,6 +1233,9 @@ impl Passive {
         if let Some(stream) = self.try_accept()? {
             return Ok(stream);
         }
+        if self.guard.ports.proxy_data.is_some() {
+            return self.accept_proxied().await;
+        }
         let registered = match &self.acceptor {
             Acceptor::Listener(listener) => register(listener),
             Acceptor::Prebound { listener, .. } => register(listener),
@@ -1190,6 +1273,104 @@ impl Passive {
                     Some(stream) => return Ok(stream),
                     None => guard.clear_ready(),
                 },
+            }
+        }
+    }
+
+    /// [`Passive::accept`] with PROXY headers on data connections (`proxy_protocol_data`):
+    /// each connection from a balancer is taken with its header, read within
+    /// [`proxy::HEADER_TIMEOUT`] and the accept deadline, then it is ours if the header names
+    /// the control peer, another session's if that session leased the port for the client
+    /// named (prebound), and reset otherwise, as are connections whose header is missing,
+    /// late, invalid or `LOCAL`. A connection from elsewhere counts under its own address.
+    async fn accept_proxied(&mut self) -> Result<DataConn, AcceptError> {
+        let registered = match &self.acceptor {
+            Acceptor::Listener(listener) => register(listener),
+            Acceptor::Prebound { listener, .. } => register(listener),
+            Acceptor::Done => return Err(already_taken()),
+        }
+        .map_err(AcceptError::Io)?;
+        let deadline = self.deadline;
+        let port = self.addr().port();
+        loop {
+            let acceptor = &mut self.acceptor;
+            let event = tokio::time::timeout_at(deadline, async {
+                match acceptor {
+                    Acceptor::Prebound { routed, .. } => tokio::select! {
+                        r = routed => Event::Routed(r),
+                        r = registered.readable() => Event::Ready(r),
+                    },
+                    _ => Event::Ready(registered.readable().await),
+                }
+            })
+            .await;
+            let (stream, from) = match event {
+                Err(_) => {
+                    self.guard
+                        .ports
+                        .counters
+                        .accept_timeout(AcceptStage::Transfer);
+                    return Err(AcceptError::Timeout);
+                }
+                Ok(Event::Routed(Ok(stream))) => {
+                    self.acceptor = Acceptor::Done;
+                    return Ok(stream);
+                }
+                Ok(Event::Routed(Err(_))) => return Err(withdrawn()),
+                Ok(Event::Ready(Err(e))) => return Err(AcceptError::Io(e)),
+                Ok(Event::Ready(Ok(mut guard))) => match accept_nonblocking(guard.get_inner()) {
+                    Ok(Some(accepted)) => accepted,
+                    Ok(None) => {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    Err(e) => return Err(AcceptError::Io(e)),
+                },
+            };
+            let from_ip = from.ip().to_canonical();
+            let through_balancer = self
+                .guard
+                .ports
+                .proxy_data
+                .as_ref()
+                .is_some_and(|p| p.from.iter().any(|c| c.contains(from_ip)));
+            let (stream, client) = if through_balancer {
+                match read_data_header(stream, deadline).await {
+                    Ok(named) => named,
+                    Err((stream, e)) => {
+                        tracing::warn!(port, from = %from, error = %e,
+                            "data connection without a usable PROXY header reset");
+                        if let Some(stream) = stream {
+                            reset(stream);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                (stream, from_ip)
+            };
+            if client == self.peer {
+                self.acceptor = Acceptor::Done;
+                return Ok(stream);
+            }
+            let waiting = match &self.acceptor {
+                Acceptor::Prebound { registry, .. } => {
+                    lock(registry).remove(&(self.addr(), client))
+                }
+                _ => None,
+            };
+            match waiting {
+                Some(tx) => {
+                    if let Err(stream) = tx.send(stream) {
+                        reset(stream);
+                    }
+                }
+                None => {
+                    tracing::warn!(port, from = %from, client = %client, expected = %self.peer,
+                        "data connection for a foreign address dropped");
+                    self.guard.ports.counters.intruder_dropped();
+                    reset(stream);
+                }
             }
         }
     }

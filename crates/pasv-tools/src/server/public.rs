@@ -185,15 +185,65 @@ mod tests {
         );
         tokio::time::advance(RESOLVE_TTL).await;
         assert_eq!(r.resolve(&localhost).await, Some(Ipv4Addr::LOCALHOST));
-        // `.invalid` never resolves (RFC 6761): nothing known, then the last good address.
-        let gone = PublicAddress::Host("pasvd-test.invalid".to_owned());
+        // A name with an empty label never resolves, and the resolver refuses it before
+        // sending any query: nothing known, then the last good address.
+        let gone = PublicAddress::Host(GONE.to_owned());
         assert_eq!(r.resolve(&gone).await, None);
-        r.seed(
-            "pasvd-test.invalid",
-            Ipv4Addr::new(192, 0, 2, 2),
-            clock::now(),
-        );
+        r.seed(GONE, Ipv4Addr::new(192, 0, 2, 2), clock::now());
         tokio::time::advance(RESOLVE_TTL).await;
         assert_eq!(r.resolve(&gone).await, Some(Ipv4Addr::new(192, 0, 2, 2)));
+    }
+
+    /// A name that cannot resolve, without a DNS query leaving the machine (an empty label).
+    const GONE: &str = "pasvd-test..invalid";
+
+    /// What the code under test logs, read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// A failed lookup after a good one: the reply keeps the last good address, and the
+    /// operator reads a warning naming the host, the error and that address.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_keeps_the_last_good_address_and_is_logged() {
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        // A current-thread runtime: the subscriber set for this thread sees every event.
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let r = PublicAddresses::new(Vec::new(), HashMap::new());
+        r.seed(GONE, Ipv4Addr::new(192, 0, 2, 7), clock::now());
+        tokio::time::advance(RESOLVE_TTL).await;
+        let gone = PublicAddress::Host(GONE.to_owned());
+        assert_eq!(r.resolve(&gone).await, Some(Ipv4Addr::new(192, 0, 2, 7)));
+
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("cannot resolve the passive address"))
+            .unwrap_or_else(|| panic!("no warning logged: {text:?}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains(GONE), "{line}");
+        assert!(line.contains("192.0.2.7"), "{line}");
     }
 }
