@@ -578,13 +578,23 @@ impl Core {
         let open = matches!(
             self.state,
             State::AwaitingUser | State::AwaitingPass { .. } | State::Ready
-        ) || matches!(&self.state, State::Transferring(r) if r.then.is_none());
+        ) || matches!(&self.state, State::Transferring(r) if r.then != Some(Close::Vanished));
         open && self.input.len() < MAX_INPUT && self.out.len() <= MAX_PENDING_OUTPUT
     }
 
     /// Whether actions wait for [`Core::poll_action`].
     pub(crate) fn has_actions(&self) -> bool {
         !self.actions.is_empty()
+    }
+
+    /// Whether the client may still be there: no end of input seen yet. The driver checks
+    /// for one before an upload's end is reported (see [`Core::handle_transfer`]).
+    pub(crate) fn input_open(&self) -> bool {
+        match &self.state {
+            State::Closed => false,
+            State::Transferring(r) => r.then != Some(Close::Vanished),
+            _ => true,
+        }
     }
 
     /// Whether the session is over: close the connection once [`Core::transmit`] is empty.

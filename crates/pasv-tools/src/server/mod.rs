@@ -65,7 +65,8 @@
 //!   `ascii_transfers = false` (`--no-ascii`) makes every transfer binary whatever the TYPE,
 //!   like vsftpd's default; the 150 reply then says BINARY.
 //! * **Control loop.** Commands keep being read during a transfer: ABOR gives 426 then 226,
-//!   STAT reports progress, QUIT waits for the transfer's reply; other commands queue.
+//!   STAT and NOOP are answered at once; every other command queues (at most 16), QUIT
+//!   included, and runs after the transfer's final reply, so QUIT closes after it.
 //! * **Pending replies.** Replies go out with one non-blocking write per loop turn; what the
 //!   socket does not take waits in the session. While more than [`MAX_PENDING_OUTPUT`] bytes
 //!   wait, the session decodes and reads no further command, so a client that pipelines
@@ -94,7 +95,9 @@
 //!   [`Server::login_monitor`].
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
-//! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
+//! rules), `core` (the rules of a control connection as a state machine without IO: events
+//! in with `now`, actions and reply bytes out, `poll_timeout`), `session` (its tokio driver:
+//! the control socket, the data endpoint, files and the transfer task), `transfer` (the data copy and who closes), `ascii`
 //! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing`
 //! (LIST/NLST/MLSD), `users` (argon2 accounts), `defender` (failed logins and bans),
 //! `xferlog`, `privileges` (the switch to `run_as`; see [`BoundServer`]).

@@ -640,7 +640,7 @@ impl Driver {
             // The data connection ended with a clean EOF, but a client that dies sends FIN
             // on both connections: if the control connection is closed too, the upload was
             // not finished on purpose.
-            if core.wants_input() {
+            if core.input_open() {
                 if let Some(Ok(0) | Err(_)) = control.read_buf(core.input_buffer()).now_or_never() {
                     core.handle_eof(clock::pool_now());
                 }

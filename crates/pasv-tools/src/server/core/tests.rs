@@ -129,7 +129,7 @@ impl Session {
     }
 
     fn advance(&mut self, by: Duration) {
-        self.now = self.now + by;
+        self.now += by;
         self.core.handle_timeout(self.now);
     }
 
@@ -1034,4 +1034,73 @@ fn filesystem_errors_become_replies_in_one_place() {
             "501 MLSD needs a directory."
         ]
     );
+}
+
+#[test]
+fn site_pool_is_for_administrators() {
+    let mut s = Session::logged_in(true);
+    s.send("SITE POOL\r\nSITE HELP\r\n");
+    assert_eq!(s.codes(), [550, 214]);
+    assert!(s.actions().is_empty());
+    let mut s = Session::new();
+    s.send("USER root\r\nPASS x\r\nSITE POOL\r\nNOOP\r\n");
+    let _ = s.actions();
+    s.core.handle_verified(
+        s.now,
+        Verified::Granted {
+            name: "root".into(),
+            write: true,
+            anonymous: false,
+            admin: true,
+        },
+    );
+    assert!(matches!(s.actions().as_slice(), [Action::PoolReport]));
+    s.core.handle_pool_report(s.now, "Pool: 3 free\nEnd");
+    assert_eq!(
+        s.replies(),
+        [
+            "331 Please specify the password.",
+            "230 Login successful.",
+            "200 End",
+            "200 NOOP ok."
+        ]
+    );
+}
+
+#[test]
+fn shutdown_while_idle_closes_at_once_and_while_waiting_after_the_wait() {
+    let mut s = Session::logged_in(true);
+    s.core.handle_shutdown(s.now);
+    assert_eq!(s.replies(), ["421 Server shutting down."]);
+    assert!(s.core.is_closed());
+    let mut s = Session::logged_in(true);
+    s.send("MKD d\r\n");
+    let _ = s.actions();
+    s.core.handle_shutdown(s.now);
+    assert!(!s.core.is_closed());
+    s.core.handle_fs(s.now, Ok(FsDone::Done));
+    assert_eq!(
+        s.replies(),
+        ["257 \"/d\" created", "421 Server shutting down."]
+    );
+}
+
+/// Architecture Invariant: the core does no IO and reads no clock (docs/ARCHITECTURE.md).
+#[test]
+fn the_core_names_no_io() {
+    let source = include_str!("../core.rs");
+    for forbidden in [
+        "tokio",
+        "TcpStream",
+        "TcpListener",
+        "UdpSocket",
+        "std::fs",
+        "std::thread",
+        "clock::",
+        "spawn(",
+        "Instant::now",
+        "SystemTime",
+    ] {
+        assert!(!source.contains(forbidden), "core.rs mentions {forbidden}");
+    }
 }
