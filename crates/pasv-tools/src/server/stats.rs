@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Figures a running server keeps, readable from another task while it runs
-/// (see [`Server::stats`]).
+/// (see [`Server::stats`](super::Server::stats)).
 #[derive(Clone, Debug, Default)]
 pub struct ServerStats {
     inner: Arc<Counters>,
