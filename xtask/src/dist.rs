@@ -165,6 +165,55 @@ mod tests {
         assert!(read(dir.path().join("man/pasv-get.1")).contains("--trust-pasv-ip"));
     }
 
+    /// The bash completion, run by bash: completing each long flag of `pasvd` from all but
+    /// its last letter offers that flag.
+    #[test]
+    fn bash_completes_every_pasvd_flag() {
+        if std::process::Command::new("bash")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("SKIPPED bash_completes_every_pasvd_flag: no bash");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path()).unwrap();
+        let flags = long_flags(&pasv_tools::cli::pasvd::Cli::command());
+        let mut script = format!(
+            "source {}\n",
+            dir.path().join("completions/pasvd.bash").display()
+        );
+        for flag in &flags {
+            let partial = &flag[..flag.len() - 1];
+            script.push_str(&format!(
+                "COMP_WORDS=(pasvd {partial}); COMP_CWORD=1; COMP_LINE='pasvd {partial}'; \
+                 COMP_POINT=${{#COMP_LINE}}; COMPREPLY=(); _pasvd pasvd {partial} pasvd; \
+                 echo \"{flag}: ${{COMPREPLY[*]}}\"\n"
+            ));
+        }
+        let out = std::process::Command::new("bash")
+            .args(["--norc", "-c", &script])
+            .output()
+            .expect("bash runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for flag in &flags {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{flag}: ")))
+                .unwrap_or_else(|| panic!("no completion run for {flag}: {text}"));
+            assert!(
+                line.split_whitespace().skip(1).any(|w| w == flag),
+                "{flag} not offered: {line}"
+            );
+        }
+    }
+
     /// `packaging/install.sh` lays out what a package holds, from the generated pages and
     /// completions and two stand-in binaries: the unit names the binary under the prefix,
     /// and an installed configuration file is kept.

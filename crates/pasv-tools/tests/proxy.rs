@@ -224,8 +224,8 @@ async fn refused(stream: &mut TcpStream) -> bool {
 
 /// `proxy_protocol_data`: passive data connections come through the balancer with their
 /// own PROXY header; the transfer goes to the client the header names, a connection whose
-/// header names another client is refused (the real one is still served), in both listener
-/// modes.
+/// header names another client is refused (the real one is still served), whichever
+/// listener mode is configured (listeners are per lease with data headers).
 #[tokio::test]
 async fn data_connections_through_the_balancer_carry_the_client_in_a_header() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,34 +298,49 @@ async fn a_data_connection_whose_header_never_comes_times_out() {
     server.stop().await;
 }
 
-/// Prebound, one port leased to two clients behind the same balancer: the session that
-/// accepts reads each connection's header and hands the other client's connection to the
-/// other session, which serves it.
+/// A balancer connection that comes after its lease ended (the accept timeout passed) is
+/// never handed to the next session of the same client address on that port: the next
+/// session's data goes to its own connection. (On a shared prebound listener the late one
+/// would wait in the backlog and be taken first: data headers make listeners per lease.)
 #[tokio::test]
-async fn a_prebound_port_routes_balancer_connections_by_the_header() {
+async fn a_late_balancer_connection_never_reaches_the_next_session() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.bin"), support::pattern(5_000, 5)).unwrap();
     std::fs::write(dir.path().join("b.bin"), support::pattern(6_000, 6)).unwrap();
     let mut config = config(dir.path());
     config.proxy_protocol_data = true;
+    config.listener_mode = ListenerMode::Prebound;
+    assert_eq!(config.effective_listener_mode(), ListenerMode::PerLease);
     config.pasv_max_port = config.pasv_min_port;
+    config.accept_timeout = Duration::from_millis(300);
     let server = TestServer::start(config).await;
-    let (mut a, _) =
+
+    let (mut first, _) =
         through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
-    let (mut b, _) = through_balancer(LOCALHOST, server.addr, &v2_header(OTHER, server.addr)).await;
-    login(&mut a).await;
-    login(&mut b).await;
-    let port_a = a.pasv().await;
-    let port_b = b.pasv().await;
-    assert_eq!(port_a, port_b, "one port, shared by the two clients");
-    // B's connection is queued first: A's session takes it, and must pass it on.
-    let mut data_b = data_through_balancer(OTHER, port_b).await;
-    let mut data_a = data_through_balancer(CLIENT, port_a).await;
-    a.expect("RETR a.bin", 150).await;
-    assert_eq!(read_all(&mut data_a).await, support::pattern(5_000, 5));
-    assert_eq!(a.reply().await.code().get(), 226);
-    b.expect("RETR b.bin", 150).await;
-    assert_eq!(read_all(&mut data_b).await, support::pattern(6_000, 6));
-    assert_eq!(b.reply().await.code().get(), 226);
+    login(&mut first).await;
+    let port = first.pasv().await;
+    first.expect("RETR a.bin", 150).await;
+    assert_eq!(first.reply().await.code().get(), 425);
+    // Too late: refused at connect, or taken and closed, never served.
+    let late = match connect_from(LOCALHOST, port).await {
+        Ok(mut late) => {
+            late.write_all(&v2_header(CLIENT, port)).await.unwrap();
+            Some(late)
+        }
+        Err(_) => None,
+    };
+
+    // Another session from the same client address, on the same (only) port.
+    let (mut second, _) =
+        through_balancer(LOCALHOST, server.addr, &v2_header(CLIENT, server.addr)).await;
+    login(&mut second).await;
+    assert_eq!(second.pasv().await, port);
+    let mut data = data_through_balancer(CLIENT, port).await;
+    second.expect("RETR b.bin", 150).await;
+    if let Some(mut late) = late {
+        assert!(refused(&mut late).await, "the late connection was served");
+    }
+    assert_eq!(read_all(&mut data).await, support::pattern(6_000, 6));
+    assert_eq!(second.reply().await.code().get(), 226);
     server.stop().await;
 }

@@ -65,7 +65,7 @@ pub struct Cli {
     pub proxy_from: Vec<String>,
     /// Passive data connections from --proxy-from sources start with a PROXY header too
     /// (the balancer forwards the passive ranges with send-proxy-v2); the data connection
-    /// must come from the client that header names.
+    /// must come from the client that header names. Passive listeners are then per lease.
     #[arg(long, env = "PASVD_PROXY_PROTOCOL_DATA")]
     pub proxy_protocol_data: bool,
     /// Let anonymous users upload, rename, delete and create directories.

@@ -143,7 +143,8 @@ pub struct Config {
     pub proxy_from: Vec<Cidr>,
     /// Passive data connections from `proxy_from` sources start with a PROXY header naming
     /// the client (the balancer forwards the passive ranges with `send-proxy-v2`); the data
-    /// connection's address check then uses that address. Needs `proxy_from`.
+    /// connection's address check then uses that address. Needs `proxy_from`; passive
+    /// listeners are then per lease ([`Config::effective_listener_mode`]).
     pub proxy_protocol_data: bool,
     /// Anonymous logins (`anonymous`, `ftp`) allowed.
     pub anonymous_enable: bool,
@@ -388,7 +389,10 @@ impl Config {
             quote(&format!("{:?}", self.effective_quarantine()).to_lowercase()),
         );
         line("no_reuseaddr", self.no_reuseaddr.to_string());
-        line("listener_mode", quote(&format!("{:?}", self.listener_mode)));
+        line(
+            "listener_mode",
+            quote(&format!("{:?}", self.effective_listener_mode())),
+        );
         line("pasv_strategy", quote(&format!("{:?}", self.pasv_strategy)));
         line("max_clients", self.max_clients.to_string());
         line("max_per_ip", self.max_per_ip.to_string());
@@ -434,6 +438,20 @@ impl Config {
                 .map_or_else(|| "(none)".to_owned(), quote),
         );
         out
+    }
+
+    /// The listener mode in effect: the configured one, except with `proxy_protocol_data`,
+    /// whose passive listeners are per lease. A shared prebound listener keeps a connection
+    /// that came after its lease ended in its backlog, to be reset at the next grant on the
+    /// port; coming through a balancer, such a connection can be told from the next lease's
+    /// only by its header, read after accepting, so another session behind the same client
+    /// address could be handed it. A listener bound per lease refuses it.
+    pub fn effective_listener_mode(&self) -> ListenerMode {
+        if self.proxy_protocol_data {
+            ListenerMode::PerLease
+        } else {
+            self.listener_mode
+        }
     }
 
     /// The quarantine scope in effect: the configured one, else derived from SO_REUSEADDR.

@@ -169,10 +169,11 @@ struct ProxyData {
 }
 
 impl ProxyData {
-    /// What a passive listener's kernel filter admits, in both listener modes: the
-    /// balancers only, since every client reaches the node through them (`None`: no
-    /// filter). Data connections that reach the node directly go with the other mode, each
-    /// node advertising its own address, without `proxy_protocol_data`.
+    /// What a passive listener's kernel filter admits: the balancers only, since every
+    /// client reaches the node through them (`None`: no filter). Data connections that
+    /// reach the node directly go with the other mode, each node advertising its own
+    /// address, without `proxy_protocol_data`. Listeners are per lease (see
+    /// [`Config::effective_listener_mode`]).
     fn admit(&self) -> Option<Vec<IpAddr>> {
         self.hosts.clone()
     }
@@ -205,7 +206,8 @@ impl PassivePorts {
         let peer_limit = config
             .effective_max_passive_per_ip()
             .and_then(NonZeroUsize::new);
-        let exclusivity = match config.listener_mode {
+        let mode = config.effective_listener_mode();
+        let exclusivity = match mode {
             ListenerMode::PerLease => Exclusivity::PerPort,
             ListenerMode::Prebound => Exclusivity::PerPortAndPeer,
         };
@@ -227,7 +229,7 @@ impl PassivePorts {
                 || config.effective_quarantine() == QuarantineScope::Peer
                 || peer_limit.is_some(),
             peer_limit,
-            mode: config.listener_mode,
+            mode,
             reuseaddr: !config.no_reuseaddr,
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
@@ -246,24 +248,15 @@ impl PassivePorts {
                 hosts: config.proxy_from.iter().map(Cidr::host).collect(),
             }),
         });
-        if config.listener_mode == ListenerMode::Prebound {
+        if mode == ListenerMode::Prebound {
             let mut listeners = HashMap::new();
             for &ip in &addresses {
                 for port in ports.iter() {
                     let addr = SocketAddr::new(ip, port);
-                    // Nobody is admitted until a lease on the port names a peer; with PROXY
-                    // headers on data connections, the balancers are, and only they.
-                    let admit = match &ports_state.proxy_data {
-                        None => Some(Vec::new()),
-                        Some(proxy) => proxy.admit(),
-                    };
-                    let listener = bind_socket(
-                        addr,
-                        ports_state.reuseaddr,
-                        config.listen_backlog,
-                        admit.as_deref(),
-                    )
-                    .map_err(|source| ServerError::Bind { addr, source })?;
+                    // Nobody is admitted until a lease on the port names a peer.
+                    let listener =
+                        bind_passive(addr, ports_state.reuseaddr, config.listen_backlog, &[])
+                            .map_err(|source| ServerError::Bind { addr, source })?;
                     listeners.insert(
                         addr,
                         PreboundPort {
@@ -493,12 +486,6 @@ impl PassivePorts {
         peer: IpAddr,
         routed: oneshot::Sender<DataConn>,
     ) -> io::Result<()> {
-        if self.proxy_data.is_some() {
-            // The filter admits the balancers, whatever the leases; a connection is routed by
-            // the client its header names, once read (see [`Passive::accept_proxied`]).
-            lock(&self.registry).insert((addr, peer), routed);
-            return Ok(());
-        }
         let mut guard = lock(filter);
         let filter = &mut *guard;
         if !filter.live.contains(&peer) {
@@ -1180,7 +1167,6 @@ impl Passive {
                 match routed.try_recv() {
                     Ok(stream) => stream,
                     Err(oneshot::error::TryRecvError::Closed) => return Err(withdrawn()),
-                    Err(oneshot::error::TryRecvError::Empty) if proxied => return Ok(None),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         // From accept to registry look-up, no grant on this port runs.
                         let _grants = lock(filter);
@@ -1277,34 +1263,27 @@ impl Passive {
         }
     }
 
-    /// [`Passive::accept`] with PROXY headers on data connections (`proxy_protocol_data`):
-    /// each connection from a balancer is taken with its header, read within
-    /// [`proxy::HEADER_TIMEOUT`] and the accept deadline, then it is ours if the header names
-    /// the control peer, another session's if that session leased the port for the client
-    /// named (prebound), and reset otherwise, as are connections whose header is missing,
-    /// late, invalid or `LOCAL`. A connection from elsewhere counts under its own address.
+    /// [`Passive::accept`] with PROXY headers on data connections (`proxy_protocol_data`),
+    /// on a listener of this lease's own: each connection from a balancer is taken with its
+    /// header, read within [`proxy::HEADER_TIMEOUT`] and the accept deadline, then it is
+    /// ours if the header names the control peer, and reset otherwise, as are connections
+    /// whose header is missing, late, invalid or `LOCAL`. A connection from elsewhere (no
+    /// kernel filter when a `proxy_from` block is wider than one address) counts under its
+    /// own address.
     async fn accept_proxied(&mut self) -> Result<DataConn, AcceptError> {
         let registered = match &self.acceptor {
             Acceptor::Listener(listener) => register(listener),
-            Acceptor::Prebound { listener, .. } => register(listener),
-            Acceptor::Done => return Err(already_taken()),
+            // Prebound listeners are shared, and a connection left in their backlog by an
+            // ended lease could only be told from the next one by its header: never used
+            // with data headers.
+            Acceptor::Prebound { .. } | Acceptor::Done => return Err(already_taken()),
         }
         .map_err(AcceptError::Io)?;
         let deadline = self.deadline;
         let port = self.addr().port();
         loop {
-            let acceptor = &mut self.acceptor;
-            let event = tokio::time::timeout_at(deadline, async {
-                match acceptor {
-                    Acceptor::Prebound { routed, .. } => tokio::select! {
-                        r = routed => Event::Routed(r),
-                        r = registered.readable() => Event::Ready(r),
-                    },
-                    _ => Event::Ready(registered.readable().await),
-                }
-            })
-            .await;
-            let (stream, from) = match event {
+            let ready = tokio::time::timeout_at(deadline, registered.readable()).await;
+            let (stream, from) = match ready {
                 Err(_) => {
                     self.guard
                         .ports
@@ -1312,13 +1291,8 @@ impl Passive {
                         .accept_timeout(AcceptStage::Transfer);
                     return Err(AcceptError::Timeout);
                 }
-                Ok(Event::Routed(Ok(stream))) => {
-                    self.acceptor = Acceptor::Done;
-                    return Ok(stream);
-                }
-                Ok(Event::Routed(Err(_))) => return Err(withdrawn()),
-                Ok(Event::Ready(Err(e))) => return Err(AcceptError::Io(e)),
-                Ok(Event::Ready(Ok(mut guard))) => match accept_nonblocking(guard.get_inner()) {
+                Ok(Err(e)) => return Err(AcceptError::Io(e)),
+                Ok(Ok(mut guard)) => match accept_nonblocking(guard.get_inner()) {
                     Ok(Some(accepted)) => accepted,
                     Ok(None) => {
                         guard.clear_ready();
@@ -1353,25 +1327,10 @@ impl Passive {
                 self.acceptor = Acceptor::Done;
                 return Ok(stream);
             }
-            let waiting = match &self.acceptor {
-                Acceptor::Prebound { registry, .. } => {
-                    lock(registry).remove(&(self.addr(), client))
-                }
-                _ => None,
-            };
-            match waiting {
-                Some(tx) => {
-                    if let Err(stream) = tx.send(stream) {
-                        reset(stream);
-                    }
-                }
-                None => {
-                    tracing::warn!(port, from = %from, client = %client, expected = %self.peer,
-                        "data connection for a foreign address dropped");
-                    self.guard.ports.counters.intruder_dropped();
-                    reset(stream);
-                }
-            }
+            tracing::warn!(port, from = %from, client = %client, expected = %self.peer,
+                "data connection for a foreign address dropped");
+            self.guard.ports.counters.intruder_dropped();
+            reset(stream);
         }
     }
 
