@@ -98,7 +98,16 @@ async fn admin_server(
     tweak: impl FnOnce(&mut Config),
 ) -> TestServer {
     let users = root.join("users.toml");
-    let hash = pasv_tools::server::hash_password(b"secret").unwrap();
+    // argon2id with 64 KiB and one pass: a real verification, cheap in debug builds.
+    let hash = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"saltsaltsaltsalt").unwrap();
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        argon2::Argon2::default()
+            .hash_password_customized(b"secret", None, None, params, &salt)
+            .unwrap()
+            .to_string()
+    };
     fs::write(
         &users,
         format!("[[user]]\nname = \"root\"\npassword = \"{hash}\"\nwrite = true\nadmin = true\n[[user]]\nname = \"bob\"\npassword = \"{hash}\"\nwrite = true\n"),
@@ -181,6 +190,17 @@ async fn after_transfers_the_ledger_agrees_with_the_kernel() {
             text.contains("TIME_WAIT sockets on the passive ports"),
             "{text}"
         );
+        // The doctor on the host sees the same three, and the server's agreement.
+        let (code, report) = doctor(&server, ports).await;
+        assert_eq!(code, 0, "{report}");
+        assert!(
+            report.contains("3 TIME_WAIT sockets on 3 ports"),
+            "{report}"
+        );
+        assert!(
+            report.contains("0 offered_while_held, 0 withheld_while_free"),
+            "{report}"
+        );
         server.stop().await;
     }
 }
@@ -220,12 +240,40 @@ async fn a_foreign_listener_on_a_passive_port_is_a_disagreement() {
     .unwrap();
     assert_eq!(line.trim(), "ok");
     let (counts, text) = site_pool(&mut root).await;
+    let (code, report) = doctor(&server, ports).await;
     drop(child.stdin.take()); // ends the child
     child.wait().unwrap();
     assert_eq!(counts, (1, 0), "{text}");
     let named = format!("127.0.0.1:{port} kernel -+foreign pool - leases 0 offered_while_held");
     assert!(text.contains(&named), "{text}");
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(&format!("port {port}: 0 TIME_WAIT")),
+        "{report}"
+    );
+    assert!(report.contains("1 offered_while_held"), "{report}");
     server.stop().await;
+}
+
+/// Runs `pasv doctor` on `ports` asking `server`'s SITE POOL as `root`: its exit code and
+/// output.
+async fn doctor(server: &TestServer, ports: (u16, u16)) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pasv"))
+        .args([
+            "doctor",
+            "--ports",
+            &format!("{}-{}", ports.0, ports.1),
+            "--address",
+            "127.0.0.1",
+            "--server",
+            &format!("ftp://root:secret@{}/", server.addr),
+        ])
+        .output()
+        .await
+        .expect("pasv runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
 }
 
 /// The data address of a 227 reply.

@@ -57,6 +57,48 @@ fn expect(samples: &HashMap<String, f64>, key: &str, want: f64) {
     }
 }
 
+/// Every metric name the Grafana dashboard (docs/grafana/pasvd.json) queries is a sample
+/// name in the scrape (with its `_total` or `_bucket` suffix as queried).
+#[track_caller]
+fn dashboard_names_exist(samples: &HashMap<String, f64>) {
+    let text = include_str!("../../../docs/grafana/pasvd.json");
+    let dashboard: serde_json::Value = serde_json::from_str(text).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    fn walk<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(e)) => out.push(e),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dashboard, &mut exprs);
+    let names: std::collections::BTreeSet<&str> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("pasvd_"))
+        })
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    let scraped: std::collections::BTreeSet<&str> = samples
+        .keys()
+        .map(|k| k.split('{').next().unwrap_or(k))
+        .collect();
+    for name in names {
+        assert!(
+            scraped.contains(name),
+            "dashboard queries {name}, not in the scrape"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_endpoint_counts_a_scripted_session_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,6 +161,7 @@ async fn the_endpoint_counts_a_scripted_session_exactly() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(text.ends_with("# EOF\n"), "{text}");
     let s = samples(&text);
+    dashboard_names_exist(&s);
     let n = file.len() as f64;
     for (key, want) in [
         ("pasvd_sessions", 2.0),

@@ -25,7 +25,7 @@ use pasv_tools::client::{
 };
 
 use pasv_tools::cli::pasv::{
-    Cli, Cmd, DecodeKind, Global, LoadArgs, Mode, PlanArgs, ProbeArgs, ResumeUpload,
+    Cli, Cmd, DecodeKind, DoctorArgs, Global, LoadArgs, Mode, PlanArgs, ProbeArgs, ResumeUpload,
 };
 
 fn parse_secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -260,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Load(args) => run_load(g, args).await?,
         Cmd::Probe(args) => run_probe(g, args).await?,
         Cmd::Plan(args) => run_plan(args)?,
+        Cmd::Doctor(args) => run_doctor(g, args).await?,
         Cmd::Decode { kind } => {
             let mut input = Vec::new();
             std::io::stdin().lock().read_to_end(&mut input)?;
@@ -471,6 +472,96 @@ async fn run_probe(g: &Global, args: ProbeArgs) -> anyhow::Result<()> {
     let report = probe::run(&config).await?;
     print_report(&report, args.json)?;
     Ok(())
+}
+
+async fn run_doctor(g: &Global, args: DoctorArgs) -> anyhow::Result<()> {
+    use pasv_tools::client::doctor;
+    let t = parse_secs(args.time_wait, "--time-wait")?;
+    let input = doctor::read_host(args.ports, args.address, t)
+        .map_err(|e| anyhow!("reading the kernel's TCP tables (/proc/net/tcp): {e}"))?;
+    let report = doctor::examine(&input);
+    let server_text = if let Some(u) = &args.server {
+        let u = url(u)?;
+        let mut client = Client::open(&u, client_config(g)?).await?;
+        let site = pasv_protocol::Command::Site(pasv_protocol::Argument::new(b"POOL".to_vec())?);
+        let reply = client.command(&site).await?;
+        client.quit().await.ok();
+        if reply.code().get() != 200 {
+            bail!("SITE POOL refused: {reply}");
+        }
+        Some(reply.to_string())
+    } else if let Some(addr) = args.metrics {
+        Some(http_get_metrics(addr, parse_secs(g.timeout, "--timeout")?).await?)
+    } else {
+        None
+    };
+    let disagreements = match &server_text {
+        Some(text) => Some(doctor::parse_disagreements(text).ok_or_else(|| {
+            anyhow!("the server's answer has no ledger check (pasvd without it, or not Linux)")
+        })?),
+        None => None,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({
+                "host": report,
+                "server_disagreements": disagreements.map(|(o, w)| serde_json::json!({
+                    "offered_while_held": o,
+                    "withheld_while_free": w,
+                })),
+            }),
+        )?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+        if let (Some((o, w)), Some(text)) = (disagreements, &server_text) {
+            if args.server.is_some() {
+                writeln!(out, "server (SITE POOL):")?;
+                for line in text.lines() {
+                    writeln!(out, "  {line}")?;
+                }
+            }
+            writeln!(
+                out,
+                "server ledger against the kernel: {o} offered_while_held, {w} withheld_while_free"
+            )?;
+        }
+    }
+    out.flush()?;
+    let disagree = disagreements.is_some_and(|(o, w)| o + w > 0);
+    if !report.warnings.is_empty() || disagree {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `GET /metrics` over plain HTTP/1.1 (one request, `Connection: close`).
+async fn http_get_metrics(addr: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(64 << 20).read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| anyhow!("metrics endpoint {addr}: no answer in {timeout:?}"))??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("metrics endpoint {addr}: not an HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "metrics endpoint {addr}: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_owned())
 }
 
 fn run_plan(args: PlanArgs) -> anyhow::Result<()> {

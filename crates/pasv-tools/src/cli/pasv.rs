@@ -173,6 +173,10 @@ pub enum Cmd {
     Probe(ProbeArgs),
     /// Capacity planner for a passive range.
     Plan(PlanArgs),
+    /// On the server's host: the kernel's TCP tables on a passive range against the host's
+    /// limits, and the server's own ledger check (SITE POOL or metrics). Exit 1 on a warning
+    /// or a disagreement.
+    Doctor(DoctorArgs),
     /// Decode raw bytes from stdin as replies or commands, one JSON object per line.
     Decode {
         /// What the bytes are.
@@ -248,6 +252,30 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 60.0)]
     pub time_wait: f64,
     /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `pasv doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Passive range LO-HI.
+    #[arg(long, value_parser = parse_range)]
+    pub ports: (u16, u16),
+    /// Passive address (default: every address).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
+    /// The kernel's TIME_WAIT length, seconds (Linux: 60).
+    #[arg(long, default_value_t = 60.0)]
+    pub time_wait: f64,
+    /// Ask the server: `ftp://admin:password@host:port/` (an account with `admin = true`),
+    /// whose `SITE POOL` reply is printed.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Ask the server's metrics endpoint instead: HOST:PORT of `--metrics`.
+    #[arg(long, conflicts_with = "server")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
 }

@@ -38,6 +38,7 @@
 mod connection;
 mod data;
 pub mod decode;
+pub mod doctor;
 mod error;
 mod escape;
 mod listing;

@@ -196,6 +196,14 @@ fn conflicts(local: SocketAddr, addr: SocketAddr) -> bool {
     local.port() == addr.port() && (a == b || a.is_unspecified() || b.is_unspecified())
 }
 
+/// How long to keep a port out of the pool when the kernel still shows a TIME_WAIT socket
+/// on it whose timer has run out (remaining time zero). Linux files its 60 s TIME_WAIT
+/// timers in a timer-wheel level whose buckets are 512 ticks wide, so one may end up to
+/// 512 jiffies late (0.5 s at HZ=1000, 2 s at 250, 5 s at 100); measured with
+/// `cargo xtask model-check`: refusals began at 0.98 of the `rate_max` of a 60 s T. The
+/// pool retries after this and, if the kernel still holds the port, waits this again.
+pub const OVERDUE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long the kernel will refuse a bind on `addr` without `SO_REUSEADDR` because of
 /// TIME_WAIT sockets in `table`: the longest remaining time among the conflicting ones, or
 /// `None` when there is none.

@@ -616,8 +616,10 @@ impl PassivePorts {
                 Vec::new()
             })
         });
+        // A TIME_WAIT past its time (the kernel's timer wheel ends 60 s timers up to a
+        // couple of seconds late) is held a short while more, not a whole time-wait.
         kernel::bind_blocked_for(table, addr)
-            .filter(|d| !d.is_zero())
+            .map(|d| d.max(kernel::OVERDUE_WAIT))
             .unwrap_or_else(|| lock(&self.pool).config().quarantine)
     }
 
