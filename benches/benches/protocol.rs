@@ -10,6 +10,10 @@
 //!   session (single-line, 227/229, multi-line FEAT and HELP, 425 with a retry hint),
 //!   decoded from one buffer; throughput in bytes. Target: above 500 MB/s.
 //! - `command_stream/10000-mixed`: 10,000 pipelined commands through [`CommandDecoder`].
+//! - `encode_reply`: the 150 reply of a RETR (`Opening BINARY mode data connection for
+//!   /pub/file.bin (1048576 bytes).`) appended to a reused buffer, as pasvd writes every
+//!   one-line reply: [`Reply::encode_line`] (no allocation) against building a [`Reply`]
+//!   and encoding it (`Reply::new(..).encode`, which allocates the line list and the line).
 //!
 //! The stream benches copy the input into a fresh buffer outside the timed part.
 //!
@@ -197,10 +201,32 @@ fn decode_stream(
     group.finish();
 }
 
+fn encode(c: &mut Criterion) {
+    use pasv_protocol::ReplyCode;
+    let text: &[u8] = b"Opening BINARY mode data connection for /pub/file.bin (1048576 bytes).";
+    let mut group = c.benchmark_group("encode_reply");
+    let mut out = BytesMut::with_capacity(1024);
+    group.bench_function("encode_line", |b| {
+        b.iter(|| {
+            out.clear();
+            Reply::encode_line(ReplyCode::FILE_STATUS_OK, black_box(text), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.bench_function("reply_new_encode", |b| {
+        b.iter(|| {
+            out.clear();
+            Reply::new(ReplyCode::FILE_STATUS_OK, black_box(text)).encode(&mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
 // `criterion_group!` generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, parse_227, feat, replies, commands);
+    criterion_group!(benches, parse_227, feat, replies, commands, encode);
 }
 criterion_main!(group::benches);

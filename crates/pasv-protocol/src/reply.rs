@@ -120,6 +120,8 @@ reply_codes! {
     NOT_LOGGED_IN = 530;
     /// 532 Need account for storing files.
     NEED_ACCOUNT_FOR_STORING = 532;
+    /// 533 Command protection level denied for policy reasons (RFC 2228).
+    PROTECTION_DENIED = 533;
     /// 534 Request denied for policy reasons (RFC 2228).
     DENIED_FOR_POLICY = 534;
     /// 550 Requested action not taken; file unavailable.
@@ -431,6 +433,31 @@ impl Reply {
                 dst.put_slice(b"\r\n");
             }
         }
+    }
+
+    /// Writes the one-line reply `code text` with a CRLF, without building a [`Reply`]: no
+    /// allocation, which is what a server answering thousands of commands a second wants.
+    /// CR, LF and NUL in `text` are written as `?`, so a name that holds one can neither end
+    /// the reply early nor start a forged one.
+    ///
+    /// ```
+    /// use pasv_protocol::{Reply, ReplyCode};
+    ///
+    /// let mut out = Vec::new();
+    /// Reply::encode_line(ReplyCode::FILE_ACTION_OK, b"a\r\nb", &mut out);
+    /// assert_eq!(out, b"250 a??b\r\n");
+    /// ```
+    pub fn encode_line(code: ReplyCode, text: &[u8], dst: &mut impl BufMut) {
+        dst.put_slice(&code.digits());
+        dst.put_u8(b' ');
+        let mut rest = text;
+        while let Some(at) = rest.iter().position(|&b| is_forbidden(b)) {
+            dst.put_slice(&rest[..at]);
+            dst.put_u8(b'?');
+            rest = &rest[at + 1..];
+        }
+        dst.put_slice(rest);
+        dst.put_slice(b"\r\n");
     }
 
     /// The address of a 227 reply, found by the RFC 1123 section 4.1.2.6 scanning rule.

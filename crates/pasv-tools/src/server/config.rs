@@ -14,8 +14,8 @@ use std::time::Duration;
 use pasv_pool::{QuarantineScope, StrategyKind};
 use serde::Deserialize;
 
+use super::error::ServerError;
 use super::tls::{CertSource, SessionReuse, TlsRequired};
-use super::ServerError;
 
 /// How passive listeners are bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -65,7 +65,8 @@
 //!   `ascii_transfers = false` (`--no-ascii`) makes every transfer binary whatever the TYPE,
 //!   like vsftpd's default; the 150 reply then says BINARY.
 //! * **Control loop.** Commands keep being read during a transfer: ABOR gives 426 then 226,
-//!   STAT reports progress, QUIT waits for the transfer's reply; other commands queue.
+//!   STAT and NOOP are answered at once; every other command queues (at most 16), QUIT
+//!   included, and runs after the transfer's final reply, so QUIT closes after it.
 //! * **Pending replies.** Replies go out with one non-blocking write per loop turn; what the
 //!   socket does not take waits in the session. While more than [`MAX_PENDING_OUTPUT`] bytes
 //!   wait, the session decodes and reads no further command, so a client that pipelines
@@ -94,7 +95,9 @@
 //!   [`Server::login_monitor`].
 //!
 //! The pieces: [`config`] (defaults, TOML file, flags), `passive` (pool, listeners, accept
-//! rules), `session` (the control loop), `transfer` (the data copy and who closes), `ascii`
+//! rules), `core` (the rules of a control connection as a state machine without IO: events
+//! in with `now`, actions and reply bytes out, `poll_timeout`), `session` (its tokio driver:
+//! the control socket, the data endpoint, files and the transfer task), `transfer` (the data copy and who closes), `ascii`
 //! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing`
 //! (LIST/NLST/MLSD), `users` (argon2 accounts), `defender` (failed logins and bans),
 //! `xferlog`, `privileges` (the switch to `run_as`; see [`BoundServer`]).
@@ -103,8 +106,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -114,8 +116,10 @@ use tokio_util::sync::CancellationToken;
 mod ascii;
 mod busy_poll;
 pub mod config;
+mod core;
 mod defender;
 mod demo;
+mod error;
 pub mod kernel;
 mod limits;
 mod listing;
@@ -125,130 +129,25 @@ mod privileges;
 mod proxy;
 mod public;
 mod session;
+mod shared;
+mod stats;
 pub mod tls;
 mod transfer;
 mod users;
 mod vfs;
 mod xferlog;
 
+pub use self::core::{MAX_PENDING_OUTPUT, STAT_MAX_BYTES, STAT_MAX_ENTRIES};
 pub use config::{Cidr, Config, ConfigFile, ListenerMode, LogFormat, PublicAddress};
 pub use demo::populate_demo;
+pub use error::ServerError;
+pub use stats::ServerStats;
 pub use users::hash_password;
 
 use defender::{BanPolicy, Defender};
 use passive::PassivePorts;
+use shared::Shared;
 use users::Users;
-
-/// Why the server could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// A configuration value is wrong.
-    #[error("configuration: {reason}")]
-    Config {
-        /// What is wrong.
-        reason: String,
-    },
-    /// A socket could not be bound.
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The served root is unusable.
-    #[error("root {}: {source}", path.display())]
-    Root {
-        /// The configured root.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The users file is unusable.
-    #[error("users: {reason}")]
-    Users {
-        /// What is wrong.
-        reason: String,
-    },
-    /// The transfer log cannot be opened.
-    #[error("xferlog {}: {source}", path.display())]
-    Xferlog {
-        /// The configured file.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// Accepting control connections failed for good.
-    #[error("accept: {0}")]
-    Accept(io::Error),
-    /// The account of `run_as` is unknown or unusable, or the switch to it failed.
-    #[error("run_as {user}: {reason}")]
-    RunAs {
-        /// The configured account name.
-        user: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-/// Reply bytes a session may hold unsent before it stops reading commands (256 KiB).
-///
-/// A client that reads its replies never comes near it: the control socket's send buffer
-/// takes them. One reply may take a session past it (a STAT listing, at most
-/// [`STAT_MAX_BYTES`]); no further command is decoded until the client has read enough.
-pub const MAX_PENDING_OUTPUT: usize = 256 * 1024;
-
-/// Most directory entries a STAT reply lists on the control connection.
-pub const STAT_MAX_ENTRIES: usize = 10_000;
-
-/// Most bytes of listing a STAT reply carries on the control connection (1 MiB).
-pub const STAT_MAX_BYTES: usize = 1024 * 1024;
-
-/// Figures a running server keeps, readable from another task while it runs
-/// (see [`Server::stats`]).
-#[derive(Clone, Debug, Default)]
-pub struct ServerStats {
-    inner: Arc<Counters>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    peak_pending_output: AtomicUsize,
-}
-
-impl ServerStats {
-    /// The most reply bytes any session held unsent when its control socket could not take
-    /// them all (zero while every client reads its replies as fast as they come). Bounded by
-    /// [`MAX_PENDING_OUTPUT`] plus one reply.
-    pub fn peak_pending_output(&self) -> usize {
-        self.inner.peak_pending_output.load(Ordering::Relaxed)
-    }
-
-    /// Records replies left waiting by a write that did not take them all (a slow path: a
-    /// client that reads its replies never gets here).
-    pub(crate) fn note_pending_output(&self, bytes: usize) {
-        self.inner
-            .peak_pending_output
-            .fetch_max(bytes, Ordering::Relaxed);
-    }
-}
-
-/// State shared by all sessions.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    /// The served root, for accounts without a root of their own.
-    pub(crate) vfs: vfs::Vfs,
-    pub(crate) ports: Arc<PassivePorts>,
-    pub(crate) users: Arc<Users>,
-    pub(crate) defender: Arc<Defender>,
-    pub(crate) xferlog: Option<xferlog::Xferlog>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) busy_poll: busy_poll::BusyPoll,
-    pub(crate) stats: ServerStats,
-    /// The counters behind the Prometheus metrics (kept whether or not they are served).
-    pub(crate) metrics: Arc<metrics::Counters>,
-}
 
 /// Counters of the login defences (see [`LoginMonitor`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -567,6 +466,7 @@ impl BoundServer {
             local_addr,
             metrics,
             shared: Arc::new(Shared {
+                rules: Arc::new(self::core::Rules::new(&config, users.anonymous_allowed())),
                 busy_poll: busy_poll::BusyPoll::new(config.busy_poll),
                 config,
                 vfs,

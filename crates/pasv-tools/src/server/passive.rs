@@ -30,11 +30,11 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::{Cidr, Config, ListenerMode};
+use super::error::ServerError;
 use super::kernel::{self, LedgerCheck, TimeWait};
 use super::metrics::{AcceptStage, Counters};
 use super::proxy;
 use super::public::PublicAddresses;
-use super::ServerError;
 use crate::clock;
 
 /// Retry hint when every port is leased and the hold times measured so far say nothing
@@ -564,7 +564,6 @@ impl PassivePorts {
             guard: LeaseGuard {
                 ports: Arc::clone(self),
                 lease: Some(lease),
-                unused_until: None,
                 leased_at,
             },
             acceptor,
@@ -952,19 +951,11 @@ pub(crate) fn reset(stream: impl AsFd) {
 pub(crate) struct LeaseGuard {
     ports: Arc<PassivePorts>,
     lease: Option<Lease>,
-    /// Set when a connection was taken before its transfer command came: when it is closed
-    /// unused (see [`Passive::into_waiting_connection`]).
-    unused_until: Option<Instant>,
     /// When the lease was taken, for its hold time.
     leased_at: pasv_pool::Instant,
 }
 
 impl LeaseGuard {
-    /// When a data connection taken for this lease without a transfer command is closed.
-    pub(crate) fn unused_until(&self) -> Option<Instant> {
-        self.unused_until
-    }
-
     /// The leased local address.
     pub(crate) fn addr(&self) -> Option<SocketAddr> {
         self.lease.as_ref().map(Lease::addr)
@@ -1091,11 +1082,6 @@ impl Passive {
         self.guard
             .addr()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-
-    /// When the accept timeout ends.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
     }
 
     /// Takes the control peer's connection if it has arrived, without waiting: `Ok(None)` when
@@ -1322,17 +1308,6 @@ impl Passive {
     /// The lease, once the endpoint is done accepting.
     pub(crate) fn into_guard(self) -> LeaseGuard {
         self.guard
-    }
-
-    /// The lease of a connection taken before its transfer command (at the accept timeout,
-    /// the client connected but sent nothing yet): the connection gets `accept_timeout`
-    /// again to be used, then it is closed and the port goes back. Without this deadline a
-    /// client could keep a connected port, and so a share of the range, as long as it
-    /// keeps its control connection from going idle.
-    pub(crate) fn into_waiting_connection(self) -> LeaseGuard {
-        let mut guard = self.guard;
-        guard.unused_until = Some(clock::now() + guard.ports.accept_timeout);
-        guard
     }
 }
 

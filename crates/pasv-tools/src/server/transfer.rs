@@ -31,6 +31,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use super::ascii::{FromNetwork, ToNetwork};
+use super::core::Ending;
 use super::passive::{reset, AcceptError, DataConn, LeaseGuard, Passive};
 use super::vfs::Upload;
 use crate::clock;
@@ -72,21 +73,6 @@ pub(crate) struct TempUpload {
     pub(crate) fsync: bool,
     /// TYPE A: CRLF in the data is stored as LF.
     pub(crate) ascii: bool,
-}
-
-/// How a transfer ended.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    /// Every byte moved and the connection closed cleanly.
-    Complete,
-    /// The client never connected (accept timeout) or the active connect failed.
-    NoConnection(String),
-    /// ABOR, or the control connection went away.
-    Aborted,
-    /// The data connection failed or stalled.
-    Network(io::Error),
-    /// Reading or writing the file failed.
-    Local(io::Error),
 }
 
 /// The report a transfer task hands back to its session.

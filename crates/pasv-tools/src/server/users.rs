@@ -20,7 +20,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::ServerError;
+use super::error::ServerError;
 
 /// One account of the users file. `Debug` does not print the hash.
 #[derive(Clone, Deserialize)]

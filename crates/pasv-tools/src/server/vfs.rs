@@ -206,6 +206,17 @@ impl Meta {
     }
 }
 
+/// A file open for a download (see [`Vfs::open_download`]).
+#[derive(Debug)]
+pub(crate) struct Download {
+    /// Positioned at the offset.
+    pub(crate) file: File,
+    /// Bytes left from the offset.
+    pub(crate) len: u64,
+    /// In TYPE A after a REST: the byte before the offset.
+    pub(crate) previous: Option<u8>,
+}
+
 /// One entry of a listed directory.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -381,6 +392,40 @@ impl Vfs {
             return Err(FsError::NotRegular);
         }
         Ok((File::from(fd), meta))
+    }
+
+    /// Opens a regular file for a download from `offset` (RETR after REST):
+    /// [`FsError::PastEnd`] beyond its end. REST counts bytes of the stored file in either
+    /// type; in TYPE A (`ascii`) the byte before the offset is read too, so the converter
+    /// knows whether an LF right at the offset already ends a CRLF. One open beneath the
+    /// root and one fstat: the server runs this inline, on the hot path (the open is
+    /// non-blocking, so a FIFO is refused, not waited for).
+    pub(crate) fn open_download(
+        &self,
+        virt: &[u8],
+        offset: u64,
+        ascii: bool,
+    ) -> Result<Download, FsError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (mut file, meta) = self.open_read(virt)?;
+        if offset > meta.size {
+            return Err(FsError::PastEnd);
+        }
+        let mut previous = None;
+        if offset > 0 {
+            let from = if ascii { offset - 1 } else { offset };
+            file.seek(SeekFrom::Start(from))?;
+            if ascii {
+                let mut byte = [0u8];
+                file.read_exact(&mut byte)?;
+                previous = Some(byte[0]);
+            }
+        }
+        Ok(Download {
+            file,
+            len: meta.size - offset,
+            previous,
+        })
     }
 
     /// MKD.
