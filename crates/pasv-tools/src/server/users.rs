@@ -290,12 +290,15 @@ impl Users {
         };
         let hash = PasswordHash::new(stored).ok()?;
         let pool = || self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let mut memory = pool().pop().unwrap_or_default();
+        // Counted as running while it holds work memory, so the buffers kept never
+        // outnumber the most verifications that ran at once.
         let verified = {
             let _running = Running::start(&self.gauge);
-            verify_in(&hash, password, &mut memory)
+            let mut memory = pool().pop().unwrap_or_default();
+            let verified = verify_in(&hash, password, &mut memory);
+            pool().push(memory);
+            verified
         };
-        pool().push(memory);
         let user = user.filter(|_| verified)?;
         Some(Grant {
             name: user.name.clone(),
