@@ -392,3 +392,37 @@ fn settings_are_validated_and_shown_without_secrets() {
         .expect("generate")
         .is_some());
 }
+
+/// Sessions do not speak TLS yet: a TLS setting must stop the server from serving rather than
+/// let logins go in plaintext under a configuration that asks for protection.
+#[test]
+fn serving_refuses_tls_settings_until_sessions_speak_tls() {
+    let root = tempfile::tempdir().expect("root");
+    let base = || {
+        let mut config = pasv_tools::server::Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.root = root.path().to_path_buf();
+        config
+    };
+    let mut with_required = base();
+    with_required.tls_self_signed = true;
+    with_required.tls_required = pasv_tools::server::tls::TlsRequired::All;
+    let mut self_signed = base();
+    self_signed.tls_self_signed = true;
+    let mut implicit = base();
+    implicit.tls_self_signed = true;
+    implicit.implicit_tls_listen = Some("127.0.0.1:9990".parse().unwrap());
+    for (config, key) in [
+        (with_required, "tls_self_signed"),
+        (self_signed, "tls_self_signed"),
+        (implicit, "tls_self_signed"),
+    ] {
+        let err = pasv_tools::server::BoundServer::bind(config)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(key) && err.contains("does not serve FTPS"), "{err}");
+    }
+    // Plain FTP still binds.
+    assert!(pasv_tools::server::BoundServer::bind(base()).is_ok());
+}

@@ -508,6 +508,24 @@ impl Config {
         }
     }
 
+    /// The first FTPS setting given (its TOML key), if any: a certificate, the implicit
+    /// listener or a requirement. Serving refuses them until sessions speak TLS.
+    pub fn tls_setting(&self) -> Option<&'static str> {
+        if self.tls_cert.is_some() {
+            Some("tls_cert")
+        } else if self.tls_key.is_some() {
+            Some("tls_key")
+        } else if self.tls_self_signed {
+            Some("tls_self_signed")
+        } else if self.implicit_tls_listen.is_some() {
+            Some("implicit_tls_listen")
+        } else if self.tls_required != TlsRequired::None {
+            Some("tls_required")
+        } else {
+            None
+        }
+    }
+
     /// The FTPS settings' own checks (part of [`Config::validate`]).
     fn validate_tls(&self) -> Result<(), ServerError> {
         let bad = |reason: &str| {

@@ -1100,7 +1100,7 @@ impl Core {
             Command::Noop => self.reply(ReplyCode::OK, b"NOOP ok."),
             Command::Auth(_) => self.reply(
                 ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
-                b"AUTH not supported: no TLS configured.",
+                b"AUTH not supported: this server does not speak TLS.",
             ),
             Command::Pbsz(_) | Command::Prot(_) => self.reply(
                 ReplyCode::BAD_SEQUENCE,

@@ -315,6 +315,17 @@ impl BoundServer {
     /// readable by root only, the port may be 21). Needs no runtime and starts no thread.
     pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config.validate()?;
+        if let Some(setting) = config.tls_setting() {
+            // Sessions do not speak TLS yet: serving with a TLS setting would let an operator
+            // believe logins and data are protected while they go in plaintext.
+            return Err(ServerError::Config {
+                reason: format!(
+                    "{setting} is set, but this pasvd does not serve FTPS yet (sessions answer \
+                     AUTH with 504 and never encrypt): remove the TLS settings to serve \
+                     plaintext FTP; --check-config still validates them"
+                ),
+            });
+        }
         for contradiction in config.contradictions() {
             tracing::warn!("{contradiction}");
         }
