@@ -48,7 +48,7 @@ fn print_help() {
     println!(
         "cargo xtask bench [--quick] [--filter REGEX] [--peers KIT] [--strategies]\n\
          cargo xtask dist [--out DIR]\n\
-         cargo xtask model-check [--quick]\n\
+         cargo xtask model-check [--quick] [--force]\n\
          \n\
          model-check  client and server in two network namespaces (needs root; skipped\n\
          \x20       otherwise): onset of refusals against rate_max, which side holds\n\

@@ -113,8 +113,21 @@ ftp.quit()
 struct Netns;
 
 impl Netns {
+    /// Whether the experiment's namespaces exist already: another run in progress, or one
+    /// that was interrupted (a signal skips `Drop`).
+    fn exist() -> bool {
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+                    [NS_SERVER, NS_CLIENT].contains(&l.split_whitespace().next().unwrap_or(""))
+                })
+            })
+            .unwrap_or(false)
+    }
+
     fn create() -> Result<Netns> {
-        Netns::remove();
         run("ip", &["netns", "add", NS_SERVER])?;
         let ns = Netns;
         run("ip", &["netns", "add", NS_CLIENT])?;
@@ -219,6 +232,17 @@ pub fn run_model_check(args: &[String]) -> Result<()> {
         bail!("building pasvd and pasv failed");
     }
     let bin = root.join("target/debug");
+    if Netns::exist() {
+        if args.iter().any(|a| a == "--force") {
+            println!("model-check: removing namespaces {NS_SERVER} and {NS_CLIENT} left by an earlier run");
+            Netns::remove();
+        } else {
+            bail!(
+                "network namespaces {NS_SERVER} or {NS_CLIENT} exist: another model-check is \
+                 running, or an interrupted one left them (pass --force to remove them)"
+            );
+        }
+    }
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(e) => {

@@ -1426,3 +1426,35 @@ async fn server_text_is_escaped_before_it_is_printed() {
         stderr(&o)
     );
 }
+
+/// `pasv doctor --server` prints the server's SITE POOL text escaped: a hostile server's
+/// control sequences never reach the terminal.
+#[tokio::test]
+async fn doctor_escapes_the_servers_site_pool_text() {
+    let addr = scripted_server(vec![
+        b"220 hi\r\n".to_vec(),
+        b"230 in\r\n".to_vec(),
+        b"200 binary\r\n".to_vec(),
+        b"200-Pool \x1b]0;owned\x07\x1b[2J\r\n Disagreements: 0 offered_while_held, 0 withheld_while_free.\r\n200 End\r\n"
+            .to_vec(),
+        b"221 bye\r\n".to_vec(),
+    ])
+    .await;
+    let o = pasv(
+        &[
+            "--quiet",
+            "doctor",
+            "--ports",
+            "1-2",
+            "--server",
+            &format!("ftp://admin@{addr}/"),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !o.stdout.contains(&0x1b) && !o.stdout.contains(&0x07),
+        "{o:?}"
+    );
+    assert!(stdout(&o).contains("\\x1b]0;owned\\x07"), "{}", stdout(&o));
+}

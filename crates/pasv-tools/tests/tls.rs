@@ -417,11 +417,14 @@ fn serving_refuses_tls_settings_until_sessions_speak_tls() {
         (self_signed, "tls_self_signed"),
         (implicit, "tls_self_signed"),
     ] {
-        let err = pasv_tools::server::BoundServer::bind(config)
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(err.contains(key) && err.contains("does not serve FTPS"), "{err}");
+        let Err(err) = pasv_tools::server::BoundServer::bind(config) else {
+            panic!("served with {key}");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(key) && err.contains("does not serve FTPS"),
+            "{err}"
+        );
     }
     // Plain FTP still binds.
     assert!(pasv_tools::server::BoundServer::bind(base()).is_ok());

@@ -510,12 +510,18 @@ async fn run_doctor(g: &Global, args: DoctorArgs) -> anyhow::Result<()> {
     let report = doctor::examine(&input);
     let server_text = if let Some(u) = &args.server {
         let u = url(u)?;
+        if u.tls().is_none() && !g.tls && !g.quiet {
+            eprintln!(
+                "warning: --server over plain ftp:// sends the administrator's password \
+                 unencrypted; prefer a loopback address"
+            );
+        }
         let mut client = Client::open(&u, client_config(g, &u)?).await?;
         let site = pasv_protocol::Command::Site(pasv_protocol::Argument::new(b"POOL".to_vec())?);
         let reply = client.command(&site).await?;
         client.quit().await.ok();
         if reply.code().get() != 200 {
-            bail!("SITE POOL refused: {reply}");
+            bail!("SITE POOL refused: {}", escape_text(&reply.to_string()));
         }
         Some(reply.to_string())
     } else if let Some(addr) = args.metrics {
@@ -547,7 +553,8 @@ async fn run_doctor(g: &Global, args: DoctorArgs) -> anyhow::Result<()> {
         if let (Some((o, w)), Some(text)) = (disagreements, &server_text) {
             if args.server.is_some() {
                 writeln!(out, "server (SITE POOL):")?;
-                for line in text.lines() {
+                // The server's text, escaped: a hostile server must not reach the terminal.
+                for line in escape_text(text).lines() {
                     writeln!(out, "  {line}")?;
                 }
             }

@@ -226,7 +226,10 @@ pub fn parse_disagreements(text: &str) -> Option<(u64, u64)> {
             .trim()
             .parse()
             .ok()?;
-        Some(value as u64)
+        // A count: anything else (NaN, negative, fractional, beyond u64) is not a ledger
+        // check, never a silent 0.
+        (value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < u64::MAX as f64)
+            .then_some(value as u64)
     };
     Some((
         sample("offered_while_held")?,
@@ -361,5 +364,16 @@ mod tests {
                        pasvd_ledger_disagreements{kind=\"withheld_while_free\"} 4\n";
         assert_eq!(parse_disagreements(metrics), Some((0, 4)));
         assert_eq!(parse_disagreements("nothing"), None);
+    }
+
+    #[test]
+    fn counts_that_are_not_counts_are_no_ledger_check() {
+        for value in ["NaN", "-1", "2.5", "inf", "1e30"] {
+            let metrics = format!(
+                "pasvd_ledger_disagreements{{kind=\"offered_while_held\"}} {value}\n\
+                 pasvd_ledger_disagreements{{kind=\"withheld_while_free\"}} 0\n"
+            );
+            assert_eq!(parse_disagreements(&metrics), None, "{value}");
+        }
     }
 }
