@@ -33,7 +33,11 @@ fn median_time(reads: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let reads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(21).max(1);
+    let reads: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(21)
+        .max(1);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     for _ in 0..n {
@@ -46,11 +50,22 @@ fn main() -> std::io::Result<()> {
     let host = kernel::time_wait_sockets_in(None, Reader::Netlink)
         .or_else(|_| kernel::time_wait_sockets_in(None, Reader::Proc))?
         .len();
-    println!("host TIME_WAIT sockets: {host} ({n} made on port {})", addr.port());
+    println!(
+        "host TIME_WAIT sockets: {host} ({n} made on port {})",
+        addr.port()
+    );
     let runs: [(&str, kernel::PortRange, Reader); 4] = [
-        ("netlink, kernel filter on the range", Some(RANGE), Reader::Netlink),
+        (
+            "netlink, kernel filter on the range",
+            Some(RANGE),
+            Reader::Netlink,
+        ),
         ("netlink, every port", None, Reader::Netlink),
-        ("/proc/net/tcp{,6}, filtered after", Some(RANGE), Reader::Proc),
+        (
+            "/proc/net/tcp{,6}, filtered after",
+            Some(RANGE),
+            Reader::Proc,
+        ),
         ("/proc/net/tcp{,6}, every port", None, Reader::Proc),
     ];
     for (name, ports, reader) in runs {
