@@ -124,6 +124,8 @@ pub(crate) struct PassivePorts {
     peer_limit: Option<NonZeroUsize>,
     mode: ListenerMode,
     reuseaddr: bool,
+    /// The passive port range, for the kernel's tables read on these ports only.
+    port_span: (u16, u16),
     wait: Duration,
     accept_timeout: Duration,
     public: PublicAddresses,
@@ -220,6 +222,7 @@ impl PassivePorts {
             peer_limit,
             mode,
             reuseaddr: !config.no_reuseaddr,
+            port_span: (config.pasv_min_port, config.pasv_max_port),
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
             public: PublicAddresses::new(
@@ -578,10 +581,12 @@ impl PassivePorts {
     /// a socket in another state, which the kernel does not time).
     fn host_wait(&self, addr: SocketAddr, table: &mut Option<Vec<TimeWait>>) -> Duration {
         let table = table.get_or_insert_with(|| {
-            kernel::time_wait_sockets().unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "kernel TCP tables unreadable");
-                Vec::new()
-            })
+            kernel::time_wait_sockets_in(Some(self.port_span), kernel::Reader::Auto).unwrap_or_else(
+                |e| {
+                    tracing::debug!(error = %e, "kernel TCP tables unreadable");
+                    Vec::new()
+                },
+            )
         });
         // A TIME_WAIT past its time (the kernel's timer wheel ends 60 s timers up to a
         // couple of seconds late) is held a short while more, not a whole time-wait.
@@ -647,8 +652,9 @@ impl PassivePorts {
     /// The pool's ledger against the kernel's TIME_WAIT table now (see `kernel::compare`);
     /// an error where the kernel's tables cannot be read.
     pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
-        let table = kernel::time_wait_sockets()?;
-        let foreign = kernel::foreign_sockets()?;
+        let ports = Some(self.port_span);
+        let table = kernel::time_wait_sockets_in(ports, kernel::Reader::Auto)?;
+        let foreign = kernel::foreign_sockets_in(ports, kernel::Reader::Auto)?;
         let queue = lock(&self.queue);
         let pool = queue.pool();
         let now = clock::pool_now();
