@@ -172,8 +172,17 @@ pub struct Config {
     /// open-file limit is raised to what this many sessions need (four descriptors each),
     /// up to the hard limit.
     pub max_clients: usize,
-    /// Maximum concurrent sessions per client address (0 = unlimited).
+    /// Maximum concurrent sessions per client address (0 = unlimited). A client address is
+    /// an IPv4 address, or an IPv6 /64 (every address of it together).
     pub max_per_ip: usize,
+    /// Maximum sessions that have not logged in yet, over all addresses (0 = unlimited).
+    /// `None`: a quarter of `max_clients`, at least one (unlimited when `max_clients` is);
+    /// see [`Config::effective_max_unauthenticated`]. Connections that never log in then
+    /// cannot fill `max_clients`: logged-in sessions do not count here.
+    pub max_unauthenticated: Option<usize>,
+    /// Maximum sessions from one client address that have not logged in yet (0 =
+    /// unlimited; default 8).
+    pub max_unauthenticated_per_ip: usize,
     /// Maximum passive leases one client address holds at once, over all its sessions
     /// (0 = unlimited). `None`: half the ports of the range, at least one (see
     /// [`Config::effective_max_passive_per_ip`]).
@@ -277,6 +286,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(30),
             max_clients: 2000,
             max_per_ip: 64,
+            max_unauthenticated: None,
+            max_unauthenticated_per_ip: 8,
             max_passive_per_ip: None,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
@@ -335,6 +346,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(2),
             fsync_uploads: false,
             max_passive_per_ip: Some(0),
+            max_unauthenticated_per_ip: 0,
             ..Config::default()
         }
     }
@@ -418,6 +430,14 @@ impl Config {
         line("pasv_strategy", quote(&format!("{:?}", self.pasv_strategy)));
         line("max_clients", self.max_clients.to_string());
         line("max_per_ip", self.max_per_ip.to_string());
+        line(
+            "max_unauthenticated",
+            self.effective_max_unauthenticated().to_string(),
+        );
+        line(
+            "max_unauthenticated_per_ip",
+            self.max_unauthenticated_per_ip.to_string(),
+        );
         line(
             "max_passive_per_ip",
             self.effective_max_passive_per_ip().unwrap_or(0).to_string(),
@@ -586,6 +606,16 @@ impl Config {
         found
     }
 
+    /// The cap on sessions not logged in yet: `max_unauthenticated`, else a quarter of
+    /// `max_clients`, at least one (0, unlimited, when `max_clients` is).
+    pub fn effective_max_unauthenticated(&self) -> usize {
+        match (self.max_unauthenticated, self.max_clients) {
+            (Some(n), _) => n,
+            (None, 0) => 0,
+            (None, clients) => (clients / 4).max(1),
+        }
+    }
+
     /// The per-address passive lease cap in effect; `None` means unlimited.
     ///
     /// The default is half the ports of the range, at least one. The range counts ports, not
@@ -725,6 +755,15 @@ impl Config {
         }
         check_count("max_clients", self.max_clients as u64, 0, MAX_SESSIONS)?;
         check_count("max_per_ip", self.max_per_ip as u64, 0, MAX_SESSIONS)?;
+        if let Some(n) = self.max_unauthenticated {
+            check_count("max_unauthenticated", n as u64, 0, MAX_SESSIONS)?;
+        }
+        check_count(
+            "max_unauthenticated_per_ip",
+            self.max_unauthenticated_per_ip as u64,
+            0,
+            MAX_SESSIONS,
+        )?;
         check_count(
             "max_login_fails",
             u64::from(self.max_login_fails),
@@ -829,6 +868,8 @@ pub struct ConfigFile {
     pub connect_timeout: Option<f64>,
     pub max_clients: Option<usize>,
     pub max_per_ip: Option<usize>,
+    pub max_unauthenticated: Option<usize>,
+    pub max_unauthenticated_per_ip: Option<usize>,
     pub max_passive_per_ip: Option<usize>,
     pub idle_timeout: Option<f64>,
     pub data_timeout: Option<f64>,
@@ -1061,6 +1102,7 @@ impl ConfigFile {
             no_reuseaddr,
             max_clients,
             max_per_ip,
+            max_unauthenticated_per_ip,
             listen_backlog,
             buffer_size,
             fsync_uploads,
@@ -1099,6 +1141,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.no_ascii {
             config.ascii_transfers = !v;
+        }
+        if let Some(v) = self.max_unauthenticated {
+            config.max_unauthenticated = Some(v);
         }
         if let Some(v) = self.max_passive_per_ip {
             config.max_passive_per_ip = Some(v);
