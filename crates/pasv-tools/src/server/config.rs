@@ -1320,6 +1320,16 @@ mod tests {
                 "0 to 1000000",
             ),
             ("max_per_ip = 2000000", "max_per_ip", "0 to 1000000"),
+            (
+                "max_unauthenticated = 2000000",
+                "max_unauthenticated",
+                "0 to 1000000",
+            ),
+            (
+                "max_unauthenticated_per_ip = 2000000",
+                "max_unauthenticated_per_ip",
+                "0 to 1000000",
+            ),
             ("max_login_fails = 0", "max_login_fails", "1 to 1000"),
             (
                 "max_passive_per_ip = 21",
@@ -1401,7 +1411,15 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.max_login_failures, 10);
         assert_eq!(config.login_timeout, Duration::from_secs(60));
+        assert_eq!(config.effective_max_unauthenticated(), 500);
+        assert_eq!(config.max_unauthenticated_per_ip, 8);
         config.validate().unwrap();
+        let file: ConfigFile =
+            toml::from_str("max_unauthenticated = 7\nmax_unauthenticated_per_ip = 3\n").unwrap();
+        let mut limited = Config::default();
+        file.apply(&mut limited).unwrap();
+        assert_eq!(limited.effective_max_unauthenticated(), 7);
+        assert_eq!(limited.max_unauthenticated_per_ip, 3);
         let mut config = Config::default();
         let file: ConfigFile = toml::from_str(
             "max_login_failures = 5\nban_window = 60\nban_time = 3600\nlogin_timeout = 20\n",
