@@ -122,14 +122,10 @@ async fn prebound_start_skips_a_held_port_and_takes_it_back_later() {
     assert_eq!(seen.len(), 3, "the other ports serve: {seen:?}");
 
     drop(holder);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut back = false;
-    while tokio::time::Instant::now() < deadline {
-        if ftp.pasv().await.port() == busy {
-            back = true;
-            break;
-        }
-    }
+    // Bounded by WAIT: each PASV either offers the port or keeps it out another time-wait.
+    let back = tokio::time::timeout(WAIT, async { while ftp.pasv().await.port() != busy {} })
+        .await
+        .is_ok();
     assert!(back, "the port comes back once its holder lets it go");
     // And it serves: a transfer over it.
     drop(ftp);
