@@ -1530,6 +1530,9 @@ async fn a_20_port_range_serves_1000_clients_on_distinct_addresses_at_once() {
     config.root = test_config.root;
     config.pasv_min_port = test_config.pasv_min_port;
     config.pasv_max_port = test_config.pasv_max_port;
+    // All 1,000 connect at once, before any has logged in: more than the default cap on
+    // sessions not logged in (a quarter of max_clients), which would answer the rest 421.
+    config.max_unauthenticated = Some(config.max_clients);
     let server = TestServer::start(config).await;
     let (lo, hi) = server.ports;
     // 127.1.0.1 to 127.1.3.250: all of 127.0.0.0/8 is local on Linux.
