@@ -270,6 +270,7 @@ pub struct PoolConfig {
     /// Seed for everything keyed or random; equal seeds give equal runs.
     pub seed: u64,
     /// Most leases one peer address may hold at once; `None`, the default, for no limit.
+    /// Peers are counted by [`crate::client_key`]: every address of an IPv6 /64 together.
     /// A peer at its limit is refused with [`crate::Shortage::PeerLimit`] even when ports
     /// are free, so one address cannot take the whole range from the others.
     pub peer_limit: Option<NonZeroUsize>,

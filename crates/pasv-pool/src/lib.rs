@@ -97,8 +97,8 @@ pub use config::{
 };
 pub use hold::HoldEstimator;
 pub use pool::{
-    AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger, ReleaseError,
-    Shortage,
+    client_key, AddressStats, Closer, Exhausted, Lease, LeaseId, Pool, PoolStats, PortLedger,
+    ReleaseError, Shortage,
 };
 pub use rng::{keyed_hash, Rng};
 pub use time::Instant;

@@ -227,8 +227,8 @@ pub struct Pool {
     /// Per-peer quarantines, in expiry order.
     peer_expiry: VecDeque<(Instant, IpAddr, u32)>,
     peers: HashMap<IpAddr, PeerLedger>,
-    /// Live leases per peer, kept only under a [`PoolConfig::peer_limit`]; a peer leaves
-    /// with its last lease.
+    /// Live leases per client address ([`client_key`]: an IPv6 /64 counts as one), kept only
+    /// under a [`PoolConfig::peer_limit`]; an address leaves with its last lease.
     held: HashMap<IpAddr, usize>,
     counts: Vec<Counts>,
     allowed: Vec<bool>,
@@ -383,7 +383,11 @@ impl Pool {
     ) -> Result<Lease, Exhausted> {
         let now = self.advance(now);
         if let Some(limit) = self.config.peer_limit {
-            if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
+            if self
+                .held
+                .get(&client_key(peer))
+                .is_some_and(|&n| n >= limit.get())
+            {
                 if count {
                     self.refusals += 1;
                     self.refusals_peer_limit += 1;
@@ -458,7 +462,7 @@ impl Pool {
         self.counts[a].leased += 1;
         self.leased_total += 1;
         if self.config.peer_limit.is_some() {
-            *self.held.entry(peer).or_default() += 1;
+            *self.held.entry(client_key(peer)).or_default() += 1;
         }
         self.peak_leased = self.peak_leased.max(self.leased_total);
         self.acquisitions += 1;
@@ -549,10 +553,10 @@ impl Pool {
         self.slots[i].leases -= 1;
         self.counts[a].leased -= 1;
         self.leased_total -= 1;
-        if let Some(n) = self.held.get_mut(&id.peer) {
+        if let Some(n) = self.held.get_mut(&client_key(id.peer)) {
             *n -= 1;
             if *n == 0 {
-                self.held.remove(&id.peer);
+                self.held.remove(&client_key(id.peer));
             }
         }
         self.releases[closer as usize] += 1;
@@ -884,7 +888,11 @@ impl Pool {
     pub fn has_port_for(&self, now: Instant, peer: IpAddr, filter: AddrFilter) -> bool {
         let now = now.max(self.latest);
         if let Some(limit) = self.config.peer_limit {
-            if self.held.get(&peer).is_some_and(|&n| n >= limit.get()) {
+            if self
+                .held
+                .get(&client_key(peer))
+                .is_some_and(|&n| n >= limit.get())
+            {
                 return false;
             }
         }
@@ -932,5 +940,44 @@ impl Pool {
             ));
         }
         Ok(())
+    }
+}
+
+/// The address per-address limits count a peer under: an IPv4 address as is (IPv4-mapped
+/// IPv6 included), an IPv6 address by its /64 prefix, since one host or site commonly has a
+/// whole /64 to pick source addresses from. [`PoolConfig::peer_limit`] counts leases by it;
+/// the server's session limits and login ledger use it too.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod client_key_tests {
+    use super::client_key;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_groups_by_64_and_ipv4_by_address() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("2001:db8:1:2::1")), ip("2001:db8:1:2::"));
+        assert_ne!(client_key(ip("127.0.1.2")), client_key(ip("127.0.1.3")));
+        assert_eq!(client_key(ip("::ffff:127.0.1.2")), ip("127.0.1.2"));
     }
 }

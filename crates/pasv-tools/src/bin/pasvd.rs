@@ -39,6 +39,8 @@ fn overrides(cli: &Cli) -> ConfigFile {
     o.accept_timeout = cli.accept_timeout;
     o.max_clients = cli.max_clients;
     o.max_per_ip = cli.max_per_ip;
+    o.max_unauthenticated = cli.max_unauthenticated;
+    o.max_unauthenticated_per_ip = cli.max_unauthenticated_per_ip;
     o.max_passive_per_ip = cli.max_passive_per_ip;
     o.idle_timeout = cli.idle_timeout;
     o.data_timeout = cli.data_timeout;

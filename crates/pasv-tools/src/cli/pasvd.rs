@@ -97,9 +97,18 @@ pub struct Cli {
     /// is raised to what they need, up to the hard limit.
     #[arg(long, env = "PASVD_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
-    /// Maximum concurrent sessions per client address (0 = unlimited).
+    /// Maximum concurrent sessions per client address (0 = unlimited; default 64). An IPv6
+    /// /64 counts as one address.
     #[arg(long, env = "PASVD_MAX_PER_IP")]
     pub max_per_ip: Option<usize>,
+    /// Maximum sessions not logged in yet (0 = unlimited; default: half of
+    /// max-clients), so connections that never log in cannot fill max-clients.
+    #[arg(long, env = "PASVD_MAX_UNAUTHENTICATED")]
+    pub max_unauthenticated: Option<usize>,
+    /// Maximum sessions not logged in yet per client address (0 = unlimited; default 8).
+    /// An IPv6 /64 counts as one address.
+    #[arg(long, env = "PASVD_MAX_UNAUTHENTICATED_PER_IP")]
+    pub max_unauthenticated_per_ip: Option<usize>,
     /// Maximum passive ports one client address holds at once, over all its sessions
     /// (0 = unlimited; default: half the passive range, at least 1).
     #[arg(long, env = "PASVD_MAX_PASSIVE_PER_IP")]

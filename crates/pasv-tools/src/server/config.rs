@@ -172,8 +172,17 @@ pub struct Config {
     /// open-file limit is raised to what this many sessions need (four descriptors each),
     /// up to the hard limit.
     pub max_clients: usize,
-    /// Maximum concurrent sessions per client address (0 = unlimited).
+    /// Maximum concurrent sessions per client address (0 = unlimited). A client address is
+    /// an IPv4 address, or an IPv6 /64 (every address of it together).
     pub max_per_ip: usize,
+    /// Maximum sessions that have not logged in yet, over all addresses (0 = unlimited).
+    /// `None`: half of `max_clients`, at least one (unlimited when `max_clients` is);
+    /// see [`Config::effective_max_unauthenticated`]. Connections that never log in then
+    /// cannot fill `max_clients`: logged-in sessions do not count here.
+    pub max_unauthenticated: Option<usize>,
+    /// Maximum sessions from one client address that have not logged in yet (0 =
+    /// unlimited; default 8).
+    pub max_unauthenticated_per_ip: usize,
     /// Maximum passive leases one client address holds at once, over all its sessions
     /// (0 = unlimited). `None`: half the ports of the range, at least one (see
     /// [`Config::effective_max_passive_per_ip`]).
@@ -277,6 +286,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(30),
             max_clients: 2000,
             max_per_ip: 64,
+            max_unauthenticated: None,
+            max_unauthenticated_per_ip: 8,
             max_passive_per_ip: None,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
@@ -335,6 +346,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(2),
             fsync_uploads: false,
             max_passive_per_ip: Some(0),
+            max_unauthenticated_per_ip: 0,
             ..Config::default()
         }
     }
@@ -418,6 +430,14 @@ impl Config {
         line("pasv_strategy", quote(&format!("{:?}", self.pasv_strategy)));
         line("max_clients", self.max_clients.to_string());
         line("max_per_ip", self.max_per_ip.to_string());
+        line(
+            "max_unauthenticated",
+            self.effective_max_unauthenticated().to_string(),
+        );
+        line(
+            "max_unauthenticated_per_ip",
+            self.max_unauthenticated_per_ip.to_string(),
+        );
         line(
             "max_passive_per_ip",
             self.effective_max_passive_per_ip().unwrap_or(0).to_string(),
@@ -604,6 +624,16 @@ impl Config {
         found
     }
 
+    /// The cap on sessions not logged in yet: `max_unauthenticated`, else half of
+    /// `max_clients`, at least one (0, unlimited, when `max_clients` is).
+    pub fn effective_max_unauthenticated(&self) -> usize {
+        match (self.max_unauthenticated, self.max_clients) {
+            (Some(n), _) => n,
+            (None, 0) => 0,
+            (None, clients) => (clients / 2).max(1),
+        }
+    }
+
     /// The per-address passive lease cap in effect; `None` means unlimited.
     ///
     /// The default is half the ports of the range, at least one. The range counts ports, not
@@ -743,6 +773,15 @@ impl Config {
         }
         check_count("max_clients", self.max_clients as u64, 0, MAX_SESSIONS)?;
         check_count("max_per_ip", self.max_per_ip as u64, 0, MAX_SESSIONS)?;
+        if let Some(n) = self.max_unauthenticated {
+            check_count("max_unauthenticated", n as u64, 0, MAX_SESSIONS)?;
+        }
+        check_count(
+            "max_unauthenticated_per_ip",
+            self.max_unauthenticated_per_ip as u64,
+            0,
+            MAX_SESSIONS,
+        )?;
         check_count(
             "max_login_fails",
             u64::from(self.max_login_fails),
@@ -847,6 +886,8 @@ pub struct ConfigFile {
     pub connect_timeout: Option<f64>,
     pub max_clients: Option<usize>,
     pub max_per_ip: Option<usize>,
+    pub max_unauthenticated: Option<usize>,
+    pub max_unauthenticated_per_ip: Option<usize>,
     pub max_passive_per_ip: Option<usize>,
     pub idle_timeout: Option<f64>,
     pub data_timeout: Option<f64>,
@@ -1079,6 +1120,7 @@ impl ConfigFile {
             no_reuseaddr,
             max_clients,
             max_per_ip,
+            max_unauthenticated_per_ip,
             listen_backlog,
             buffer_size,
             fsync_uploads,
@@ -1117,6 +1159,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.no_ascii {
             config.ascii_transfers = !v;
+        }
+        if let Some(v) = self.max_unauthenticated {
+            config.max_unauthenticated = Some(v);
         }
         if let Some(v) = self.max_passive_per_ip {
             config.max_passive_per_ip = Some(v);
@@ -1293,6 +1338,16 @@ mod tests {
                 "0 to 1000000",
             ),
             ("max_per_ip = 2000000", "max_per_ip", "0 to 1000000"),
+            (
+                "max_unauthenticated = 2000000",
+                "max_unauthenticated",
+                "0 to 1000000",
+            ),
+            (
+                "max_unauthenticated_per_ip = 2000000",
+                "max_unauthenticated_per_ip",
+                "0 to 1000000",
+            ),
             ("max_login_fails = 0", "max_login_fails", "1 to 1000"),
             (
                 "max_passive_per_ip = 21",
@@ -1374,7 +1429,15 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.max_login_failures, 10);
         assert_eq!(config.login_timeout, Duration::from_secs(60));
+        assert_eq!(config.effective_max_unauthenticated(), 1000);
+        assert_eq!(config.max_unauthenticated_per_ip, 8);
         config.validate().unwrap();
+        let file: ConfigFile =
+            toml::from_str("max_unauthenticated = 7\nmax_unauthenticated_per_ip = 3\n").unwrap();
+        let mut limited = Config::default();
+        file.apply(&mut limited).unwrap();
+        assert_eq!(limited.effective_max_unauthenticated(), 7);
+        assert_eq!(limited.max_unauthenticated_per_ip, 3);
         let mut config = Config::default();
         let file: ConfigFile = toml::from_str(
             "max_login_failures = 5\nban_window = 60\nban_time = 3600\nlogin_timeout = 20\n",

@@ -597,6 +597,11 @@ impl Core {
         }
     }
 
+    /// Whether a user is logged in.
+    pub(crate) fn is_logged_in(&self) -> bool {
+        self.account.is_some()
+    }
+
     /// Whether the session is over: close the connection once [`Core::transmit`] is empty.
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)

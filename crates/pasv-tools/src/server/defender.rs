@@ -32,7 +32,7 @@
 //!   per /128 a ban would cost an IPv6 attacker nothing. IPv4-mapped addresses count as IPv4.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -145,14 +145,10 @@ impl Entry {
 
 /// The address a ledger entry is kept under: IPv4 as is (IPv4-mapped IPv6 included), IPv6
 /// by its /64 prefix.
+/// The one notion of a client address shared with the session limits and the pool's
+/// `max_passive_per_ip` ([`pasv_pool::client_key`]).
 pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
+    pasv_pool::client_key(ip)
 }
 
 /// Failed logins and bans per client address; see the module docs.

@@ -202,11 +202,39 @@ impl LoginMonitor {
     }
 }
 
-/// Session counts for `max_clients` and `max_per_ip`.
+/// Session counts for `max_clients` and `max_per_ip`, and of the sessions not logged in yet
+/// for `max_unauthenticated` and `max_unauthenticated_per_ip`; addresses are counted by
+/// [`defender::address_key`] (an IPv6 /64 as one).
 #[derive(Default)]
 struct Admission {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    unauthenticated: usize,
+    unauthenticated_per_ip: HashMap<IpAddr, usize>,
+}
+
+fn decrement(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+/// A session's place among those not logged in yet; dropped at login or at the session's
+/// end, whichever comes first.
+pub(crate) struct LoginSlot {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+}
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        a.unauthenticated = a.unauthenticated.saturating_sub(1);
+        decrement(&mut a.unauthenticated_per_ip, self.ip);
+    }
 }
 
 /// A session's place in the counts, given back on drop.
@@ -219,12 +247,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
         a.total = a.total.saturating_sub(1);
-        if let Some(n) = a.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                a.per_ip.remove(&self.ip);
-            }
-        }
+        decrement(&mut a.per_ip, self.ip);
     }
 }
 
@@ -655,34 +678,51 @@ fn open_session(
         refuse_banned(stream, peer);
         return None;
     }
-    let Some(slot) = admit(&shared.config, admission, peer.ip()) else {
+    let Some((slot, login)) = admit(&shared.config, admission, peer.ip()) else {
         shared.metrics.session_refused_by_limit();
         refuse(stream, peer);
         return None;
     };
     let shared = Arc::clone(shared);
     Some(async move {
-        session::serve(shared, stream, peer, id).await;
+        session::serve(shared, stream, peer, id, login).await;
         drop(slot);
     })
 }
 
-fn admit(config: &Config, admission: &Arc<Mutex<Admission>>, ip: IpAddr) -> Option<Slot> {
-    let ip = ip.to_canonical();
+fn admit(
+    config: &Config,
+    admission: &Arc<Mutex<Admission>>,
+    ip: IpAddr,
+) -> Option<(Slot, LoginSlot)> {
+    let ip = defender::address_key(ip);
     let mut a = admission.lock().unwrap_or_else(|e| e.into_inner());
-    if config.max_clients > 0 && a.total >= config.max_clients {
+    let over = |limit: usize, n: usize| limit > 0 && n >= limit;
+    let max_unauthenticated = config.effective_max_unauthenticated();
+    if over(config.max_clients, a.total)
+        || over(config.max_per_ip, a.per_ip.get(&ip).copied().unwrap_or(0))
+        || over(max_unauthenticated, a.unauthenticated)
+        || over(
+            config.max_unauthenticated_per_ip,
+            a.unauthenticated_per_ip.get(&ip).copied().unwrap_or(0),
+        )
+    {
         return None;
     }
-    let n = a.per_ip.entry(ip).or_insert(0);
-    if config.max_per_ip > 0 && *n >= config.max_per_ip {
-        return None;
-    }
-    *n += 1;
+    *a.per_ip.entry(ip).or_insert(0) += 1;
     a.total += 1;
-    Some(Slot {
-        admission: Arc::clone(admission),
-        ip,
-    })
+    *a.unauthenticated_per_ip.entry(ip).or_insert(0) += 1;
+    a.unauthenticated += 1;
+    Some((
+        Slot {
+            admission: Arc::clone(admission),
+            ip,
+        },
+        LoginSlot {
+            admission: Arc::clone(admission),
+            ip,
+        },
+    ))
 }
 
 fn refuse(stream: TcpStream, peer: SocketAddr) {

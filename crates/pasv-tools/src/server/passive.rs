@@ -126,6 +126,9 @@ pub(crate) struct PassivePorts {
     reuseaddr: bool,
     /// The passive port range, for the kernel's tables read on these ports only.
     port_span: (u16, u16),
+    /// Prebound mode: the backlog of each port's listener (`listen_backlog`), also for a
+    /// port bound later because another program held it at start-up.
+    backlog: u32,
     wait: Duration,
     accept_timeout: Duration,
     public: PublicAddresses,
@@ -223,6 +226,7 @@ impl PassivePorts {
             mode,
             reuseaddr: !config.no_reuseaddr,
             port_span: (config.pasv_min_port, config.pasv_max_port),
+            backlog: config.listen_backlog,
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
             public: PublicAddresses::new(
@@ -242,21 +246,51 @@ impl PassivePorts {
         });
         if mode == ListenerMode::Prebound {
             let mut listeners = HashMap::new();
+            let mut held = Vec::new();
+            let mut total = 0usize;
             for &ip in &addresses {
                 for port in ports.iter() {
+                    total += 1;
                     let addr = SocketAddr::new(ip, port);
                     // Nobody is admitted until a lease on the port names a peer.
-                    let listener =
-                        bind_passive(addr, ports_state.reuseaddr, config.listen_backlog, &[])
-                            .map_err(|source| ServerError::Bind { addr, source })?;
-                    listeners.insert(
-                        addr,
-                        PreboundPort {
-                            listener: Arc::new(listener),
-                            filter: Arc::default(),
-                        },
-                    );
+                    match bind_passive(addr, ports_state.reuseaddr, config.listen_backlog, &[]) {
+                        Ok(listener) => {
+                            listeners.insert(
+                                addr,
+                                PreboundPort {
+                                    listener: Arc::new(listener),
+                                    filter: Arc::default(),
+                                },
+                            );
+                        }
+                        // Another program holds the port: it stays out of service until a
+                        // lease lands on it after its hold (see `listen`).
+                        Err(e) if e.kind() == io::ErrorKind::AddrInUse => held.push(addr),
+                        Err(source) => return Err(ServerError::Bind { addr, source }),
+                    }
                 }
+            }
+            if !held.is_empty() {
+                let names = held
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if held.len() * 2 > total {
+                    return Err(ServerError::Config {
+                        reason: format!(
+                            "passive ports: {} of {total} are in use by other programs \
+                             ({names}); pasvd starts only when at least half of the range binds",
+                            held.len()
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    held = held.len(),
+                    total,
+                    ports = %names,
+                    "passive ports in use by other programs: left out until they bind"
+                );
             }
             *lock(&ports_state.prebound) = listeners;
         }
@@ -544,11 +578,9 @@ impl PassivePorts {
                 }
             }
             ListenerMode::Prebound => {
-                let Some((listener, filter)) = lock(&self.prebound)
-                    .get(&addr)
-                    .map(|p| (Arc::clone(&p.listener), Arc::clone(&p.filter)))
-                else {
-                    return Err((lease, io::Error::from(io::ErrorKind::AddrNotAvailable)));
+                let (listener, filter) = match self.prebound_port(addr) {
+                    Ok(port) => port,
+                    Err(e) => return Err((lease, e)),
                 };
                 let (tx, rx) = oneshot::channel();
                 if let Err(e) = self.grant(addr, &listener, &filter, peer, tx) {
@@ -573,6 +605,32 @@ impl PassivePorts {
             deadline: clock::now() + self.accept_timeout,
             peer,
         })
+    }
+
+    /// Prebound mode: the listener and filter of `addr`. A port another program held at
+    /// start-up (or since) has none: it is bound now, when a lease lands on it. While the
+    /// other program still holds it the bind fails with `EADDRINUSE` and [`Self::open`] keeps
+    /// the port out of the pool for a time-wait before the next try, so the range heals by
+    /// itself once the port is free, and no client is ever offered a port nobody listens on.
+    fn prebound_port(
+        &self,
+        addr: SocketAddr,
+    ) -> io::Result<(Arc<PassiveListener>, Arc<Mutex<PortFilter>>)> {
+        let mut prebound = lock(&self.prebound);
+        if let Some(p) = prebound.get(&addr) {
+            return Ok((Arc::clone(&p.listener), Arc::clone(&p.filter)));
+        }
+        let listener = Arc::new(bind_passive(addr, self.reuseaddr, self.backlog, &[])?);
+        tracing::info!(port = addr.port(), "passive port bound: back in service");
+        let filter: Arc<Mutex<PortFilter>> = Arc::default();
+        prebound.insert(
+            addr,
+            PreboundPort {
+                listener: Arc::clone(&listener),
+                filter: Arc::clone(&filter),
+            },
+        );
+        Ok((listener, filter))
     }
 
     /// How long the kernel will refuse a bind on `addr`: the longest remaining TIME_WAIT

@@ -100,10 +100,20 @@ struct Driver {
     op: Option<Op>,
     /// The copy buffer, kept between transfers.
     buffer: Vec<u8>,
+    /// The session's place among those not logged in yet, until it logs in.
+    login: Option<super::LoginSlot>,
 }
 
 /// Serves one control connection to its end.
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, id: u64) {
+///
+/// `login` is the session's place among those not logged in yet: given back at login.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    login: super::LoginSlot,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -133,6 +143,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         running: None,
         op: None,
         buffer: Vec::new(),
+        login: Some(login),
     };
     let result = driver.run(&mut core, &mut stream).await;
     driver.release_data();
@@ -584,6 +595,9 @@ impl Driver {
                     self.vfs = vfs;
                 }
                 core.handle_verified(now, verified);
+                if core.is_logged_in() {
+                    self.login = None;
+                }
             }
         }
     }
