@@ -1398,7 +1398,7 @@ mod tests {
     /// A ledger check parked in its reading of the kernel's tables holds no lock a PASV
     /// needs: the queue lock is free and a PASV completes meanwhile. A second check waits
     /// for the first and takes its result: the tables are read once.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pasv_completes_while_a_ledger_check_reads_the_kernel() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let Some(ports) = two_families(26_460).await else {
