@@ -191,11 +191,10 @@ pub fn read_host(
     address: IpAddr,
     time_wait_length: Duration,
 ) -> std::io::Result<DoctorInput> {
-    let time_wait = kernel::time_wait_sockets()?;
-    let mut bound = kernel::parse_bound_sockets(&std::fs::read_to_string("/proc/net/tcp")?);
-    if let Ok(text) = std::fs::read_to_string("/proc/net/tcp6") {
-        bound.extend(kernel::parse_bound_sockets(&text));
-    }
+    // Every TIME_WAIT socket on the host (the doctor counts them against
+    // tcp_max_tw_buckets and the ephemeral range), the bound ones on the passive ports.
+    let time_wait = kernel::time_wait_sockets_in(None, kernel::Reader::Auto)?;
+    let bound = kernel::bound_sockets_in(Some(ports), kernel::Reader::Auto)?;
     Ok(DoctorInput {
         ports,
         address,

@@ -1,18 +1,25 @@
 //! The kernel's view of the passive ports: its TCP sockets in TIME_WAIT, with the time each
-//! has left, read from `/proc/net/tcp` and `/proc/net/tcp6` (Linux).
+//! has left, and the other sockets that hold a port (Linux).
 //!
-//! The tables are read as text rather than over netlink `sock_diag`: a TIME_WAIT row there
-//! carries the same timer (`tr` 3, `tm->when` its remaining time in clock ticks, `USER_HZ`,
-//! converted with the tick rate the C library reports), the reader needs no new dependency,
-//! and a read is one pass over text the kernel formats per socket. The cost grows with the
-//! host's socket count, so the server reads it only when a bind is refused and when an
-//! administrator asks (`SITE POOL`, `pasv doctor`), never per lease.
+//! Each query ([`time_wait_sockets_in`], [`bound_sockets_in`], [`foreign_sockets_in`]) asks
+//! the kernel over netlink `sock_diag` first, filtered in the kernel to the passive ports
+//! (`inet_diag` bytecode) so that a host with tens of thousands of sockets sends only the
+//! few on those ports, and falls back to reading `/proc/net/tcp` and `/proc/net/tcp6`
+//! whole when netlink fails (no `inet_diag` in the kernel, a sandbox that refuses the
+//! socket); the first fallback is logged as a warning, later ones at debug level. Both give
+//! the same [`TimeWait`] and [`Bound`] values: a TIME_WAIT socket's remaining time is
+//! `idiag_expires` (milliseconds) over netlink and the `tm->when` column (clock ticks,
+//! `USER_HZ`) in the text tables. The server reads the kernel only when a bind is refused
+//! and when an administrator asks (`SITE POOL`, `pasv doctor`), never per lease.
 //!
 //! A TIME_WAIT socket on `A:p` makes the kernel refuse a bind on `B:p` without
 //! `SO_REUSEADDR` when `A` and `B` are equal or either is a wildcard
 //! ([`bind_blocked_for`]); with `SO_REUSEADDR` on both, the kernel lets the bind through and
 //! only the 4-tuple (`A:p`, the old peer) stays unusable, which is what the pool's quarantine
 //! models.
+
+#[cfg(target_os = "linux")]
+mod sock_diag;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -96,17 +103,126 @@ fn parse_endpoint(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The kernel's TIME_WAIT sockets now, IPv4 and IPv6. A table that does not exist (no
-/// IPv6 in this kernel) counts as empty; on systems without these tables, an error.
-pub fn time_wait_sockets() -> io::Result<Vec<TimeWait>> {
-    let ticks = ticks_per_second();
-    let mut all = parse_tcp_table(&std::fs::read_to_string("/proc/net/tcp")?, ticks);
-    match std::fs::read_to_string("/proc/net/tcp6") {
-        Ok(text) => all.extend(parse_tcp_table(&text, ticks)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// Where a query reads the kernel's sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reader {
+    /// Netlink `sock_diag`, and the `/proc` tables when netlink fails.
+    #[default]
+    Auto,
+    /// Netlink `sock_diag` only: its error, if it fails.
+    Netlink,
+    /// The `/proc/net/tcp` and `/proc/net/tcp6` tables only.
+    Proc,
+}
+
+/// Local ports `lo..=hi`, or every port (`None`).
+pub type PortRange = Option<(u16, u16)>;
+
+fn in_range(port: u16, ports: PortRange) -> bool {
+    match ports {
+        Some((lo, hi)) => lo <= port && port <= hi,
+        None => true,
     }
-    Ok(all)
+}
+
+/// Runs `netlink` or `proc` as `reader` says; under [`Reader::Auto`], `proc` when
+/// `netlink` fails (a warning the first time, debug-level messages after).
+fn read_with<T>(
+    reader: Reader,
+    netlink: impl FnOnce() -> io::Result<T>,
+    proc: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match reader {
+        Reader::Proc => proc(),
+        Reader::Netlink => netlink(),
+        Reader::Auto => netlink().or_else(|e| {
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(error = %e, "netlink sock_diag failed; reading /proc/net/tcp");
+            } else {
+                tracing::warn!(
+                    error = %e,
+                    "netlink sock_diag failed; reading /proc/net/tcp instead (slower on busy hosts)"
+                );
+            }
+            proc()
+        }),
+    }
+}
+
+/// Reads `/proc/net/<name>`; a table that does not exist (no IPv6 in this kernel) counts
+/// as empty when `optional`.
+fn proc_table(name: &str, optional: bool) -> io::Result<String> {
+    match std::fs::read_to_string(format!("/proc/net/{name}")) {
+        Err(e) if optional && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        r => r,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn netlink_time_wait(ports: PortRange) -> io::Result<Vec<TimeWait>> {
+    Ok(sock_diag::dump(sock_diag::States::TimeWait, ports)?
+        .into_iter()
+        .filter(|e| e.state == STATE_TIME_WAIT_NUM)
+        .map(|e| TimeWait {
+            local: e.local,
+            remote: e.remote,
+            remaining: if e.timer == 3 {
+                e.expires
+            } else {
+                Duration::ZERO
+            },
+        })
+        .collect())
+}
+
+#[cfg(target_os = "linux")]
+fn netlink_bound(ports: PortRange) -> io::Result<Vec<Bound>> {
+    Ok(sock_diag::dump(sock_diag::States::Bound, ports)?
+        .into_iter()
+        .filter(|e| e.state != STATE_TIME_WAIT_NUM && e.state != STATE_CLOSE_NUM)
+        .map(|e| Bound {
+            local: e.local,
+            state: e.state,
+            inode: e.inode,
+        })
+        .collect())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn netlink_time_wait(_: PortRange) -> io::Result<Vec<TimeWait>> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn netlink_bound(_: PortRange) -> io::Result<Vec<Bound>> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// `TCP_TIME_WAIT` and `TCP_CLOSE` as numbers.
+const STATE_TIME_WAIT_NUM: u8 = 6;
+const STATE_CLOSE_NUM: u8 = 7;
+
+/// The kernel's TIME_WAIT sockets now, IPv4 and IPv6, with local ports in `ports`, read
+/// as `reader` says. An error where neither way of reading works.
+pub fn time_wait_sockets_in(ports: PortRange, reader: Reader) -> io::Result<Vec<TimeWait>> {
+    read_with(
+        reader,
+        || netlink_time_wait(ports),
+        || {
+            let ticks = ticks_per_second();
+            let mut all = parse_tcp_table(&proc_table("tcp", false)?, ticks);
+            all.extend(parse_tcp_table(&proc_table("tcp6", true)?, ticks));
+            all.retain(|t| in_range(t.local.port(), ports));
+            Ok(all)
+        },
+    )
+}
+
+/// The kernel's TIME_WAIT sockets now, IPv4 and IPv6, on every port
+/// ([`time_wait_sockets_in`] with [`Reader::Auto`]).
+pub fn time_wait_sockets() -> io::Result<Vec<TimeWait>> {
+    time_wait_sockets_in(None, Reader::Auto)
 }
 
 /// The `st` column of a socket that no longer holds its port (`TCP_CLOSE`).
@@ -148,23 +264,38 @@ pub fn parse_bound_sockets(text: &str) -> Vec<Bound> {
         .collect()
 }
 
-/// The host's TCP sockets that hold a port and belong to no file of this process (another
-/// program's listener or connection on a passive port): their local addresses. Read from
-/// `/proc/net/tcp{,6}` and this process's `/proc/self/fd`; an error where those cannot be
-/// read.
-pub fn foreign_sockets() -> io::Result<Vec<SocketAddr>> {
-    let mut all = parse_bound_sockets(&std::fs::read_to_string("/proc/net/tcp")?);
-    match std::fs::read_to_string("/proc/net/tcp6") {
-        Ok(text) => all.extend(parse_bound_sockets(&text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+/// The host's TCP sockets that hold a port and are not in TIME_WAIT (see [`Bound`]), with
+/// local ports in `ports`, read as `reader` says.
+pub fn bound_sockets_in(ports: PortRange, reader: Reader) -> io::Result<Vec<Bound>> {
+    read_with(
+        reader,
+        || netlink_bound(ports),
+        || {
+            let mut all = parse_bound_sockets(&proc_table("tcp", false)?);
+            all.extend(parse_bound_sockets(&proc_table("tcp6", true)?));
+            all.retain(|b| in_range(b.local.port(), ports));
+            Ok(all)
+        },
+    )
+}
+
+/// The host's TCP sockets with local ports in `ports` that hold their port and belong to
+/// no file of this process (another program's listener or connection on a passive port):
+/// their local addresses. Read as `reader` says, and this process's `/proc/self/fd`; an
+/// error where those cannot be read.
+pub fn foreign_sockets_in(ports: PortRange, reader: Reader) -> io::Result<Vec<SocketAddr>> {
+    let all = bound_sockets_in(ports, reader)?;
     let own = own_socket_inodes()?;
     Ok(all
         .into_iter()
         .filter(|b| b.inode != 0 && !own.contains(&b.inode))
         .map(|b| b.local)
         .collect())
+}
+
+/// [`foreign_sockets_in`] on every port, with [`Reader::Auto`].
+pub fn foreign_sockets() -> io::Result<Vec<SocketAddr>> {
+    foreign_sockets_in(None, Reader::Auto)
 }
 
 /// The inodes of the sockets this process holds (`socket:[N]` links in `/proc/self/fd`).
@@ -543,6 +674,34 @@ mod tests {
         let addr = own.local_addr().unwrap();
         let foreign = foreign_sockets().expect("kernel tables");
         assert!(!foreign.contains(&addr), "{addr} in {foreign:?}");
+    }
+
+    /// Auto reads /proc when netlink fails, and only then; the forced modes do not fall back.
+    #[test]
+    fn auto_falls_back_to_proc_when_netlink_fails() {
+        let failing = || Err::<&str, _>(io::Error::other("no sock_diag"));
+        assert_eq!(
+            read_with(Reader::Auto, failing, || Ok("proc")).unwrap(),
+            "proc"
+        );
+        assert_eq!(
+            read_with(Reader::Auto, failing, || Ok("proc")).unwrap(),
+            "proc"
+        );
+        assert_eq!(
+            read_with(Reader::Auto, || Ok("netlink"), || Ok("proc")).unwrap(),
+            "netlink"
+        );
+        assert!(read_with(Reader::Netlink, failing, || Ok("proc")).is_err());
+        assert_eq!(
+            read_with(Reader::Proc, failing, || Ok("proc")).unwrap(),
+            "proc"
+        );
+        // The /proc path through the public query, as the fallback runs it.
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = own.local_addr().unwrap().port();
+        let bound = bound_sockets_in(Some((port, port)), Reader::Proc).unwrap();
+        assert!(bound.iter().any(|b| b.local == own.local_addr().unwrap()));
     }
 
     /// Each scope's reading of the same kernel table and ledger.

@@ -132,6 +132,8 @@ pub(crate) struct PassivePorts {
     peer_limit: Option<NonZeroUsize>,
     mode: ListenerMode,
     reuseaddr: bool,
+    /// The passive port range, for the kernel's tables read on these ports only.
+    port_span: (u16, u16),
     wait: Duration,
     accept_timeout: Duration,
     public: PublicAddresses,
@@ -230,6 +232,7 @@ impl PassivePorts {
             peer_limit,
             mode,
             reuseaddr: !config.no_reuseaddr,
+            port_span: (config.pasv_min_port, config.pasv_max_port),
             wait: config.pasv_wait,
             accept_timeout: config.accept_timeout,
             public: PublicAddresses::new(
@@ -588,10 +591,12 @@ impl PassivePorts {
     /// a socket in another state, which the kernel does not time).
     fn host_wait(&self, addr: SocketAddr, table: &mut Option<Vec<TimeWait>>) -> Duration {
         let table = table.get_or_insert_with(|| {
-            kernel::time_wait_sockets().unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "kernel TCP tables unreadable");
-                Vec::new()
-            })
+            kernel::time_wait_sockets_in(Some(self.port_span), kernel::Reader::Auto).unwrap_or_else(
+                |e| {
+                    tracing::debug!(error = %e, "kernel TCP tables unreadable");
+                    Vec::new()
+                },
+            )
         });
         // A TIME_WAIT past its time (the kernel's timer wheel ends 60 s timers up to a
         // couple of seconds late) is held a short while more, not a whole time-wait.
@@ -657,8 +662,14 @@ impl PassivePorts {
     /// The pool's ledger against the kernel's TIME_WAIT table (see `kernel::compare`), at
     /// most [`LEDGER_CACHE_AGE`] old; an error where the kernel's tables cannot be read.
     pub(crate) async fn ledger_check(&self) -> io::Result<Arc<LedgerCheck>> {
-        self.ledger_check_with(|| Ok((kernel::time_wait_sockets()?, kernel::foreign_sockets()?)))
-            .await
+        let ports = Some(self.port_span);
+        self.ledger_check_with(move || {
+            Ok((
+                kernel::time_wait_sockets_in(ports, kernel::Reader::Auto)?,
+                kernel::foreign_sockets_in(ports, kernel::Reader::Auto)?,
+            ))
+        })
+        .await
     }
 
     /// [`PassivePorts::ledger_check`] with the kernel's tables from `read`. The ledger is
