@@ -35,8 +35,12 @@ impl HoldEstimator {
     /// Live leases the estimate looks at, oldest first (the oldest end first as a rule; the
     /// cap bounds the work of one estimate).
     pub const CONSIDERED: usize = 256;
-    /// The shortest estimate given.
-    pub const FLOOR: Duration = Duration::from_millis(100);
+    /// The shortest estimate given: holds near zero (a client that takes and drops leases
+    /// in a loop) must not tell everyone to retry at once.
+    pub const FLOOR: Duration = Duration::from_secs(1);
+    /// The longest estimate given: a client that holds its leases for hours must not tell
+    /// everyone else to come back in hours; a few minutes on, the pool will have changed.
+    pub const CEILING: Duration = Duration::from_secs(300);
 
     /// An estimator with no data.
     pub fn new() -> HoldEstimator {
@@ -74,8 +78,8 @@ impl HoldEstimator {
         self.samples.len()
     }
 
-    /// The median time from `now` until the first live lease ends, at least
-    /// [`HoldEstimator::FLOOR`]; `None` without samples, without live leases, or when every
+    /// The median time from `now` until the first live lease ends, clamped to
+    /// [`HoldEstimator::FLOOR`]..=[`HoldEstimator::CEILING`]; `None` without samples, without live leases, or when every
     /// live lease is older than every sample.
     pub fn first_release(&self, now: Instant) -> Option<Duration> {
         if self.samples.is_empty() {
@@ -115,7 +119,7 @@ impl HoldEstimator {
                 lo = mid;
             }
         }
-        Some(hi.max(Self::FLOOR))
+        Some(hi.clamp(Self::FLOOR, Self::CEILING))
     }
 }
 
@@ -135,29 +139,52 @@ mod tests {
         assert_eq!(e.first_release(at(10)), None);
     }
 
-    /// Every lease holds 2 s: a lease 0.5 s old ends in 1.5 s, and of two the older first.
+    /// Hours-long holds give at most the ceiling; near-zero holds at least the floor.
+    #[test]
+    fn the_estimate_is_clamped_to_floor_and_ceiling() {
+        let mut e = HoldEstimator::new();
+        let hour = 3_600_000;
+        for k in 0..10 {
+            e.leased(at(k * 10 * hour));
+            e.released(at(k * 10 * hour), at(k * 10 * hour + 5 * hour));
+        }
+        e.leased(at(200 * hour));
+        assert_eq!(
+            e.first_release(at(200 * hour)),
+            Some(HoldEstimator::CEILING)
+        );
+        let mut e = HoldEstimator::new();
+        for k in 0..(HoldEstimator::WINDOW as u64) {
+            e.leased(at(k * 10));
+            e.released(at(k * 10), at(k * 10 + 1));
+        }
+        e.leased(at(1_000_000));
+        assert_eq!(e.first_release(at(1_000_000)), Some(HoldEstimator::FLOOR));
+    }
+
+    /// Every lease holds 20 s: a lease 5 s old ends in 15 s, and of two the older first.
     #[test]
     fn constant_holds_give_the_remaining_time_of_the_oldest() {
         let mut e = HoldEstimator::new();
         for k in 0..10 {
-            e.leased(at(k * 3_000));
-            e.released(at(k * 3_000), at(k * 3_000 + 2_000));
+            e.leased(at(k * 30_000));
+            e.released(at(k * 30_000), at(k * 30_000 + 20_000));
         }
-        e.leased(at(100_000));
-        e.leased(at(100_700));
-        let d = e.first_release(at(101_000)).unwrap();
+        e.leased(at(1_000_000));
+        e.leased(at(1_007_000));
+        let d = e.first_release(at(1_010_000)).unwrap();
         assert!(
-            d.abs_diff(Duration::from_millis(1_000)) <= Duration::from_millis(2),
+            d.abs_diff(Duration::from_millis(10_000)) <= Duration::from_millis(20),
             "{d:?}"
         );
         assert_eq!(e.live(), 2);
         // Past every sample: nothing known about the older one, the younger decides.
-        let d = e.first_release(at(102_200)).unwrap();
+        let d = e.first_release(at(1_022_000)).unwrap();
         assert!(
-            d.abs_diff(Duration::from_millis(500)) <= Duration::from_millis(2),
+            d.abs_diff(Duration::from_millis(5_000)) <= Duration::from_millis(20),
             "{d:?}"
         );
-        assert_eq!(e.first_release(at(103_000)), None);
+        assert_eq!(e.first_release(at(1_030_000)), None);
     }
 
     /// Holds spread evenly over 0.1-10 s; one fresh lease: its median remaining time is

@@ -217,8 +217,8 @@ async fn a_foreign_listener_on_a_passive_port_is_a_disagreement() {
     })
     .await;
     let mut root = login_as(&server, "root").await;
-    let (counts, text) = site_pool(&mut root).await;
-    assert_eq!(counts, (0, 0), "{text}");
+    // No SITE POOL before the listener: reports are cached for 5 s, and the first check
+    // must be the one that sees it.
     // A listener in another process (one in this process would be the server's own).
     let port = ports.0 + 1;
     let mut child = std::process::Command::new("python3")
@@ -293,8 +293,9 @@ fn pasv_protocol_addr(reply: &pasv_protocol::Reply) -> std::net::SocketAddr {
 }
 
 /// Every port leased, none cooling: the 425's hint comes from the hold times measured so
-/// far, not a fixed guess. One port; two leases end at the accept timeout (0.6 s each), so
-/// a third, just taken, is expected to end within 0.6 s: the refused client is told so.
+/// far, not a fixed guess. One port; two leases end at the accept timeout (1.5 s each), so
+/// a third, just taken, is expected to end within 1.5 s: the refused client is told so
+/// (hints are at least 1 s).
 #[tokio::test]
 async fn the_all_leased_hint_comes_from_measured_hold_times() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,7 +304,7 @@ async fn the_all_leased_hint_comes_from_measured_hold_times() {
     let mut c = Config::for_tests(dir.path().to_path_buf());
     (c.pasv_min_port, c.pasv_max_port) = ports;
     c.quarantine = Some(QuarantineScope::Port);
-    c.accept_timeout = Duration::from_millis(600);
+    c.accept_timeout = Duration::from_millis(1_500);
     c.pasv_wait = Duration::ZERO;
     let server = TestServer::start(c).await;
     let mut a = Ftp::login(server.addr).await;
@@ -318,7 +319,7 @@ async fn the_all_leased_hint_comes_from_measured_hold_times() {
     assert_eq!(refused.code().get(), 425, "{refused}");
     let hint = refused.retry_after().expect("a retry hint");
     assert!(
-        hint >= Duration::from_millis(100) && hint <= Duration::from_millis(650),
+        hint >= Duration::from_millis(1_000) && hint <= Duration::from_millis(1_600),
         "{refused}"
     );
     server.stop().await;

@@ -21,7 +21,7 @@
 #[cfg(target_os = "linux")]
 mod sock_diag;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -323,6 +323,8 @@ fn ticks_per_second() -> u64 {
 /// Whether a TIME_WAIT socket on `local` makes the kernel refuse a bind on `addr` without
 /// `SO_REUSEADDR`: same port, and same address or either one a wildcard.
 fn conflicts(local: SocketAddr, addr: SocketAddr) -> bool {
+    #[cfg(test)]
+    tests::CONFLICT_CHECKS.with(|c| c.set(c.get() + 1));
     let (a, b) = (local.ip().to_canonical(), addr.ip().to_canonical());
     local.port() == addr.port() && (a == b || a.is_unspecified() || b.is_unspecified())
 }
@@ -465,22 +467,40 @@ pub fn compare(
     let left = |until: pasv_pool::Instant| {
         Some(until.saturating_duration_since(now)).filter(|d| *d >= SLACK)
     };
+    // The table and the foreign sockets indexed by port once: each ledger port then looks
+    // only at the sockets on its own port, O(ports + table) in all rather than their
+    // product (a host with thousands of passive ports and tens of thousands of TIME_WAIT
+    // sockets would otherwise spend seconds here).
+    let mut by_port: HashMap<u16, Vec<&TimeWait>> = HashMap::new();
+    for t in table {
+        by_port.entry(t.local.port()).or_default().push(t);
+    }
+    let mut foreign_by_port: HashMap<u16, Vec<SocketAddr>> = HashMap::new();
+    for &f in foreign {
+        foreign_by_port.entry(f.port()).or_default().push(f);
+    }
     let mut check = LedgerCheck::default();
     for port in ledger {
-        let held: BTreeMap<IpAddr, Duration> = table
+        let on_port: Vec<&TimeWait> = by_port
+            .get(&port.addr.port())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|t| conflicts(t.local, port.addr))
+            .collect();
+        let held: BTreeMap<IpAddr, Duration> = on_port
             .iter()
-            .filter(|t| conflicts(t.local, port.addr) && t.remaining >= SLACK)
+            .filter(|t| t.remaining >= SLACK)
             .fold(BTreeMap::new(), |mut m, t| {
                 let e = m.entry(t.remote.ip()).or_default();
                 *e = (*e).max(t.remaining);
                 m
             });
-        check.kernel_time_wait += table
-            .iter()
-            .filter(|t| conflicts(t.local, port.addr))
-            .count();
+        check.kernel_time_wait += on_port.len();
         let kernel = held.values().copied().max();
-        let is_foreign = foreign.iter().any(|&f| conflicts(f, port.addr));
+        let is_foreign = foreign_by_port
+            .get(&port.addr.port())
+            .is_some_and(|fs| fs.iter().any(|&f| conflicts(f, port.addr)));
         check.foreign += usize::from(is_foreign);
         let cooling = port.cooling_until.and_then(left);
         let blocked: Vec<(IpAddr, Duration)> = port
@@ -530,6 +550,64 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Calls of [`conflicts`] on this thread: the work of a [`compare`].
+        pub(super) static CONFLICT_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A check looks at each kernel socket a bounded number of times, not once per ledger
+    /// port: 2,000 ports against 8,000 TIME_WAIT sockets (four on each of the ports) and
+    /// 2,000 foreign sockets costs a few comparisons per socket, where comparing every port
+    /// with the whole table would take tens of millions. Same answer either way.
+    #[test]
+    fn compare_does_work_linear_in_ports_plus_table() {
+        use pasv_pool::{Exclusivity, Instant, PortLedger, QuarantineScope};
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::ZERO;
+        let ports: Vec<u16> = (30_000..32_000).collect();
+        let ledger: Vec<PortLedger> = ports
+            .iter()
+            .map(|&p| PortLedger {
+                addr: SocketAddr::new(ip, p),
+                leases: 0,
+                cooling_until: None,
+                blocked: Vec::new(),
+            })
+            .collect();
+        let table: Vec<TimeWait> = ports
+            .iter()
+            .flat_map(|&p| {
+                (0..4u16).map(move |k| TimeWait {
+                    local: SocketAddr::new(ip, p),
+                    remote: SocketAddr::new(ip, 40_000 + k),
+                    remaining: Duration::from_secs(30),
+                })
+            })
+            .collect();
+        // Foreign sockets on other ports of the host.
+        let foreign: Vec<SocketAddr> = (10_000..12_000).map(|p| SocketAddr::new(ip, p)).collect();
+        CONFLICT_CHECKS.with(|c| c.set(0));
+        let check = compare(
+            &ledger,
+            &table,
+            &foreign,
+            now,
+            QuarantineScope::Port,
+            Exclusivity::PerPort,
+            false,
+        );
+        let checks = CONFLICT_CHECKS.with(|c| c.get());
+        assert_eq!(check.kernel_time_wait, table.len());
+        assert_eq!(check.offered_while_held, ports.len());
+        assert_eq!(check.foreign, 0);
+        let bound = 4 * (table.len() + foreign.len() + ledger.len()) as u64;
+        assert!(
+            checks <= bound,
+            "{checks} comparisons for {} sockets",
+            table.len()
+        );
+    }
 
     /// Rows as Linux 6.x prints them: a listener, a TIME_WAIT socket, a header, a
     /// FIN_WAIT2 socket, a malformed row; and an IPv6 table with a mapped address.

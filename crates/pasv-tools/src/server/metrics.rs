@@ -673,9 +673,16 @@ impl ServerCollector {
              leases per second.",
             &ConstGauge::new(model.rate_max - rate),
         )?;
-        // The ledger against the kernel (read at each scrape; absent where the kernel's
-        // tables cannot be read).
-        if let Ok(check) = self.ports.ledger_check() {
+        // The ledger against the kernel, from the check the scrape refreshed (at most
+        // LEDGER_CACHE_AGE old; absent where the kernel's tables cannot be read).
+        if let Some((check, age)) = self.ports.ledger_cached() {
+            one(
+                e,
+                "pasvd_ledger_age_seconds",
+                "Age of the ledger check the pasvd_ledger_* metrics come from (checks are \
+                 cached for a few seconds).",
+                &ConstGauge::new(age.as_secs_f64()),
+            )?;
             one(
                 e,
                 "pasvd_ledger_kernel_time_wait",
@@ -720,13 +727,16 @@ impl Collector for ServerCollector {
 /// The registry and its text encoding.
 pub(crate) struct Exporter {
     registry: Registry,
+    /// The passive ports, whose ledger check a scrape refreshes before encoding.
+    ports: Arc<PassivePorts>,
 }
 
 impl Exporter {
     pub(crate) fn new(collector: ServerCollector) -> Exporter {
+        let ports = Arc::clone(&collector.ports);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(collector));
-        Exporter { registry }
+        Exporter { registry, ports }
     }
 
     /// The OpenMetrics text of every metric now.
@@ -749,9 +759,16 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-fn respond(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(exporter: &Exporter, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, exporter.render()),
+        (&Method::GET, "/metrics") => {
+            // Off the runtime and outside the pool's lock; cached, so scrapes in a row
+            // share one reading of the kernel's tables.
+            if let Err(e) = exporter.ports.ledger_check().await {
+                tracing::debug!(error = %e, "ledger check unavailable");
+            }
+            (StatusCode::OK, exporter.render())
+        }
         (&Method::GET, _) => (StatusCode::NOT_FOUND, "not found; try /metrics\n".into()),
         _ => (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into()),
     };
@@ -804,8 +821,8 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&exporter, &req);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let exporter = Arc::clone(&exporter);
+                async move { Ok::<_, std::convert::Infallible>(respond(&exporter, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -50,6 +50,10 @@ const MAX_WAITERS: usize = 65_536;
 /// Binds refused with EADDRINUSE tried by one `open` (each takes its port out of the pool
 /// for the kernel's time, so the pool soon answers with that time instead).
 const MAX_IN_USE_FAILURES: usize = 64;
+/// How long a ledger check against the kernel (`SITE POOL`, the `pasvd_ledger_*` metrics)
+/// is served from its cache: reading the kernel's tables costs in proportion to the host's
+/// sockets, so scrapes and reports within this age share one reading.
+pub(crate) const LEDGER_CACHE_AGE: Duration = Duration::from_secs(5);
 
 /// An accepted data connection: a plain non-blocking socket, not registered with the
 /// runtime. A small download is written and closed without ever touching epoll (two
@@ -120,6 +124,10 @@ pub(crate) struct PassivePorts {
     holds: Mutex<pasv_pool::HoldEstimator>,
     /// Tells the driver task that the queue's next timeout may have moved earlier.
     timer: Arc<Notify>,
+    /// The last ledger check and when it was made ([`PassivePorts::ledger_check`]).
+    ledger_cache: Mutex<Option<(Instant, Arc<LedgerCheck>)>>,
+    /// Held while a ledger check is computed: one at a time, the others wait for its result.
+    ledger_turn: tokio::sync::Mutex<()>,
     /// The pool's limit of leases per peer address.
     peer_limit: Option<NonZeroUsize>,
     mode: ListenerMode,
@@ -222,6 +230,8 @@ impl PassivePorts {
             queue: Mutex::new(WaitQueue::new(pool, max_waiters)),
             holds: Mutex::new(pasv_pool::HoldEstimator::new()),
             timer: Arc::new(Notify::new()),
+            ledger_cache: Mutex::new(None),
+            ledger_turn: tokio::sync::Mutex::new(()),
             peer_limit,
             mode,
             reuseaddr: !config.no_reuseaddr,
@@ -707,25 +717,64 @@ impl PassivePorts {
         lock(&self.queue).pool().stats(clock::pool_now())
     }
 
-    /// The pool's ledger against the kernel's TIME_WAIT table now (see `kernel::compare`);
-    /// an error where the kernel's tables cannot be read.
-    pub(crate) fn ledger_check(&self) -> io::Result<LedgerCheck> {
+    /// The pool's ledger against the kernel's TIME_WAIT table (see `kernel::compare`), at
+    /// most [`LEDGER_CACHE_AGE`] old; an error where the kernel's tables cannot be read.
+    pub(crate) async fn ledger_check(&self) -> io::Result<Arc<LedgerCheck>> {
         let ports = Some(self.port_span);
-        let table = kernel::time_wait_sockets_in(ports, kernel::Reader::Auto)?;
-        let foreign = kernel::foreign_sockets_in(ports, kernel::Reader::Auto)?;
-        let queue = lock(&self.queue);
-        let pool = queue.pool();
-        let now = clock::pool_now();
-        let config = pool.config();
-        Ok(kernel::compare(
-            &pool.ledger(now),
-            &table,
-            &foreign,
-            now,
-            config.scope,
-            config.exclusivity,
-            self.reuseaddr,
-        ))
+        self.ledger_check_with(move || {
+            Ok((
+                kernel::time_wait_sockets_in(ports, kernel::Reader::Auto)?,
+                kernel::foreign_sockets_in(ports, kernel::Reader::Auto)?,
+            ))
+        })
+        .await
+    }
+
+    /// [`PassivePorts::ledger_check`] with the kernel's tables from `read`. The ledger is
+    /// copied under the queue lock, which is dropped before `read` and the comparison run
+    /// on the blocking pool: a PASV never waits for the kernel's tables. One computation at
+    /// a time; callers that waited for it take its result from the cache.
+    async fn ledger_check_with(
+        &self,
+        read: impl FnOnce() -> io::Result<(Vec<TimeWait>, Vec<SocketAddr>)> + Send + 'static,
+    ) -> io::Result<Arc<LedgerCheck>> {
+        let _turn = self.ledger_turn.lock().await;
+        if let Some((check, _)) = self.ledger_cached() {
+            return Ok(check);
+        }
+        let (ledger, now, scope, exclusivity) = {
+            let queue = lock(&self.queue);
+            let pool = queue.pool();
+            let now = clock::pool_now();
+            let config = pool.config();
+            (pool.ledger(now), now, config.scope, config.exclusivity)
+        };
+        let reuseaddr = self.reuseaddr;
+        let check = tokio::task::spawn_blocking(move || {
+            let (table, foreign) = read()?;
+            Ok::<_, io::Error>(kernel::compare(
+                &ledger,
+                &table,
+                &foreign,
+                now,
+                scope,
+                exclusivity,
+                reuseaddr,
+            ))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let check = Arc::new(check);
+        *lock(&self.ledger_cache) = Some((clock::now(), Arc::clone(&check)));
+        Ok(check)
+    }
+
+    /// The cached ledger check and its age, if it is at most [`LEDGER_CACHE_AGE`] old.
+    pub(crate) fn ledger_cached(&self) -> Option<(Arc<LedgerCheck>, Duration)> {
+        let cache = lock(&self.ledger_cache);
+        let (at, check) = cache.as_ref()?;
+        let age = clock::now().saturating_duration_since(*at);
+        (age <= LEDGER_CACHE_AGE).then(|| (Arc::clone(check), age))
     }
 
     /// The capacity model for a mean hold time and a share of server-side closes.
@@ -1413,6 +1462,63 @@ mod tests {
         configure(&mut config);
         let listen = SocketAddr::new(V4, 0);
         Some(PassivePorts::new(&config, listen).await.expect("pool"))
+    }
+
+    /// A ledger check parked in its reading of the kernel's tables holds no lock a PASV
+    /// needs: the queue lock is free and a PASV completes meanwhile. A second check waits
+    /// for the first and takes its result: the tables are read once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pasv_completes_while_a_ledger_check_reads_the_kernel() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let Some(ports) = two_families(26_460).await else {
+            return;
+        };
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let read = {
+            let reads = Arc::clone(&reads);
+            move || {
+                reads.fetch_add(1, Ordering::SeqCst);
+                entered_tx.send(()).expect("test waits");
+                go_rx.recv().expect("test lets the read finish");
+                Ok((Vec::new(), Vec::new()))
+            }
+        };
+        let first = tokio::spawn({
+            let ports = Arc::clone(&ports);
+            async move { ports.ledger_check_with(read).await }
+        });
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .expect("join")
+            .expect("the check reaches its read");
+        assert!(
+            ports.queue.try_lock().is_ok(),
+            "the queue lock is held while the kernel's tables are read"
+        );
+        let second = tokio::spawn({
+            let ports = Arc::clone(&ports);
+            let reads = Arc::clone(&reads);
+            async move {
+                ports
+                    .ledger_check_with(move || {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        Ok((Vec::new(), Vec::new()))
+                    })
+                    .await
+            }
+        });
+        let passive = ports
+            .open(V4, AddrFilter::V4)
+            .await
+            .expect("a PASV meanwhile");
+        go_tx.send(()).expect("the read waits");
+        let a = first.await.expect("join").expect("check");
+        let b = second.await.expect("join").expect("check");
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert!(Arc::ptr_eq(&a, &b));
+        passive.never_connected();
     }
 
     /// The v4-only waiter came first, but the freed port is IPv6: the v6-only waiter must get

@@ -31,6 +31,7 @@ use super::core::{
     self, Action, Core, Ending, FsDone, FsOp, PassiveRefusal, TransferEnd, Verified,
 };
 use super::defender::Banned;
+use super::kernel::LedgerCheck;
 use super::listing;
 use super::metrics::AcceptStage;
 use super::passive::{DataConn, LeaseGuard, Passive, Refusal};
@@ -68,6 +69,7 @@ enum OpDone {
     Fs(Result<FsDone, FsError>, Prepared),
     Passive(Result<(Passive, Option<SocketAddr>), Refusal>),
     Verified(Verified, Option<Vfs>),
+    PoolReport(String),
 }
 
 type Op = Pin<Box<dyn Future<Output = OpDone> + Send>>;
@@ -326,8 +328,11 @@ impl Driver {
             }
             Action::AcceptDue => self.accept_due(core),
             Action::PoolReport => {
-                let text = self.pool_report();
-                core.handle_pool_report(clock::pool_now(), &text);
+                let shared = Arc::clone(&self.shared);
+                self.op = Some(Box::pin(async move {
+                    let check = shared.ports.ledger_check().await;
+                    OpDone::PoolReport(Driver::pool_report(&shared, check))
+                }));
             }
             Action::Verify { name, password } => self.verify(name, password),
             Action::StartTransfer(job) => self.start(job, core),
@@ -508,15 +513,15 @@ impl Driver {
 
     /// The text of `SITE POOL`: the pool's counts and its ledger against the kernel's
     /// TIME_WAIT table.
-    fn pool_report(&self) -> String {
-        let ports = &self.shared.ports;
+    fn pool_report(shared: &Shared, check: io::Result<Arc<LedgerCheck>>) -> String {
+        let ports = &shared.ports;
         let stats = ports.stats();
         let mut text = format!(
             "Pool: {} free, {} leased, {} cooling, {} (port, client) pairs in per-client \
              quarantine.\n",
             stats.free, stats.leased, stats.cooling, stats.peer_quarantined
         );
-        match ports.ledger_check() {
+        match check {
             Ok(check) => {
                 text.push_str(&format!(
                     " Kernel: {} TIME_WAIT sockets on the passive ports, {} ports held by \
@@ -557,6 +562,7 @@ impl Driver {
     fn op_done(&mut self, core: &mut Core, done: OpDone) {
         let now = clock::pool_now();
         match done {
+            OpDone::PoolReport(text) => core.handle_pool_report(now, &text),
             OpDone::Fs(result, prepared) => {
                 if !matches!(prepared, Prepared::None) {
                     self.prepared = prepared;
