@@ -32,9 +32,9 @@ async fn unauthenticated_flood_from_many_addresses_cannot_shut_out_a_login() {
     config.pasv_max_port = hi;
     config.max_clients = 64;
     config.max_per_ip = 64;
-    config.max_unauthenticated = None; // a quarter of max_clients: 16
+    config.max_unauthenticated = None; // half of max_clients: 32
     config.max_unauthenticated_per_ip = 2;
-    assert_eq!(config.effective_max_unauthenticated(), 16);
+    assert_eq!(config.effective_max_unauthenticated(), 32);
     let server = TestServer::start(config).await;
 
     // 6 addresses x 12 connections: more than max_clients, none logs in.
