@@ -107,6 +107,9 @@ pub(crate) struct Options {
     pub(crate) transfers: u64,
     /// Idle sessions opened by `--memory`.
     pub(crate) sessions: usize,
+    /// With `--peers`: another pasvd binary (an earlier build) run beside this one in the
+    /// default mode, for a before/after comparison in the same run.
+    pub(crate) baseline: Option<PathBuf>,
 }
 
 /// Which load generator drives the side-by-side runs.
@@ -137,6 +140,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         contended: false,
         transfers: 4000,
         sessions: 200,
+        baseline: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -163,6 +167,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
                         .parse()
                         .context("--busy-poll-us takes microseconds")?,
                 )
+            }
+            "--baseline" => {
+                let path = PathBuf::from(it.next().context("--baseline needs a pasvd binary")?);
+                if !path.is_file() {
+                    bail!("--baseline {}: no such file", path.display());
+                }
+                options.baseline = Some(path);
             }
             "--peers-only" => options.peers_only = true,
             "--strategies" => options.strategies = true,
@@ -476,6 +487,8 @@ pub(crate) struct Workload {
     pub(crate) prebound_range: (u16, u16),
     pub(crate) per_lease_range: (u16, u16),
     pub(crate) busy_range: (u16, u16),
+    /// The range of `--baseline`'s pasvd.
+    pub(crate) baseline_range: (u16, u16),
     /// The floor's range.
     pub(crate) floor_range: (u16, u16),
     /// Median transfers/s over the best peer's median, at least.
@@ -495,6 +508,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
         min_ratio: 1.5,
         clean: true,
@@ -509,6 +523,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         prebound_range: (24000, 24999),
         per_lease_range: (25000, 25999),
         busy_range: (26000, 26999),
+        baseline_range: (28000, 28999),
         floor_range: (27000, 27999),
         min_ratio: 1.5,
         clean: false,
@@ -532,6 +547,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         prebound_range: (30000, 30019),
         per_lease_range: (30100, 30119),
         busy_range: (30200, 30219),
+        baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
         min_ratio: 1.2,
         clean: false,
@@ -644,6 +660,10 @@ fn run_peers_pasv_load(
                 prebound: workload.prebound_range,
                 per_lease: Some(workload.per_lease_range),
                 busy: options.busy_poll_us.map(|us| (workload.busy_range, us)),
+                baseline: options
+                    .baseline
+                    .clone()
+                    .map(|bin| (bin, workload.baseline_range)),
                 floor: workload.floor_range,
                 floor_file,
                 pin,
@@ -697,6 +717,11 @@ fn run_peers_pasv_load(
         let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
         report.push_str(&checks);
         missed += failures;
+        if options.baseline.is_some() {
+            let (table, dropped) = baseline_report(&results)?;
+            report.push_str(&table);
+            missed += dropped;
+        }
         summary.push((
             workload.name.to_owned(),
             crate::peers::summarize(&fleet.targets, &results)?,
@@ -828,6 +853,64 @@ fn load_report(
     Ok(out)
 }
 
+/// How far a figure may move the wrong way against `--baseline` before it counts as a drop.
+const BASELINE_TOLERANCE: f64 = 0.05;
+
+/// `--baseline`: this build's default pasvd (`pasvd-prebound`) against the baseline build
+/// (`pasvd-baseline`), medians over the rounds of one run: transfers/s, server-core µs per
+/// transfer and p99. Returns the markdown table and how many figures dropped by more than
+/// [`BASELINE_TOLERANCE`] (fewer transfers/s, more µs per transfer, a longer p99).
+fn baseline_report(results: &str) -> Result<(String, usize)> {
+    let mut runs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for line in results.lines().filter(|l| !l.trim().is_empty()) {
+        let d: Value = serde_json::from_str(line).context("results.jsonl")?;
+        if let Some((_, target)) = d["label"].as_str().unwrap_or_default().split_once(':') {
+            runs.entry(target.to_owned()).or_default().push(d);
+        }
+    }
+    let figure = |label: &str, f: &dyn Fn(&Value) -> Option<f64>| {
+        runs.get(label)
+            .and_then(|r| median(r.iter().filter_map(f).collect()))
+    };
+    let mut out = format!(
+        "\n#### Against the baseline build (no figure may drop by more than {:.0}%)\n\n\
+         | figure | pasvd-baseline | pasvd-prebound | after / before | result |\n|---|---|---|---|---|\n",
+        BASELINE_TOLERANCE * 100.0
+    );
+    let mut dropped = 0;
+    let figures = [
+        ("transfers/s", "/transfers_per_s", true),
+        ("server µs/transfer", "/server_us_per_transfer", false),
+        ("p99 ms", "/latency_ms/p99", false),
+    ];
+    for (name, pointer, higher_is_better) in figures {
+        let f = |d: &Value| d.pointer(pointer).and_then(Value::as_f64);
+        let before = figure("pasvd-baseline", &f);
+        let after = figure("pasvd-prebound", &f);
+        let ratio = before.zip(after).map(|(b, a)| a / b);
+        let ok = ratio.is_some_and(|r| {
+            if higher_is_better {
+                r >= 1.0 - BASELINE_TOLERANCE
+            } else {
+                r <= 1.0 + BASELINE_TOLERANCE
+            }
+        });
+        if !ok {
+            dropped += 1;
+        }
+        let show = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} |",
+            show(before),
+            show(after),
+            ratio.map_or("-".into(), |r| format!("{r:.3}")),
+            if ok { "pass" } else { "DROPPED" }
+        );
+    }
+    Ok((out, dropped))
+}
+
 /// One target's runs in a side-by-side workload, summed over the rounds.
 #[derive(Debug, Default)]
 struct PeerRuns {
@@ -875,14 +958,18 @@ fn check_peer_targets(
         r.sessions_ended += count("reconnects");
         r.outside_range += count("pasv_port_out_of_range");
     }
-    let peers: Vec<&str> = targets_tsv
-        .lines()
-        .filter_map(|l| {
-            let mut fields = l.split('\t');
-            let label = fields.next()?;
-            (fields.next()? == "peer").then_some(label)
-        })
-        .collect();
+    let of_kind = |kind: &str| -> Vec<&str> {
+        targets_tsv
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split('\t');
+                let label = fields.next()?;
+                (fields.next()? == kind).then_some(label)
+            })
+            .collect()
+    };
+    let peers = of_kind("peer");
+    let customs = of_kind("custom");
     let best_peer = peers
         .iter()
         .filter_map(|p| runs.get(*p).and_then(PeerRuns::median))
@@ -901,7 +988,7 @@ fn check_peer_targets(
         workload.min_ratio
     );
     let mut missed = 0;
-    for (label, r) in runs.iter().filter(|(l, _)| l.starts_with("pasvd")) {
+    for (label, r) in runs.iter().filter(|(l, _)| customs.contains(&l.as_str())) {
         let ratio = r.median().zip(best_peer).map(|(m, best)| m / best);
         let ok = ratio.is_some_and(|x| x >= workload.min_ratio)
             && (!workload.clean
@@ -996,8 +1083,14 @@ mod tests {
             results += &line(&format!("r{round}:pasvd-fast"), fast, 0, 0);
             results += &line(&format!("r{round}:pasvd-slow"), slow, 0, 0);
             results += &line(&format!("r{round}:pasvd-refusing"), fast, 1, 0);
+            results += &line(&format!("r{round}:pasvd-baseline"), slow, 0, 0);
         }
-        let tsv = "vsftpd\tpeer\t127.0.0.1:2121\t20000-20019\t3.0.3\npasvd-fast\tcustom\t127.0.0.1:1\t1-2\t\n";
+        // The baseline build is compared with this build, not held to the targets.
+        let tsv = "vsftpd\tpeer\t127.0.0.1:2121\t20000-20019\t3.0.3\n\
+                   pasvd-fast\tcustom\t127.0.0.1:1\t1-2\t\n\
+                   pasvd-slow\tcustom\n\
+                   pasvd-refusing\tcustom\n\
+                   pasvd-baseline\tbaseline\n";
         let workload = &WORKLOADS[0];
         assert_eq!(workload.min_ratio, 1.5);
         let (table, missed) = check_peer_targets(workload, &results, tsv).unwrap();
@@ -1013,6 +1106,41 @@ mod tests {
         );
         assert!(
             table.contains("| pasvd-refusing | 1.60x | 3 | 0 | 0 | MISSED |"),
+            "{table}"
+        );
+        assert!(!table.contains("pasvd-baseline"), "{table}");
+    }
+
+    #[test]
+    fn baseline_drops_beyond_five_percent_are_counted() {
+        let line = |label: &str, rate: f64, us: f64, p99: f64| {
+            format!(
+                "{{\"label\":\"{label}\",\"transfers_per_s\":{rate},\"server_us_per_transfer\":{us},\"latency_ms\":{{\"p99\":{p99}}}}}\n"
+            )
+        };
+        // Medians: before 1000/s, 50 µs, 2.0 ms. After: 960/s (-4%, within), 53 µs (+6%,
+        // dropped), 2.2 ms (+10%, dropped).
+        let mut results = String::new();
+        for (round, (b, a)) in [(1000.0, 960.0), (900.0, 950.0), (1100.0, 990.0)]
+            .into_iter()
+            .enumerate()
+        {
+            results += &line(&format!("r{round}:pasvd-baseline"), b, 50.0, 2.0);
+            results += &line(&format!("r{round}:pasvd-prebound"), a, 53.0, 2.2);
+            results += &line(&format!("r{round}:vsftpd"), 1.0, 1.0, 1.0);
+        }
+        let (table, dropped) = baseline_report(&results).unwrap();
+        assert_eq!(dropped, 2, "{table}");
+        assert!(
+            table.contains("| transfers/s | 1000.00 | 960.00 | 0.960 | pass |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| server µs/transfer | 50.00 | 53.00 | 1.060 | DROPPED |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| p99 ms | 2.00 | 2.20 | 1.100 | DROPPED |"),
             "{table}"
         );
     }

@@ -85,9 +85,10 @@ impl Kit {
 
 /// One server of a comparison.
 pub struct LoadTarget {
-    /// The name in reports: the peer's, `pasvd-MODE`, or `floor`.
+    /// The name in reports: the peer's, `pasvd-MODE`, `pasvd-baseline` or `floor`.
     pub label: String,
-    /// `peer`, `custom` (a pasvd) or `floor`.
+    /// `peer`, `custom` (a pasvd of this build), `baseline` (`--baseline`'s pasvd) or
+    /// `floor`.
     pub kind: &'static str,
     /// Control port on 127.0.0.1.
     pub port: u16,
@@ -199,6 +200,9 @@ pub struct FleetSpec {
     pub per_lease: Option<(u16, u16)>,
     /// A prebound pasvd with busy polling (range, µs), if any.
     pub busy: Option<((u16, u16), u32)>,
+    /// Another pasvd binary (an earlier build) in the default mode on this range, labelled
+    /// `pasvd-baseline`, if any.
+    pub baseline: Option<(PathBuf, (u16, u16))>,
     /// The floor's range.
     pub floor: (u16, u16),
     /// The file the floor serves for every RETR (under the kit's data folder).
@@ -295,6 +299,20 @@ impl Fleet {
                 user: "anonymous".into(),
                 pass: "pasv@example.invalid".into(),
                 range,
+                pid: server.pid(),
+            });
+            fleet.children.push(server);
+        }
+        if let Some((bin, range)) = &spec.baseline {
+            let command = pasvd_command(bin, &kit.data, *range, "prebound", &[], cpu);
+            let server = Spawned::start(command, "baseline pasvd")?;
+            fleet.targets.push(LoadTarget {
+                label: "pasvd-baseline".into(),
+                kind: "baseline",
+                port: server.port,
+                user: "anonymous".into(),
+                pass: "pasv@example.invalid".into(),
+                range: *range,
                 pid: server.pid(),
             });
             fleet.children.push(server);

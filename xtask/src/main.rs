@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
-//!     [--busy-poll-us N] [--workload NAME]... [--peers-only]
+//!     [--busy-poll-us N] [--workload NAME]... [--peers-only] [--baseline PASVD]
 //! cargo xtask bench --strategies                  pool strategies × load, docs/strategies.svg
 //! cargo xtask bench --peers KIT --peers-only --plot     + throughput against K, docs/peers*.svg
 //! cargo xtask bench --peers KIT --syscalls [--transfers N]  syscalls and wake-ups per transfer
@@ -71,6 +71,9 @@ fn print_help() {
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
          \x20                         1mib-retr-k8); repeatable\n\
+         \x20       --baseline BIN (--peers) also BIN, an earlier pasvd build, in the default\n\
+         \x20                      mode, interleaved; the report compares it with this build\n\
+         \x20                      and counts a figure that dropped by more than 5% as missed\n\
          \x20       --peers-only   skip the criterion benches\n\
          \x20       --plot         (--peers) then transfers/s against K = 1, 8, 32, 128 on 20\n\
          \x20                      and 1000 ports; writes docs/peers.svg and docs/peers-k.svg\n\

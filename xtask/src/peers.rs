@@ -79,6 +79,7 @@ fn default_fleet(kit: &Kit, out: &Path, workload: usize, name: &str, file: &str)
             prebound: w.prebound_range,
             per_lease: None,
             busy: None,
+            baseline: None,
             floor: w.floor_range,
             floor_file: kit.file(file)?,
             pin: true,
