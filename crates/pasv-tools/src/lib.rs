@@ -15,4 +15,6 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
+#[cfg(feature = "cli")]
+pub mod logfmt;
 pub mod server;

@@ -183,8 +183,11 @@ fn main() -> anyhow::Result<()> {
             .with_current_span(false)
             .with_span_list(false)
             .init(),
+        // Colours for a terminal; elsewhere the same line, written more cheaply.
+        _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => fmt.with_ansi(true).init(),
         _ => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(false)
+            .event_format(pasv_tools::logfmt::PlainText)
             .init(),
     }
     let result = serve(config, demo, &log);

@@ -1115,22 +1115,24 @@ enum Event<'a> {
     Ready(io::Result<tokio::io::unix::AsyncFdReadyGuard<'a, PassiveListener>>),
 }
 
-/// Accepts one connection if one is waiting, made non-blocking.
+/// Accepts one connection if one is waiting, non-blocking and close-on-exec from the start
+/// (`accept4` with both flags: one system call per data connection, where `accept` and then
+/// `ioctl(FIONBIO)` took two).
 fn accept_nonblocking(listener: &PassiveListener) -> io::Result<Option<(DataConn, SocketAddr)>> {
+    use rustix::io::Errno;
+    use rustix::net::SocketFlags;
     loop {
-        match listener.accept() {
-            Ok((stream, from)) => {
-                stream.set_nonblocking(true)?;
-                return Ok(Some((stream, from)));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        match rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+        {
+            Ok((fd, from)) => match from.and_then(|a| SocketAddr::try_from(a).ok()) {
+                Some(from) => return Ok(Some((DataConn::from(fd), from))),
+                // A TCP peer always has an address; one without is dropped like a reset.
+                None => continue,
+            },
+            Err(Errno::AGAIN) => return Ok(None),
             // Interrupted, or a connection reset while it waited in the backlog: try the next.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) => {}
-            Err(e) => return Err(e),
+            Err(Errno::INTR | Errno::CONNABORTED) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
