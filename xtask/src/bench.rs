@@ -679,7 +679,7 @@ fn run_peers_pasv_load(
             pin,
         };
         for round in 1..=rounds {
-            for t in &fleet.targets {
+            for t in round_order(&fleet.targets, round) {
                 let mut d = run_load(kit, t, &load)?;
                 d["label"] = format!("r{round}:{}", t.label).into();
                 // The names check_peer_targets reads (the kit's).
@@ -734,6 +734,17 @@ fn run_peers_pasv_load(
         println!("{report}");
     }
     Ok((missed, summary))
+}
+
+/// The targets in the order of `round` (from 1): as listed in odd rounds, reversed in even
+/// ones, so that no server always runs right after the same one (a run leaves TIME_WAIT
+/// sockets and warm caches behind that the next run meets).
+fn round_order(targets: &[LoadTarget], round: u32) -> Vec<&LoadTarget> {
+    let mut order: Vec<&LoadTarget> = targets.iter().collect();
+    if round.is_multiple_of(2) {
+        order.reverse();
+    }
+    order
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

@@ -306,15 +306,25 @@ impl Fleet {
         if let Some((bin, range)) = &spec.baseline {
             let command = pasvd_command(bin, &kit.data, *range, "prebound", &[], cpu);
             let server = Spawned::start(command, "baseline pasvd")?;
-            fleet.targets.push(LoadTarget {
-                label: "pasvd-baseline".into(),
-                kind: "baseline",
-                port: server.port,
-                user: "anonymous".into(),
-                pass: "pasv@example.invalid".into(),
-                range: *range,
-                pid: server.pid(),
-            });
+            // Beside this build's default pasvd, so that the two run one after the other
+            // in every round (the rounds alternate direction: see `round_order`).
+            let at = fleet
+                .targets
+                .iter()
+                .position(|t| t.label == "pasvd-prebound")
+                .map_or(fleet.targets.len(), |i| i + 1);
+            fleet.targets.insert(
+                at,
+                LoadTarget {
+                    label: "pasvd-baseline".into(),
+                    kind: "baseline",
+                    port: server.port,
+                    user: "anonymous".into(),
+                    pass: "pasv@example.invalid".into(),
+                    range: *range,
+                    pid: server.pid(),
+                },
+            );
             fleet.children.push(server);
         }
         let mut floor = on_cpu(cpu, &kit.floor);

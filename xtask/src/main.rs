@@ -66,7 +66,8 @@ fn print_help() {
          \x20                      below 90% busy is marked generator-bound); writes\n\
          \x20                      target/pasv-bench/peers-*.md\n\
          \x20       --generator python  KIT/compare.sh and its ftpload.py instead\n\
-         \x20       --rounds N     rounds per peer workload [3]\n\
+         \x20       --rounds N     rounds per peer workload [3], odd ones in the listed order of\n\
+         \x20                      the servers, even ones in reverse\n\
          \x20       --pin          (python generator) generator on CPU 0, servers on CPU 1\n\
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\

@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -43,7 +43,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let since = SystemTime::now()
+        let since = crate::clock::wall_now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         write_timestamp(&mut writer, since.as_secs(), since.subsec_micros())?;

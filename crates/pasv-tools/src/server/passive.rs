@@ -1122,8 +1122,7 @@ fn accept_nonblocking(listener: &PassiveListener) -> io::Result<Option<(DataConn
     use rustix::io::Errno;
     use rustix::net::SocketFlags;
     loop {
-        match rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
-        {
+        match rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
             Ok((fd, from)) => match from.and_then(|a| SocketAddr::try_from(a).ok()) {
                 Some(from) => return Ok(Some((DataConn::from(fd), from))),
                 // A TCP peer always has an address; one without is dropped like a reset.
