@@ -324,3 +324,56 @@ async fn the_all_leased_hint_comes_from_measured_hold_times() {
     );
     server.stop().await;
 }
+
+/// Another program's socket on a per-lease port: no TIME_WAIT explains the refused bind, so
+/// the port leaves the pool for a short back-off (1 s) that doubles with each refusal in a
+/// row, not for a whole time-wait, and serves again soon after the other socket is gone.
+#[tokio::test]
+async fn a_port_another_program_holds_backs_off_briefly_and_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"data").unwrap();
+    let ports = quiet_ports(29_450, 1);
+    let foreign = std::net::TcpListener::bind(("127.0.0.1", ports.0)).expect("a free port");
+    let mut c = Config::for_tests(dir.path().to_path_buf());
+    (c.pasv_min_port, c.pasv_max_port) = ports;
+    c.listener_mode = ListenerMode::PerLease;
+    c.pasv_wait = Duration::from_millis(100);
+    let server = TestServer::start(c).await;
+    let mut ftp = Ftp::login(server.addr).await;
+    let first = ftp.cmd("PASV").await;
+    assert_eq!(first.code().get(), 425, "{first}");
+    let hint = first.retry_after().expect("a retry hint");
+    assert!(hint <= Duration::from_secs(1), "{first}");
+    // Asked again and again (each PASV waits 100 ms in the queue) until the port has come
+    // back, been refused a second time and gone out for longer: 2 s.
+    let mut second = None;
+    for _ in 0..40 {
+        let reply = ftp.cmd("PASV").await;
+        assert_eq!(reply.code().get(), 425, "{reply}");
+        let hint = reply.retry_after().expect("a retry hint");
+        if hint > Duration::from_secs(1) {
+            second = Some((reply, hint));
+            break;
+        }
+    }
+    let (reply, hint) = second.expect("a second, longer back-off within 4 s");
+    assert!(hint <= Duration::from_secs(2), "{reply}");
+    // The other program lets go: the port serves within its back-off.
+    drop(foreign);
+    let mut served = None;
+    for _ in 0..40 {
+        let reply = ftp.cmd("PASV").await;
+        if reply.code().get() == 227 {
+            served = Some(reply);
+            break;
+        }
+        assert_eq!(reply.code().get(), 425, "{reply}");
+    }
+    let reply = served.expect("the port serves again within 4 s");
+    let mut data = support::connect_data(pasv_protocol_addr(&reply)).await;
+    ftp.expect("RETR f", 150).await;
+    assert_eq!(support::read_all(&mut data).await, b"data");
+    drop(data);
+    assert_eq!(ftp.reply().await.code().get(), 226);
+    server.stop().await;
+}

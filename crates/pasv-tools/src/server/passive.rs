@@ -54,6 +54,14 @@ const MAX_IN_USE_FAILURES: usize = 64;
 /// is served from its cache: reading the kernel's tables costs in proportion to the host's
 /// sockets, so scrapes and reports within this age share one reading.
 pub(crate) const LEDGER_CACHE_AGE: Duration = Duration::from_secs(5);
+/// How long one reading of the kernel's TIME_WAIT table explains the binds it refuses: every
+/// session that meets EADDRINUSE within this age shares it, so a storm of refusals reads the
+/// table (milliseconds with thousands of sockets) once a second, not once per session.
+const KERNEL_TABLE_AGE: Duration = Duration::from_secs(1);
+/// The first time out of the pool for a port the kernel refuses to bind with no TIME_WAIT to
+/// explain it (another program's socket); it doubles with each refusal in a row, up to the
+/// configured time-wait, and a bind that succeeds resets it.
+const UNEXPLAINED_BACKOFF: Duration = Duration::from_secs(1);
 
 /// An accepted data connection: a plain non-blocking socket, not registered with the
 /// runtime. A small download is written and closed without ever touching epoll (two
@@ -128,6 +136,13 @@ pub(crate) struct PassivePorts {
     ledger_cache: Mutex<Option<(Instant, Arc<LedgerCheck>)>>,
     /// Held while a ledger check is computed: one at a time, the others wait for its result.
     ledger_turn: tokio::sync::Mutex<()>,
+    /// The last reading of the kernel's TIME_WAIT table on the range and when it was made,
+    /// shared by the sessions whose binds the kernel refuses ([`KERNEL_TABLE_AGE`]); the lock
+    /// is held across a reading, so concurrent refusals wait for one.
+    kernel_table: tokio::sync::Mutex<Option<(Instant, Arc<Vec<TimeWait>>)>>,
+    /// Per port: binds the kernel refused in a row with no TIME_WAIT to explain them (at most
+    /// one entry per port of the range).
+    unexplained: Mutex<HashMap<SocketAddr, u32>>,
     /// The pool's limit of leases per peer address.
     peer_limit: Option<NonZeroUsize>,
     mode: ListenerMode,
@@ -232,6 +247,8 @@ impl PassivePorts {
             timer: Arc::new(Notify::new()),
             ledger_cache: Mutex::new(None),
             ledger_turn: tokio::sync::Mutex::new(()),
+            kernel_table: tokio::sync::Mutex::new(None),
+            unexplained: Mutex::new(HashMap::new()),
             peer_limit,
             mode,
             reuseaddr: !config.no_reuseaddr,
@@ -382,8 +399,6 @@ impl PassivePorts {
         let deadline = clock::pool_instant(clock::now() + self.wait);
         let mut bind_failures = 0;
         let mut in_use_failures = 0;
-        // The kernel's TIME_WAIT table, read at the first bind refused with EADDRINUSE.
-        let mut kernel_table = None;
         // When the first try found no port: the wait is measured from there.
         let mut waiting_since: Option<Instant> = None;
         loop {
@@ -440,7 +455,13 @@ impl PassivePorts {
                 self.counters.pool_wait(now - since, true);
             }
             match self.listen(lease, peer, leased_at) {
-                Ok(passive) => return Ok(passive),
+                Ok(passive) => {
+                    let mut unexplained = lock(&self.unexplained);
+                    if !unexplained.is_empty() {
+                        unexplained.remove(&passive.addr());
+                    }
+                    return Ok(passive);
+                }
                 Err((lease, e)) => {
                     tracing::warn!(port = lease.addr().port(), error = %e, "passive bind failed");
                     let at = clock::pool_instant(now);
@@ -449,7 +470,7 @@ impl PassivePorts {
                         // TIME_WAIT socket without SO_REUSEADDR): keep it out for as
                         // long as the kernel will, so the next hint is the real wait.
                         self.counters.bind_in_use();
-                        let wait = self.host_wait(lease.addr(), &mut kernel_table);
+                        let wait = self.host_wait(lease.addr()).await;
                         tracing::info!(
                             port = lease.addr().port(),
                             wait_ms = wait.as_millis() as u64,
@@ -643,24 +664,55 @@ impl PassivePorts {
         Ok((listener, filter))
     }
 
-    /// How long the kernel will refuse a bind on `addr`: the longest remaining TIME_WAIT
-    /// time on it (the table read once per `open`, into `table`), else the configured
-    /// time-wait when the kernel's tables cannot be read or show nothing (the holder may be
-    /// a socket in another state, which the kernel does not time).
-    fn host_wait(&self, addr: SocketAddr, table: &mut Option<Vec<TimeWait>>) -> Duration {
-        let table = table.get_or_insert_with(|| {
-            kernel::time_wait_sockets_in(Some(self.port_span), kernel::Reader::Auto).unwrap_or_else(
-                |e| {
-                    tracing::debug!(error = %e, "kernel TCP tables unreadable");
-                    Vec::new()
-                },
-            )
-        });
-        // A TIME_WAIT past its time (the kernel's timer wheel ends 60 s timers up to a
-        // couple of seconds late) is held a short while more, not a whole time-wait.
-        kernel::bind_blocked_for(table, addr)
-            .map(|d| d.max(kernel::OVERDUE_WAIT))
-            .unwrap_or_else(|| lock(&self.queue).pool().config().quarantine)
+    /// How long the kernel will refuse to bind `addr`: the remaining TIME_WAIT of the socket
+    /// that blocks it (at least [`kernel::OVERDUE_WAIT`]: a timer past its time ends a little
+    /// late), or, when no TIME_WAIT explains the refusal (another program's socket), a short
+    /// back-off that doubles with each refusal in a row, up to the configured time-wait.
+    async fn host_wait(&self, addr: SocketAddr) -> Duration {
+        let table = self.kernel_time_waits().await;
+        match kernel::bind_blocked_for(&table, addr) {
+            Some(wait) => {
+                lock(&self.unexplained).remove(&addr);
+                wait.max(kernel::OVERDUE_WAIT)
+            }
+            None => {
+                let cap = lock(&self.queue).pool().config().quarantine;
+                let mut unexplained = lock(&self.unexplained);
+                let refusals = unexplained.entry(addr).or_insert(0);
+                *refusals = refusals.saturating_add(1);
+                unexplained_backoff(*refusals, cap)
+            }
+        }
+    }
+
+    /// The kernel's TIME_WAIT sockets on the range, read on the blocking pool at most once
+    /// per [`KERNEL_TABLE_AGE`] (an unreadable table is empty: every refusal then backs off).
+    async fn kernel_time_waits(&self) -> Arc<Vec<TimeWait>> {
+        let mut cached = self.kernel_table.lock().await;
+        if let Some((at, table)) = &*cached {
+            if clock::now().saturating_duration_since(*at) < KERNEL_TABLE_AGE {
+                return Arc::clone(table);
+            }
+        }
+        let span = self.port_span;
+        let read = tokio::task::spawn_blocking(move || {
+            kernel::time_wait_sockets_in(Some(span), kernel::Reader::Auto)
+        })
+        .await;
+        let table = match read {
+            Ok(Ok(table)) => table,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "kernel TCP tables unreadable");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "kernel TCP table reader failed");
+                Vec::new()
+            }
+        };
+        let table = Arc::new(table);
+        *cached = Some((clock::now(), Arc::clone(&table)));
+        table
     }
 
     /// Returns a lease whose port the kernel refuses to bind, out of the pool until `until`.
@@ -1115,6 +1167,13 @@ enum Event<'a> {
     Ready(io::Result<tokio::io::unix::AsyncFdReadyGuard<'a, PassiveListener>>),
 }
 
+/// The time out of the pool after the `refusals`-th bind in a row that the kernel refused
+/// with no TIME_WAIT to explain it: [`UNEXPLAINED_BACKOFF`], doubling, at most `cap`.
+fn unexplained_backoff(refusals: u32, cap: Duration) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    (UNEXPLAINED_BACKOFF * (1u32 << doublings)).min(cap.max(UNEXPLAINED_BACKOFF))
+}
+
 /// Accepts one connection if one is waiting, non-blocking and close-on-exec from the start
 /// (`accept4` with both flags: one system call per data connection, where `accept` and then
 /// `ioctl(FIONBIO)` took two).
@@ -1427,6 +1486,22 @@ impl Passive {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn unexplained_refusals_back_off_doubling_up_to_the_time_wait() {
+        let cap = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| unexplained_backoff(n, cap).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(unexplained_backoff(u32::MAX, cap), cap);
+        // A time-wait shorter than the first step still backs off the first step.
+        assert_eq!(
+            unexplained_backoff(3, Duration::from_millis(10)),
+            UNEXPLAINED_BACKOFF
+        );
+    }
+
     use std::net::{Ipv6Addr, TcpListener as StdListener};
 
     use futures_util::FutureExt;
