@@ -21,6 +21,7 @@ mod dist;
 mod fleet;
 mod model;
 mod peers;
+mod plot;
 mod strategies;
 
 use anyhow::{bail, Result};

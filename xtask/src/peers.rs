@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
+
+use crate::plot::{self, draw_err};
 use serde_json::Value;
 
 use crate::bench::{Options, WORKLOADS};
@@ -235,10 +237,6 @@ pub fn k_sweep_and_plots(
     Ok(())
 }
 
-fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the plot: {e:?}")
-}
-
 /// Bars of one metric of every target of one workload.
 fn bars(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
@@ -359,24 +357,9 @@ fn plot_k(sweep: &[(u16, String, u32, f64)], svg: &Path) -> Result<()> {
                 .collect();
             let colour = Palette99::pick(i).to_rgba();
             let width = if label.starts_with("pasvd") { 3 } else { 1 };
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(width)))
-                .map_err(draw_err)?
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-            chart
-                .draw_series(PointSeries::of_element(points, 3, colour, &|c, s, st| {
-                    Circle::new(c, s, st.filled())
-                }))
-                .map_err(draw_err)?;
+            plot::line_with_points(&mut chart, points, colour, width, label)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(draw_err)?;
+        plot::legend(&mut chart)?;
     }
     root.present().map_err(draw_err)?;
     Ok(())

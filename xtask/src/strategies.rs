@@ -15,6 +15,8 @@ use pasv_pool::sweep::{self, SweepRow, SweepSpec};
 use pasv_pool::PortSet;
 use plotters::prelude::*;
 
+use crate::plot::{self, draw_err};
+
 /// Loads of the plot, multiples of rate_max.
 const PLOT_LOADS: [f64; 9] = [0.25, 0.5, 0.75, 0.95, 1.1, 1.25, 1.5, 1.75, 2.0];
 
@@ -106,16 +108,7 @@ fn plot(spec: &SweepSpec, rows: &[SweepRow], svg: &Path) -> Result<()> {
         let mine: Vec<&SweepRow> = rows.iter().filter(|r| r.report.strategy == name).collect();
         let colour = colours(i);
         let failed: Vec<(f64, f64)> = mine.iter().map(|r| (r.load, failed_share(r))).collect();
-        chart
-            .draw_series(LineSeries::new(failed.clone(), colour.stroke_width(1)))
-            .map_err(draw_err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-        chart
-            .draw_series(PointSeries::of_element(failed, 3, colour, &|c, s, st| {
-                Circle::new(c, s, st.filled())
-            }))
-            .map_err(draw_err)?;
+        plot::line_with_points(&mut chart, failed, colour, 1, name)?;
         let binds: Vec<(f64, f64)> = mine
             .iter()
             .map(|r| (r.load, r.report.binds_per_success.max(0.5)))
@@ -124,19 +117,9 @@ fn plot(spec: &SweepSpec, rows: &[SweepRow], svg: &Path) -> Result<()> {
             .draw_series(LineSeries::new(binds, colour.stroke_width(2)))
             .map_err(draw_err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_err)?;
+    plot::legend(&mut chart)?;
     root.present().map_err(draw_err)?;
     Ok(())
-}
-
-fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the plot: {e:?}")
 }
 
 /// Where the plot goes: docs/strategies.svg under the workspace root.

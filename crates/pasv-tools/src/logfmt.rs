@@ -21,6 +21,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::server::listing::Civil;
+
 /// The plain (no colour) text format: `2026-12-03T12:57:13.847232Z  INFO target: message
 /// name=value ...`, as tracing-subscriber's `Full` format writes it. Events inside spans get
 /// the span names and fields in front of the target as that format does.
@@ -116,31 +118,12 @@ fn write_timestamp(writer: &mut impl fmt::Write, secs: u64, micros: u32) -> fmt:
 
 /// `YYYY-MM-DDTHH:MM:SS.` for `secs` after the epoch (proleptic Gregorian, UTC).
 fn write_second(out: &mut String, secs: u64) -> fmt::Result {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
+    let c = Civil::from_unix(i64::try_from(secs).unwrap_or(i64::MAX));
     write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
-}
-
-/// Year, month and day of the `days`-th day after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Writes an event's fields as the `Full` format does: the message bare, the others
@@ -378,7 +361,8 @@ mod tests {
         };
         let mut expect = (1970, 1, 1);
         for days in 0..58_440 {
-            assert_eq!(civil_from_days(days), expect, "day {days}");
+            let c = Civil::from_unix(days * 86_400);
+            assert_eq!((c.year, c.month, c.day), expect, "day {days}");
             let (y, m, d) = expect;
             expect = if d < length(y, m) {
                 (y, m, d + 1)

@@ -122,7 +122,7 @@ mod demo;
 mod error;
 pub mod kernel;
 mod limits;
-mod listing;
+pub(crate) mod listing;
 mod metrics;
 mod passive;
 mod privileges;
