@@ -460,6 +460,37 @@ impl Reply {
         dst.put_slice(b"\r\n");
     }
 
+    /// Appends `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2).` and CRLF to `dst`: the bytes
+    /// of [`Reply::entering_passive`] encoded, without building the reply or its text (a
+    /// server sends one per transfer).
+    ///
+    /// ```
+    /// use pasv_protocol::Reply;
+    ///
+    /// let mut out = Vec::new();
+    /// Reply::encode_entering_passive("192.0.2.7:30005".parse().unwrap(), &mut out);
+    /// assert_eq!(out, b"227 Entering Passive Mode (192,0,2,7,117,53).\r\n");
+    /// ```
+    pub fn encode_entering_passive(addr: SocketAddrV4, dst: &mut impl BufMut) {
+        dst.put_slice(b"227 Entering Passive Mode (");
+        let [p1, p2] = addr.port().to_be_bytes();
+        for (i, n) in addr.ip().octets().into_iter().chain([p1, p2]).enumerate() {
+            if i > 0 {
+                dst.put_u8(b',');
+            }
+            put_decimal(dst, u32::from(n));
+        }
+        dst.put_slice(b").\r\n");
+    }
+
+    /// Appends `229 Entering Extended Passive Mode (|||port|)` and CRLF to `dst`: the bytes
+    /// of [`Reply::entering_extended_passive`] encoded, without building the reply.
+    pub fn encode_entering_extended_passive(port: u16, dst: &mut impl BufMut) {
+        dst.put_slice(b"229 Entering Extended Passive Mode (|||");
+        put_decimal(dst, u32::from(port));
+        dst.put_slice(b"|)\r\n");
+    }
+
     /// The address of a 227 reply, found by the RFC 1123 section 4.1.2.6 scanning rule.
     pub fn pasv_addr(&self) -> Result<SocketAddrV4, AddressError> {
         self.first_parsed_line(ReplyCode::ENTERING_PASSIVE, address::parse_pasv)
@@ -522,6 +553,22 @@ impl Reply {
             format!("Entering Extended Passive Mode (|||{port}|)"),
         )
     }
+}
+
+/// `n` in decimal, no leading zeros.
+fn put_decimal(dst: &mut impl BufMut, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[at..]);
 }
 
 impl fmt::Display for Reply {

@@ -184,6 +184,26 @@ fn unescape(shown: &str) -> Vec<u8> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// The allocation-free 227 and 229 encoders write exactly what building the reply and
+    /// encoding it writes, and the 227 parses back to its address.
+    #[test]
+    fn passive_replies_encode_alike_both_ways(ip in any::<[u8; 4]>(), port in any::<u16>()) {
+        let addr = SocketAddrV4::new(ip.into(), port);
+        let (mut fast, mut built) = (Vec::new(), Vec::new());
+        Reply::encode_entering_passive(addr, &mut fast);
+        Reply::entering_passive(addr).encode(&mut built);
+        prop_assert_eq!(&fast, &built);
+        let (mut fast, mut built) = (Vec::new(), Vec::new());
+        Reply::encode_entering_extended_passive(port, &mut fast);
+        Reply::entering_extended_passive(port).encode(&mut built);
+        prop_assert_eq!(&fast, &built);
+        let mut decoder = ReplyDecoder::new();
+        let mut buf = BytesMut::new();
+        Reply::encode_entering_passive(addr, &mut buf);
+        let reply = decoder.decode(&mut buf).unwrap().unwrap();
+        prop_assert_eq!(reply.pasv_addr().unwrap(), addr);
+    }
+
     /// Shown bytes hold no control character and give the original bytes back, so two
     /// different names never print the same.
     #[test]

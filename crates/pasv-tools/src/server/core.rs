@@ -818,17 +818,22 @@ impl Core {
         self.state = State::Ready;
         match passive {
             Passive::Opened(addr) => {
-                let reply = match (extended, addr) {
-                    (false, SocketAddr::V4(v4)) => Reply::entering_passive(v4),
+                match (extended, addr) {
+                    (false, SocketAddr::V4(v4)) => {
+                        self.metrics.reply(ReplyCode::ENTERING_PASSIVE.get());
+                        Reply::encode_entering_passive(v4, &mut self.out);
+                    }
                     (false, SocketAddr::V6(_)) => {
                         self.actions.push_back(Action::ReleaseData);
                         self.reply(ReplyCode::NOT_IMPLEMENTED, PASV_NO_V4);
                         return self.pump(now);
                     }
-                    (true, addr) => Reply::entering_extended_passive(addr.port()),
-                };
-                self.metrics.reply(reply.code().get());
-                reply.encode(&mut self.out);
+                    (true, addr) => {
+                        self.metrics
+                            .reply(ReplyCode::ENTERING_EXTENDED_PASSIVE.get());
+                        Reply::encode_entering_extended_passive(addr.port(), &mut self.out);
+                    }
+                }
                 self.data = Data::Passive {
                     until: now + self.rules.accept_timeout,
                 };
