@@ -564,3 +564,40 @@ fn check_config_prints_the_effective_settings_and_exits() {
     let out = check(&["--proxy-from", "10.0.0.0/99"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A small download reaches the client as one segment carrying the data and the FIN (the
+/// server sends it with MSG_MORE and then shuts down), so the client's data socket receives
+/// exactly two segments: the SYN-ACK and that one (`tcpi_segs_in` from TCP_INFO).
+#[test]
+fn a_small_download_arrives_with_its_fin_in_one_segment() {
+    let server = Pasvd::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.root.join("small.bin"), vec![7u8; 1024]).unwrap();
+    let script = r#"
+import ftplib, socket, struct, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=30)
+f.login()
+f.voidcmd('TYPE I')
+counts = []
+for _ in range(5):
+    conn = f.transfercmd('RETR small.bin')
+    data = b''
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    assert data == bytes([7]) * 1024, len(data)
+    # struct tcp_info: tcpi_segs_in is the u32 at byte 140.
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    counts.append(struct.unpack_from('I', info, 140)[0])
+    conn.close()
+    f.voidresp()
+f.quit()
+assert counts == [2] * 5, counts
+print('ok')
+"#;
+    run_python(script, server.port, work.path());
+}

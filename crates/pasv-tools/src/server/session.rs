@@ -793,14 +793,15 @@ impl Driver {
             return Err((Job::SendBytes(body[..len].to_vec()), 0));
         };
         let port = guard.addr().map(|a| a.port());
-        // Corked, the data waits in the socket until our FIN joins it: one segment carries
-        // both, so the client gets data and EOF in one wake-up and one packet less crosses
-        // the stack each way (the FIN is sent with Nagle and cork overridden).
-        let corked = socket2::SockRef::from(&stream).set_tcp_cork(true).is_ok();
-        let written = io::Write::write(&mut &stream, &body[..len]);
-        if corked && !matches!(&written, Ok(n) if *n == len) {
-            let _ = socket2::SockRef::from(&stream).set_tcp_cork(false);
-        }
+        // Sent with MSG_MORE, the data waits in the socket until our FIN joins it: one
+        // segment carries both, so the client gets data and EOF in one wake-up and one
+        // packet less crosses the stack each way. (TCP_CORK did the same with a system call
+        // more.) Whatever a short write leaves goes out with the transfer task's plain
+        // writes, which push it.
+        use rustix::net::SendFlags;
+        let written =
+            rustix::net::send(&stream, &body[..len], SendFlags::MORE | SendFlags::NOSIGNAL)
+                .map_err(io::Error::from);
         let finished = |ending, closer, bytes| Outcome {
             ending,
             bytes,
