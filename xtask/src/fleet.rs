@@ -141,7 +141,7 @@ impl Spawned {
                 let status = child.wait();
                 let said = log
                     .and_then(|l| std::fs::read_to_string(l).ok())
-                    .map(|text| last_lines(&text, 4))
+                    .map(|text| failure_text(&text))
                     .unwrap_or_default();
                 let status = status.map_or("?".into(), |s| s.to_string());
                 if said.is_empty() {
@@ -173,6 +173,13 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a program that failed wrote to stderr, without the backtrace `anyhow` appends when
+/// `RUST_BACKTRACE` is set: its last 4 lines before `Stack backtrace:`.
+pub fn failure_text(text: &str) -> String {
+    let before = text.split("\nStack backtrace:").next().unwrap_or_default();
+    last_lines(before, 4)
 }
 
 /// The last `n` non-empty lines of `text`, joined with ` / `.
@@ -993,6 +1000,12 @@ mod tests {
         assert_eq!(last_lines("a\n\nb\n  c  \nd\n", 2), "c / d");
         assert_eq!(last_lines("only\n", 4), "only");
         assert_eq!(last_lines("", 3), "");
+        let refused = "Error: configuration: tls_cert is set, but ...\n\nStack backtrace:\n   0: anyhow::error\n             at src/lib.rs:1\n  19: _start\n";
+        assert_eq!(
+            failure_text(refused),
+            "Error: configuration: tls_cert is set, but ..."
+        );
+        assert_eq!(failure_text("a\nb\n"), "a / b");
     }
 
     #[test]

@@ -748,7 +748,8 @@ impl FtpsFleet {
             ("per-lease", "per-lease", workload.per_lease_range),
         ] {
             let label = format!("pasvd-{label}");
-            let command = pasvd_command(&kit.pasvd, &kit.data, range, mode, &extra, cpu);
+            let mut command = pasvd_command(&kit.pasvd, &kit.data, range, mode, &extra, cpu);
+            command.env("RUST_BACKTRACE", "0");
             let log = run_dir.join(format!("{label}.log"));
             match Spawned::start_logged(command, "pasvd", &log) {
                 Ok(server) => {
