@@ -806,7 +806,12 @@ struct Runs {
     process_us: Vec<f64>,
     busy: Vec<f64>,
     p99: Vec<f64>,
+    /// Failed transfers and logins (`errors` of `pasv load`, 425s included).
     errors: u64,
+    /// Sessions the server ended (their failure is in `errors` too).
+    sessions_lost: u64,
+    /// Passive replies outside the range.
+    outside: u64,
     resumed: u64,
     full: u64,
     generator_bound: bool,
@@ -841,13 +846,11 @@ fn read_runs(results: &str) -> Result<BTreeMap<String, Runs>> {
         push(&mut r.process_us, &d["server_process_us_per_transfer"]);
         push(&mut r.busy, &d["server_core_busy"]);
         push(&mut r.p99, &d["latency_ms"]["p99"]);
-        // Every failed transfer or login (425s included), every session the server ended
-        // and every passive port outside the range.
         r.errors += d["errors"]
             .as_object()
             .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>());
-        r.errors += d["sessions_lost"].as_u64().unwrap_or(0);
-        r.errors += d["ports_outside_range"].as_u64().unwrap_or(0);
+        r.sessions_lost += d["sessions_lost"].as_u64().unwrap_or(0);
+        r.outside += d["ports_outside_range"].as_u64().unwrap_or(0);
         r.resumed += d["tls_data_handshakes_resumed"].as_u64().unwrap_or(0);
         r.full += d["tls_data_handshakes_full"].as_u64().unwrap_or(0);
         r.generator_bound |= d["generator_bound"].as_bool() == Some(true);
@@ -892,8 +895,8 @@ pub fn report(
     };
     let mut out = format!(
         "### {} (explicit FTPS, {} ports, K={}, {} RETR, `pasv load` on CPU 0, servers on CPU 1)\n\n\
-         | target | median transfers/s | server µs/transfer | process µs/transfer | server core busy | p99 ms | errors | data handshakes resumed | vs best peer | note |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | target | median transfers/s | server µs/transfer | process µs/transfer | server core busy | p99 ms | errors | sessions ended | outside range | data handshakes resumed | vs best peer | note |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         workload.name, workload.ports, workload.k, workload.file
     );
     for (label, _) in targets {
@@ -903,13 +906,15 @@ pub fn report(
         let m = rate(label);
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f(m, 0),
             f(median(r.us.clone()), 1),
             f(median(r.process_us.clone()), 1),
             median(r.busy.clone()).map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
             f(median(r.p99.clone()), 2),
             r.errors,
+            r.sessions_lost,
+            r.outside,
             share(r),
             m.zip(best_peer)
                 .map_or("-".into(), |(m, b)| format!("{:.2}x", m / b)),
@@ -946,7 +951,9 @@ pub fn report(
     }
     let _ = writeln!(
         out,
-        "\n#### Targets: >= {}x the best peer, zero errors\n\n| target | vs best peer | errors | data handshakes resumed | result |\n|---|---|---|---|---|",
+        "\n#### Targets: >= {}x the best peer, no error, no session ended, no port outside the range\n\n\
+         | target | vs best peer | errors | sessions ended | outside range | data handshakes resumed | result |\n\
+         |---|---|---|---|---|---|---|",
         workload.min_ratio
     );
     let mut missed = 0;
@@ -955,22 +962,30 @@ pub fn report(
             continue;
         };
         let ratio = rate(label).zip(best_peer).map(|(m, b)| m / b);
-        let ok = ratio.is_some_and(|x| x >= workload.min_ratio) && r.errors == 0;
+        let ok = ratio.is_some_and(|x| x >= workload.min_ratio)
+            && r.errors == 0
+            && r.sessions_lost == 0
+            && r.outside == 0;
         if !ok {
             missed += 1;
         }
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} |",
             ratio.map_or("-".into(), |x| format!("{x:.2}x")),
             r.errors,
+            r.sessions_lost,
+            r.outside,
             share(r),
             if ok { "pass" } else { "MISSED" }
         );
     }
     for (label, _) in unavailable.iter().filter(|(l, _)| l.starts_with("pasvd")) {
         missed += 1;
-        let _ = writeln!(out, "| {label} | - | - | - | not measured (not runnable) |");
+        let _ = writeln!(
+            out,
+            "| {label} | - | - | - | - | - | not measured (not runnable) |"
+        );
     }
     Ok((out, missed))
 }
@@ -1174,6 +1189,7 @@ mod tests {
         label: &str,
         rate: f64,
         error: Option<(&str, &str, u64)>,
+        lost: u64,
         resumed: u64,
         full: u64,
     ) -> String {
@@ -1184,7 +1200,7 @@ mod tests {
         format!(
             "{{\"label\":\"{label}\",\"tls\":true,\"transfers_per_s\":{rate},\"server_us_per_transfer\":100.0,\
              \"server_core_busy\":0.95,\"generator_bound\":false,\"latency_ms\":{{\"p99\":2.0}},\
-             \"errors\":{{{errors}}},\"errors_by_text\":{{{texts}}},\"sessions_lost\":0,\"ports_outside_range\":0,\
+             \"errors\":{{{errors}}},\"errors_by_text\":{{{texts}}},\"sessions_lost\":{lost},\"ports_outside_range\":0,\
              \"tls_data_handshakes_resumed\":{resumed},\"tls_data_handshakes_full\":{full}}}\n"
         )
     }
@@ -1201,18 +1217,28 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            results += &line(&format!("r{round}:vsftpd"), peer, None, 300, 0);
+            let ended = Some(("io", "corrupt message", 1));
+            results += &line(&format!("r{round}:vsftpd"), peer, ended, 1, 300, 0);
             let full = Some(("login_421", "login: 421 too many", 2));
-            results += &line(&format!("r{round}:pure-ftpd"), 50.0, full, 90, 10);
-            results += &line(&format!("r{round}:pasvd-prebound"), fast, None, 500, 0);
+            results += &line(&format!("r{round}:pure-ftpd"), 50.0, full, 0, 90, 10);
+            results += &line(&format!("r{round}:pasvd-prebound"), fast, None, 0, 500, 0);
+            results += &line(&format!("r{round}:pasvd-lossy"), fast, None, 1, 500, 0);
             let refused = Some(("425", "425 no port", 1));
-            results += &line(&format!("r{round}:pasvd-per-lease"), fast, refused, 500, 0);
+            results += &line(
+                &format!("r{round}:pasvd-per-lease"),
+                fast,
+                refused,
+                0,
+                500,
+                0,
+            );
         }
         let targets: Vec<(String, &str)> = vec![
             ("vsftpd".into(), "peer"),
             ("pure-ftpd".into(), "peer"),
             ("pasvd-prebound".into(), "custom"),
             ("pasvd-per-lease".into(), "custom"),
+            ("pasvd-lossy".into(), "custom"),
         ];
         let unavailable = vec![
             ("proftpd".to_owned(), "no mod_tls".to_owned()),
@@ -1221,13 +1247,13 @@ mod tests {
         let (table, missed) = report(w, &targets, &results, &unavailable).unwrap();
         assert!(
             table.contains(
-                "| vsftpd | 100 | 100.0 | - | 95% | 2.00 | 0 | 100.0% (900 of 900) | 1.00x |  |"
+                "| vsftpd | 100 | 100.0 | - | 95% | 2.00 | 3 | 3 | 0 | 100.0% (900 of 900) | 1.00x |  |"
             ),
             "{table}"
         );
         assert!(
             table.contains(
-                "| pure-ftpd | 50 | 100.0 | - | 95% | 2.00 | 6 | 90.0% (270 of 300) | 0.50x |  |"
+                "| pure-ftpd | 50 | 100.0 | - | 95% | 2.00 | 6 | 0 | 0 | 90.0% (270 of 300) | 0.50x |  |"
             ),
             "{table}"
         );
@@ -1240,20 +1266,27 @@ mod tests {
             table.contains("- pasvd-per-lease: 425 no port (3)\n"),
             "{table}"
         );
-        // prebound: 160/100 with no error passes; per-lease: as fast but 3 errors; the
-        // pasvd that did not start counts as missed.
+        // prebound: 160/100 with no error passes; per-lease: as fast but 3 errors; lossy:
+        // as fast, no failed transfer, but 3 sessions ended; the pasvd that did not start
+        // counts as missed.
         assert!(
-            table.contains("| pasvd-prebound | 1.60x | 0 | 100.0% (1500 of 1500) | pass |"),
+            table.contains("| pasvd-prebound | 1.60x | 0 | 0 | 0 | 100.0% (1500 of 1500) | pass |"),
             "{table}"
         );
         assert!(
-            table.contains("| pasvd-per-lease | 1.60x | 3 | 100.0% (1500 of 1500) | MISSED |"),
+            table.contains(
+                "| pasvd-per-lease | 1.60x | 3 | 0 | 0 | 100.0% (1500 of 1500) | MISSED |"
+            ),
             "{table}"
         );
         assert!(
-            table.contains("| pasvd-busy | - | - | - | not measured (not runnable) |"),
+            table.contains("| pasvd-busy | - | - | - | - | - | not measured (not runnable) |"),
             "{table}"
         );
-        assert_eq!(missed, 2, "{table}");
+        assert!(
+            table.contains("| pasvd-lossy | 1.60x | 0 | 3 | 0 | 100.0% (1500 of 1500) | MISSED |"),
+            "{table}"
+        );
+        assert_eq!(missed, 3, "{table}");
     }
 }
