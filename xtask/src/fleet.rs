@@ -223,8 +223,12 @@ pub fn pasvd_command(
             &range.1.to_string(),
             // The generator's sessions stand for many clients but share one address: the
             // per-address lease cap (half the range by default) would halve the ports they
-            // can use.
+            // can use, and the per-address cap on sessions not logged in yet (8) refuses
+            // logins with 421 when K sessions connect at once (over FTPS, where a login
+            // takes a TLS handshake, and in plaintext too).
             "--max-passive-per-ip",
+            "0",
+            "--max-unauthenticated-per-ip",
             "0",
         ])
         .args(extra);
