@@ -103,6 +103,8 @@ pub(crate) struct Options {
     pub(crate) plot: bool,
     /// With `--peers`: generator and servers unpinned, sharing both cores.
     pub(crate) contended: bool,
+    /// With `--peers`: the FTPS workloads instead of the plaintext ones.
+    pub(crate) tls: bool,
     /// Transfers counted by `--syscalls`.
     pub(crate) transfers: u64,
     /// Idle sessions opened by `--memory`.
@@ -138,6 +140,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         memory: false,
         plot: false,
         contended: false,
+        tls: false,
         transfers: 4000,
         sessions: 200,
         baseline: None,
@@ -181,6 +184,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--memory" => options.memory = true,
             "--plot" => options.plot = true,
             "--contended" => options.contended = true,
+            "--tls" => options.tls = true,
             "--transfers" => {
                 options.transfers = it
                     .next()
@@ -207,6 +211,22 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 .push(it.next().context("--workload needs a name")?.clone()),
             other => bail!("unknown option `{other}` for bench"),
         }
+    }
+    for name in &options.workloads {
+        let Some(w) = WORKLOADS.iter().find(|w| w.name == name) else {
+            let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+            bail!("unknown workload `{name}`; one of {}", names.join(", "));
+        };
+        if options.tls && !w.tls {
+            bail!("--tls runs the FTPS workloads; `{name}` is a plaintext one");
+        }
+    }
+    let tls_selected = WORKLOADS.iter().any(|w| w.tls && selected(&options, w));
+    if tls_selected && options.generator == Generator::Python {
+        bail!("the FTPS workloads need the pasv generator (ftpload.py speaks no TLS)");
+    }
+    if tls_selected && (options.syscalls || options.memory || options.contended || options.plot) {
+        bail!("--syscalls, --memory, --contended and --plot have no FTPS variant");
     }
     Ok(options)
 }
@@ -493,8 +513,12 @@ pub(crate) struct Workload {
     pub(crate) floor_range: (u16, u16),
     /// Median transfers/s over the best peer's median, at least.
     pub(crate) min_ratio: f64,
-    /// No 425, no session ended by the server, no port outside the range.
+    /// No 425, no session ended by the server, no port outside the range (FTPS workloads:
+    /// no error of any kind).
     pub(crate) clean: bool,
+    /// Explicit FTPS (AUTH TLS, PROT P): peers and pasvd configured for TLS by the xtask
+    /// ([`crate::ftps`]), `pasv load` over `ftpes://`.
+    pub(crate) tls: bool,
 }
 
 pub(crate) const WORKLOADS: &[Workload] = &[
@@ -512,6 +536,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         floor_range: (30300, 30319),
         min_ratio: 1.5,
         clean: true,
+        tls: false,
     },
     Workload {
         name: "1000ports-k8",
@@ -527,6 +552,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         floor_range: (27000, 27999),
         min_ratio: 1.5,
         clean: false,
+        tls: false,
     },
     Workload {
         name: "1mib-retr-k8",
@@ -551,8 +577,52 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         floor_range: (30300, 30319),
         min_ratio: 1.2,
         clean: false,
+        tls: false,
+    },
+    // FTPS (issue 11): the target is >= 1.5x the best peer with zero errors for both.
+    Workload {
+        name: "ftps-20ports-k32",
+        kit_args: &[],
+        ports: 20,
+        k: 32,
+        file: "1k",
+        duration_s: 5,
+        prebound_range: (30000, 30019),
+        per_lease_range: (30100, 30119),
+        busy_range: (30200, 30219),
+        baseline_range: (30400, 30419),
+        floor_range: (30300, 30319),
+        min_ratio: 1.5,
+        clean: true,
+        tls: true,
+    },
+    Workload {
+        name: "ftps-1mib-retr-k8",
+        kit_args: &[],
+        ports: 20,
+        k: 8,
+        file: "1m",
+        duration_s: 5,
+        prebound_range: (30000, 30019),
+        per_lease_range: (30100, 30119),
+        busy_range: (30200, 30219),
+        baseline_range: (30400, 30419),
+        floor_range: (30300, 30319),
+        min_ratio: 1.5,
+        clean: true,
+        tls: true,
     },
 ];
+
+/// Whether `workload` runs: the ones named with `--workload`, else the FTPS workloads with
+/// `--tls` and the plaintext ones without.
+pub(crate) fn selected(options: &Options, workload: &Workload) -> bool {
+    if options.workloads.is_empty() {
+        workload.tls == options.tls
+    } else {
+        options.workloads.iter().any(|w| w == workload.name)
+    }
+}
 
 /// Runs the side-by-side workloads with the kit's `compare.sh` and its Python generator;
 /// returns how many targets the pasvd targets missed.
@@ -562,7 +632,7 @@ fn run_peers(root: &Path, kit: &Kit, out: &Path, options: &Options) -> Result<us
     let cpu = options.pin.then_some(1);
     let mut missed = 0;
     for workload in WORKLOADS {
-        if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
+        if !selected(options, workload) || workload.tls {
             continue;
         }
         let mut servers = Vec::new();
@@ -645,7 +715,13 @@ fn run_peers_pasv_load(
     let mut missed = 0;
     let mut summary = Vec::new();
     for workload in WORKLOADS {
-        if !options.workloads.is_empty() && !options.workloads.iter().any(|w| w == workload.name) {
+        if !selected(options, workload) {
+            continue;
+        }
+        if workload.tls {
+            let (failures, rows) = crate::ftps::run_workload(kit, out, workload, rounds)?;
+            missed += failures;
+            summary.push((workload.name.to_owned(), rows));
             continue;
         }
         let file = format!("f{}.bin", workload.file);
@@ -670,42 +746,15 @@ fn run_peers_pasv_load(
                 run_dir: dir.join("run"),
             },
         )?;
-        let mut results = String::new();
         let load = LoadRun {
             file: &file,
             k: workload.k,
             duration_s: f64::from(workload.duration_s),
             max_transfers: None,
             pin,
+            tls_ca: None,
         };
-        for round in 1..=rounds {
-            for t in round_order(&fleet.targets, round) {
-                let mut d = run_load(kit, t, &load)?;
-                d["label"] = format!("r{round}:{}", t.label).into();
-                // The names check_peer_targets reads (the kit's).
-                d["reconnects"] = d["sessions_lost"].clone();
-                d["pasv_port_out_of_range"] = d["ports_outside_range"].clone();
-                let share = d["server_core_busy"].as_f64();
-                println!(
-                    "{} round {round} {}: {:.0}/s, p99 {} ms, server core {} busy, {} us/transfer{}",
-                    workload.name,
-                    t.label,
-                    d["transfers_per_s"].as_f64().unwrap_or(0.0),
-                    d["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-                    share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
-                    d["server_us_per_transfer"]
-                        .as_f64()
-                        .map_or("-".into(), |u| format!("{u:.1}")),
-                    if share.is_some_and(|s| s < SERVER_BOUND) {
-                        " (generator-bound)"
-                    } else {
-                        ""
-                    }
-                );
-                results.push_str(&d.to_string());
-                results.push('\n');
-            }
-        }
+        let results = measure_rounds(kit, &fleet.targets, &load, rounds, workload.name)?;
         let kinds: String = fleet
             .targets
             .iter()
@@ -745,6 +794,61 @@ fn round_order(targets: &[LoadTarget], round: u32) -> Vec<&LoadTarget> {
         order.reverse();
     }
     order
+}
+
+/// `rounds` interleaved rounds of `load` against every target (in [`round_order`]): one JSON
+/// line per run, labelled `rN:TARGET`, with the kit's names for sessions ended and ports
+/// outside the range.
+pub(crate) fn measure_rounds(
+    kit: &Kit,
+    targets: &[LoadTarget],
+    load: &LoadRun<'_>,
+    rounds: u32,
+    name: &str,
+) -> Result<String> {
+    let mut results = String::new();
+    for round in 1..=rounds {
+        for t in round_order(targets, round) {
+            let mut d = run_load(kit, t, load)?;
+            d["label"] = format!("r{round}:{}", t.label).into();
+            // The names check_peer_targets reads (the kit's).
+            d["reconnects"] = d["sessions_lost"].clone();
+            d["pasv_port_out_of_range"] = d["ports_outside_range"].clone();
+            let share = d["server_core_busy"].as_f64();
+            let tls = if d["tls"].as_bool() == Some(true) {
+                let errors: u64 = d["errors"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                format!(
+                    ", {} of {} data handshakes resumed, {errors} errors",
+                    d["tls_data_handshakes_resumed"].as_u64().unwrap_or(0),
+                    d["tls_data_handshakes_resumed"].as_u64().unwrap_or(0)
+                        + d["tls_data_handshakes_full"].as_u64().unwrap_or(0),
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{} round {round} {}: {:.0}/s, p99 {} ms, server core {} busy, {} us/transfer{}{tls}",
+                name,
+                t.label,
+                d["transfers_per_s"].as_f64().unwrap_or(0.0),
+                d["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+                d["server_us_per_transfer"]
+                    .as_f64()
+                    .map_or("-".into(), |u| format!("{u:.1}")),
+                if share.is_some_and(|s| s < SERVER_BOUND) {
+                    " (generator-bound)"
+                } else {
+                    ""
+                }
+            );
+            results.push_str(&d.to_string());
+            results.push('\n');
+        }
+    }
+    Ok(results)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -1072,6 +1176,40 @@ mod tests {
             table.contains("| target | vs vsftpd | vs floor |\n|---|---|---|\n| pasvd-prebound | 0.11x / - | 1.22x / - |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn tls_selects_the_ftps_workloads_and_refuses_what_has_no_ftps_variant() {
+        let parse =
+            |a: &[&str]| parse_options(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let names = |o: &Options| -> Vec<&str> {
+            WORKLOADS
+                .iter()
+                .filter(|w| selected(o, w))
+                .map(|w| w.name)
+                .collect()
+        };
+        let o = parse(&["--peers", "kit", "--tls"]).unwrap();
+        assert_eq!(names(&o), ["ftps-20ports-k32", "ftps-1mib-retr-k8"]);
+        let o = parse(&["--peers", "kit"]).unwrap();
+        assert_eq!(names(&o), ["20ports-k32", "1000ports-k8", "1mib-retr-k8"]);
+        let o = parse(&["--peers", "kit", "--workload", "ftps-1mib-retr-k8"]).unwrap();
+        assert_eq!(names(&o), ["ftps-1mib-retr-k8"]);
+        let o = parse(&["--tls", "--workload", "ftps-20ports-k32"]).unwrap();
+        assert_eq!(names(&o), ["ftps-20ports-k32"]);
+        for bad in [
+            &["--tls", "--workload", "20ports-k32"][..],
+            &["--workload", "no-such-workload"],
+            &["--tls", "--generator", "python"],
+            &["--workload", "ftps-20ports-k32", "--generator", "python"],
+            &["--tls", "--syscalls"],
+            &["--tls", "--plot"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for w in WORKLOADS.iter().filter(|w| w.tls) {
+            assert!(w.clean && w.min_ratio == 1.5, "{}", w.name);
+        }
     }
 
     #[test]

@@ -111,10 +111,27 @@ pub struct Spawned {
 
 impl Spawned {
     /// Starts `command` and waits for its `listening on ADDR:PORT` line.
-    pub fn start(mut command: Command, what: &str) -> Result<Spawned> {
+    pub fn start(command: Command, what: &str) -> Result<Spawned> {
+        Spawned::start_inner(command, what, Stdio::null(), None)
+    }
+
+    /// As [`Spawned::start`], with the server's stderr in `log`: when it exits before
+    /// listening, the error carries the last lines it wrote (why it refused to start).
+    pub fn start_logged(command: Command, what: &str, log: &Path) -> Result<Spawned> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Spawned::start_inner(command, what, Stdio::from(file), Some(log))
+    }
+
+    fn start_inner(
+        mut command: Command,
+        what: &str,
+        stderr: Stdio,
+        log: Option<&Path>,
+    ) -> Result<Spawned> {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {what}"))?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -122,8 +139,16 @@ impl Spawned {
         let port = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
-                let _ = child.wait();
-                bail!("{what} exited before listening");
+                let status = child.wait();
+                let said = log
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .map(|text| failure_text(&text))
+                    .unwrap_or_default();
+                let status = status.map_or("?".into(), |s| s.to_string());
+                if said.is_empty() {
+                    bail!("{what} exited before listening ({status})");
+                }
+                bail!("{what} exited before listening ({status}): {said}");
             };
             if let Some(addr) = line?.strip_prefix("listening on ") {
                 break addr
@@ -151,8 +176,25 @@ impl Drop for Spawned {
     }
 }
 
+/// What a program that failed wrote to stderr, without the backtrace `anyhow` appends when
+/// `RUST_BACKTRACE` is set: its last 4 lines before `Stack backtrace:`.
+pub fn failure_text(text: &str) -> String {
+    let before = text.split("\nStack backtrace:").next().unwrap_or_default();
+    last_lines(before, 4)
+}
+
+/// The last `n` non-empty lines of `text`, joined with ` / `.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
 /// `taskset -c CPU program` when `cpu` is given, else `program`.
-fn on_cpu(cpu: Option<u32>, program: &Path) -> Command {
+pub fn on_cpu(cpu: Option<u32>, program: &Path) -> Command {
     match cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -182,8 +224,12 @@ pub fn pasvd_command(
             &range.1.to_string(),
             // The generator's sessions stand for many clients but share one address: the
             // per-address lease cap (half the range by default) would halve the ports they
-            // can use.
+            // can use, and the per-address cap on sessions not logged in yet (8) refuses
+            // logins with 421 when K sessions connect at once (over FTPS, where a login
+            // takes a TLS handshake, and in plaintext too).
             "--max-passive-per-ip",
+            "0",
+            "--max-unauthenticated-per-ip",
             "0",
         ])
         .args(extra);
@@ -414,12 +460,15 @@ pub struct LoadRun<'a> {
     pub max_transfers: Option<u64>,
     /// Generator on CPU 0 and the server core's busy time read from CPU 1.
     pub pin: bool,
+    /// Explicit FTPS (`ftpes://`), the servers' certificate trusted from this PEM file.
+    pub tls_ca: Option<&'a Path>,
 }
 
 /// The `pasv load` command line of `run` against `t` (without `--json`).
-fn load_command(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Command {
+pub fn load_command(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Command {
     let url = format!(
-        "ftp://{}:{}@127.0.0.1:{}/{}",
+        "{}://{}:{}@127.0.0.1:{}/{}",
+        if run.tls_ca.is_some() { "ftpes" } else { "ftp" },
         t.user,
         t.pass.replace('@', "%40"),
         t.port,
@@ -432,11 +481,14 @@ fn load_command(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Command {
     if let Some(n) = run.max_transfers {
         c.args(["--max-transfers", &n.to_string()]);
     }
+    if let Some(ca) = run.tls_ca {
+        c.arg("--ca-file").arg(ca);
+    }
     c
 }
 
 /// The last JSON line of `pasv load --json`'s output.
-fn load_json(stdout: &[u8], label: &str) -> Result<Value> {
+pub fn load_json(stdout: &[u8], label: &str) -> Result<Value> {
     let text = String::from_utf8_lossy(stdout);
     let line = text
         .lines()
@@ -924,6 +976,69 @@ pub fn memory_report(rows: &[(String, MemoryRow)], file: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_runs_go_over_ftpes_and_trust_the_run_certificate() {
+        let kit = Kit {
+            dir: PathBuf::from("/kit"),
+            peers_home: "/peers".into(),
+            data: PathBuf::from("/peers/data"),
+            pasvd: PathBuf::from("/bin/pasvd"),
+            pasv: PathBuf::from("/bin/pasv"),
+            floor: PathBuf::from("/bin/floor"),
+        };
+        let t = LoadTarget {
+            label: "vsftpd".into(),
+            kind: "peer",
+            port: 2141,
+            user: "anonymous".into(),
+            pass: "peer@example.invalid".into(),
+            range: (20000, 20019),
+            pid: 1,
+        };
+        let ca = PathBuf::from("/run/tls/cert.pem");
+        let mut run = LoadRun {
+            file: "f1k.bin",
+            k: 32,
+            duration_s: 5.0,
+            max_transfers: None,
+            pin: false,
+            tls_ca: Some(&ca),
+        };
+        let args = |run: &LoadRun<'_>| -> Vec<String> {
+            load_command(&kit, &t, run)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let tls = args(&run);
+        assert_eq!(
+            tls[1], "ftpes://anonymous:peer%40example.invalid@127.0.0.1:2141/f1k.bin",
+            "{tls:?}"
+        );
+        let at = tls
+            .iter()
+            .position(|a| a == "--ca-file")
+            .expect("--ca-file");
+        assert_eq!(tls[at + 1], "/run/tls/cert.pem");
+        run.tls_ca = None;
+        let plain = args(&run);
+        assert!(plain[1].starts_with("ftp://"), "{plain:?}");
+        assert!(!plain.iter().any(|a| a == "--ca-file"), "{plain:?}");
+    }
+
+    #[test]
+    fn last_lines_keeps_the_end_of_a_log() {
+        assert_eq!(last_lines("a\n\nb\n  c  \nd\n", 2), "c / d");
+        assert_eq!(last_lines("only\n", 4), "only");
+        assert_eq!(last_lines("", 3), "");
+        let refused = "Error: configuration: tls_cert is set, but ...\n\nStack backtrace:\n   0: anyhow::error\n             at src/lib.rs:1\n  19: _start\n";
+        assert_eq!(
+            failure_text(refused),
+            "Error: configuration: tls_cert is set, but ..."
+        );
+        assert_eq!(failure_text("a\nb\n"), "a / b");
+    }
 
     #[test]
     fn strace_summaries_and_perf_csv_are_read() {

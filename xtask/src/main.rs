@@ -4,6 +4,7 @@
 //! cargo xtask bench [--quick] [--filter REGEX]     criterion benches + their targets
 //! cargo xtask bench --peers KIT [--generator pasv|python] [--pin] [--quick]  pasvd beside the peers
 //!     [--busy-poll-us N] [--workload NAME]... [--peers-only] [--baseline PASVD]
+//! cargo xtask bench --peers KIT --peers-only --tls  the same over explicit FTPS (peers with TLS)
 //! cargo xtask bench --strategies                  pool strategies × load, docs/strategies.svg
 //! cargo xtask bench --peers KIT --peers-only --plot     + throughput against K, docs/peers*.svg
 //! cargo xtask bench --peers KIT --syscalls [--transfers N]  syscalls and wake-ups per transfer
@@ -14,11 +15,13 @@
 //!
 //! Results go to `target/pasv-bench/`: `criterion.md` (every benchmark's mean and throughput,
 //! then the targets with pass/fail) and, with `--peers`, one `peers-<workload>.md` per workload
-//! (the comparison kit's report). `dist` writes to `target/dist/` (see [`dist`]).
+//! (the comparison kit's report; `peers-ftps-*.md` for the FTPS workloads of `--tls`, see
+//! [`ftps`]). `dist` writes to `target/dist/` (see [`dist`]).
 
 mod bench;
 mod dist;
 mod fleet;
+mod ftps;
 mod model;
 mod peers;
 mod plot;
@@ -72,10 +75,19 @@ fn print_help() {
          \x20       --pin          (python generator) generator on CPU 0, servers on CPU 1\n\
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
-         \x20                         1mib-retr-k8); repeatable\n\
+         \x20                         1mib-retr-k8, ftps-20ports-k32, ftps-1mib-retr-k8);\n\
+         \x20                         repeatable\n\
          \x20       --baseline BIN (--peers) also BIN, an earlier pasvd build, in the default\n\
          \x20                      mode, interleaved; the report compares it with this build\n\
          \x20                      and counts a figure that dropped by more than 5% as missed\n\
+         \x20       --tls          (--peers) the FTPS workloads instead (ftps-20ports-k32,\n\
+         \x20                      ftps-1mib-retr-k8): explicit FTPS with PROT P, `pasv load`\n\
+         \x20                      over ftpes:// trusting a certificate made for the run;\n\
+         \x20                      vsftpd (require_ssl_reuse), pure-ftpd (-Y 3), proftpd\n\
+         \x20                      (mod_tls, if unpacked), pyftpdlib (if pyOpenSSL) and pasvd\n\
+         \x20                      (--tls-required all) configured for TLS by the xtask; a\n\
+         \x20                      server that cannot run is reported as not runnable;\n\
+         \x20                      writes target/pasv-bench/peers-ftps-*.md\n\
          \x20       --peers-only   skip the criterion benches\n\
          \x20       --plot         (--peers) then transfers/s against K = 1, 8, 32, 128 on 20\n\
          \x20                      and 1000 ports; writes docs/peers.svg and docs/peers-k.svg\n\

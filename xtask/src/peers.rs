@@ -103,6 +103,7 @@ pub fn syscalls(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
         duration_s: 120.0,
         max_transfers: Some(options.transfers),
         pin: true,
+        tls_ca: None,
     };
     let mut rows = Vec::new();
     for t in &fleet.targets {
@@ -168,6 +169,7 @@ pub fn k_sweep_and_plots(
                     duration_s: 3.0,
                     max_transfers: None,
                     pin: true,
+                    tls_ca: None,
                 };
                 for t in &fleet.targets {
                     let d = run_load(kit, t, &run)?;
