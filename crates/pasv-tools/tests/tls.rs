@@ -167,6 +167,51 @@ async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
     }
 }
 
+/// A data connection accepted or refused by `session`, the client reading whatever the
+/// server sends until the end (a refused connection's TLS 1.3 tickets included, if any were
+/// sent).
+async fn attempt(session: &SessionTls, connector: &TlsConnector) -> Result<bool, DataTlsError> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let client = async {
+        if let Ok(mut stream) = connector.connect(localhost(), b).await {
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        }
+    };
+    let server = async {
+        let accepted = session.accept_data(a).await?;
+        let mut stream = accepted.stream;
+        let _ = stream.shutdown().await;
+        Ok(accepted.resumed)
+    };
+    let (verdict, ()) = tokio::join!(server, client);
+    verdict
+}
+
+#[tokio::test]
+async fn a_refused_data_handshake_gives_the_thief_nothing_to_resume_with() {
+    // The refused handshake is a full one: were tickets (TLS 1.3 after it, TLS 1.2 in it) or
+    // a cached session id handed out, the thief's next connection would resume the
+    // victim's session and be accepted.
+    let resolver = self_signed();
+    for case in CASES {
+        let server = server(&resolver, case, SessionReuse::Required);
+        let victim = server.session().expect("session");
+        let thief = server.session().expect("session");
+        let thief_client = client(&[leaf(&resolver)], case, true);
+        let _thief_control = control(&thief, &thief_client).await;
+        let victim_client = client(&[leaf(&resolver)], case, true);
+        let _victim_control = control(&victim, &victim_client).await;
+        for n in 0..3 {
+            match attempt(&victim, &thief_client).await {
+                Err(DataTlsError::NotResumed { .. }) => {}
+                other => panic!("{case:?}: thief's attempt {n}: {other:?}"),
+            }
+        }
+        assert!(attempt(&victim, &victim_client).await.expect("victim"));
+    }
+}
+
 #[tokio::test]
 async fn data_connection_without_resumption_is_refused_when_required_accepted_when_off() {
     let resolver = self_signed();

@@ -269,8 +269,14 @@ impl Transfer {
             }
             Some(tls) => {
                 let deadline = start + tls.accept_timeout;
-                let handshake =
-                    tokio::time::timeout_at(deadline, tls.session.accept_data(&mut tcp));
+                let handshake = async {
+                    if sending {
+                        tls.session.accept_data(&mut tcp).await
+                    } else {
+                        tls.session.accept_upload(&mut tcp).await
+                    }
+                };
+                let handshake = tokio::time::timeout_at(deadline, handshake);
                 let accepted = tokio::select! {
                     r = handshake => Some(r),
                     _ = &mut self.abort => None,
