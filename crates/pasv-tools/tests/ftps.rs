@@ -549,11 +549,21 @@ async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u
         .await
         .expect("data connect");
     let mut got = Vec::new();
+    let mut clean = false;
     if let Ok(mut data) = data_tls.connect(loopback(), tcp).await {
         // A refused connection ends with close_notify or a reset: no file bytes either way.
-        let _ = tokio::time::timeout(TIMEOUT, data.read_to_end(&mut got)).await;
+        // A served one ends with close_notify (rustls reports a bare close as an error).
+        let read = tokio::time::timeout(TIMEOUT, data.read_to_end(&mut got)).await;
+        clean = matches!(read, Ok(Ok(_)));
     }
-    (got, ctl.reply().await)
+    let reply = ctl.reply().await;
+    if reply.0 == 226 {
+        assert!(
+            clean,
+            "226 for a data connection that ended without close_notify"
+        );
+    }
+    (got, reply)
 }
 
 #[tokio::test]
