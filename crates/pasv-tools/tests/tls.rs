@@ -167,6 +167,51 @@ async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
     }
 }
 
+/// A data connection accepted or refused by `session`, the client reading whatever the
+/// server sends until the end (a refused connection's TLS 1.3 tickets included, if any were
+/// sent).
+async fn attempt(session: &SessionTls, connector: &TlsConnector) -> Result<bool, DataTlsError> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let client = async {
+        if let Ok(mut stream) = connector.connect(localhost(), b).await {
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        }
+    };
+    let server = async {
+        let accepted = session.accept_data(a).await?;
+        let mut stream = accepted.stream;
+        let _ = stream.shutdown().await;
+        Ok(accepted.resumed)
+    };
+    let (verdict, ()) = tokio::join!(server, client);
+    verdict
+}
+
+#[tokio::test]
+async fn a_refused_data_handshake_gives_the_thief_nothing_to_resume_with() {
+    // The refused handshake is a full one: were tickets (TLS 1.3 after it, TLS 1.2 in it) or
+    // a cached session id handed out, the thief's next connection would resume the
+    // victim's session and be accepted.
+    let resolver = self_signed();
+    for case in CASES {
+        let server = server(&resolver, case, SessionReuse::Required);
+        let victim = server.session().expect("session");
+        let thief = server.session().expect("session");
+        let thief_client = client(&[leaf(&resolver)], case, true);
+        let _thief_control = control(&thief, &thief_client).await;
+        let victim_client = client(&[leaf(&resolver)], case, true);
+        let _victim_control = control(&victim, &victim_client).await;
+        for n in 0..3 {
+            match attempt(&victim, &thief_client).await {
+                Err(DataTlsError::NotResumed { .. }) => {}
+                other => panic!("{case:?}: thief's attempt {n}: {other:?}"),
+            }
+        }
+        assert!(attempt(&victim, &victim_client).await.expect("victim"));
+    }
+}
+
 #[tokio::test]
 async fn data_connection_without_resumption_is_refused_when_required_accepted_when_off() {
     let resolver = self_signed();
@@ -393,39 +438,30 @@ fn settings_are_validated_and_shown_without_secrets() {
         .is_some());
 }
 
-/// Sessions do not speak TLS yet: a TLS setting must stop the server from serving rather than
-/// let logins go in plaintext under a configuration that asks for protection.
-#[test]
-fn serving_refuses_tls_settings_until_sessions_speak_tls() {
+/// A server with a certificate binds its control listener and the implicit FTPS listener
+/// (port 0 for both is two ports); the end-to-end behaviour is in tests/ftps.rs.
+#[tokio::test]
+async fn serving_with_tls_binds_the_implicit_listener_too() {
     let root = tempfile::tempdir().expect("root");
-    let base = || {
-        let mut config = pasv_tools::server::Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.root = root.path().to_path_buf();
-        config
-    };
-    let mut with_required = base();
-    with_required.tls_self_signed = true;
-    with_required.tls_required = pasv_tools::server::tls::TlsRequired::All;
-    let mut self_signed = base();
-    self_signed.tls_self_signed = true;
-    let mut implicit = base();
-    implicit.tls_self_signed = true;
-    implicit.implicit_tls_listen = Some("127.0.0.1:9990".parse().unwrap());
-    for (config, key) in [
-        (with_required, "tls_self_signed"),
-        (self_signed, "tls_self_signed"),
-        (implicit, "tls_self_signed"),
-    ] {
-        let Err(err) = pasv_tools::server::BoundServer::bind(config) else {
-            panic!("served with {key}");
-        };
-        let err = err.to_string();
-        assert!(
-            err.contains(key) && err.contains("does not serve FTPS"),
-            "{err}"
-        );
-    }
-    // Plain FTP still binds.
-    assert!(pasv_tools::server::BoundServer::bind(base()).is_ok());
+    let mut config = pasv_tools::server::Config::for_tests(root.path().to_path_buf());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tls_self_signed = true;
+    config.tls_required = pasv_tools::server::tls::TlsRequired::All;
+    config.implicit_tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    (config.pasv_min_port, config.pasv_max_port) = (41_290, 41_291);
+    let server = pasv_tools::server::Server::bind(config)
+        .await
+        .expect("serves FTPS");
+    let implicit = server.implicit_tls_addr().expect("implicit listener");
+    assert_ne!(implicit, server.local_addr());
+    assert!(implicit.ip().is_loopback());
+    drop(server);
+    // Without a certificate there is no implicit listener to ask for.
+    let mut plain = pasv_tools::server::Config::for_tests(root.path().to_path_buf());
+    plain.listen = "127.0.0.1:0".parse().unwrap();
+    (plain.pasv_min_port, plain.pasv_max_port) = (41_290, 41_291);
+    let server = pasv_tools::server::Server::bind(plain)
+        .await
+        .expect("plain");
+    assert!(server.implicit_tls_addr().is_none());
 }

@@ -248,6 +248,9 @@ fn serve(config: Config, demo: bool, log: &BufferedStderr) -> anyhow::Result<()>
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {addr}")?;
+            if let Some(implicit) = server.implicit_tls_addr() {
+                writeln!(out, "implicit FTPS on {implicit}")?;
+            }
             out.flush()?;
         }
         if demo {

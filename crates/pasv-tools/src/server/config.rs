@@ -529,7 +529,7 @@ impl Config {
     }
 
     /// The first FTPS setting given (its TOML key), if any: a certificate, the implicit
-    /// listener or a requirement. Serving refuses them until sessions speak TLS.
+    /// listener or a requirement.
     pub fn tls_setting(&self) -> Option<&'static str> {
         if self.tls_cert.is_some() {
             Some("tls_cert")
@@ -577,7 +577,8 @@ impl Config {
                  (--tls-cert, --tls-key) or tls_self_signed (--tls-self-signed)",
             );
         }
-        if self.implicit_tls_listen.is_some() && self.implicit_tls_listen == Some(self.listen) {
+        // Port 0 (tests): two different ports are bound.
+        if self.implicit_tls_listen == Some(self.listen) && self.listen.port() != 0 {
             return bad("implicit_tls_listen (--implicit-tls-listen) is the listen address");
         }
         Ok(())

@@ -42,6 +42,7 @@ use pasv_protocol::{
 use super::config::Config;
 use super::listing::{self, Civil, Format};
 use super::metrics::{Counters, Direction, LoginResult, RefusalCause, TransferResult};
+use super::tls::TlsRequired;
 use super::users::is_anonymous_name;
 use super::vfs::{io_text, FsError, Kind, Meta, Vfs};
 
@@ -77,6 +78,22 @@ const NO_DATA: &[u8] = b"Use PORT, PASV or EPSV first.";
 
 const FEATURES: &str = "Features:\n EPRT\n EPSV\n MDTM\n MFMT\n MLST type*;size*;modify*;perm*;unix.mode*;\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\n CLNT\n HOST\nEnd";
 
+/// FEAT with TLS configured: the FTPS commands first (RFC 4217 section 6).
+const FEATURES_TLS: &str = "Features:\n AUTH TLS\n AUTH SSL\n PBSZ\n PROT\n EPRT\n EPSV\n MDTM\n MFMT\n MLST type*;size*;modify*;perm*;unix.mode*;\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\n CLNT\n HOST\nEnd";
+
+/// 521: a transfer refused for its protection level (RFC 4217 section 9: "Data connection
+/// cannot be opened with this PROT setting").
+const PROT_REFUSED: ReplyCode = match ReplyCode::new(521) {
+    Some(code) => code,
+    None => ReplyCode::DENIED_FOR_POLICY,
+};
+
+/// 536: a protection level the server does not support (RFC 2228).
+const PROT_UNSUPPORTED: ReplyCode = match ReplyCode::new(536) {
+    Some(code) => code,
+    None => ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+};
+
 const HELP: &str = "The following commands are recognized:\n ABOR ACCT ALLO APPE CDUP CLNT CWD  DELE EPRT EPSV FEAT HELP HOST LIST MDTM\n MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PORT PWD  QUIT REIN REST\n RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER\nHelp OK";
 
 /// The settings the rules read, taken from [`Config`] once at start.
@@ -92,6 +109,10 @@ pub(crate) struct Rules {
     pub(crate) port_min_port: u16,
     pub(crate) ascii_transfers: bool,
     pub(crate) anonymous_allowed: bool,
+    /// A certificate is configured: AUTH TLS is accepted.
+    pub(crate) tls: bool,
+    /// What must be protected (`tls_required`).
+    pub(crate) tls_required: TlsRequired,
 }
 
 impl Rules {
@@ -108,6 +129,8 @@ impl Rules {
             port_min_port: config.port_min_port,
             ascii_transfers: config.ascii_transfers,
             anonymous_allowed,
+            tls: config.tls_source().is_some(),
+            tls_required: config.tls_required,
         }
     }
 }
@@ -311,6 +334,11 @@ pub(crate) enum Action {
     PoolReport,
     /// Replies waited `idle_timeout` with no byte taken: reset the control connection.
     Reset { unread: usize },
+    /// AUTH TLS was accepted: once the replies queued so far (its 234 last) are written,
+    /// run the TLS handshake on the control connection and answer
+    /// [`Core::handle_secured`]. Nothing read after the AUTH line is kept (the core has
+    /// dropped it; the driver reads nothing more in plaintext).
+    SecureControl,
 }
 
 /// Why the session closes, and its last reply.
@@ -360,6 +388,9 @@ pub(crate) enum State {
     /// A login failed: its reply is held until `until` (the defence against guessing),
     /// and so is every later command.
     LoginFailed { until: Instant, banned: bool },
+    /// AUTH TLS accepted: the control connection's TLS handshake runs
+    /// ([`Action::SecureControl`]); no command is decoded until it is done.
+    Securing,
     /// Logged in, nothing running.
     Ready,
     /// Logged in, waiting for the outside world (a filesystem call, a passive port).
@@ -512,6 +543,19 @@ pub(crate) struct Core {
     last_activity: Instant,
     /// Since when replies have waited with no byte taken; `None` while nothing waits.
     write_stalled_since: Option<Instant>,
+    /// The session's FTPS state.
+    tls: TlsState,
+}
+
+/// What of the session TLS protects (RFC 4217).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TlsState {
+    /// The control connection speaks TLS (AUTH TLS done, or implicit FTPS).
+    control: bool,
+    /// PBSZ came (after AUTH).
+    pbsz: bool,
+    /// PROT P: data connections are protected.
+    private: bool,
 }
 
 impl Core {
@@ -547,13 +591,36 @@ impl Core {
             actions: VecDeque::new(),
             last_activity: now,
             write_stalled_since: None,
+            tls: TlsState::default(),
         };
         let banner = core.rules.banner.clone();
         core.reply(ReplyCode::SERVICE_READY, banner.as_bytes());
         core
     }
 
+    /// Implicit FTPS: the control connection spoke TLS from its first byte, so the session
+    /// starts as if AUTH TLS, PBSZ 0 and PROT P had been sent (what curl's `ftps://` and
+    /// lftp expect; a client may still send them, or PROT C).
+    pub(crate) fn set_implicit_tls(&mut self) {
+        self.tls = TlsState {
+            control: true,
+            pbsz: true,
+            private: true,
+        };
+    }
+
     // ---- what the driver reads ----
+
+    /// Whether the next transfer's data connection must be TLS (PROT P).
+    pub(crate) fn data_protected(&self) -> bool {
+        self.tls.private
+    }
+
+    /// Whether the control connection speaks TLS.
+    #[cfg(test)]
+    pub(crate) fn control_protected(&self) -> bool {
+        self.tls.control
+    }
 
     /// The next thing to do, in order.
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
@@ -761,6 +828,29 @@ impl Core {
         self.data = Data::Connected {
             until: now + self.rules.accept_timeout,
         };
+    }
+
+    /// The answer to [`Action::SecureControl`]: the control connection's TLS handshake
+    /// succeeded (`true`) and commands are read through TLS from now on, or it failed and
+    /// the session is over (nothing can be written to the client any more).
+    pub(crate) fn handle_secured(&mut self, now: Instant, ok: bool) {
+        if !matches!(self.state, State::Securing) {
+            return;
+        }
+        // Whatever came in plaintext after AUTH is not the client's protected command
+        // stream: dropped (the driver reads nothing in between, this is belt and braces).
+        self.input.clear();
+        self.decoder = CommandDecoder::new();
+        if ok {
+            self.tls.control = true;
+            self.state = State::AwaitingUser;
+            self.last_activity = now;
+            self.pump(now);
+        } else {
+            self.state = State::Closed;
+            self.queued.clear();
+            self.out.clear();
+        }
     }
 
     /// The answer to [`Action::Verify`].
@@ -1104,17 +1194,17 @@ impl Core {
             Command::User(name) => self.user(name),
             Command::Pass(password) => self.pass(password),
             Command::Quit => self.close(now, Close::Quit),
+            Command::Feat if self.rules.tls => self.multi(ReplyCode::SYSTEM_STATUS, FEATURES_TLS),
             Command::Feat => self.multi(ReplyCode::SYSTEM_STATUS, FEATURES),
             Command::Syst => self.reply(ReplyCode::SYSTEM_TYPE, b"UNIX Type: L8"),
             Command::Help(_) => self.multi(ReplyCode::HELP, HELP),
             Command::Noop => self.reply(ReplyCode::OK, b"NOOP ok."),
-            Command::Auth(_) => self.reply(
-                ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
-                b"AUTH not supported: this server does not speak TLS.",
-            ),
-            Command::Pbsz(_) | Command::Prot(_) => self.reply(
-                ReplyCode::BAD_SEQUENCE,
-                b"PBSZ and PROT need a security exchange (AUTH).",
+            Command::Auth(arg) => self.auth(arg.as_bytes()),
+            Command::Pbsz(arg) => self.pbsz(arg.as_bytes()),
+            Command::Prot(arg) => self.prot(arg.as_bytes()),
+            Command::Ccc if self.tls.control => self.reply(
+                ReplyCode::DENIED_FOR_POLICY,
+                b"CCC refused: the control connection stays protected.",
             ),
             Command::Ccc => self.reply(
                 ReplyCode::PROTECTION_DENIED,
@@ -1156,9 +1246,112 @@ impl Core {
         }
     }
 
+    /// `tls_required` login or all: USER and PASS only on a protected control connection.
+    fn login_refused(&mut self) -> bool {
+        if self.rules.tls_required.login() && !self.tls.control {
+            self.reply(
+                ReplyCode::NOT_LOGGED_IN,
+                b"TLS required: send AUTH TLS before USER and PASS.",
+            );
+            return true;
+        }
+        false
+    }
+
+    /// `tls_required` data or all: transfers only over protected data connections.
+    fn data_refused(&mut self) -> bool {
+        if self.rules.tls_required.data() && !self.tls.private {
+            self.reply(
+                PROT_REFUSED,
+                b"Data connection cannot be opened with this PROT setting: TLS required, send PBSZ 0 and PROT P.",
+            );
+            return true;
+        }
+        false
+    }
+
+    fn auth(&mut self, arg: &[u8]) {
+        if !self.rules.tls {
+            return self.reply(
+                ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+                b"AUTH not supported: TLS is not configured on this server.",
+            );
+        }
+        let known = [&b"TLS"[..], b"TLS-C", b"SSL"]
+            .iter()
+            .any(|m| arg.eq_ignore_ascii_case(m));
+        if !known {
+            return self.reply(
+                ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+                b"AUTH mechanism not supported (TLS or SSL).",
+            );
+        }
+        if self.tls.control {
+            return self.reply(ReplyCode::BAD_SEQUENCE, b"Already using TLS.");
+        }
+        if !matches!(self.state, State::AwaitingUser) || self.account.is_some() {
+            return self.reply(ReplyCode::BAD_SEQUENCE, b"AUTH must come before USER.");
+        }
+        self.reply(ReplyCode::AUTH_OK, b"Proceed with TLS negotiation.");
+        // Everything the client sent after the AUTH line was sent in plaintext before the
+        // handshake: never taken as a command (the STARTTLS command injection).
+        self.input.clear();
+        self.decoder = CommandDecoder::new();
+        self.state = State::Securing;
+        self.actions.push_back(Action::SecureControl);
+    }
+
+    fn pbsz(&mut self, arg: &[u8]) {
+        if !self.tls.control {
+            return self.reply(ReplyCode::BAD_SEQUENCE, b"PBSZ needs AUTH TLS first.");
+        }
+        if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
+            return self.reply(ReplyCode::SYNTAX_ERROR_ARGS, b"PBSZ needs a number (0).");
+        }
+        self.tls.pbsz = true;
+        // TLS is a stream: the only buffer size is 0 (RFC 4217 section 8).
+        self.reply(ReplyCode::OK, b"PBSZ=0");
+    }
+
+    fn prot(&mut self, arg: &[u8]) {
+        if !self.tls.control {
+            return self.reply(ReplyCode::BAD_SEQUENCE, b"PROT needs AUTH TLS first.");
+        }
+        if !self.tls.pbsz {
+            return self.reply(ReplyCode::BAD_SEQUENCE, b"PROT needs PBSZ first.");
+        }
+        match arg {
+            [b'P' | b'p'] => {
+                self.tls.private = true;
+                self.reply(ReplyCode::OK, b"Protection level set to Private.");
+            }
+            [b'C' | b'c'] => {
+                if self.rules.tls_required.data() {
+                    return self.reply(
+                        ReplyCode::DENIED_FOR_POLICY,
+                        b"PROT C refused: data connections must be protected.",
+                    );
+                }
+                self.tls.private = false;
+                self.reply(ReplyCode::OK, b"Protection level set to Clear.");
+            }
+            [b'S' | b's' | b'E' | b'e'] => self.reply(
+                PROT_UNSUPPORTED,
+                b"Protection level not supported (P or C).",
+            ),
+            _ => self.reply(
+                ReplyCode::NOT_IMPLEMENTED_FOR_PARAM,
+                b"Unknown protection level (P or C).",
+            ),
+        }
+    }
+
     fn user(&mut self, name: Argument) {
         if self.account.is_some() {
             return self.reply(ReplyCode::NOT_LOGGED_IN, b"Can't change to another user.");
+        }
+        if self.login_refused() {
+            return;
         }
         let name = name.as_bytes();
         if is_anonymous_name(name) && !self.rules.anonymous_allowed {
@@ -1174,6 +1367,9 @@ impl Core {
     fn pass(&mut self, password: Password) {
         if self.account.is_some() {
             return self.reply(ReplyCode::LOGGED_IN, b"Already logged in.");
+        }
+        if self.login_refused() {
+            return;
         }
         match std::mem::replace(&mut self.state, State::AwaitingUser) {
             State::AwaitingPass { name } => {
@@ -1320,6 +1516,14 @@ impl Core {
                     self.busy(Pending::Mlst(path.clone()), FsOp::Stat(path));
                 }
             }
+            Command::List(_)
+            | Command::Nlst(_)
+            | Command::Mlsd(_)
+            | Command::Retr(_)
+            | Command::Stor(_)
+            | Command::Appe(_)
+            | Command::Stou(_)
+                if self.data_refused() => {}
             Command::List(arg) => {
                 let args = listing::list_args(arg.as_ref().map(Argument::as_bytes));
                 self.listing(args.path, Format::List { all: args.all }, "LIST");

@@ -144,6 +144,33 @@ pub(crate) enum AcceptStage {
 
 const ACCEPT_STAGES: [&str; 2] = ["transfer", "idle"];
 
+/// Which connection a TLS handshake was on, the `connection` label of
+/// `pasvd_tls_handshakes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsConnection {
+    /// A control connection (AUTH TLS, or the implicit listener).
+    Control = 0,
+    /// A data connection under PROT P.
+    Data = 1,
+}
+
+const TLS_CONNECTIONS: [&str; 2] = ["control", "data"];
+const TLS_KINDS: [&str; 2] = ["full", "resumed"];
+
+/// Why a data connection's TLS handshake was refused, the `reason` label of
+/// `pasvd_tls_data_refused`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataTlsRefusal {
+    /// It did not resume its own control session's TLS session (reuse required).
+    NotResumed = 0,
+    /// The handshake failed (an alert, a protocol error, a plaintext connection).
+    Failed = 1,
+    /// It did not finish within the accept deadline.
+    Timeout = 2,
+}
+
+const DATA_TLS_REFUSALS: [&str; 3] = ["not_resumed", "failed", "timeout"];
+
 /// Buckets of the pool wait histogram, in seconds (`pasv_wait` is 2 s by default).
 const WAIT_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -171,6 +198,10 @@ pub(crate) struct Counters {
     hold_ns: AtomicU64,
     refusals: [AtomicU64; 4],
     bind_in_use: AtomicU64,
+    /// Index: [`TlsConnection`], then full (0) or resumed (1).
+    tls_handshakes: [[AtomicU64; 2]; 2],
+    tls_control_failed: AtomicU64,
+    tls_data_refused: [AtomicU64; 3],
     /// Waits that ended with a lease, and those that ended refused.
     waits_leased: Histogram,
     waits_refused: Histogram,
@@ -193,6 +224,9 @@ impl Default for Counters {
             hold_ns: AtomicU64::new(0),
             refusals: Default::default(),
             bind_in_use: AtomicU64::new(0),
+            tls_handshakes: Default::default(),
+            tls_control_failed: AtomicU64::new(0),
+            tls_data_refused: Default::default(),
             waits_leased: Histogram::new(WAIT_BUCKETS),
             waits_refused: Histogram::new(WAIT_BUCKETS),
             refusal_hints: Histogram::new(HINT_BUCKETS),
@@ -279,6 +313,24 @@ impl Counters {
         if let Some(hint) = hint {
             self.refusal_hints.observe(hint.as_secs_f64());
         }
+    }
+
+    /// A TLS handshake that completed and was accepted.
+    pub(crate) fn tls_handshake(&self, connection: TlsConnection, resumed: bool) {
+        add(
+            &self.tls_handshakes[connection as usize][usize::from(resumed)],
+            1,
+        );
+    }
+
+    /// A control connection's TLS handshake failed or timed out (the session ended).
+    pub(crate) fn tls_control_failed(&self) {
+        add(&self.tls_control_failed, 1);
+    }
+
+    /// A data connection refused at its TLS handshake (the transfer got 425).
+    pub(crate) fn tls_data_refused(&self, reason: DataTlsRefusal) {
+        add(&self.tls_data_refused[reason as usize], 1);
     }
 
     /// A leased port whose bind failed with EADDRINUSE (the kernel holds it, the pool did
@@ -474,6 +526,36 @@ impl ServerCollector {
             "Connections to a passive port from an address other than the lease's client, \
              reset.",
             &counter(get(&c.intruders)),
+        )?;
+        let mut handshakes = e.encode_descriptor(
+            "pasvd_tls_handshakes",
+            "TLS handshakes completed and accepted, by connection (control, data) and kind \
+             (full, resumed).",
+            None,
+            counter(0).metric_type(),
+        )?;
+        for (conn, row) in TLS_CONNECTIONS.iter().zip(&c.tls_handshakes) {
+            for (kind, v) in TLS_KINDS.iter().zip(row) {
+                let labels = [("connection", *conn), ("kind", *kind)];
+                counter(get(v)).encode(handshakes.encode_family(&labels)?)?;
+            }
+        }
+        one(
+            e,
+            "pasvd_tls_control_failed",
+            "Control connection TLS handshakes that failed or timed out (the session ended).",
+            &counter(get(&c.tls_control_failed)),
+        )?;
+        family(
+            e,
+            "pasvd_tls_data_refused",
+            "Data connections refused at their TLS handshake (425), by reason: not_resumed \
+             (it did not resume its own control session's TLS session), failed, timeout.",
+            "reason",
+            DATA_TLS_REFUSALS
+                .iter()
+                .zip(&c.tls_data_refused)
+                .map(|(&r, v)| (r, counter(get(v)))),
         )?;
         Ok(())
     }

@@ -255,6 +255,8 @@ impl Drop for Slot {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The implicit FTPS listener, when `implicit_tls_listen` is set.
+    implicit: Option<TcpListener>,
     shared: Arc<Shared>,
     /// The metrics listener and what it serves, when `metrics` is set.
     metrics: Option<(std::net::TcpListener, Arc<metrics::Exporter>)>,
@@ -299,6 +301,9 @@ pub struct BoundServer {
     run_as: Option<privileges::Account>,
     privileges_dropped: bool,
     metrics: Option<std::net::TcpListener>,
+    tls: Option<tls::TlsServer>,
+    /// The implicit FTPS listener (`implicit_tls_listen`).
+    implicit: Option<std::net::TcpListener>,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -338,17 +343,9 @@ impl BoundServer {
     /// readable by root only, the port may be 21). Needs no runtime and starts no thread.
     pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         config.validate()?;
-        if let Some(setting) = config.tls_setting() {
-            // Sessions do not speak TLS yet: serving with a TLS setting would let an operator
-            // believe logins and data are protected while they go in plaintext.
-            return Err(ServerError::Config {
-                reason: format!(
-                    "{setting} is set, but this pasvd does not serve FTPS yet (sessions answer \
-                     AUTH with 504 and never encrypt): remove the TLS settings to serve \
-                     plaintext FTP; --check-config still validates them"
-                ),
-            });
-        }
+        // The certificate and key are read now, with the privileges the process started
+        // with (key files are often readable by root only); SIGHUP reads them again.
+        let tls = tls::TlsServer::from_config(&config)?;
         for contradiction in config.contradictions() {
             tracing::warn!("{contradiction}");
         }
@@ -386,6 +383,13 @@ impl BoundServer {
             },
         )?;
         let local_addr = listener.local_addr().map_err(ServerError::Accept)?;
+        let implicit = match config.implicit_tls_listen {
+            Some(addr) => Some(
+                passive::bind_listener(addr, true, config.listen_backlog)
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let metrics = match config.metrics {
             Some(addr) => {
                 Some(metrics::bind(addr).map_err(|source| ServerError::Bind { addr, source })?)
@@ -401,6 +405,8 @@ impl BoundServer {
             run_as,
             privileges_dropped: false,
             metrics,
+            tls,
+            implicit,
         })
     }
 
@@ -456,6 +462,8 @@ impl BoundServer {
             xferlog,
             run_as,
             metrics: metrics_listener,
+            tls,
+            implicit,
             ..
         } = self;
         // Read and search permission, as the serving account: checked now rather than
@@ -477,6 +485,16 @@ impl BoundServer {
             addr: local_addr,
             source,
         })?;
+        let implicit = match implicit {
+            Some(l) => {
+                let addr = l.local_addr().map_err(ServerError::Accept)?;
+                Some(
+                    TcpListener::from_std(l)
+                        .map_err(|source| ServerError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let ports = PassivePorts::new(&config, local_addr).await?;
         let defender = Arc::new(Defender::new(BanPolicy {
             max_failures: config.max_login_failures,
@@ -498,6 +516,7 @@ impl BoundServer {
         Ok(Server {
             listener,
             local_addr,
+            implicit,
             metrics,
             shared: Arc::new(Shared {
                 rules: Arc::new(self::core::Rules::new(&config, users.anonymous_allowed())),
@@ -511,6 +530,7 @@ impl BoundServer {
                 shutdown: CancellationToken::new(),
                 stats: ServerStats::default(),
                 metrics: counters,
+                tls,
             }),
         })
     }
@@ -529,6 +549,12 @@ impl Server {
     /// The control address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The implicit FTPS address actually bound, when `implicit_tls_listen` is set (useful
+    /// with port 0).
+    pub fn implicit_tls_addr(&self) -> Option<SocketAddr> {
+        self.implicit.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address of the metrics endpoint, when `metrics` is set (useful with port 0).
@@ -557,10 +583,18 @@ impl Server {
     ) -> Result<(), ServerError> {
         let Server {
             listener,
+            implicit,
             shared,
             metrics,
             ..
         } = self;
+        // A new certificate for new handshakes on SIGHUP; sessions keep theirs.
+        let reloader = match &shared.tls {
+            Some(tls) => Some(
+                tls::reload_on_sighup(Arc::clone(tls.resolver())).map_err(ServerError::Accept)?,
+            ),
+            None => None,
+        };
         if let Some((metrics_listener, exporter)) = metrics {
             tokio::spawn(metrics::serve(
                 metrics_listener,
@@ -583,8 +617,8 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) if shared.config.proxy_protocol => {
+                accepted = accept_either(&listener, implicit.as_ref()) => match accepted {
+                    Ok((stream, peer, tls)) if shared.config.proxy_protocol => {
                         // Only a trusted balancer may name the client's address; anyone else
                         // is closed before a byte is read.
                         if !shared.config.proxy_from.iter().any(|c| c.contains(peer.ip())) {
@@ -603,14 +637,14 @@ impl Server {
                                 }
                             };
                             tracing::debug!(session = id, peer = %client, via = %peer, "proxied connection");
-                            if let Some(session) = open_session(&shared, &admission, stream, client, id) {
+                            if let Some(session) = open_session(&shared, &admission, stream, client, id, tls) {
                                 session.await;
                             }
                         });
                     }
-                    Ok((stream, peer)) => {
+                    Ok((stream, peer, tls)) => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        if let Some(session) = open_session(&shared, &admission, stream, peer, id) {
+                        if let Some(session) = open_session(&shared, &admission, stream, peer, id, tls) {
                             sessions.spawn(session);
                         }
                     }
@@ -627,6 +661,10 @@ impl Server {
             }
         }
         drop(listener);
+        drop(implicit);
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         tracing::info!(sessions = sessions.len(), "shutting down");
         shared.shutdown.cancel();
         let drain = async { while sessions.join_next().await.is_some() {} };
@@ -655,6 +693,23 @@ impl Server {
     }
 }
 
+/// The next connection of the control listener or of the implicit FTPS listener (`true`).
+async fn accept_either(
+    listener: &TcpListener,
+    implicit: Option<&TcpListener>,
+) -> io::Result<(TcpStream, SocketAddr, bool)> {
+    let implicit = async {
+        match implicit {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = listener.accept() => r.map(|(s, a)| (s, a, false)),
+        r = implicit => r.map(|(s, a)| (s, a, true)),
+    }
+}
+
 fn is_transient_accept_error(e: &io::Error) -> bool {
     // Per-connection failures and descriptor exhaustion: the listener itself is fine.
     !matches!(
@@ -672,6 +727,7 @@ fn open_session(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    implicit_tls: bool,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     // Before any session state: a banned address costs one write.
     if shared.defender.refuses(peer.ip()) {
@@ -685,7 +741,7 @@ fn open_session(
     };
     let shared = Arc::clone(shared);
     Some(async move {
-        session::serve(shared, stream, peer, id, login).await;
+        session::serve(shared, stream, peer, id, login, implicit_tls).await;
         drop(slot);
     })
 }

@@ -9,19 +9,26 @@
 //! already accepted connection is written inline so its 150 and 226 leave in one control
 //! write, large ones go out with `sendfile` from the transfer task. Filesystem calls that
 //! may wait (everything but RETR's open) run on the blocking pool.
+//!
+//! FTPS: the control stream is a [`Control`], plain TCP or TLS (after AUTH TLS, or from the
+//! first byte on the implicit listener). Under TLS the replies still go out with one
+//! non-blocking write per turn, into rustls, whose records are flushed to the socket as it
+//! takes them. Data connections under PROT P get their TLS handshake in the transfer task
+//! (see `transfer`); the inline send and `sendfile` are for plaintext data connections only.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use pasv_pool::Closer;
 use pasv_protocol::Password;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -33,10 +40,11 @@ use super::core::{
 use super::defender::Banned;
 use super::kernel::LedgerCheck;
 use super::listing;
-use super::metrics::AcceptStage;
+use super::metrics::{AcceptStage, TlsConnection};
 use super::passive::{DataConn, LeaseGuard, Passive, Refusal};
 use super::shared::Shared;
-use super::transfer::{DataSource, Job, Outcome, TempUpload, Transfer};
+use super::tls::SessionTls;
+use super::transfer::{DataSource, DataTls, Job, Outcome, TempUpload, Transfer};
 use super::users::is_anonymous_name;
 use super::vfs::{Download, FsError, Vfs};
 use super::xferlog;
@@ -48,6 +56,126 @@ const INLINE_MAX: usize = 64 * 1024;
 
 /// Ports listed at most by `SITE POOL` (disagreements first).
 const SITE_POOL_PORTS: usize = 64;
+
+/// The control connection: plain TCP, or TLS over it.
+pub(crate) enum Control {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Between the plain stream and the TLS stream (during AUTH TLS's handshake), or after a
+    /// failed one.
+    Gone,
+}
+
+/// What the control connection is ready for.
+enum ControlEvent {
+    Writable(io::Result<()>),
+    Read(io::Result<usize>),
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "control connection closed")
+}
+
+impl Control {
+    /// The TCP socket beneath.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Control::Plain(s) => Some(s),
+            Control::Tls(s) => Some(s.get_ref().0),
+            Control::Gone => None,
+        }
+    }
+
+    /// TLS records that rustls holds and the socket has not taken yet.
+    fn tls_pending(&self) -> bool {
+        match self {
+            Control::Tls(s) => s.get_ref().1.wants_write(),
+            _ => false,
+        }
+    }
+
+    /// One non-blocking write: `WouldBlock` when nothing was taken.
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Control::Plain(s) => s.try_write(bytes),
+            Control::Tls(s) => {
+                // rustls takes the bytes into its records and writes what the socket takes;
+                // a Pending here only means the socket was full (the wake-up comes from
+                // `writable` in the loop, not from this waker).
+                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                match Pin::new(&mut **s).poll_write(&mut cx, bytes) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Control::Gone => Err(gone()),
+        }
+    }
+
+    /// Pushes TLS records rustls holds into the socket, as far as it takes them.
+    fn try_flush(&mut self) -> io::Result<()> {
+        if let Control::Tls(s) = self {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            if let Poll::Ready(Err(e)) = Pin::new(&mut **s).poll_flush(&mut cx) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket takes more (`write`) or input came (`read`, into `input`).
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        input: &mut bytes::BytesMut,
+        read: bool,
+        write: bool,
+    ) -> Poll<ControlEvent> {
+        if write {
+            match self.tcp() {
+                Some(tcp) => {
+                    if let Poll::Ready(r) = tcp.poll_write_ready(cx) {
+                        return Poll::Ready(ControlEvent::Writable(r));
+                    }
+                }
+                None => return Poll::Ready(ControlEvent::Writable(Err(gone()))),
+            }
+        }
+        if read {
+            let polled = match self {
+                Control::Plain(s) => pin!(s.read_buf(input)).poll(cx),
+                Control::Tls(s) => pin!(s.read_buf(input)).poll(cx),
+                Control::Gone => Poll::Ready(Err(gone())),
+            };
+            if let Poll::Ready(r) = polled {
+                return Poll::Ready(ControlEvent::Read(r));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Reads what is there already, without waiting: `None` when nothing is.
+    fn read_now(&mut self, input: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+        match self {
+            Control::Plain(s) => s.read_buf(input).now_or_never(),
+            Control::Tls(s) => s.read_buf(input).now_or_never(),
+            Control::Gone => Some(Ok(0)),
+        }
+    }
+
+    /// Ends the connection: FIN (after TLS close_notify), within `timeout`.
+    async fn shutdown(&mut self, timeout: Duration) {
+        match self {
+            Control::Plain(s) => {
+                let _ = s.shutdown().await;
+            }
+            Control::Tls(s) => {
+                let _ = tokio::time::timeout(timeout, s.shutdown()).await;
+            }
+            Control::Gone => {}
+        }
+    }
+}
 
 /// The data endpoint the next transfer will use.
 enum Endpoint {
@@ -104,17 +232,25 @@ struct Driver {
     buffer: Vec<u8>,
     /// The session's place among those not logged in yet, until it logs in.
     login: Option<super::LoginSlot>,
+    /// The session's TLS (its own ticket key and session cache), from AUTH TLS or the
+    /// implicit listener's handshake on; its data connections must resume it.
+    tls: Option<SessionTls>,
+    /// AUTH TLS's handshake waits for the replies before it (its 234) to be written.
+    secure_pending: bool,
 }
 
 /// Serves one control connection to its end.
 ///
 /// `login` is the session's place among those not logged in yet: given back at login.
+/// `implicit`: the connection came to the implicit FTPS listener and starts with the TLS
+/// handshake.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     id: u64,
     login: super::LoginSlot,
+    implicit: bool,
 ) {
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -125,7 +261,29 @@ pub(crate) async fn serve(
     // ftplib does): inline, it stays part of the command instead of vanishing out of band.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     let _counted = shared.metrics.session_opened();
-    tracing::info!(session = id, peer = %peer, "session opened");
+    let mut session_tls = None;
+    let mut stream = if implicit {
+        let Some(tls) = shared.tls.as_ref().and_then(|t| t.session().ok()) else {
+            return;
+        };
+        match tls.accept_control(stream).await {
+            Ok(accepted) => {
+                shared
+                    .metrics
+                    .tls_handshake(TlsConnection::Control, accepted.resumed);
+                session_tls = Some(tls);
+                Control::Tls(Box::new(accepted.stream))
+            }
+            Err(e) => {
+                shared.metrics.tls_control_failed();
+                tracing::info!(session = id, peer = %peer, error = %e, "implicit TLS handshake failed");
+                return;
+            }
+        }
+    } else {
+        Control::Plain(stream)
+    };
+    tracing::info!(session = id, peer = %peer, tls = implicit, "session opened");
     let mut core = Core::new(
         Arc::clone(&shared.rules),
         Arc::clone(&shared.metrics),
@@ -134,6 +292,9 @@ pub(crate) async fn serve(
         local,
         clock::pool_now(),
     );
+    if implicit {
+        core.set_implicit_tls();
+    }
     let mut driver = Driver {
         shared,
         id,
@@ -146,6 +307,8 @@ pub(crate) async fn serve(
         op: None,
         buffer: Vec::new(),
         login: Some(login),
+        tls: session_tls,
+        secure_pending: false,
     };
     let result = driver.run(&mut core, &mut stream).await;
     driver.release_data();
@@ -211,7 +374,7 @@ fn transfer_end(outcome: Outcome, upload_ready: bool) -> TransferEnd {
 }
 
 impl Driver {
-    async fn run(&mut self, core: &mut Core, stream: &mut TcpStream) -> io::Result<()> {
+    async fn run(&mut self, core: &mut Core, stream: &mut Control) -> io::Result<()> {
         let shutdown = self.shared.shutdown.clone();
         let mut shutdown_told = false;
         // One timer for the whole session, moved only to an earlier deadline or after it
@@ -242,11 +405,20 @@ impl Driver {
                     continue;
                 }
             }
+            if stream.tls_pending() {
+                stream.try_flush()?;
+            }
+            if self.secure_pending && core.transmit().is_empty() && !stream.tls_pending() {
+                // AUTH TLS: its 234 is out, nothing read after it was kept.
+                self.secure_pending = false;
+                self.secure_control(core, stream).await?;
+                continue;
+            }
             if core.is_closed() {
                 // A verification or filesystem call the session no longer waits for.
                 self.op = None;
-                if core.transmit().is_empty() && self.running.is_none() {
-                    let _ = stream.shutdown().await;
+                if core.transmit().is_empty() && !stream.tls_pending() && self.running.is_none() {
+                    stream.shutdown(self.shared.config.accept_timeout).await;
                     return Ok(());
                 }
             }
@@ -259,13 +431,17 @@ impl Driver {
                 (None, _) => armed = None,
             }
             let can_read = core.wants_input();
-            let replies_wait = !core.transmit().is_empty();
+            let replies_wait = !core.transmit().is_empty() || stream.tls_pending();
             let has_transfer = self.running.is_some();
             let has_op = self.op.is_some();
-            // Halves only to wait for room while reading: `read_buf` on the read half, as on
-            // the stream, takes a short read as the end of the input (no extra read to find
-            // the socket empty).
-            let (mut reader, writer) = stream.split();
+            // One future waits for room to write and for input: `read_buf` on the stream
+            // takes a short read as the end of the input (no extra read to find the socket
+            // empty).
+            let plain = matches!(stream, Control::Plain(_));
+            let input = core.input_buffer();
+            let control = &mut *stream;
+            let event =
+                std::future::poll_fn(|cx| control.poll_event(cx, input, can_read, replies_wait));
             tokio::select! {
                 // Fixed order: a finished transfer is handled before the next command, which
                 // may need it.
@@ -283,13 +459,19 @@ impl Driver {
                     armed = None;
                     core.handle_timeout(clock::pool_now());
                 }
-                // The next turn writes; this only waits for room.
-                writable = writer.as_ref().writable(), if replies_wait => writable?,
-                read = reader.read_buf(core.input_buffer()), if can_read => {
+                // The next turn writes; `Writable` only waited for room.
+                event = event, if can_read || replies_wait => {
+                    let read = match event {
+                        ControlEvent::Writable(writable) => {
+                            writable?;
+                            continue;
+                        }
+                        ControlEvent::Read(read) => read,
+                    };
                     self.shared.busy_poll.touch();
-                    let read = match read {
-                        Ok(n) if n > 0 && read_past_urgent_mark(stream, core.input_buffer()) => Ok(0),
-                        other => other,
+                    let read = match (read, stream.tcp()) {
+                        (Ok(n), Some(tcp)) if plain && n > 0 && read_past_urgent_mark(tcp, core.input_buffer()) => Ok(0),
+                        (other, _) => other,
                     };
                     if let Some(running) = &self.running {
                         core.handle_progress(running.progress.load(Ordering::Relaxed));
@@ -308,7 +490,7 @@ impl Driver {
     }
 
     /// Carries out one action of the core.
-    fn execute(&mut self, action: Action, core: &mut Core, stream: &TcpStream) -> io::Result<()> {
+    fn execute(&mut self, action: Action, core: &mut Core, stream: &Control) -> io::Result<()> {
         match action {
             Action::Fs(op) => self.fs(op, core),
             Action::OpenPassive { extended } => self.open_passive(extended),
@@ -362,12 +544,71 @@ impl Driver {
                 // Nothing more can reach this client: a reset frees the socket and its
                 // unsent replies at once instead of leaving them to the kernel's orphan
                 // retries.
-                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+                if let Some(tcp) = stream.tcp() {
+                    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                }
                 let text = format!("{unread} reply bytes left unread");
                 return Err(io::Error::new(io::ErrorKind::TimedOut, text));
             }
+            Action::SecureControl => self.secure_pending = true,
         }
         Ok(())
+    }
+
+    /// The session's TLS state, made at its first use.
+    fn session_tls(&mut self) -> io::Result<SessionTls> {
+        if let Some(tls) = &self.tls {
+            return Ok(tls.clone());
+        }
+        let server = self
+            .shared
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other("TLS is not configured"))?;
+        let tls = server.session().map_err(io::Error::other)?;
+        self.tls = Some(tls.clone());
+        Ok(tls)
+    }
+
+    /// AUTH TLS: the control connection's handshake, its 234 already written. A failure
+    /// ends the session (the stream is in no state to carry a reply).
+    async fn secure_control(&mut self, core: &mut Core, stream: &mut Control) -> io::Result<()> {
+        let tcp = match std::mem::replace(stream, Control::Gone) {
+            Control::Plain(tcp) => tcp,
+            other => {
+                // The core refuses a second AUTH: not reached.
+                *stream = other;
+                core.handle_secured(clock::pool_now(), false);
+                return Err(io::Error::other(
+                    "AUTH TLS on a connection that is not plain",
+                ));
+            }
+        };
+        let session = match self.session_tls() {
+            Ok(session) => session,
+            Err(e) => {
+                core.handle_secured(clock::pool_now(), false);
+                return Err(e);
+            }
+        };
+        match session.accept_control(tcp).await {
+            Ok(accepted) => {
+                self.shared
+                    .metrics
+                    .tls_handshake(TlsConnection::Control, accepted.resumed);
+                tracing::debug!(session = self.id, version = ?accepted.version, "control connection secured");
+                *stream = Control::Tls(Box::new(accepted.stream));
+                core.handle_secured(clock::pool_now(), true);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.tls_control_failed();
+                core.handle_secured(clock::pool_now(), false);
+                Err(io::Error::other(format!(
+                    "control connection TLS handshake: {e}"
+                )))
+            }
+        }
     }
 
     /// Runs a filesystem operation: RETR's open inline, the rest on the blocking pool.
@@ -651,7 +892,7 @@ impl Driver {
         }
     }
 
-    fn transfer_done(&mut self, core: &mut Core, control: &mut TcpStream, mut outcome: Outcome) {
+    fn transfer_done(&mut self, core: &mut Core, control: &mut Control, mut outcome: Outcome) {
         self.running = None;
         self.buffer = std::mem::take(&mut outcome.buffer);
         let upload = outcome.upload.take();
@@ -661,7 +902,7 @@ impl Driver {
             // on both connections: if the control connection is closed too, the upload was
             // not finished on purpose.
             if core.input_open() {
-                if let Some(Ok(0) | Err(_)) = control.read_buf(core.input_buffer()).now_or_never() {
+                if let Some(Ok(0) | Err(_)) = control.read_now(core.input_buffer()) {
                     core.handle_eof(clock::pool_now());
                 }
             }
@@ -714,11 +955,33 @@ impl Driver {
         // waiting, so a small download can go out inline.
         // (An error shows again when the transfer waits for the connection.)
         let _ = self.take_waiting_connection();
-        let (job, pre_sent) = match self.send_inline(job) {
-            Ok(outcome) => {
-                return core.handle_transfer(clock::pool_now(), transfer_end(outcome, false))
+        // PROT P: the data connection's TLS handshake runs in the transfer task, as part of
+        // its accept; nothing goes out inline.
+        let tls = if core.data_protected() {
+            match self.session_tls() {
+                Ok(session) => Some(DataTls {
+                    session,
+                    accept_timeout: self.shared.config.accept_timeout,
+                    metrics: Arc::clone(&self.shared.metrics),
+                }),
+                Err(e) => {
+                    self.release_data();
+                    let outcome = Outcome::failed(Ending::NoConnection(e.to_string()));
+                    return core.handle_transfer(clock::pool_now(), transfer_end(outcome, false));
+                }
             }
-            Err(rest) => rest,
+        } else {
+            None
+        };
+        let (job, pre_sent) = if tls.is_some() {
+            (job, 0)
+        } else {
+            match self.send_inline(job) {
+                Ok(outcome) => {
+                    return core.handle_transfer(clock::pool_now(), transfer_end(outcome, false))
+                }
+                Err(rest) => rest,
+            }
         };
         let Some(source) = self.take_source() else {
             let outcome = Outcome::failed(Ending::NoConnection("no data connection".into()));
@@ -734,6 +997,7 @@ impl Driver {
             stall: self.shared.config.data_timeout,
             progress: Arc::clone(&progress),
             abort: rx,
+            tls,
         };
         self.running = Some(Running {
             handle: tokio::spawn(transfer.run()),

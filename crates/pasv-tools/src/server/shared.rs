@@ -12,6 +12,7 @@ use super::defender::Defender;
 use super::metrics::Counters;
 use super::passive::PassivePorts;
 use super::stats::ServerStats;
+use super::tls::TlsServer;
 use super::users::Users;
 use super::vfs::Vfs;
 use super::xferlog::Xferlog;
@@ -32,4 +33,6 @@ pub(crate) struct Shared {
     pub(crate) stats: ServerStats,
     /// The counters behind the Prometheus metrics (kept whether or not they are served).
     pub(crate) metrics: Arc<Counters>,
+    /// FTPS: the certificate and the policy, when a certificate is configured.
+    pub(crate) tls: Option<TlsServer>,
 }

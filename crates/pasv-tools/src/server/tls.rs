@@ -403,7 +403,8 @@ impl TlsServer {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(SessionTls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: TlsAcceptor::from(Arc::new(config.clone())),
+            control: Arc::new(config),
             reuse: self.reuse,
             handshake_timeout: self.handshake_timeout,
         })
@@ -452,7 +453,11 @@ impl<S> fmt::Debug for Accepted<S> {
 /// connections. Dropping it (at the end of the session) forgets its sessions and ticket key.
 #[derive(Clone)]
 pub struct SessionTls {
+    /// The control connection's.
     acceptor: TlsAcceptor,
+    /// The control connection's configuration: each data connection gets a copy whose
+    /// ticket key and session cache are gated (see [`DataTicketer`], [`NoNewSessions`]).
+    control: Arc<ServerConfig>,
     reuse: SessionReuse,
     handshake_timeout: Duration,
 }
@@ -472,11 +477,15 @@ impl SessionTls {
         self.reuse
     }
 
-    async fn handshake<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
+    async fn handshake<S>(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: S,
+    ) -> Result<Accepted<S>, DataTlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
+        let stream = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
             .await
             .map_err(|_| DataTlsError::Timeout(self.handshake_timeout))?
             .map_err(DataTlsError::Handshake)?;
@@ -496,7 +505,7 @@ impl SessionTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.handshake(stream).await
+        self.handshake(&self.acceptor, stream).await
     }
 
     /// A protected data connection's handshake, within the handshake timeout (call it right
@@ -507,7 +516,55 @@ impl SessionTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut accepted = self.handshake(stream).await?;
+        self.accept_data_with(&self.data_acceptor(true), stream)
+            .await
+    }
+
+    /// The acceptor of one data connection: the session's certificate, ticket key and
+    /// session cache, but it hands out no TLS session of its own unless the connection
+    /// resumed one of this session. A full handshake on a data connection — refused when
+    /// reuse is required — must not give a thief tickets (TLS 1.3 tickets are sent right
+    /// after the handshake, TLS 1.2 tickets and session ids within it, all before the
+    /// server sees whether it resumed) with which its next connection would resume this
+    /// session. `tickets: false` sends no TLS 1.3 tickets at all (uploads).
+    fn data_acceptor(&self, tickets: bool) -> TlsAcceptor {
+        let mut config = (*self.control).clone();
+        config.ticketer = Arc::new(DataTicketer {
+            inner: Arc::clone(&self.control.ticketer),
+            resumed: std::sync::atomic::AtomicBool::new(false),
+        });
+        config.session_storage = Arc::new(NoNewSessions {
+            inner: Arc::clone(&self.control.session_storage),
+        });
+        if !tickets {
+            config.send_tls13_tickets = 0;
+        }
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// [`SessionTls::accept_data`] for a data connection the client only writes to (an
+    /// upload): no TLS 1.3 tickets are sent after its handshake. A client that never reads
+    /// its upload connection closes it with the tickets unread, which makes its kernel
+    /// reset the connection, and the reset throws away the end of the upload still waiting
+    /// in the server's socket (curl 7.88 with OpenSSL does this). Clients that resume keep
+    /// the tickets of the control connection and of downloads.
+    pub async fn accept_upload<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.accept_data_with(&self.data_acceptor(false), stream)
+            .await
+    }
+
+    async fn accept_data_with<S>(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: S,
+    ) -> Result<Accepted<S>, DataTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut accepted = self.handshake(acceptor, stream).await?;
         if self.reuse == SessionReuse::Required && !accepted.resumed {
             // A close_notify before the close: the client sees the data connection end
             // cleanly and reads the refusal on the control connection (Python's ssl module
@@ -518,6 +575,68 @@ impl SessionTls {
             });
         }
         Ok(accepted)
+    }
+}
+
+/// The ticket key of one data connection: decrypts with the session's key, and encrypts
+/// (issues tickets) only once a ticket of the session decrypted on this connection, that
+/// is, when the connection resumes this session.
+#[derive(Debug)]
+struct DataTicketer {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    resumed: std::sync::atomic::AtomicBool,
+}
+
+impl rustls::server::ProducesTickets for DataTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        if self.resumed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.inner.encrypt(plain)
+        } else {
+            None
+        }
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        if plain.is_some() {
+            self.resumed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        plain
+    }
+}
+
+/// The session cache as a data connection sees it: TLS 1.2 session ids of the session are
+/// found, but a data connection adds none (its full handshake's session id would be
+/// resumable by whoever made it).
+#[derive(Debug)]
+struct NoNewSessions {
+    inner: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+impl rustls::server::StoresServerSessions for NoNewSessions {
+    fn put(&self, _key: Vec<u8>, _value: Vec<u8>) -> bool {
+        false
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        false
     }
 }
 

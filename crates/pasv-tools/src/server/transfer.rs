@@ -17,6 +17,12 @@
 //! are expected in the page cache, where a 256 KiB read costs tens of microseconds, less
 //! than a round trip to tokio's blocking pool. fsync, which waits for the disk, goes to that
 //! pool.
+//!
+//! Under PROT P ([`DataTls`]) the connection first gets its TLS handshake, which must resume
+//! the control session's TLS session (see `tls`) and must end within `accept_timeout` of the
+//! transfer's start: the accept and the handshake share that deadline. The copy then goes
+//! through the TLS stream (no `sendfile`: the bytes are encrypted in user space), and a
+//! download ends with TLS close_notify and our FIN before the session writes its 226.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -26,13 +32,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pasv_pool::Closer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use super::ascii::{FromNetwork, ToNetwork};
 use super::core::Ending;
-use super::passive::{reset, AcceptError, DataConn, LeaseGuard, Passive};
+use super::metrics::{Counters, DataTlsRefusal, TlsConnection};
+use super::passive::{AcceptError, DataConn, LeaseGuard, Passive};
+use super::tls::{DataTlsError, SessionTls};
 use super::vfs::Upload;
 use crate::clock;
 
@@ -103,6 +111,42 @@ impl Outcome {
     }
 }
 
+/// PROT P: the data connection is TLS, bound to this control session.
+pub(crate) struct DataTls {
+    pub(crate) session: SessionTls,
+    /// The accept and the handshake end within this of the transfer's start.
+    pub(crate) accept_timeout: Duration,
+    pub(crate) metrics: Arc<Counters>,
+}
+
+/// A data stream the copy runs on: plain TCP (with `sendfile`) or TLS over it.
+trait DataIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The socket beneath.
+    fn tcp(&self) -> &TcpStream;
+    /// Whether the bytes may go to the socket as they are (`sendfile`).
+    fn plain(&self) -> bool;
+}
+
+impl DataIo for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn plain(&self) -> bool {
+        true
+    }
+}
+
+impl DataIo for tokio_rustls::server::TlsStream<&mut TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn plain(&self) -> bool {
+        false
+    }
+}
+
 /// Everything a transfer task needs.
 pub(crate) struct Transfer {
     pub(crate) source: DataSource,
@@ -112,6 +156,8 @@ pub(crate) struct Transfer {
     pub(crate) stall: Duration,
     pub(crate) progress: Arc<AtomicU64>,
     pub(crate) abort: oneshot::Receiver<()>,
+    /// PROT P: the data connection's TLS.
+    pub(crate) tls: Option<DataTls>,
 }
 
 async fn connect_active(
@@ -193,7 +239,7 @@ impl Transfer {
         let stall = self.stall;
         let buffer_size = self.buffer_size;
         let sending = !matches!(self.job, Job::Receive(_));
-        let mut stream = match TcpStream::from_std(stream) {
+        let mut tcp = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(guard) = guard {
@@ -205,50 +251,92 @@ impl Transfer {
                 return outcome;
             }
         };
-        let result = {
-            let copy = copy(
-                &mut stream,
-                &mut self.job,
-                &mut buffer,
-                buffer_size,
-                stall,
-                &progress,
-            );
-            tokio::select! {
-                r = copy => r,
-                _ = &mut self.abort => Err(Ending::Aborted),
+        let closer = match self.tls.take() {
+            None => {
+                let (ending, closer) = finish(
+                    &mut tcp,
+                    &mut self.job,
+                    &mut buffer,
+                    buffer_size,
+                    stall,
+                    &progress,
+                    sending,
+                    &mut self.abort,
+                )
+                .await;
+                outcome.ending = ending;
+                closer
             }
-        };
-        outcome.bytes = progress.load(Ordering::Relaxed);
-        let closer = match result {
-            Ok(()) if sending => {
-                // Our FIN first: TIME_WAIT stays on the passive port.
-                match tokio::time::timeout(stall, stream.shutdown()).await {
-                    Ok(Ok(())) => Closer::Server,
-                    Ok(Err(e)) => {
-                        outcome.ending = Ending::Network(e);
-                        reset(stream);
-                        Closer::Reset
+            Some(tls) => {
+                let deadline = start + tls.accept_timeout;
+                let handshake = async {
+                    if sending {
+                        tls.session.accept_data(&mut tcp).await
+                    } else {
+                        tls.session.accept_upload(&mut tcp).await
                     }
-                    Err(_) => {
-                        outcome.ending = Ending::Network(io::ErrorKind::TimedOut.into());
-                        reset(stream);
+                };
+                let handshake = tokio::time::timeout_at(deadline, handshake);
+                let accepted = tokio::select! {
+                    r = handshake => Some(r),
+                    _ = &mut self.abort => None,
+                };
+                let accepted =
+                    accepted.map(|r| r.unwrap_or(Err(DataTlsError::Timeout(tls.accept_timeout))));
+                match accepted {
+                    Some(Ok(accepted)) => {
+                        tls.metrics
+                            .tls_handshake(TlsConnection::Data, accepted.resumed);
+                        let mut stream = accepted.stream;
+                        let (ending, closer) = finish(
+                            &mut stream,
+                            &mut self.job,
+                            &mut buffer,
+                            buffer_size,
+                            stall,
+                            &progress,
+                            sending,
+                            &mut self.abort,
+                        )
+                        .await;
+                        outcome.ending = ending;
+                        closer
+                    }
+                    Some(Err(refused)) => {
+                        let (refusal, why) = match refused {
+                            DataTlsError::NotResumed { .. } => (
+                                DataTlsRefusal::NotResumed,
+                                "TLS session of data connection not resumed (it must resume \
+                                 the control connection's TLS session)"
+                                    .to_owned(),
+                            ),
+                            DataTlsError::Timeout(_) => (
+                                DataTlsRefusal::Timeout,
+                                "TLS handshake of data connection timed out".to_owned(),
+                            ),
+                            e => (DataTlsRefusal::Failed, format!("data connection: {e}")),
+                        };
+                        tls.metrics.tls_data_refused(refusal);
+                        outcome.ending = Ending::NoConnection(why);
+                        if refusal == DataTlsRefusal::NotResumed {
+                            // close_notify and our FIN went out: a clean close.
+                            Closer::Server
+                        } else {
+                            reset_data(&tcp);
+                            Closer::Reset
+                        }
+                    }
+                    None => {
+                        reset_data(&tcp);
+                        outcome.ending = Ending::Aborted;
                         Closer::Reset
                     }
                 }
             }
-            Ok(()) => {
-                // The client's FIN came first (we read EOF); closing now completes the
-                // handshake without a TIME_WAIT on our side.
-                drop(stream);
-                Closer::Client
-            }
-            Err(ending) => {
-                reset(stream);
-                outcome.ending = ending;
-                Closer::Reset
-            }
         };
+        // Closed now (a reset if `reset_data` said so): before the lease goes back.
+        drop(tcp);
+        outcome.bytes = progress.load(Ordering::Relaxed);
         outcome.closer = Some(closer);
         if let Some(guard) = guard {
             guard.release(closer);
@@ -273,6 +361,67 @@ impl Transfer {
         outcome.duration = clock::now().saturating_duration_since(start);
         outcome
     }
+}
+
+/// Copies and closes: our FIN after a download (TLS close_notify first under TLS), the
+/// client's EOF after an upload, a reset after anything else. The ending and who closed.
+#[allow(clippy::too_many_arguments)]
+async fn finish<S: DataIo>(
+    stream: &mut S,
+    job: &mut Job,
+    buffer: &mut Vec<u8>,
+    buffer_size: usize,
+    stall: Duration,
+    progress: &AtomicU64,
+    sending: bool,
+    abort: &mut oneshot::Receiver<()>,
+) -> (Ending, Closer) {
+    let result = {
+        let copy = copy(stream, job, buffer, buffer_size, stall, progress);
+        tokio::select! {
+            r = copy => r,
+            _ = abort => Err(Ending::Aborted),
+        }
+    };
+    match result {
+        Ok(()) if sending => {
+            // Our FIN first: TIME_WAIT stays on the passive port. Under TLS the close_notify
+            // goes before it, and both before the 226.
+            match tokio::time::timeout(stall, stream.shutdown()).await {
+                Ok(Ok(())) => (Ending::Complete, Closer::Server),
+                Ok(Err(e)) => {
+                    reset_data(stream);
+                    (Ending::Network(e), Closer::Reset)
+                }
+                Err(_) => {
+                    reset_data(stream);
+                    (
+                        Ending::Network(io::ErrorKind::TimedOut.into()),
+                        Closer::Reset,
+                    )
+                }
+            }
+        }
+        // The client's FIN came first (we read EOF); closing now completes the handshake
+        // without a TIME_WAIT on our side. Under TLS the client's close_notify came with
+        // it: ours answers it (clients that wait for it, such as Python's `unwrap`, get it).
+        Ok(()) => {
+            if !stream.plain() {
+                let _ = tokio::time::timeout(stall, stream.shutdown()).await;
+            }
+            (Ending::Complete, Closer::Client)
+        }
+        Err(ending) => {
+            reset_data(stream);
+            (ending, Closer::Reset)
+        }
+    }
+}
+
+/// Makes the close of a data stream a reset (SO_LINGER 0): the socket is closed when its
+/// owner drops it.
+fn reset_data<S: DataIo>(stream: &S) {
+    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
 }
 
 /// Unsent bytes a `sendfile` download may queue in its socket (`TCP_NOTSENT_LOWAT`).
@@ -356,8 +505,8 @@ async fn send_file(
 /// The timeout is per write call, not for the whole buffer: a listing of many megabytes to a
 /// slow client that keeps reading may take longer than `stall` in all. A call that the
 /// socket takes at once never arms the timer.
-async fn write_within(
-    stream: &mut TcpStream,
+async fn write_within<S: DataIo>(
+    stream: &mut S,
     mut bytes: &[u8],
     stall: Duration,
 ) -> Result<(), Ending> {
@@ -375,8 +524,8 @@ async fn write_within(
 /// Sends a file through the copy buffer: TYPE A (converting line ends with `encoder`) and
 /// binary files the kernel cannot `sendfile`.
 #[allow(clippy::too_many_arguments)]
-async fn send_read(
-    stream: &mut TcpStream,
+async fn send_read<S: DataIo>(
+    stream: &mut S,
     file: &mut File,
     len: u64,
     mut encoder: Option<&mut ToNetwork>,
@@ -422,8 +571,8 @@ fn stalled() -> Ending {
     ))
 }
 
-async fn copy(
-    stream: &mut TcpStream,
+async fn copy<S: DataIo>(
+    stream: &mut S,
     job: &mut Job,
     buffer: &mut Vec<u8>,
     buffer_size: usize,
@@ -437,7 +586,7 @@ async fn copy(
             Ok(())
         }
         Job::SendFile { file, len } => {
-            if send_file(stream, file, *len, stall, progress).await? {
+            if stream.plain() && send_file(stream.tcp(), file, *len, stall, progress).await? {
                 return Ok(());
             }
             send_read(

@@ -69,6 +69,8 @@ fn rules() -> Rules {
         port_min_port: 1024,
         ascii_transfers: true,
         anonymous_allowed: true,
+        tls: false,
+        tls_required: TlsRequired::None,
     }
 }
 
@@ -1103,4 +1105,269 @@ fn the_core_names_no_io() {
     ] {
         assert!(!source.contains(forbidden), "core.rs mentions {forbidden}");
     }
+}
+
+// ---- FTPS (RFC 4217) ----
+
+fn tls_rules(required: TlsRequired) -> Rules {
+    Rules {
+        tls: true,
+        tls_required: required,
+        ..rules()
+    }
+}
+
+impl Session {
+    /// A session with TLS configured, its control connection secured by AUTH TLS.
+    fn secured(required: TlsRequired) -> Session {
+        let mut s = Session::with(tls_rules(required));
+        let _ = s.replies();
+        s.send("AUTH TLS\r\n");
+        assert_eq!(s.replies(), ["234 Proceed with TLS negotiation."]);
+        assert!(matches!(s.actions().as_slice(), [Action::SecureControl]));
+        s.core.handle_secured(s.now, true);
+        assert!(s.core.control_protected());
+        s
+    }
+
+    /// Logs in as alice (after whatever the session did before).
+    fn login(&mut self) {
+        self.send("USER alice\r\nPASS secret\r\n");
+        assert!(matches!(self.actions().as_slice(), [Action::Verify { .. }]));
+        self.core.handle_verified(
+            self.now,
+            Verified::Granted {
+                name: "alice".into(),
+                write: true,
+                anonymous: false,
+                admin: false,
+            },
+        );
+        assert_eq!(self.codes(), [331, 230]);
+    }
+
+    /// FEAT's lines.
+    fn feat(&mut self) -> Vec<String> {
+        self.send("FEAT\r\n");
+        let replies = self.full_replies();
+        assert_eq!(replies.len(), 1);
+        replies[0]
+            .lines()
+            .iter()
+            .map(|l| l.to_string_lossy().trim().to_owned())
+            .collect()
+    }
+}
+
+fn has_line(lines: &[String], line: &str) -> bool {
+    lines.iter().any(|l| l == line)
+}
+
+#[test]
+fn feat_lists_auth_pbsz_prot_only_when_tls_is_configured() {
+    let mut plain = Session::new();
+    let feat = plain.feat();
+    assert!(has_line(&feat, "EPSV"), "{feat:?}");
+    for line in ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"] {
+        assert!(!has_line(&feat, line), "{line} without TLS");
+    }
+    let mut tls = Session::with(tls_rules(TlsRequired::None));
+    let _ = tls.replies();
+    let feat = tls.feat();
+    for line in ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT", "EPSV", "UTF8"] {
+        assert!(has_line(&feat, line), "{line}: {feat:?}");
+    }
+}
+
+#[test]
+fn auth_without_tls_configured_is_refused_and_nothing_changes() {
+    let mut s = Session::new();
+    s.send("AUTH TLS\r\nPBSZ 0\r\nPROT P\r\nCCC\r\n");
+    assert_eq!(
+        s.replies(),
+        [
+            "504 AUTH not supported: TLS is not configured on this server.",
+            "503 PBSZ needs AUTH TLS first.",
+            "503 PROT needs AUTH TLS first.",
+            "533 Control connection is not protected.",
+        ]
+    );
+    assert!(s.actions().is_empty());
+    assert!(!s.core.data_protected());
+}
+
+#[test]
+fn auth_tls_drops_commands_pipelined_behind_it() {
+    // The STARTTLS command injection: commands sent in plaintext right behind AUTH must not
+    // run as if they had come through TLS.
+    let mut s = Session::with(tls_rules(TlsRequired::None));
+    let _ = s.replies();
+    s.send("AUTH TLS\r\nUSER mallory\r\nPASS x\r\nDELE f\r\n");
+    assert_eq!(s.replies(), ["234 Proceed with TLS negotiation."]);
+    assert!(matches!(s.actions().as_slice(), [Action::SecureControl]));
+    assert!(matches!(s.core.state(), State::Securing));
+    assert!(
+        !s.core.wants_input(),
+        "nothing is read during the handshake"
+    );
+    // More plaintext arrives before the handshake (the driver would not read it; the core
+    // drops it anyway).
+    s.send("USER mallory2\r\n");
+    assert!(s.replies().is_empty());
+    s.core.handle_secured(s.now, true);
+    assert!(s.replies().is_empty(), "no pipelined command ran");
+    assert!(s.actions().is_empty());
+    assert!(matches!(s.core.state(), State::AwaitingUser));
+    s.send("USER alice\r\n");
+    assert_eq!(s.replies(), ["331 Please specify the password."]);
+}
+
+#[test]
+fn auth_variants_and_sequence() {
+    for mechanism in ["TLS", "tls", "SSL", "TLS-C"] {
+        let mut s = Session::with(tls_rules(TlsRequired::None));
+        let _ = s.replies();
+        s.send(&format!("AUTH {mechanism}\r\n"));
+        assert_eq!(s.codes(), [234], "{mechanism}");
+        assert!(matches!(s.actions().as_slice(), [Action::SecureControl]));
+    }
+    let mut s = Session::with(tls_rules(TlsRequired::None));
+    let _ = s.replies();
+    s.send("AUTH KERBEROS_V4\r\nUSER alice\r\nAUTH TLS\r\n");
+    assert_eq!(
+        s.replies(),
+        [
+            "504 AUTH mechanism not supported (TLS or SSL).",
+            "331 Please specify the password.",
+            "503 AUTH must come before USER.",
+        ]
+    );
+    assert!(s.actions().is_empty());
+    let mut s = Session::secured(TlsRequired::None);
+    s.send("AUTH TLS\r\n");
+    assert_eq!(s.replies(), ["503 Already using TLS."]);
+    assert!(s.actions().is_empty());
+}
+
+#[test]
+fn a_failed_control_handshake_ends_the_session_silently() {
+    let mut s = Session::with(tls_rules(TlsRequired::None));
+    let _ = s.replies();
+    s.send("AUTH TLS\r\n");
+    let _ = s.replies();
+    let _ = s.actions();
+    s.core.handle_secured(s.now, false);
+    assert!(s.core.is_closed());
+    assert!(s.replies().is_empty(), "nothing in plaintext after a 234");
+}
+
+#[test]
+fn pbsz_and_prot_after_auth() {
+    let mut s = Session::secured(TlsRequired::None);
+    s.send("PROT P\r\nPBSZ x\r\nPBSZ 0\r\nPROT S\r\nPROT E\r\nPROT Q\r\n");
+    assert_eq!(
+        s.replies(),
+        [
+            "503 PROT needs PBSZ first.",
+            "501 PBSZ needs a number (0).",
+            "200 PBSZ=0",
+            "536 Protection level not supported (P or C).",
+            "536 Protection level not supported (P or C).",
+            "504 Unknown protection level (P or C).",
+        ]
+    );
+    assert!(!s.core.data_protected());
+    s.send("PROT P\r\n");
+    assert_eq!(s.replies(), ["200 Protection level set to Private."]);
+    assert!(s.core.data_protected());
+    s.send("PROT C\r\n");
+    assert_eq!(s.replies(), ["200 Protection level set to Clear."]);
+    assert!(!s.core.data_protected());
+    s.send("PBSZ 16384\r\n");
+    assert_eq!(s.replies(), ["200 PBSZ=0"], "any size is answered with 0");
+}
+
+#[test]
+fn ccc_is_refused_on_a_protected_control_connection() {
+    let mut s = Session::secured(TlsRequired::None);
+    s.send("CCC\r\n");
+    assert_eq!(
+        s.replies(),
+        ["534 CCC refused: the control connection stays protected."]
+    );
+    assert!(s.core.control_protected());
+}
+
+#[test]
+fn tls_required_login_refuses_user_and_pass_before_auth() {
+    for required in [TlsRequired::Login, TlsRequired::All] {
+        let mut s = Session::with(tls_rules(required));
+        let _ = s.replies();
+        s.send("USER alice\r\nPASS secret\r\n");
+        assert_eq!(
+            s.replies(),
+            [
+                "530 TLS required: send AUTH TLS before USER and PASS.",
+                "530 TLS required: send AUTH TLS before USER and PASS.",
+            ],
+            "{required}"
+        );
+        assert!(s.actions().is_empty(), "no verification ran");
+        let mut s = Session::secured(required);
+        s.login();
+    }
+    // Data only: logins in plaintext are fine.
+    let mut s = Session::with(tls_rules(TlsRequired::Data));
+    let _ = s.replies();
+    s.login();
+}
+
+#[test]
+fn tls_required_data_refuses_transfers_without_prot_p() {
+    for required in [TlsRequired::Data, TlsRequired::All] {
+        let mut s = Session::secured(required);
+        s.login();
+        s.passive();
+        s.send("RETR f\r\nLIST\r\nNLST\r\nMLSD\r\nSTOR f\r\nAPPE f\r\nSTOU\r\n");
+        let replies = s.replies();
+        assert_eq!(replies.len(), 7, "{replies:?}");
+        for reply in &replies {
+            assert!(
+                reply.starts_with("521 Data connection cannot be opened with this PROT setting"),
+                "{required}: {reply}"
+            );
+        }
+        assert!(s.actions().is_empty(), "nothing started");
+        s.send("PBSZ 0\r\nPROT C\r\n");
+        assert_eq!(
+            s.replies(),
+            [
+                "200 PBSZ=0",
+                "534 PROT C refused: data connections must be protected."
+            ]
+        );
+        s.send("PROT P\r\nRETR f\r\n");
+        assert_eq!(s.codes(), [200]);
+        assert!(matches!(
+            s.actions().as_slice(),
+            [Action::Fs(FsOp::OpenDownload { .. })]
+        ));
+    }
+    // Login only: plaintext data is fine once logged in over TLS.
+    let mut s = Session::secured(TlsRequired::Login);
+    s.login();
+    s.retr_started("f");
+    assert!(!s.core.data_protected());
+}
+
+#[test]
+fn implicit_tls_starts_protected() {
+    let mut s = Session::with(tls_rules(TlsRequired::All));
+    s.core.set_implicit_tls();
+    assert_eq!(s.replies(), ["220 pasvd test"]);
+    assert!(s.core.data_protected());
+    s.send("AUTH TLS\r\n");
+    assert_eq!(s.replies(), ["503 Already using TLS."]);
+    s.login();
+    s.retr_started("f");
 }

@@ -1,0 +1,838 @@
+//! FTPS end to end: the pasvd binary with a certificate (explicit AUTH TLS on its control
+//! port, implicit TLS on its own listener) against real clients on loopback — curl, lftp,
+//! Python's ftplib and pasv itself — and the refusals that bind a data connection to its own
+//! control session, seen from a hand-written rustls client.
+//!
+//! A test whose client tool is missing prints why and passes (CI installs curl, lftp and
+//! python3: see `.ci/run`).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rustls::client::Resumption;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A certificate for 127.0.0.1 and localhost: its PEM files and its DER.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn generate(dir: &Path, name: &str) -> Cert {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("rcgen");
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    fs::write(&cert, generated.cert.pem()).expect("write cert");
+    fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
+    Cert {
+        cert,
+        key,
+        der: generated.cert.der().clone(),
+    }
+}
+
+/// pasvd as a child process with a certificate and an implicit FTPS listener, killed on
+/// drop. Its log (info) is read line by line into `log`.
+struct Pasvd {
+    child: Child,
+    port: u16,
+    implicit: u16,
+    root: PathBuf,
+    cert: Cert,
+    log: mpsc::Receiver<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Pasvd {
+    fn start(extra: &[&str]) -> Pasvd {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let lo = 41_300 + NEXT.fetch_add(10, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        fs::create_dir(&root).expect("root");
+        let cert = generate(dir.path(), "server");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--implicit-tls-listen",
+                "127.0.0.1:0",
+                "--pasv-address",
+                "127.0.0.1",
+                "--no-fsync",
+                "--anonymous-write",
+            ])
+            .arg("--root")
+            .arg(&root)
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key)
+            .args(["--pasv-min-port", &lo.to_string()])
+            .args(["--pasv-max-port", &(lo + 9).to_string()])
+            .args(extra)
+            .env("PASVD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pasvd starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("pasvd: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut port_of = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("stdout");
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or_else(|| panic!("expected {prefix}PORT, got {line:?}"))
+        };
+        let port = port_of("listening on 127.0.0.1:");
+        let implicit = port_of("implicit FTPS on 127.0.0.1:");
+        Pasvd {
+            child,
+            port,
+            implicit,
+            root,
+            cert,
+            log,
+            dir,
+        }
+    }
+
+    fn ca(&self) -> String {
+        self.cert.cert.display().to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Waits (bounded: each line within the timeout, at most 10,000 lines) for a log line
+    /// containing `text`.
+    fn wait_log(&self, text: &str) {
+        for _ in 0..10_000 {
+            match self.log.recv_timeout(TIMEOUT) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {text:?}: {e}"),
+            }
+        }
+        panic!("no log line with {text:?} in 10,000 lines");
+    }
+}
+
+impl Drop for Pasvd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `tool` runs; when not, says the test is skipped.
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: {tool} is not installed (apt-get install -y {tool})");
+    }
+    ok
+}
+
+fn run(tool: &str, args: &[&str], cwd: &Path) -> Output {
+    let output = Command::new(tool)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+// ---- real clients ----
+
+#[test]
+fn curl_explicit_ssl_reqd_and_implicit_ftps() {
+    if !have("curl") {
+        return;
+    }
+    let server = Pasvd::start(&["--tls-required", "all"]);
+    let work = tempfile::tempdir().expect("work");
+    let w = work.path();
+    let body = pattern(1 << 20, 1);
+    fs::write(server.root.join("big.bin"), &body).expect("write");
+    let ca = server.ca();
+    let curl = |args: &[&str]| {
+        run(
+            "curl",
+            &[&["-sS", "--max-time", "60", "--cacert", &ca], args].concat(),
+            w,
+        )
+    };
+    // Explicit: AUTH, PBSZ 0, PROT P; EPSV and PASV.
+    curl(&["--ssl-reqd", "-o", "epsv.bin", &server.url("big.bin")]);
+    assert_eq!(fs::read(w.join("epsv.bin")).expect("read"), body);
+    curl(&[
+        "--ssl-reqd",
+        "--disable-epsv",
+        "-o",
+        "pasv.bin",
+        &server.url("big.bin"),
+    ]);
+    assert_eq!(fs::read(w.join("pasv.bin")).expect("read"), body);
+    // Resumed download (REST) and a small one.
+    fs::write(w.join("part.bin"), &body[..300_000]).expect("write");
+    curl(&[
+        "--ssl-reqd",
+        "-C",
+        "-",
+        "-o",
+        "part.bin",
+        &server.url("big.bin"),
+    ]);
+    assert_eq!(fs::read(w.join("part.bin")).expect("read"), body);
+    fs::write(server.root.join("small.txt"), b"small\n").expect("write");
+    let small = curl(&["--ssl-reqd", &server.url("small.txt")]);
+    assert_eq!(small.stdout, b"small\n");
+    // Upload, and a resumed upload (SIZE, APPE).
+    fs::write(w.join("up.bin"), &body).expect("write");
+    curl(&["--ssl-reqd", "-T", "up.bin", &server.url("up.bin")]);
+    assert_eq!(fs::read(server.root.join("up.bin")).expect("read"), body);
+    fs::write(server.root.join("resume.bin"), &body[..123_456]).expect("write");
+    curl(&[
+        "--ssl-reqd",
+        "-C",
+        "-",
+        "-T",
+        "up.bin",
+        &server.url("resume.bin"),
+    ]);
+    assert_eq!(
+        fs::read(server.root.join("resume.bin")).expect("read"),
+        body
+    );
+    // Listing.
+    let list = curl(&["--ssl-reqd", &server.url("")]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.lines().any(|l| l.ends_with(" big.bin")), "{list}");
+    // Implicit: ftps:// on the implicit listener.
+    let implicit = format!("ftps://127.0.0.1:{}/", server.implicit);
+    curl(&["-o", "implicit.bin", &format!("{implicit}big.bin")]);
+    assert_eq!(fs::read(w.join("implicit.bin")).expect("read"), body);
+    curl(&["-T", "up.bin", &format!("{implicit}up2.bin")]);
+    assert_eq!(fs::read(server.root.join("up2.bin")).expect("read"), body);
+    // Without --ssl-reqd curl logs in in plaintext: refused under --tls-required all.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "20", &server.url("small.txt")])
+        .output()
+        .expect("curl");
+    assert!(!plain.status.success(), "a plaintext login was accepted");
+}
+
+#[test]
+fn lftp_with_ssl_force_explicit_and_implicit() {
+    if !have("lftp") {
+        return;
+    }
+    let server = Pasvd::start(&[]);
+    let work = tempfile::tempdir().expect("work");
+    let w = work.path();
+    let body = pattern(700_000, 2);
+    fs::write(server.root.join("data.bin"), &body).expect("write");
+    fs::write(w.join("local.bin"), pattern(50_000, 3)).expect("write");
+    let settings = format!(
+        "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
+         set ftp:ssl-force true; set ftp:ssl-protect-data true; set ftp:ssl-protect-list true; \
+         set ssl:ca-file {}; set ssl:verify-certificate yes;",
+        server.ca()
+    );
+    let script = format!(
+        "{settings} open -u anonymous,lftp@ -p {} 127.0.0.1; \
+         get data.bin -o got.bin; get -c data.bin -o partial.bin; put local.bin -o sent.bin; \
+         cls -1; bye",
+        server.port
+    );
+    fs::write(w.join("partial.bin"), &body[..100_000]).expect("write");
+    let out = run("lftp", &["-c", &script], w);
+    assert_eq!(fs::read(w.join("got.bin")).expect("read"), body);
+    assert_eq!(fs::read(w.join("partial.bin")).expect("read"), body);
+    assert_eq!(
+        fs::read(server.root.join("sent.bin")).expect("read"),
+        pattern(50_000, 3)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.lines().any(|l| l == "data.bin"), "{listing}");
+    let script = format!(
+        "{settings} open -u anonymous,lftp@ ftps://127.0.0.1:{}; get data.bin -o implicit.bin; bye",
+        server.implicit
+    );
+    run("lftp", &["-c", &script], w);
+    assert_eq!(fs::read(w.join("implicit.bin")).expect("read"), body);
+}
+
+/// Python's `ftplib.FTP_TLS` opens data connections with a new TLS session; the subclass of
+/// docs/FTPS.md passes the control connection's. Prints one line per class.
+const FTPLIB: &str = r#"
+import ftplib, io, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+body = bytes((i * 7 + 3) % 256 for i in range(200000))
+for cls in (ftplib.FTP_TLS, ReusingFTP_TLS):
+    f = cls(context=ctx, timeout=20)
+    f.connect("127.0.0.1", port)
+    f.login("anonymous", "py@")
+    f.prot_p()
+    try:
+        got = bytearray()
+        f.retrbinary("RETR f.bin", got.extend)
+        assert bytes(got) == body, "download differs"
+    except ftplib.error_temp as e:
+        print(cls.__name__, "refused", str(e)[:3])
+        f.quit()
+        continue
+    name = cls.__name__ + ".bin"
+    f.storbinary("STOR " + name, io.BytesIO(body))
+    got = bytearray()
+    f.retrbinary("RETR " + name, got.extend)
+    assert bytes(got) == body, "upload differs"
+    tail = bytearray()
+    f.retrbinary("RETR " + name, tail.extend, rest=150000)
+    assert bytes(tail) == body[150000:], "resumed download differs"
+    assert name in f.nlst(), "listing"
+    print(cls.__name__, "ok")
+    f.quit()
+"#;
+
+fn ftplib(server: &Pasvd, work: &Path) -> String {
+    let body: Vec<u8> = (0..200_000u32).map(|i| ((i * 7 + 3) % 256) as u8).collect();
+    fs::write(server.root.join("f.bin"), body).expect("write");
+    let out = run(
+        "python3",
+        &["-c", FTPLIB, &server.port.to_string(), &server.ca()],
+        work,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn python_ftplib_tls_needs_the_session_passed_unless_reuse_is_off() {
+    if !have("python3") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("work");
+    let server = Pasvd::start(&[]);
+    let out = ftplib(&server, work.path());
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["FTP_TLS refused 425", "ReusingFTP_TLS ok"],
+        "{out}"
+    );
+    let off = Pasvd::start(&["--tls-session-reuse", "off"]);
+    let out = ftplib(&off, work.path());
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["FTP_TLS ok", "ReusingFTP_TLS ok"],
+        "{out}"
+    );
+}
+
+#[test]
+fn pasv_client_explicit_implicit_and_load() {
+    let server = Pasvd::start(&["--tls-required", "all"]);
+    let work = tempfile::tempdir().expect("work");
+    let w = work.path();
+    let body = pattern(300_000, 4);
+    fs::write(w.join("in.bin"), &body).expect("write");
+    let ca = server.ca();
+    let pasv = |args: &[&str]| run(env!("CARGO_BIN_EXE_pasv"), args, w);
+    let explicit = format!("ftp://anonymous:x@127.0.0.1:{}", server.port);
+    pasv(&[
+        "put",
+        "--quiet",
+        "--tls",
+        "--ca-file",
+        &ca,
+        &format!("{explicit}/copy.bin"),
+        "in.bin",
+    ]);
+    assert_eq!(fs::read(server.root.join("copy.bin")).expect("read"), body);
+    pasv(&[
+        "get",
+        "--quiet",
+        "--ca-file",
+        &ca,
+        &format!("ftpes://anonymous:x@127.0.0.1:{}/copy.bin", server.port),
+        "out.bin",
+    ]);
+    assert_eq!(fs::read(w.join("out.bin")).expect("read"), body);
+    pasv(&[
+        "get",
+        "--quiet",
+        "--ca-file",
+        &ca,
+        &format!("ftps://anonymous:x@127.0.0.1:{}/copy.bin", server.implicit),
+        "implicit.bin",
+    ]);
+    assert_eq!(fs::read(w.join("implicit.bin")).expect("read"), body);
+    let out = pasv(&[
+        "load",
+        "--json",
+        "--tls",
+        "--ca-file",
+        &ca,
+        "-k",
+        "4",
+        "--max-transfers",
+        "40",
+        &format!("{explicit}/copy.bin"),
+    ]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(report["tls_data_handshakes_resumed"], 40, "{json}");
+    assert_eq!(report["tls_data_handshakes_full"], 0, "{json}");
+}
+
+// ---- refusals, with a rustls client ----
+
+fn connector(roots: &[&CertificateDer<'static>], resume: bool) -> TlsConnector {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add((*root).clone()).expect("root");
+    }
+    let mut config = ClientConfig::builder_with_provider(pasv_tools::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    TlsConnector::from(Arc::new(config))
+}
+
+fn loopback() -> ServerName<'static> {
+    ServerName::try_from("127.0.0.1").expect("name")
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A control connection (plain until AUTH TLS, or implicit).
+struct Ctl<S> {
+    stream: tokio::io::BufReader<S>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Ctl<S> {
+    /// The next reply: its code and its last line.
+    async fn reply(&mut self) -> (u16, String) {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .expect("read reply");
+            assert!(n > 0, "control connection closed");
+            let b = line.as_bytes();
+            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
+                return (line[..3].parse().expect("code"), line.trim_end().to_owned());
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stream = self.stream.get_mut();
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("write");
+        stream.flush().await.expect("flush");
+    }
+
+    async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    async fn expect(&mut self, line: &str, code: u16) -> String {
+        let (got, text) = self.cmd(line).await;
+        assert_eq!(got, code, "{line}: {text}");
+        text
+    }
+
+    async fn login(&mut self) {
+        self.expect("USER anonymous", 331).await;
+        self.expect("PASS x@", 230).await;
+        self.expect("TYPE I", 200).await;
+    }
+
+    /// EPSV's port.
+    async fn epsv(&mut self) -> u16 {
+        let text = self.expect("EPSV", 229).await;
+        text.split("|||")
+            .nth(1)
+            .and_then(|rest| rest.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("229 without a port: {text}"))
+    }
+}
+
+/// An implicit FTPS session, greeted and logged in.
+async fn implicit(server: &Pasvd, tls: &TlsConnector) -> Ctl<Tls> {
+    implicit_at(server.implicit, tls).await
+}
+
+async fn implicit_at(port: u16, tls: &TlsConnector) -> Ctl<Tls> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let stream = tls.connect(loopback(), tcp).await.expect("handshake");
+    let mut ctl = Ctl {
+        stream: tokio::io::BufReader::new(stream),
+    };
+    assert_eq!(ctl.reply().await.0, 220);
+    ctl.login().await;
+    ctl
+}
+
+/// RETR `name` with a data connection whose TLS comes from `data_tls`: the bytes read and
+/// the final reply.
+async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u8>, (u16, String)) {
+    let port = ctl.epsv().await;
+    ctl.expect(&format!("RETR {name}"), 150).await;
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("data connect");
+    let mut got = Vec::new();
+    let mut clean = false;
+    if let Ok(mut data) = data_tls.connect(loopback(), tcp).await {
+        // A refused connection ends with close_notify or a reset: no file bytes either way.
+        // A served one ends with close_notify (rustls reports a bare close as an error).
+        let read = tokio::time::timeout(TIMEOUT, data.read_to_end(&mut got)).await;
+        clean = matches!(read, Ok(Ok(_)));
+    }
+    let reply = ctl.reply().await;
+    if reply.0 == 226 {
+        assert!(
+            clean,
+            "226 for a data connection that ended without close_notify"
+        );
+    }
+    (got, reply)
+}
+
+#[tokio::test]
+async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
+    let server = Pasvd::start(&[]);
+    let body = pattern(100_000, 5);
+    fs::write(server.root.join("f.bin"), &body).expect("write");
+    // The thief logs in on its own session: its client holds tickets that pasvd issued, on
+    // another control session than the victim's. Both come from 127.0.0.1.
+    let thief_tls = connector(&[&server.cert.der], true);
+    let mut thief = implicit(&server, &thief_tls).await;
+    thief.expect("NOOP", 200).await;
+    let victim_tls = connector(&[&server.cert.der], true);
+    let mut victim = implicit(&server, &victim_tls).await;
+    let (got, (code, text)) = retr(&mut victim, "f.bin", &thief_tls).await;
+    assert_eq!(code, 425, "{text}");
+    assert!(text.contains("not resumed"), "{text}");
+    assert!(got.is_empty(), "the thief got {} bytes", got.len());
+    // Whatever the refused handshake sent, it gave the thief nothing to resume with.
+    let (got, (code, text)) = retr(&mut victim, "f.bin", &thief_tls).await;
+    assert_eq!((code, got.len()), (425, 0), "second attempt: {text}");
+    // The victim's own data connection resumes its session and gets the file.
+    let (got, (code, text)) = retr(&mut victim, "f.bin", &victim_tls).await;
+    assert_eq!(code, 226, "{text}");
+    assert!(got == body, "the victim's download differs");
+    // And the thief's own too.
+    let (got, (code, _)) = retr(&mut thief, "f.bin", &thief_tls).await;
+    assert_eq!((code, got.len()), (226, body.len()));
+}
+
+#[tokio::test]
+async fn data_connection_without_resumption_is_refused_when_required_accepted_when_off() {
+    for (reuse, accepted) in [("required", false), ("off", true)] {
+        let server = Pasvd::start(&["--tls-session-reuse", reuse]);
+        let body = pattern(10_000, 6);
+        fs::write(server.root.join("f.bin"), &body).expect("write");
+        let fresh = connector(&[&server.cert.der], false);
+        let mut ctl = implicit(&server, &fresh).await;
+        let (got, (code, text)) = retr(&mut ctl, "f.bin", &fresh).await;
+        if accepted {
+            assert_eq!(code, 226, "reuse {reuse}: {text}");
+            assert!(got == body, "reuse {reuse}: download differs");
+        } else {
+            assert_eq!(code, 425, "reuse {reuse}: {text}");
+            assert!(text.contains("not resumed"), "{text}");
+            assert!(got.is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn plaintext_data_connection_under_prot_p_is_refused() {
+    let server = Pasvd::start(&["--accept-timeout", "2"]);
+    let body = pattern(10_000, 7);
+    fs::write(server.root.join("f.bin"), &body).expect("write");
+    let tls = connector(&[&server.cert.der], true);
+    let mut ctl = implicit(&server, &tls).await;
+    // A download to a plaintext connection: the server waits for a ClientHello that never
+    // comes, within the accept deadline, and sends nothing of the file.
+    let port = ctl.epsv().await;
+    ctl.expect("RETR f.bin", 150).await;
+    let mut plain = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (code, text) = ctl.reply().await;
+    assert_eq!(code, 425, "{text}");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, plain.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{} plaintext bytes of the file", got.len());
+    // An upload from a plaintext connection: its bytes are no ClientHello.
+    let port = ctl.epsv().await;
+    ctl.expect("STOR up.bin", 150).await;
+    let mut plain = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let _ = plain.write_all(b"plaintext upload\r\n").await;
+    let _ = plain.shutdown().await;
+    let (code, text) = ctl.reply().await;
+    assert_eq!(code, 425, "{text}");
+    assert!(!server.root.join("up.bin").exists());
+    // The session goes on.
+    let (got, (code, _)) = retr(&mut ctl, "f.bin", &tls).await;
+    assert_eq!(code, 226);
+    assert!(got == body, "download differs");
+}
+
+#[tokio::test]
+async fn tls_required_login_refuses_user_before_auth_and_drops_pipelined_commands() {
+    let server = Pasvd::start(&["--tls-required", "login"]);
+    let tcp = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .expect("connect");
+    let mut plain = Ctl {
+        stream: tokio::io::BufReader::new(tcp),
+    };
+    assert_eq!(plain.reply().await.0, 220);
+    let text = plain.expect("USER anonymous", 530).await;
+    assert!(text.contains("TLS required"), "{text}");
+    plain.expect("PASS x@", 530).await;
+    plain.send("FEAT").await;
+    let mut feat = Vec::new();
+    loop {
+        let mut line = String::new();
+        plain.stream.read_line(&mut line).await.expect("FEAT");
+        if line.starts_with("211 ") {
+            break;
+        }
+        feat.push(line.trim().to_owned());
+    }
+    for want in ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"] {
+        assert!(feat.iter().any(|l| l == want), "{want}: {feat:?}");
+    }
+    // AUTH TLS with a USER pipelined behind it, in one write: the USER was sent in
+    // plaintext and must not count.
+    plain
+        .stream
+        .get_mut()
+        .write_all(b"AUTH TLS\r\nUSER anonymous\r\n")
+        .await
+        .expect("write");
+    let (code, text) = plain.reply().await;
+    assert_eq!(code, 234, "{text}");
+    assert!(plain.stream.buffer().is_empty());
+    let tcp = plain.stream.into_inner();
+    let tls = connector(&[&server.cert.der], true);
+    let stream = tls.connect(loopback(), tcp).await.expect("handshake");
+    let mut ctl = Ctl {
+        stream: tokio::io::BufReader::new(stream),
+    };
+    let (code, text) = ctl.cmd("PASS x@").await;
+    assert_eq!(code, 503, "the pipelined USER ran: {text}");
+    ctl.login().await;
+    ctl.expect("PBSZ 0", 200).await;
+    ctl.expect("PROT P", 200).await;
+    ctl.expect("CCC", 534).await;
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate_for_new_sessions_while_old_ones_keep_working() {
+    let server = Pasvd::start(&[]);
+    let body = pattern(50_000, 8);
+    fs::write(server.root.join("f.bin"), &body).expect("write");
+    let second = generate(server.dir.path(), "second");
+    // One client per session: a client's TLS sessions are those of its own control
+    // session only.
+    let old_tls = connector(&[&server.cert.der, &second.der], true);
+    let tls = connector(&[&server.cert.der, &second.der], true);
+    let peer = |ctl: &Ctl<Tls>| {
+        ctl.stream
+            .get_ref()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("certificate")[0]
+            .clone()
+    };
+    let mut old = implicit(&server, &old_tls).await;
+    assert_eq!(peer(&old), server.cert.der);
+    // The files are replaced (as a renewal does), then SIGHUP.
+    fs::copy(&second.cert, &server.cert.cert).expect("copy cert");
+    fs::copy(&second.key, &server.cert.key).expect("copy key");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&server.child),
+        rustix::process::Signal::HUP,
+    )
+    .expect("SIGHUP");
+    server.wait_log("TLS certificate reloaded");
+    let mut new = implicit(&server, &tls).await;
+    assert_eq!(
+        peer(&new),
+        second.der,
+        "a new session gets the new certificate"
+    );
+    let (got, (code, text)) = retr(&mut new, "f.bin", &tls).await;
+    assert_eq!((code, got.len()), (226, body.len()), "{text}");
+    // The old session still resumes its own TLS session on its data connections.
+    let (got, (code, text)) = retr(&mut old, "f.bin", &old_tls).await;
+    assert_eq!(code, 226, "{text}");
+    assert!(got == body, "the old session's download differs");
+    old.expect("NOOP", 200).await;
+}
+
+/// One HTTP/1.1 GET, the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("metrics");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("in time")
+        .expect("response");
+    let response = String::from_utf8(response).expect("UTF-8");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .expect("body")
+}
+
+fn sample(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_handshakes_and_refused_data_connections() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("root");
+    fs::create_dir(&root).expect("root");
+    let cert = generate(dir.path(), "server");
+    let body = pattern(20_000, 9);
+    fs::write(root.join("f.bin"), &body).expect("write");
+    let mut config = pasv_tools::server::Config::for_tests(root.clone());
+    config.tls_cert = Some(cert.cert.clone());
+    config.tls_key = Some(cert.key.clone());
+    config.implicit_tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    config.metrics = Some("127.0.0.1:0".parse().expect("addr"));
+    (config.pasv_min_port, config.pasv_max_port) = (41_280, 41_289);
+    let server = pasv_tools::server::Server::bind(config)
+        .await
+        .expect("server");
+    let port = server.implicit_tls_addr().expect("implicit").port();
+    let metrics = server.metrics_addr().expect("metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    // Two resumed data connections of one session.
+    let tls = connector(&[&cert.der], true);
+    let mut ctl = implicit_at(port, &tls).await;
+    for _ in 0..2 {
+        let (got, (code, text)) = retr(&mut ctl, "f.bin", &tls).await;
+        assert_eq!((code, got.len()), (226, body.len()), "{text}");
+    }
+    // A client that does not resume: its control handshake counts, its data one is refused.
+    let fresh = connector(&[&cert.der], false);
+    let mut other = implicit_at(port, &fresh).await;
+    let (_, (code, _)) = retr(&mut other, "f.bin", &fresh).await;
+    assert_eq!(code, 425);
+    // A plaintext upload: no handshake at all.
+    let data_port = other.epsv().await;
+    other.expect("STOR x.bin", 150).await;
+    let mut plain = TcpStream::connect(("127.0.0.1", data_port))
+        .await
+        .expect("connect");
+    let _ = plain.write_all(b"not tls\r\n").await;
+    assert_eq!(other.reply().await.0, 425);
+    let text = scrape(metrics).await;
+    let handshakes = |connection: &str, kind: &str| {
+        sample(
+            &text,
+            &format!("pasvd_tls_handshakes_total{{connection=\"{connection}\",kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(handshakes("control", "full"), 2.0);
+    assert_eq!(handshakes("control", "resumed"), 0.0);
+    assert_eq!(handshakes("data", "resumed"), 2.0);
+    assert_eq!(handshakes("data", "full"), 0.0);
+    let refused = |reason: &str| {
+        sample(
+            &text,
+            &format!("pasvd_tls_data_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("not_resumed"), 1.0);
+    assert_eq!(refused("failed"), 1.0);
+    assert_eq!(refused("timeout"), 0.0);
+    assert_eq!(sample(&text, "pasvd_tls_control_failed_total"), 0.0);
+    let _ = stop.send(());
+    running.await.expect("join").expect("stopped");
+}
