@@ -229,11 +229,21 @@ pub fn pasvd_command(
             // takes a TLS handshake, and in plaintext too).
             "--max-passive-per-ip",
             "0",
-            "--max-unauthenticated-per-ip",
-            "0",
-        ])
-        .args(extra);
+        ]);
+    // A baseline build may predate the flag (and the cap): it then has nothing to lift.
+    if knows_flag(pasvd, "--max-unauthenticated-per-ip") {
+        c.args(["--max-unauthenticated-per-ip", "0"]);
+    }
+    c.args(extra);
     c
+}
+
+/// Whether the program at `bin` lists `flag` in its `--help`.
+fn knows_flag(bin: &Path, flag: &str) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// What a fleet is made of.
