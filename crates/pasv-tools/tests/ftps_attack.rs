@@ -358,3 +358,100 @@ fn same_address_thief_without_resumption_does_not_fail_the_real_clients_transfer
     );
     assert!(out.contains("REAL GOT 100000"), "{out}");
 }
+
+// ---- 4. SIGHUP cannot read a root-only key once privileges are dropped ----
+
+/// The recommended deployment binds as root and serves as `run_as` (DESIGN: never serve as
+/// root), with the key readable by root only (as ACME clients write it). The certificate is
+/// read at start, before the drop; the SIGHUP reload reads it again as `run_as`, gets
+/// EACCES and keeps the old certificate: renewal by "replace the files and send SIGHUP"
+/// (docs/FTPS.md) never works in that deployment, and the certificate expires in service.
+#[test]
+fn sighup_reload_reads_a_root_only_key_after_privileges_are_dropped() {
+    let uid = Command::new("id").arg("-u").output().ok();
+    let is_root = uid.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let has_nobody = Command::new("id")
+        .arg("nobody")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !is_root || !has_nobody {
+        eprintln!("SKIPPED: needs root and a `nobody` account (run_as)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |p: &Path| fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
+    open(dir.path());
+    let root = dir.path().join("root");
+    fs::create_dir(&root).expect("root");
+    open(&root);
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("rcgen");
+    let cert = dir.path().join("fullchain.pem");
+    let key = dir.path().join("privkey.pem");
+    fs::write(&cert, generated.cert.pem()).expect("cert");
+    fs::write(&key, generated.key_pair.serialize_pem()).expect("key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
+        .args(["--listen", "127.0.0.1:0", "--pasv-address", "127.0.0.1"])
+        .args(["--run-as", "nobody", "--pasv-min-port", "42900"])
+        .args(["--pasv-max-port", "42909"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("PASVD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pasvd starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("stdout");
+    assert!(line.starts_with("listening on"), "{line}");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("pasvd: {line}");
+            if (line.contains("TLS certificate reload") || line.contains("certificate reloaded"))
+                && tx.send(line).is_err()
+            {
+                break;
+            }
+        }
+    });
+    // The SIGHUP handler is installed when the server starts accepting (after "listening
+    // on" is printed: a SIGHUP in between kills pasvd): wait for a greeting first.
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut greeting = String::new();
+    let control = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    BufReader::new(&control)
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let outcome = outcome.expect("a reload log line");
+    assert!(
+        !outcome.contains("failed"),
+        "SIGHUP reload under run_as: {outcome}"
+    );
+}
