@@ -385,6 +385,28 @@ impl TlsServer {
             .map_err(wrap)
     }
 
+    /// Whether the certificate and key files can be read now (call after the switch to
+    /// `run_as`, named `account`): SIGHUP reads them again with these privileges. When they
+    /// cannot, a warning says that every reload will fail and how to fix it.
+    pub(crate) fn check_readable_as(&self, account: &str) -> bool {
+        let CertSource::Files { cert, key } = self.resolver.source() else {
+            return true;
+        };
+        let mut readable = true;
+        for path in [cert, key] {
+            if let Err(e) = std::fs::File::open(path) {
+                readable = false;
+                tracing::warn!(
+                    "TLS file {} is not readable by the run_as account {account} ({e}): \
+                     a SIGHUP reload will fail and keep the current certificate; give it to \
+                     that account's group with mode 0640 (see docs/FTPS.md)",
+                    path.display()
+                );
+            }
+        }
+        readable
+    }
+
     /// The certificate resolver (for [`reload_on_sighup`]).
     pub fn resolver(&self) -> &Arc<CertResolver> {
         &self.resolver
