@@ -367,7 +367,9 @@ fn python_ftplib_tls_needs_the_session_passed_unless_reuse_is_off() {
         return;
     }
     let work = tempfile::tempdir().expect("work");
-    let server = Pasvd::start(&[]);
+    // FTP_TLS's refused data connection: its 425 comes at the accept deadline (pasvd
+    // waits for a connection that resumes).
+    let server = Pasvd::start(&["--accept-timeout", "2"]);
     let out = ftplib(&server, work.path());
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -568,7 +570,9 @@ async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u
 
 #[tokio::test]
 async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
-    let server = Pasvd::start(&[]);
+    // A refused connection is reset and the endpoint waits for another until the accept
+    // deadline: short here, so that the 425 comes soon.
+    let server = Pasvd::start(&["--accept-timeout", "2"]);
     let body = pattern(100_000, 5);
     fs::write(server.root.join("f.bin"), &body).expect("write");
     // The thief logs in on its own session: its client holds tickets that pasvd issued, on
@@ -597,7 +601,7 @@ async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
 #[tokio::test]
 async fn data_connection_without_resumption_is_refused_when_required_accepted_when_off() {
     for (reuse, accepted) in [("required", false), ("off", true)] {
-        let server = Pasvd::start(&["--tls-session-reuse", reuse]);
+        let server = Pasvd::start(&["--tls-session-reuse", reuse, "--accept-timeout", "2"]);
         let body = pattern(10_000, 6);
         fs::write(server.root.join("f.bin"), &body).expect("write");
         let fresh = connector(&[&server.cert.der], false);

@@ -839,8 +839,7 @@ impl Core {
         }
         // Whatever came in plaintext after AUTH is not the client's protected command
         // stream: dropped (the driver reads nothing in between, this is belt and braces).
-        self.input.clear();
-        self.decoder = CommandDecoder::new();
+        self.drop_plaintext_input();
         if ok {
             self.tls.control = true;
             self.state = State::AwaitingUser;
@@ -1294,9 +1293,10 @@ impl Core {
         }
         self.reply(ReplyCode::AUTH_OK, b"Proceed with TLS negotiation.");
         // Everything the client sent after the AUTH line was sent in plaintext before the
-        // handshake: never taken as a command (the STARTTLS command injection).
-        self.input.clear();
-        self.decoder = CommandDecoder::new();
+        // handshake: never taken as a command (the STARTTLS command injection). That is the
+        // undecoded input and the commands queued during a transfer (REIN, AUTH TLS, then
+        // more, all pipelined while a transfer ran: AUTH came from the queue).
+        self.drop_plaintext_input();
         self.state = State::Securing;
         self.actions.push_back(Action::SecureControl);
     }
@@ -1945,6 +1945,16 @@ impl Core {
     }
 
     // ---- helpers ----
+
+    /// Forgets every command read but not yet run: the undecoded input, the decoder's
+    /// state and the commands queued behind a transfer. Used when the control connection
+    /// turns to TLS: nothing sent in plaintext before the handshake may run after it.
+    fn drop_plaintext_input(&mut self) {
+        self.input.clear();
+        self.decoder = CommandDecoder::new();
+        self.queued
+            .retain(|queued| !matches!(queued, Queued::Command(_)));
+    }
 
     /// Waits for the outside world: `op` runs, `pending` takes its answer.
     fn busy(&mut self, pending: Pending, op: FsOp) {

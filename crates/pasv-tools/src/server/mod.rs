@@ -260,6 +260,18 @@ pub struct Server {
     shared: Arc<Shared>,
     /// The metrics listener and what it serves, when `metrics` is set.
     metrics: Option<(std::net::TcpListener, Arc<metrics::Exporter>)>,
+    /// The SIGHUP certificate reloader, installed by [`BoundServer::start`] (before the
+    /// caller announces the server: a SIGHUP from then on reloads instead of killing it).
+    reloader: Option<AbortOnDrop>,
+}
+
+/// A task that stops when its handle goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -503,6 +515,17 @@ impl BoundServer {
             fail_delay: config.login_fail_delay,
             capacity: defender::DEFAULT_CAPACITY,
         }));
+        if let (Some(account), Some(tls)) = (&run_as, &tls) {
+            tls.check_readable_as(&account.name);
+        }
+        // A new certificate for new handshakes on SIGHUP; sessions keep theirs. Installed
+        // now, before the caller prints that it listens.
+        let reloader = match &tls {
+            Some(tls) => Some(AbortOnDrop(
+                tls::reload_on_sighup(Arc::clone(tls.resolver())).map_err(ServerError::Accept)?,
+            )),
+            None => None,
+        };
         let counters = Arc::clone(&ports.counters);
         let metrics = metrics_listener.map(|l| {
             let collector = metrics::ServerCollector::new(
@@ -518,6 +541,7 @@ impl BoundServer {
             local_addr,
             implicit,
             metrics,
+            reloader,
             shared: Arc::new(Shared {
                 rules: Arc::new(self::core::Rules::new(&config, users.anonymous_allowed())),
                 busy_poll: busy_poll::BusyPoll::new(config.busy_poll),
@@ -586,15 +610,9 @@ impl Server {
             implicit,
             shared,
             metrics,
+            reloader,
             ..
         } = self;
-        // A new certificate for new handshakes on SIGHUP; sessions keep theirs.
-        let reloader = match &shared.tls {
-            Some(tls) => Some(
-                tls::reload_on_sighup(Arc::clone(tls.resolver())).map_err(ServerError::Accept)?,
-            ),
-            None => None,
-        };
         if let Some((metrics_listener, exporter)) = metrics {
             tokio::spawn(metrics::serve(
                 metrics_listener,
@@ -662,9 +680,7 @@ impl Server {
         }
         drop(listener);
         drop(implicit);
-        if let Some(reloader) = reloader {
-            reloader.abort();
-        }
+        drop(reloader);
         tracing::info!(sessions = sessions.len(), "shutting down");
         shared.shutdown.cancel();
         let drain = async { while sessions.join_next().await.is_some() {} };

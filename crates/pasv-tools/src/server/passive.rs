@@ -635,6 +635,7 @@ impl PassivePorts {
             acceptor,
             deadline: clock::now() + self.accept_timeout,
             peer,
+            keep_listening: false,
         })
     }
 
@@ -1247,9 +1248,42 @@ pub(crate) struct Passive {
     acceptor: Acceptor,
     deadline: Instant,
     peer: IpAddr,
+    /// The listener stays open after a connection is taken (see
+    /// [`Passive::keep_listening`]).
+    keep_listening: bool,
 }
 
 impl Passive {
+    /// Keeps accepting after a connection is taken, until the endpoint is dropped: a data
+    /// connection under PROT P is the client's only once its TLS handshake resumed the
+    /// control session, and one from the right address that fails it (a port thief behind
+    /// the same NAT) must not end the wait for the real one.
+    pub(crate) fn keep_listening(&mut self) {
+        self.keep_listening = true;
+    }
+
+    /// A connection was taken: the listener closes, unless it is kept listening; then on a
+    /// prebound port a fresh registry entry takes the place of the one `routed` used.
+    fn taken(&mut self, routed_used: bool) {
+        if !self.keep_listening {
+            self.acceptor = Acceptor::Done;
+            return;
+        }
+        if let (
+            true,
+            Acceptor::Prebound {
+                routed, registry, ..
+            },
+        ) = (routed_used, &mut self.acceptor)
+        {
+            let (tx, rx) = oneshot::channel();
+            *routed = rx;
+            if let Some(addr) = self.guard.addr() {
+                lock(registry).insert((addr, self.peer), tx);
+            }
+        }
+    }
+
     /// The leased local address.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.guard
@@ -1290,7 +1324,10 @@ impl Passive {
             } => {
                 // Another session may have accepted our connection and passed it on.
                 match routed.try_recv() {
-                    Ok(stream) => stream,
+                    Ok(stream) => {
+                        self.taken(true);
+                        return Ok(Some(stream));
+                    }
                     Err(oneshot::error::TryRecvError::Closed) => return Err(withdrawn()),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         // From accept to registry look-up, no grant on this port runs.
@@ -1326,7 +1363,7 @@ impl Passive {
             Acceptor::Done => return Err(already_taken()),
         };
         // Close the listener now: nobody else may connect to this lease.
-        self.acceptor = Acceptor::Done;
+        self.taken(false);
         Ok(Some(taken))
     }
 
@@ -1375,7 +1412,7 @@ impl Passive {
                     return Err(AcceptError::Timeout);
                 }
                 Ok(Event::Routed(Ok(stream))) => {
-                    self.acceptor = Acceptor::Done;
+                    self.taken(true);
                     return Ok(stream);
                 }
                 Ok(Event::Routed(Err(_))) => return Err(withdrawn()),
@@ -1449,7 +1486,7 @@ impl Passive {
                 (stream, from_ip)
             };
             if client == self.peer {
-                self.acceptor = Acceptor::Done;
+                self.taken(false);
                 return Ok(stream);
             }
             tracing::warn!(port, from = %from, client = %client, expected = %self.peer,

@@ -103,6 +103,18 @@ impl Control {
                 // a Pending here only means the socket was full (the wake-up comes from
                 // `writable` in the loop, not from this waker).
                 let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                // While rustls still holds records the socket did not take, it gets no new
+                // bytes: they stay in the core's output, where its write-stall and idle
+                // timeouts see them. Otherwise rustls would buffer up to 64 KiB of replies
+                // for a client that stopped reading, and the core would believe them sent.
+                if s.get_ref().1.wants_write() {
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut **s).poll_flush(&mut cx) {
+                        return Err(e);
+                    }
+                    if s.get_ref().1.wants_write() {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                }
                 match Pin::new(&mut **s).poll_write(&mut cx, bytes) {
                     Poll::Ready(r) => r,
                     Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
@@ -331,6 +343,14 @@ async fn wait_transfer(transfer: &mut Option<Running>) -> Outcome {
     }
 }
 
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_op(op: &mut Option<Op>) -> OpDone {
     match op {
         Some(op) => op.await,
@@ -384,6 +404,8 @@ impl Driver {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<pasv_pool::Instant> = None;
+        // When a closed session whose last records rustls still holds is reset (see below).
+        let mut closing_deadline: Option<tokio::time::Instant> = None;
         loop {
             while let Some(action) = core.poll_action() {
                 self.execute(action, core, stream)?;
@@ -430,6 +452,18 @@ impl Driver {
                 }
                 (None, _) => armed = None,
             }
+            // The backstop for a closed session whose last replies rustls holds: the core has
+            // no timer left (its output is empty), and a client that never reads would keep
+            // the driver waiting for room forever. After `idle_timeout` the connection is
+            // reset, as the core resets one whose replies wait unread.
+            let closing = if core.is_closed() && stream.tls_pending() {
+                Some(
+                    *closing_deadline
+                        .get_or_insert_with(|| clock::now() + self.shared.config.idle_timeout),
+                )
+            } else {
+                None
+            };
             let can_read = core.wants_input();
             let replies_wait = !core.transmit().is_empty() || stream.tls_pending();
             let has_transfer = self.running.is_some();
@@ -480,6 +514,15 @@ impl Driver {
                         Ok(0) | Err(_) => core.handle_eof(clock::pool_now()),
                         Ok(_) => core.handle_input(clock::pool_now()),
                     }
+                }
+                () = sleep_until(closing), if closing.is_some() => {
+                    if let Some(tcp) = stream.tcp() {
+                        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS records left unread after the last reply",
+                    ));
                 }
                 () = shutdown.cancelled(), if !shutdown_told => {
                     shutdown_told = true;
@@ -953,8 +996,12 @@ impl Driver {
         };
         // The client usually connects right after 227: take a connection that is already
         // waiting, so a small download can go out inline.
-        // (An error shows again when the transfer waits for the connection.)
-        let _ = self.take_waiting_connection();
+        // (An error shows again when the transfer waits for the connection.) Not under
+        // PROT P: nothing goes out inline, and the transfer task accepts on the endpoint
+        // itself, so that it can accept again after a connection its TLS check refuses.
+        if !core.data_protected() {
+            let _ = self.take_waiting_connection();
+        }
         // PROT P: the data connection's TLS handshake runs in the transfer task, as part of
         // its accept; nothing goes out inline.
         let tls = if core.data_protected() {

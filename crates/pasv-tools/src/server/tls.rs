@@ -321,6 +321,15 @@ pub struct TlsServer {
     resolver: Arc<CertResolver>,
     reuse: SessionReuse,
     handshake_timeout: Duration,
+    /// Bounds the control connection's handshake (see [`TlsServer::control_timeout`]).
+    control_handshake_timeout: Duration,
+}
+
+/// The control connection's handshake bound for these timeouts: the shorter of the accept
+/// and login timeouts (a client that does not finish its handshake holds a place among the
+/// sessions not logged in yet), at least one second.
+pub(crate) fn control_handshake_timeout(accept: Duration, login: Duration) -> Duration {
+    accept.min(login).max(Duration::from_secs(1))
 }
 
 impl TlsServer {
@@ -342,7 +351,15 @@ impl TlsServer {
             resolver,
             reuse,
             handshake_timeout,
+            control_handshake_timeout: handshake_timeout,
         })
+    }
+
+    /// The same with another bound for the control connection's handshake (by default the
+    /// handshake timeout).
+    pub fn control_timeout(mut self, timeout: Duration) -> TlsServer {
+        self.control_handshake_timeout = timeout;
+        self
     }
 
     /// The same, restricted to some protocol versions (tests; a deployment pinning TLS 1.3).
@@ -380,9 +397,32 @@ impl TlsServer {
             );
         }
         let resolver = Arc::new(CertResolver::new(source).map_err(wrap)?);
+        let control = control_handshake_timeout(config.accept_timeout, config.login_timeout);
         TlsServer::new(resolver, config.tls_session_reuse, config.accept_timeout)
-            .map(Some)
+            .map(|server| Some(server.control_timeout(control)))
             .map_err(wrap)
+    }
+
+    /// Whether the certificate and key files can be read now (call after the switch to
+    /// `run_as`, named `account`): SIGHUP reads them again with these privileges. When they
+    /// cannot, a warning says that every reload will fail and how to fix it.
+    pub(crate) fn check_readable_as(&self, account: &str) -> bool {
+        let CertSource::Files { cert, key } = self.resolver.source() else {
+            return true;
+        };
+        let mut readable = true;
+        for path in [cert, key] {
+            if let Err(e) = std::fs::File::open(path) {
+                readable = false;
+                tracing::warn!(
+                    "TLS file {} is not readable by the run_as account {account} ({e}): \
+                     a SIGHUP reload will fail and keep the current certificate; give it to \
+                     that account's group with mode 0640 (see docs/FTPS.md)",
+                    path.display()
+                );
+            }
+        }
+        readable
     }
 
     /// The certificate resolver (for [`reload_on_sighup`]).
@@ -407,6 +447,7 @@ impl TlsServer {
             control: Arc::new(config),
             reuse: self.reuse,
             handshake_timeout: self.handshake_timeout,
+            control_handshake_timeout: self.control_handshake_timeout,
         })
     }
 }
@@ -460,6 +501,7 @@ pub struct SessionTls {
     control: Arc<ServerConfig>,
     reuse: SessionReuse,
     handshake_timeout: Duration,
+    control_handshake_timeout: Duration,
 }
 
 impl fmt::Debug for SessionTls {
@@ -481,13 +523,14 @@ impl SessionTls {
         &self,
         acceptor: &TlsAcceptor,
         stream: S,
+        timeout: Duration,
     ) -> Result<Accepted<S>, DataTlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+        let stream = tokio::time::timeout(timeout, acceptor.accept(stream))
             .await
-            .map_err(|_| DataTlsError::Timeout(self.handshake_timeout))?
+            .map_err(|_| DataTlsError::Timeout(timeout))?
             .map_err(DataTlsError::Handshake)?;
         let conn = stream.get_ref().1;
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
@@ -500,12 +543,14 @@ impl SessionTls {
     }
 
     /// The control connection's handshake (implicit FTPS right after accept, explicit after
-    /// the 234 reply to AUTH TLS), within the handshake timeout. Any handshake is accepted.
+    /// the 234 reply to AUTH TLS), within the control handshake timeout (see
+    /// [`TlsServer::control_timeout`]). Any handshake is accepted.
     pub async fn accept_control<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.handshake(&self.acceptor, stream).await
+        self.handshake(&self.acceptor, stream, self.control_handshake_timeout)
+            .await
     }
 
     /// A protected data connection's handshake, within the handshake timeout (call it right
@@ -564,7 +609,9 @@ impl SessionTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut accepted = self.handshake(acceptor, stream).await?;
+        let mut accepted = self
+            .handshake(acceptor, stream, self.handshake_timeout)
+            .await?;
         if self.reuse == SessionReuse::Required && !accepted.resumed {
             // A close_notify before the close: the client sees the data connection end
             // cleanly and reads the refusal on the control connection (Python's ssl module
@@ -670,4 +717,20 @@ pub fn describe(
         ("tls_required", quote(required.name().to_owned())),
         ("tls_session_reuse", quote(reuse.name().to_owned())),
     ]
+}
+
+#[cfg(test)]
+mod control_timeout_tests {
+    use super::*;
+
+    #[test]
+    fn the_control_handshake_gets_the_shorter_of_accept_and_login_timeouts_at_least_a_second() {
+        let s = Duration::from_secs;
+        assert_eq!(control_handshake_timeout(s(30), s(60)), s(30));
+        assert_eq!(control_handshake_timeout(s(30), s(5)), s(5));
+        assert_eq!(
+            control_handshake_timeout(Duration::from_millis(200), s(60)),
+            s(1)
+        );
+    }
 }

@@ -111,6 +111,28 @@ impl Outcome {
     }
 }
 
+/// How a refused data connection handshake is counted, and the 425's text.
+fn refusal_of(refused: &DataTlsError) -> (DataTlsRefusal, String) {
+    match refused {
+        DataTlsError::NotResumed { .. } => (
+            DataTlsRefusal::NotResumed,
+            "TLS session of data connection not resumed (it must resume the control \
+             connection's TLS session)"
+                .to_owned(),
+        ),
+        DataTlsError::Timeout(_) => (
+            DataTlsRefusal::Timeout,
+            "TLS handshake of data connection timed out".to_owned(),
+        ),
+        e => (DataTlsRefusal::Failed, format!("data connection: {e}")),
+    }
+}
+
+/// Data connections refused at their TLS handshake (from the right address, but not
+/// resuming the control session) that one transfer tolerates before it fails with 425: each
+/// costs a full handshake's CPU.
+const MAX_REFUSED_HANDSHAKES: u32 = 4;
+
 /// PROT P: the data connection is TLS, bound to this control session.
 pub(crate) struct DataTls {
     pub(crate) session: SessionTls,
@@ -184,15 +206,26 @@ impl Transfer {
         let start = clock::now();
         // Starts as "nothing moved yet"; the steps below fill it in.
         let mut outcome = Outcome::failed(Ending::Complete);
+        // PROT P on a passive endpoint: the endpoint keeps listening until a connection
+        // passed its TLS handshake (a same-address thief's refused one must not fail the
+        // transfer); it becomes the lease's guard after.
+        let mut listening: Option<Passive> = None;
         let connected = match self.source {
             DataSource::Connected(stream, guard) => Ok((stream, Some(guard))),
             DataSource::Passive(mut passive) => {
                 outcome.port = Some(passive.addr().port());
+                if self.tls.is_some() {
+                    passive.keep_listening();
+                }
                 let accepted = tokio::select! {
                     r = passive.accept() => Some(r),
                     _ = &mut self.abort => None,
                 };
                 match accepted {
+                    Some(Ok(stream)) if self.tls.is_some() => {
+                        listening = Some(passive);
+                        Ok((stream, None))
+                    }
                     Some(Ok(stream)) => Ok((stream, Some(passive.into_guard()))),
                     Some(Err(e)) => {
                         passive.never_connected();
@@ -222,7 +255,7 @@ impl Transfer {
                 }
             }
         };
-        let (stream, guard) = match connected {
+        let (stream, mut guard) = match connected {
             Ok(c) => c,
             Err(ending) => {
                 outcome.ending = ending;
@@ -268,72 +301,114 @@ impl Transfer {
                 closer
             }
             Some(tls) => {
+                // The accept and the handshakes share the one deadline.
                 let deadline = start + tls.accept_timeout;
-                let handshake = async {
-                    if sending {
-                        tls.session.accept_data(&mut tcp).await
-                    } else {
-                        tls.session.accept_upload(&mut tcp).await
-                    }
-                };
-                let handshake = tokio::time::timeout_at(deadline, handshake);
-                let accepted = tokio::select! {
-                    r = handshake => Some(r),
-                    _ = &mut self.abort => None,
-                };
-                let accepted =
-                    accepted.map(|r| r.unwrap_or(Err(DataTlsError::Timeout(tls.accept_timeout))));
-                match accepted {
-                    Some(Ok(accepted)) => {
-                        tls.metrics
-                            .tls_handshake(TlsConnection::Data, accepted.resumed);
-                        let mut stream = accepted.stream;
-                        let (ending, closer) = finish(
-                            &mut stream,
-                            &mut self.job,
-                            &mut buffer,
-                            buffer_size,
-                            stall,
-                            &progress,
-                            sending,
-                            &mut self.abort,
-                        )
-                        .await;
-                        outcome.ending = ending;
-                        closer
-                    }
-                    Some(Err(refused)) => {
-                        let (refusal, why) = match refused {
-                            DataTlsError::NotResumed { .. } => (
-                                DataTlsRefusal::NotResumed,
-                                "TLS session of data connection not resumed (it must resume \
-                                 the control connection's TLS session)"
-                                    .to_owned(),
-                            ),
-                            DataTlsError::Timeout(_) => (
-                                DataTlsRefusal::Timeout,
-                                "TLS handshake of data connection timed out".to_owned(),
-                            ),
-                            e => (DataTlsRefusal::Failed, format!("data connection: {e}")),
-                        };
-                        tls.metrics.tls_data_refused(refusal);
-                        outcome.ending = Ending::NoConnection(why);
-                        if refusal == DataTlsRefusal::NotResumed {
-                            // close_notify and our FIN went out: a clean close.
-                            Closer::Server
+                let mut refused_handshakes = 0;
+                loop {
+                    let handshake = async {
+                        if sending {
+                            tls.session.accept_data(&mut tcp).await
                         } else {
+                            tls.session.accept_upload(&mut tcp).await
+                        }
+                    };
+                    let handshake = tokio::time::timeout_at(deadline, handshake);
+                    let accepted = tokio::select! {
+                        r = handshake => Some(r),
+                        _ = &mut self.abort => None,
+                    };
+                    let accepted = accepted
+                        .map(|r| r.unwrap_or(Err(DataTlsError::Timeout(tls.accept_timeout))));
+                    break match accepted {
+                        Some(Ok(accepted)) => {
+                            tls.metrics
+                                .tls_handshake(TlsConnection::Data, accepted.resumed);
+                            let mut stream = accepted.stream;
+                            let (ending, closer) = finish(
+                                &mut stream,
+                                &mut self.job,
+                                &mut buffer,
+                                buffer_size,
+                                stall,
+                                &progress,
+                                sending,
+                                &mut self.abort,
+                            )
+                            .await;
+                            outcome.ending = ending;
+                            closer
+                        }
+                        Some(Err(refused)) => {
+                            let (refusal, why) = refusal_of(&refused);
+                            tls.metrics.tls_data_refused(refusal);
+                            // From the right address but not the client's own TLS session (a
+                            // port thief behind the same NAT, or a client that does not
+                            // resume): on a passive endpoint the connection is reset and the
+                            // endpoint waits on for the real client until the deadline, for a
+                            // bounded number of refused handshakes.
+                            refused_handshakes += 1;
+                            let retry = match listening.as_mut() {
+                                Some(passive)
+                                    if refusal != DataTlsRefusal::Timeout
+                                        && refused_handshakes < MAX_REFUSED_HANDSHAKES =>
+                                {
+                                    Some(passive)
+                                }
+                                _ => None,
+                            };
+                            if let Some(passive) = retry {
+                                tracing::info!(port = outcome.port.unwrap_or(0), error = %refused,
+                                    "data connection refused at its TLS handshake; waiting for another");
+                                reset_data(&tcp);
+                                let next = tokio::select! {
+                                    r = tokio::time::timeout_at(deadline, passive.accept()) => Some(r),
+                                    _ = &mut self.abort => None,
+                                };
+                                match next {
+                                    None => outcome.ending = Ending::Aborted,
+                                    Some(Ok(Ok(stream))) => match TcpStream::from_std(stream) {
+                                        Ok(next) => {
+                                            // The refused connection goes with a reset.
+                                            tcp = next;
+                                            continue;
+                                        }
+                                        Err(e) => {
+                                            outcome.ending = Ending::NoConnection(e.to_string());
+                                        }
+                                    },
+                                    Some(Ok(Err(AcceptError::Io(e)))) => {
+                                        outcome.ending = Ending::NoConnection(e.to_string());
+                                    }
+                                    // The deadline passed: the last refusal is the 425's reason.
+                                    Some(Ok(Err(AcceptError::Timeout)) | Err(_)) => {
+                                        outcome.ending = Ending::NoConnection(why);
+                                    }
+                                }
+                                Closer::Reset
+                            } else {
+                                outcome.ending = Ending::NoConnection(why);
+                                if refusal == DataTlsRefusal::NotResumed {
+                                    // close_notify and our FIN went out: a clean close.
+                                    Closer::Server
+                                } else {
+                                    reset_data(&tcp);
+                                    Closer::Reset
+                                }
+                            }
+                        }
+                        None => {
                             reset_data(&tcp);
+                            outcome.ending = Ending::Aborted;
                             Closer::Reset
                         }
-                    }
-                    None => {
-                        reset_data(&tcp);
-                        outcome.ending = Ending::Aborted;
-                        Closer::Reset
-                    }
+                    };
                 }
             }
         };
+        // The endpoint stops listening now, and its lease goes back below.
+        if let Some(passive) = listening {
+            guard = Some(passive.into_guard());
+        }
         // Closed now (a reset if `reset_data` said so): before the lease goes back.
         drop(tcp);
         outcome.bytes = progress.load(Ordering::Relaxed);

@@ -1371,3 +1371,43 @@ fn implicit_tls_starts_protected() {
     s.login();
     s.retr_started("f");
 }
+
+#[test]
+fn commands_queued_behind_rein_and_auth_tls_during_a_transfer_are_dropped() {
+    // The STARTTLS injection through the transfer queue: REIN, AUTH TLS and more commands,
+    // all in plaintext while a transfer runs, wait in the queue; AUTH must drop those behind
+    // it as it drops the undecoded input.
+    let mut s = Session::with(tls_rules(TlsRequired::None));
+    let _ = s.replies();
+    s.login();
+    s.retr_started("f");
+    s.send("REIN\r\nAUTH TLS\r\nUSER mallory\r\nPASS x\r\nMKD injected\r\n");
+    assert_eq!(s.codes(), Vec::<u16>::new(), "queued behind the transfer");
+    s.end_transfer(Ending::Complete, false);
+    assert_eq!(
+        s.replies(),
+        [
+            "226 Transfer complete.",
+            "220 Ready for a new user.",
+            "234 Proceed with TLS negotiation.",
+        ]
+    );
+    let actions = s.actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::SecureControl)),
+        "{actions:?}"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Verify { .. } | Action::Fs(_))),
+        "{actions:?}"
+    );
+    assert!(matches!(s.core.state(), State::Securing));
+    s.core.handle_secured(s.now, true);
+    assert!(s.replies().is_empty(), "no queued command ran over TLS");
+    assert!(s.actions().is_empty());
+    assert!(matches!(s.core.state(), State::AwaitingUser));
+    s.send("USER alice\r\n");
+    assert_eq!(s.replies(), ["331 Please specify the password."]);
+}
