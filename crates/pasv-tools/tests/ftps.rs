@@ -7,12 +7,9 @@
 //! python3: see `.ci/run`).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use rustls::client::Resumption;
 use rustls::{ClientConfig, RootCertStore};
@@ -21,150 +18,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+mod ftps_daemon;
+use ftps_daemon::{generate, have, Pasvd, TIMEOUT};
 
-/// A certificate for 127.0.0.1 and localhost: its PEM files and its DER.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-fn generate(dir: &Path, name: &str) -> Cert {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("rcgen");
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    fs::write(&cert, generated.cert.pem()).expect("write cert");
-    fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
-    Cert {
-        cert,
-        key,
-        der: generated.cert.der().clone(),
-    }
-}
-
-/// pasvd as a child process with a certificate and an implicit FTPS listener, killed on
-/// drop. Its log (info) is read line by line into `log`.
-struct Pasvd {
-    child: Child,
-    port: u16,
-    implicit: u16,
-    root: PathBuf,
-    cert: Cert,
-    log: mpsc::Receiver<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Pasvd {
-    fn start(extra: &[&str]) -> Pasvd {
-        static NEXT: AtomicU16 = AtomicU16::new(0);
-        let lo = 41_300 + NEXT.fetch_add(10, Ordering::Relaxed);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root");
-        fs::create_dir(&root).expect("root");
-        let cert = generate(dir.path(), "server");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--implicit-tls-listen",
-                "127.0.0.1:0",
-                "--pasv-address",
-                "127.0.0.1",
-                "--no-fsync",
-                "--anonymous-write",
-            ])
-            .arg("--root")
-            .arg(&root)
-            .arg("--tls-cert")
-            .arg(&cert.cert)
-            .arg("--tls-key")
-            .arg(&cert.key)
-            .args(["--pasv-min-port", &lo.to_string()])
-            .args(["--pasv-max-port", &(lo + 9).to_string()])
-            .args(extra)
-            .env("PASVD_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pasvd starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("pasvd: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut port_of = |prefix: &str| {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("stdout");
-            line.trim()
-                .strip_prefix(prefix)
-                .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or_else(|| panic!("expected {prefix}PORT, got {line:?}"))
-        };
-        let port = port_of("listening on 127.0.0.1:");
-        let implicit = port_of("implicit FTPS on 127.0.0.1:");
-        Pasvd {
-            child,
-            port,
-            implicit,
-            root,
-            cert,
-            log,
-            dir,
-        }
-    }
-
-    fn ca(&self) -> String {
-        self.cert.cert.display().to_string()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ftp://127.0.0.1:{}/{path}", self.port)
-    }
-
-    /// Waits (bounded: each line within the timeout, at most 10,000 lines) for a log line
-    /// containing `text`.
-    fn wait_log(&self, text: &str) {
-        for _ in 0..10_000 {
-            match self.log.recv_timeout(TIMEOUT) {
-                Ok(line) if line.contains(text) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {text:?}: {e}"),
-            }
-        }
-        panic!("no log line with {text:?} in 10,000 lines");
-    }
-}
-
-impl Drop for Pasvd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether `tool` runs; when not, says the test is skipped.
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install -y {tool})");
-    }
-    ok
-}
+/// Passive ports of this test binary: 31000 on.
+const PORTS: u16 = 31_000;
 
 fn run(tool: &str, args: &[&str], cwd: &Path) -> Output {
     let output = Command::new(tool)
@@ -196,7 +54,7 @@ fn curl_explicit_ssl_reqd_and_implicit_ftps() {
     if !have("curl") {
         return;
     }
-    let server = Pasvd::start(&["--tls-required", "all"]);
+    let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
     let work = tempfile::tempdir().expect("work");
     let w = work.path();
     let body = pattern(1 << 20, 1);
@@ -274,7 +132,7 @@ fn lftp_with_ssl_force_explicit_and_implicit() {
     if !have("lftp") {
         return;
     }
-    let server = Pasvd::start(&[]);
+    let server = Pasvd::start_at(PORTS, &[]);
     let work = tempfile::tempdir().expect("work");
     let w = work.path();
     let body = pattern(700_000, 2);
@@ -369,14 +227,14 @@ fn python_ftplib_tls_needs_the_session_passed_unless_reuse_is_off() {
     let work = tempfile::tempdir().expect("work");
     // FTP_TLS's refused data connection: its 425 comes at the accept deadline (pasvd
     // waits for a connection that resumes).
-    let server = Pasvd::start(&["--accept-timeout", "2"]);
+    let server = Pasvd::start_at(PORTS, &["--accept-timeout", "2"]);
     let out = ftplib(&server, work.path());
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["FTP_TLS refused 425", "ReusingFTP_TLS ok"],
         "{out}"
     );
-    let off = Pasvd::start(&["--tls-session-reuse", "off"]);
+    let off = Pasvd::start_at(PORTS, &["--tls-session-reuse", "off"]);
     let out = ftplib(&off, work.path());
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -387,7 +245,7 @@ fn python_ftplib_tls_needs_the_session_passed_unless_reuse_is_off() {
 
 #[test]
 fn pasv_client_explicit_implicit_and_load() {
-    let server = Pasvd::start(&["--tls-required", "all"]);
+    let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
     let work = tempfile::tempdir().expect("work");
     let w = work.path();
     let body = pattern(300_000, 4);
@@ -572,7 +430,7 @@ async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u
 async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
     // A refused connection is reset and the endpoint waits for another until the accept
     // deadline: short here, so that the 425 comes soon.
-    let server = Pasvd::start(&["--accept-timeout", "2"]);
+    let server = Pasvd::start_at(PORTS, &["--accept-timeout", "2"]);
     let body = pattern(100_000, 5);
     fs::write(server.root.join("f.bin"), &body).expect("write");
     // The thief logs in on its own session: its client holds tickets that pasvd issued, on
@@ -601,7 +459,10 @@ async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
 #[tokio::test]
 async fn data_connection_without_resumption_is_refused_when_required_accepted_when_off() {
     for (reuse, accepted) in [("required", false), ("off", true)] {
-        let server = Pasvd::start(&["--tls-session-reuse", reuse, "--accept-timeout", "2"]);
+        let server = Pasvd::start_at(
+            PORTS,
+            &["--tls-session-reuse", reuse, "--accept-timeout", "2"],
+        );
         let body = pattern(10_000, 6);
         fs::write(server.root.join("f.bin"), &body).expect("write");
         let fresh = connector(&[&server.cert.der], false);
@@ -620,7 +481,7 @@ async fn data_connection_without_resumption_is_refused_when_required_accepted_wh
 
 #[tokio::test]
 async fn plaintext_data_connection_under_prot_p_is_refused() {
-    let server = Pasvd::start(&["--accept-timeout", "2"]);
+    let server = Pasvd::start_at(PORTS, &["--accept-timeout", "2"]);
     let body = pattern(10_000, 7);
     fs::write(server.root.join("f.bin"), &body).expect("write");
     let tls = connector(&[&server.cert.der], true);
@@ -656,7 +517,7 @@ async fn plaintext_data_connection_under_prot_p_is_refused() {
 
 #[tokio::test]
 async fn tls_required_login_refuses_user_before_auth_and_drops_pipelined_commands() {
-    let server = Pasvd::start(&["--tls-required", "login"]);
+    let server = Pasvd::start_at(PORTS, &["--tls-required", "login"]);
     let tcp = TcpStream::connect(("127.0.0.1", server.port))
         .await
         .expect("connect");
@@ -707,7 +568,7 @@ async fn tls_required_login_refuses_user_before_auth_and_drops_pipelined_command
 
 #[tokio::test]
 async fn sighup_swaps_the_certificate_for_new_sessions_while_old_ones_keep_working() {
-    let server = Pasvd::start(&[]);
+    let server = Pasvd::start_at(PORTS, &[]);
     let body = pattern(50_000, 8);
     fs::write(server.root.join("f.bin"), &body).expect("write");
     let second = generate(server.dir.path(), "second");

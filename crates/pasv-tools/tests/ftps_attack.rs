@@ -6,90 +6,14 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-/// pasvd as a child process with a certificate and an implicit FTPS listener, killed on
-/// drop.
-struct Pasvd {
-    child: Child,
-    port: u16,
-    implicit: u16,
-    root: PathBuf,
-    cert: PathBuf,
-    _dir: tempfile::TempDir,
-}
+mod ftps_daemon;
+use ftps_daemon::Pasvd;
 
-impl Pasvd {
-    fn start(extra: &[&str]) -> Pasvd {
-        static NEXT: AtomicU16 = AtomicU16::new(0);
-        let lo = 42_300 + NEXT.fetch_add(10, Ordering::Relaxed);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root");
-        fs::create_dir(&root).expect("root");
-        let generated = rcgen::generate_simple_self_signed(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-        ])
-        .expect("rcgen");
-        let cert = dir.path().join("server.pem");
-        let key = dir.path().join("server.key");
-        fs::write(&cert, generated.cert.pem()).expect("write cert");
-        fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--implicit-tls-listen",
-                "127.0.0.1:0",
-                "--pasv-address",
-                "127.0.0.1",
-                "--no-fsync",
-                "--anonymous-write",
-            ])
-            .arg("--root")
-            .arg(&root)
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .args(["--pasv-min-port", &lo.to_string()])
-            .args(["--pasv-max-port", &(lo + 9).to_string()])
-            .args(extra)
-            .env("PASVD_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("pasvd starts");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut port_of = |prefix: &str| {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("stdout");
-            line.trim()
-                .strip_prefix(prefix)
-                .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or_else(|| panic!("expected {prefix}PORT, got {line:?}"))
-        };
-        let port = port_of("listening on 127.0.0.1:");
-        let implicit = port_of("implicit FTPS on 127.0.0.1:");
-        Pasvd {
-            child,
-            port,
-            implicit,
-            root,
-            cert,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Pasvd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Passive ports of this test binary: 31500 on.
+const PORTS: u16 = 31_500;
 
 fn have_python() -> bool {
     let ok = Command::new("python3")
@@ -187,11 +111,11 @@ fn commands_pipelined_behind_rein_and_auth_tls_during_a_transfer_are_not_run_ove
     if !have_python() {
         return;
     }
-    let server = Pasvd::start(&[]);
+    let server = Pasvd::start_at(PORTS, &[]);
     fs::write(server.root.join("big.bin"), vec![7u8; 4 << 20]).expect("big file");
     let out = python(
         REIN_INJECTION,
-        &[server.port.to_string(), path_arg(&server.cert)],
+        &[server.port.to_string(), path_arg(&server.cert.cert)],
     );
     assert!(
         !server.root.join("injected").exists(),
@@ -257,22 +181,25 @@ fn free_port() -> u16 {
 fn stall(tls: bool) -> String {
     let counts: Vec<String> = (0..12).map(|i| (450 + 50 * i).to_string()).collect();
     let metrics = free_port();
-    let server = Pasvd::start(&[
-        "--login-timeout",
-        "1",
-        "--idle-timeout",
-        "1",
-        "--max-unauthenticated-per-ip",
-        "0",
-        "--metrics",
-        &format!("127.0.0.1:{metrics}"),
-    ]);
+    let server = Pasvd::start_at(
+        PORTS,
+        &[
+            "--login-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--max-unauthenticated-per-ip",
+            "0",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+        ],
+    );
     let port = if tls { server.implicit } else { server.port };
     python(
         STALL,
         &[
             port.to_string(),
-            path_arg(&server.cert),
+            path_arg(&server.cert.cert),
             if tls { "tls" } else { "plain" }.to_owned(),
             counts.join(","),
             metrics.to_string(),
@@ -348,9 +275,12 @@ fn same_address_thief_without_resumption_does_not_fail_the_real_clients_transfer
     if !have_python() {
         return;
     }
-    let server = Pasvd::start(&[]);
+    let server = Pasvd::start_at(PORTS, &[]);
     fs::write(server.root.join("f.bin"), vec![1u8; 100_000]).expect("file");
-    let out = python(THIEF, &[server.port.to_string(), path_arg(&server.cert)]);
+    let out = python(
+        THIEF,
+        &[server.port.to_string(), path_arg(&server.cert.cert)],
+    );
     // The thief gets nothing (close_notify or a failed handshake): that part holds.
     assert!(
         out.contains("thief got 0 bytes") || out.contains("thief refused"),
