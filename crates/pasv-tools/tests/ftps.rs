@@ -147,17 +147,28 @@ fn lftp_with_ssl_force_explicit_and_implicit() {
     let script = format!(
         "{settings} open -u anonymous,lftp@ -p {} 127.0.0.1; \
          get data.bin -o got.bin; get -c data.bin -o partial.bin; put local.bin -o sent.bin; \
-         cls -1; bye",
+         put local.bin -o sent2.bin; put local.bin -o sent3.bin; put local.bin -o sent4.bin; \
+         put local.bin -o sent5.bin; put local.bin -o sent6.bin; cls -1; bye",
         server.port
     );
     fs::write(w.join("partial.bin"), &body[..100_000]).expect("write");
     let out = run("lftp", &["-c", &script], w);
     assert_eq!(fs::read(w.join("got.bin")).expect("read"), body);
     assert_eq!(fs::read(w.join("partial.bin")).expect("read"), body);
-    assert_eq!(
-        fs::read(server.root.join("sent.bin")).expect("read"),
-        pattern(50_000, 3)
-    );
+    // Uploads in a row on one session (GnuTLS offers one ticket again and again).
+    for name in [
+        "sent.bin",
+        "sent2.bin",
+        "sent3.bin",
+        "sent4.bin",
+        "sent5.bin",
+        "sent6.bin",
+    ] {
+        assert!(
+            fs::read(server.root.join(name)).expect("read") == pattern(50_000, 3),
+            "{name} differs"
+        );
+    }
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.lines().any(|l| l == "data.bin"), "{listing}");
     let script = format!(
@@ -297,6 +308,103 @@ fn pasv_client_explicit_implicit_and_load() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(report["tls_data_handshakes_resumed"], 40, "{json}");
     assert_eq!(report["tls_data_handshakes_full"], 0, "{json}");
+}
+
+#[test]
+fn uploads_only_keep_resuming_with_a_client_that_spends_its_tickets() {
+    // rustls (pasv) takes each TLS 1.3 ticket once: a session of uploads only spends the
+    // control connection's tickets unless its upload connections hand out new ones.
+    let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
+    let work = tempfile::tempdir().expect("work");
+    let ca = server.ca();
+    let out = run(
+        env!("CARGO_BIN_EXE_pasv"),
+        &[
+            "load",
+            "--json",
+            "--tls",
+            "--ca-file",
+            &ca,
+            "-k",
+            "1",
+            "--mix",
+            "stor=1",
+            "--size",
+            "3000",
+            "--stor-path",
+            "up-{session}.bin",
+            "--max-transfers",
+            "24",
+            &format!("ftp://anonymous:x@127.0.0.1:{}/up.bin", server.port),
+        ],
+        work.path(),
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(report["errors"], serde_json::json!({}), "{json}");
+    assert_eq!(report["tls_data_handshakes_resumed"], 24, "{json}");
+    assert_eq!(report["tls_data_handshakes_full"], 0, "{json}");
+}
+
+#[test]
+fn curl_uploads_many_files_in_one_session_after_a_download() {
+    // curl with OpenSSL uses each TLS 1.3 ticket once and holds only the newest, and it closes
+    // an upload's data connection without reading it: after an upload its next data connection
+    // has nothing to resume with (docs/FTPS.md). Over TLS 1.2 it resumes one session id again
+    // and again: a download and several uploads in one session, each byte for byte. Upload
+    // connections must not send it anything it leaves unread (its kernel would reset the
+    // connection and lose the end of the upload).
+    if !have("curl") {
+        return;
+    }
+    let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
+    let work = tempfile::tempdir().expect("work");
+    let w = work.path();
+    let body = pattern(1 << 20, 7);
+    fs::write(server.root.join("first.bin"), &body).expect("write");
+    let ca = server.ca();
+    let each = ["-sS", "--cacert", &ca, "--ssl-reqd", "--tls-max", "1.2"];
+    let first = server.url("first.bin");
+    let mut args: Vec<String> = ["--max-time", "120"].map(String::from).to_vec();
+    args.extend(each.map(String::from));
+    args.extend(["-o".into(), "first.bin".into(), first]);
+    let files: Vec<(String, Vec<u8>)> = (0..5u8)
+        .map(|n| {
+            (
+                format!("up{n}.bin"),
+                pattern(400_000 + usize::from(n) * 999, n),
+            )
+        })
+        .collect();
+    for (name, bytes) in &files {
+        fs::write(w.join(name), bytes).expect("write");
+        // Each upload its own `--next` block: one control connection, reused.
+        args.push("--next".into());
+        args.extend(each.map(String::from));
+        args.extend(["-T".into(), name.clone(), server.url(name)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("curl", &args, w);
+    assert!(
+        fs::read(w.join("first.bin")).expect("read") == body,
+        "download differs"
+    );
+    for (name, bytes) in &files {
+        assert!(
+            &fs::read(server.root.join(name)).expect("read") == bytes,
+            "{name} differs"
+        );
+    }
+    // The log, in order up to the session's end: one session served all six transfers.
+    let mut opened = 0;
+    for _ in 0..10_000 {
+        let line = server.log.recv_timeout(TIMEOUT).expect("log");
+        opened += usize::from(line.contains("session opened"));
+        if line.contains("session closed") {
+            break;
+        }
+    }
+    assert_eq!(opened, 1, "curl did not keep one session");
 }
 
 // ---- refusals, with a rustls client ----

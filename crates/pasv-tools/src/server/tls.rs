@@ -309,6 +309,11 @@ fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, 
 /// gets more than it spends on a data connection it does not read.
 const TLS13_TICKETS: usize = 4;
 
+/// TLS 1.3 tickets sent on an upload connection of a session whose client spends its tickets
+/// (see [`TicketUse`]): two for the one spent on this connection and the one spent on the
+/// upload before, which got none.
+const UPLOAD_TICKETS: usize = 2;
+
 /// TLS 1.2 sessions a control session's cache keeps (its control connection and its data
 /// connections).
 const SESSION_CACHE: usize = 16;
@@ -445,6 +450,7 @@ impl TlsServer {
         Ok(SessionTls {
             acceptor: TlsAcceptor::from(Arc::new(config.clone())),
             control: Arc::new(config),
+            tickets: Arc::new(TicketUse::default()),
             reuse: self.reuse,
             handshake_timeout: self.handshake_timeout,
             control_handshake_timeout: self.control_handshake_timeout,
@@ -499,6 +505,8 @@ pub struct SessionTls {
     /// The control connection's configuration: each data connection gets a copy whose
     /// ticket key and session cache are gated (see [`DataTicketer`], [`NoNewSessions`]).
     control: Arc<ServerConfig>,
+    /// Which tickets the session's data connections resumed with (shared by its clones).
+    tickets: Arc<TicketUse>,
     reuse: SessionReuse,
     handshake_timeout: Duration,
     control_handshake_timeout: Duration,
@@ -561,7 +569,7 @@ impl SessionTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_data_with(&self.data_acceptor(true), stream)
+        self.accept_data_with(&self.data_acceptor(false), stream)
             .await
     }
 
@@ -571,33 +579,38 @@ impl SessionTls {
     /// reuse is required — must not give a thief tickets (TLS 1.3 tickets are sent right
     /// after the handshake, TLS 1.2 tickets and session ids within it, all before the
     /// server sees whether it resumed) with which its next connection would resume this
-    /// session. `tickets: false` sends no TLS 1.3 tickets at all (uploads).
-    fn data_acceptor(&self, tickets: bool) -> TlsAcceptor {
+    /// session. An upload connection (`upload`) gets TLS 1.3 tickets only when its client
+    /// spends them (see [`TicketUse`]).
+    fn data_acceptor(&self, upload: bool) -> TlsAcceptor {
         let mut config = (*self.control).clone();
         config.ticketer = Arc::new(DataTicketer {
             inner: Arc::clone(&self.control.ticketer),
+            session: Arc::clone(&self.tickets),
+            upload,
             resumed: std::sync::atomic::AtomicBool::new(false),
+            issue: std::sync::OnceLock::new(),
         });
         config.session_storage = Arc::new(NoNewSessions {
             inner: Arc::clone(&self.control.session_storage),
         });
-        if !tickets {
-            config.send_tls13_tickets = 0;
+        if upload {
+            config.send_tls13_tickets = UPLOAD_TICKETS;
         }
         TlsAcceptor::from(Arc::new(config))
     }
 
     /// [`SessionTls::accept_data`] for a data connection the client only writes to (an
-    /// upload): no TLS 1.3 tickets are sent after its handshake. A client that never reads
-    /// its upload connection closes it with the tickets unread, which makes its kernel
-    /// reset the connection, and the reset throws away the end of the upload still waiting
-    /// in the server's socket (curl 7.88 with OpenSSL does this). Clients that resume keep
-    /// the tickets of the control connection and of downloads.
+    /// upload). A client that never reads its upload connection closes it with anything the
+    /// server sent unread, which makes its kernel reset the connection, and the reset throws
+    /// away the end of the upload still waiting in the server's socket (curl 7.88 with
+    /// OpenSSL does this). Such clients offer one ticket again and again and get no TLS 1.3
+    /// tickets here; a client that spends a ticket per connection (rustls) gets new ones, as
+    /// many as it spent (see [`TicketUse`]), and must read them.
     pub async fn accept_upload<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_data_with(&self.data_acceptor(false), stream)
+        self.accept_data_with(&self.data_acceptor(true), stream)
             .await
     }
 
@@ -625,13 +638,56 @@ impl SessionTls {
     }
 }
 
+/// How a session's client uses the tickets it was given, seen from the tickets its data
+/// connections resume with. Clients built on OpenSSL or GnuTLS offer one ticket (the newest
+/// they read) again and again; rustls clients take each ticket once and throw it away. An
+/// upload connection hands out tickets only to the second kind, and only as many as they
+/// spent: after a client resumed with two different tickets since the session last issued
+/// any. A client of the first kind never does, so it gets nothing it would leave unread.
+#[derive(Debug, Default)]
+struct TicketUse {
+    /// Fingerprints of the tickets resumed since tickets were last issued (at most two are
+    /// needed to tell).
+    since_issued: std::sync::Mutex<Vec<u64>>,
+    /// Keys the fingerprints (tickets are attacker-chosen bytes).
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TicketUse {
+    /// A data connection resumed with `ticket`.
+    fn resumed(&self, ticket: &[u8]) {
+        use std::hash::BuildHasher;
+        let print = self.hasher.hash_one(ticket);
+        let mut seen = self.since_issued.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&print) && seen.len() < 2 {
+            seen.push(print);
+        }
+    }
+
+    /// Whether a data connection issues tickets: always for downloads, for uploads only when
+    /// the client spends them. Issuing starts the count again.
+    fn issue(&self, upload: bool) -> bool {
+        let mut seen = self.since_issued.lock().unwrap_or_else(|e| e.into_inner());
+        let issue = !upload || seen.len() >= 2;
+        if issue {
+            seen.clear();
+        }
+        issue
+    }
+}
+
 /// The ticket key of one data connection: decrypts with the session's key, and encrypts
 /// (issues tickets) only once a ticket of the session decrypted on this connection, that
-/// is, when the connection resumes this session.
+/// is, when the connection resumes this session, and on an upload only when the session's
+/// client spends tickets ([`TicketUse`]).
 #[derive(Debug)]
 struct DataTicketer {
     inner: Arc<dyn rustls::server::ProducesTickets>,
+    session: Arc<TicketUse>,
+    upload: bool,
     resumed: std::sync::atomic::AtomicBool,
+    /// Decided at the connection's first ticket, the same for the others.
+    issue: std::sync::OnceLock<bool>,
 }
 
 impl rustls::server::ProducesTickets for DataTicketer {
@@ -644,16 +700,19 @@ impl rustls::server::ProducesTickets for DataTicketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        if self.resumed.load(std::sync::atomic::Ordering::Relaxed) {
-            self.inner.encrypt(plain)
-        } else {
-            None
+        if !self.resumed.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
         }
+        if !*self.issue.get_or_init(|| self.session.issue(self.upload)) {
+            return None;
+        }
+        self.inner.encrypt(plain)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let plain = self.inner.decrypt(cipher);
         if plain.is_some() {
+            self.session.resumed(cipher);
             self.resumed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -732,5 +791,52 @@ mod control_timeout_tests {
             control_handshake_timeout(Duration::from_millis(200), s(60)),
             s(1)
         );
+    }
+}
+
+#[cfg(test)]
+mod ticket_use_tests {
+    use super::TicketUse;
+
+    #[test]
+    fn a_client_that_offers_one_ticket_again_gets_no_tickets_on_uploads() {
+        // OpenSSL/GnuTLS clients (curl, lftp, Python): the newest ticket, again and again.
+        let session = TicketUse::default();
+        for _ in 0..5 {
+            session.resumed(b"ticket from the control connection");
+            assert!(!session.issue(true));
+        }
+        // A download hands out tickets; the client then offers the newest, again and again.
+        session.resumed(b"ticket from the control connection");
+        assert!(session.issue(false));
+        for _ in 0..5 {
+            session.resumed(b"newest ticket from the download");
+            assert!(!session.issue(true));
+        }
+    }
+
+    #[test]
+    fn a_client_that_spends_its_tickets_gets_as_many_back_on_uploads() {
+        // rustls: each of the control connection's tickets once.
+        let session = TicketUse::default();
+        let mut issued = Vec::new();
+        for n in 0..8u8 {
+            session.resumed(&[n; 100]);
+            issued.push(session.issue(true));
+        }
+        // Every second upload hands out two: the stock of tickets stays where it was.
+        assert_eq!(issued, [false, true, false, true, false, true, false, true]);
+    }
+
+    #[test]
+    fn a_single_use_client_holding_one_ticket_never_gets_upload_tickets() {
+        // curl with OpenSSL: one ticket, used once; its next data connection after an upload
+        // resumes nothing (refused before the ticketer is asked), so no second ticket shows.
+        let session = TicketUse::default();
+        session.resumed(b"newest");
+        assert!(!session.issue(true));
+        assert!(session.issue(false), "downloads always hand out tickets");
+        session.resumed(b"newer");
+        assert!(!session.issue(true));
     }
 }
