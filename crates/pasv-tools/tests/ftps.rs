@@ -535,6 +535,33 @@ async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u
 }
 
 #[tokio::test]
+async fn a_data_connection_held_under_prot_p_without_a_command_is_closed() {
+    // Under PROT P a connection that comes before the transfer command is held past the
+    // accept timeout with the endpoint still listening (a thief's may be first); both are
+    // bounded: at the next accept timeout without a command, the connection is closed, the
+    // port goes back, and the session goes on.
+    let server = Pasvd::start_at(PORTS, &["--accept-timeout", "1"]);
+    let tls = connector(&[&server.cert.der], true);
+    let mut ctl = implicit(&server, &tls).await;
+    let port = ctl.epsv().await;
+    let mut data = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("data connect");
+    server.wait_log("data connection waiting for a transfer command");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(TIMEOUT, data.read(&mut buf))
+        .await
+        .expect("the held connection stayed open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    server.wait_log("data connection closed unused");
+    ctl.expect("NOOP", 200).await;
+    // And the next transfer on a new endpoint works.
+    fs::write(server.root.join("f.bin"), b"after").expect("write");
+    let (got, (code, text)) = retr(&mut ctl, "f.bin", &tls).await;
+    assert_eq!((code, got.as_slice()), (226, &b"after"[..]), "{text}");
+}
+
+#[tokio::test]
 async fn data_connection_resuming_another_sessions_tls_session_is_refused() {
     // A refused connection is reset and the endpoint waits for another until the accept
     // deadline: short here, so that the 425 comes soon.

@@ -636,6 +636,7 @@ impl PassivePorts {
             deadline: clock::now() + self.accept_timeout,
             peer,
             keep_listening: false,
+            held: None,
         })
     }
 
@@ -1251,6 +1252,9 @@ pub(crate) struct Passive {
     /// The listener stays open after a connection is taken (see
     /// [`Passive::keep_listening`]).
     keep_listening: bool,
+    /// A connection taken before the transfer command, handed out first (see
+    /// [`Passive::hold`]).
+    held: Option<DataConn>,
 }
 
 impl Passive {
@@ -1260,6 +1264,27 @@ impl Passive {
     /// the same NAT) must not end the wait for the real one.
     pub(crate) fn keep_listening(&mut self) {
         self.keep_listening = true;
+    }
+
+    /// Keeps `conn`, taken before the transfer command, as the next connection [`Passive::accept`]
+    /// hands out, while the endpoint keeps listening: under PROT P the connection that came
+    /// first may be a same-address thief's, which the TLS check refuses at the transfer, and
+    /// the real client's must still get in behind it.
+    pub(crate) fn hold(&mut self, conn: DataConn) {
+        self.keep_listening = true;
+        self.held = Some(conn);
+    }
+
+    /// Whether a connection is held (see [`Passive::hold`]).
+    pub(crate) fn holds_connection(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Accepts until `until` if that is later than the deadline set at the lease: the
+    /// transfer command's own accept time under PROT P, where a refused handshake sends the
+    /// endpoint back to accepting.
+    pub(crate) fn extend_deadline(&mut self, until: Instant) {
+        self.deadline = self.deadline.max(until);
     }
 
     /// A connection was taken: the listener closes, unless it is kept listening; then on a
@@ -1296,6 +1321,9 @@ impl Passive {
     /// handed to the session whose lease they belong to) on the way. The listener is closed
     /// as soon as the connection is taken.
     pub(crate) fn try_accept(&mut self) -> Result<Option<DataConn>, AcceptError> {
+        if let Some(conn) = self.held.take() {
+            return Ok(Some(conn));
+        }
         let port = self.guard.addr().map_or(0, |a| a.port());
         let proxied = self.guard.ports.proxy_data.is_some();
         let taken = match &mut self.acceptor {
@@ -1502,15 +1530,21 @@ impl Passive {
         // per-lease listener resets it as it closes; on a shared prebound listener it would
         // stay there for the next lease of this port and peer address to take as its own
         // (another session's data into a stale connection), so it is taken and reset here.
+        let held = self.held.take().map(reset).is_some();
+        let unused = if held {
+            Closer::Reset
+        } else {
+            Closer::NeverConnected
+        };
         let closer = match &self.acceptor {
             Acceptor::Prebound { .. } => match self.try_accept() {
                 Ok(Some(stream)) => {
                     reset(stream);
                     Closer::Reset
                 }
-                Ok(None) | Err(_) => Closer::NeverConnected,
+                Ok(None) | Err(_) => unused,
             },
-            Acceptor::Listener(_) | Acceptor::Done => Closer::NeverConnected,
+            Acceptor::Listener(_) | Acceptor::Done => unused,
         };
         self.into_guard().release(closer);
     }

@@ -542,12 +542,13 @@ impl Driver {
                 self.data = Endpoint::Active(addr);
             }
             Action::ReleaseData => {
-                if let Endpoint::Connected(_, guard) = &self.data {
-                    tracing::info!(
-                        session = self.id,
-                        port = guard.addr().map_or(0, |a| a.port()),
-                        "data connection closed unused"
-                    );
+                let unused = match &self.data {
+                    Endpoint::Connected(_, guard) => guard.addr().map(|a| a.port()),
+                    Endpoint::Passive(p) if p.holds_connection() => Some(p.addr().port()),
+                    _ => None,
+                };
+                if let Some(port) = unused {
+                    tracing::info!(session = self.id, port, "data connection closed unused");
                 }
                 self.release_data();
             }
@@ -893,9 +894,27 @@ impl Driver {
     }
 
     /// The accept timeout of an idle passive endpoint: a connection that did arrive is taken
-    /// (as if the transfer command were next), else the port goes back to the pool.
+    /// (as if the transfer command were next; under PROT P held, with the endpoint still
+    /// listening), else the port goes back to the pool.
     fn accept_due(&mut self, core: &mut Core) {
-        if let Ok(true) = self.take_waiting_connection() {
+        if core.data_protected() {
+            // PROT P: the connection that came first is the client's only once its TLS
+            // handshake resumes this session, at the transfer. It is held and the endpoint
+            // keeps listening, so that a same-address thief's connection ahead of the
+            // client's cannot take the transfer down with it.
+            if let Endpoint::Passive(p) = &mut self.data {
+                p.keep_listening();
+                if let Ok(Some(conn)) = p.try_accept() {
+                    p.hold(conn);
+                    tracing::info!(
+                        session = self.id,
+                        port = p.addr().port(),
+                        "data connection waiting for a transfer command, endpoint still listening"
+                    );
+                    return core.handle_connection_taken(clock::pool_now());
+                }
+            }
+        } else if let Ok(true) = self.take_waiting_connection() {
             return core.handle_connection_taken(clock::pool_now());
         }
         if let Endpoint::Passive(p) = std::mem::replace(&mut self.data, Endpoint::None) {

@@ -214,8 +214,11 @@ impl Transfer {
             DataSource::Connected(stream, guard) => Ok((stream, Some(guard))),
             DataSource::Passive(mut passive) => {
                 outcome.port = Some(passive.addr().port());
-                if self.tls.is_some() {
+                if let Some(tls) = &self.tls {
                     passive.keep_listening();
+                    // A connection held since before the command may be refused at its
+                    // handshake: accepting again gets this command's accept time.
+                    passive.extend_deadline(start + tls.accept_timeout);
                 }
                 let accepted = tokio::select! {
                     r = passive.accept() => Some(r),
