@@ -535,6 +535,42 @@ async fn retr(ctl: &mut Ctl<Tls>, name: &str, data_tls: &TlsConnector) -> (Vec<u
 }
 
 #[tokio::test]
+async fn a_refused_connection_on_the_implicit_port_is_closed_without_plaintext() {
+    // Over the session limit a plaintext connection reads 421; an implicit FTPS client
+    // expects a TLS record, and a plaintext 421 would reach it as a TLS protocol error
+    // ("corrupt message"): it is closed without a word instead.
+    let server = Pasvd::start_at(PORTS, &["--max-clients", "1"]);
+    let tls = connector(&[&server.cert.der], true);
+    let mut first = implicit(&server, &tls).await;
+    let tcp = TcpStream::connect(("127.0.0.1", server.implicit))
+        .await
+        .expect("connect");
+    let refused = tokio::time::timeout(TIMEOUT, tls.connect(loopback(), tcp))
+        .await
+        .expect("the refusal came in time");
+    let e = refused.err().expect("a session over the limit was served");
+    // Closed (a reset: the ClientHello was left unread), not a TLS protocol error.
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{e}"
+    );
+    // The plaintext port still says why.
+    let mut plain = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .expect("connect");
+    let mut said = String::new();
+    tokio::time::timeout(TIMEOUT, plain.read_to_string(&mut said))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(said.starts_with("421 "), "{said:?}");
+    first.expect("NOOP", 200).await;
+}
+
+#[tokio::test]
 async fn a_data_connection_held_under_prot_p_without_a_command_is_closed() {
     // Under PROT P a connection that comes before the transfer command is held past the
     // accept timeout with the endpoint still listening (a thief's may be first); both are

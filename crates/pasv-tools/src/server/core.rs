@@ -1909,7 +1909,7 @@ impl Core {
                 b"Connection closed; transfer aborted.",
             ),
             Ending::Network(e) => {
-                let text = format!("Connection closed; transfer aborted: {e}.");
+                let text = format!("Connection closed; transfer aborted: {}.", network_text(e));
                 self.reply(ReplyCode::TRANSFER_ABORTED, text.as_bytes());
             }
             Ending::Local(e) => {
@@ -2093,4 +2093,18 @@ fn quote_path(path: &[u8]) -> Vec<u8> {
     }
     q.push(b'"');
     q
+}
+
+/// What a 426 says about a data connection's network error: the error's own text, without
+/// a TLS library's pointers to its manual, and in plain words for a TLS stream that ended
+/// without close_notify (a client that died, or a truncation attack on an upload).
+fn network_text(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "the connection ended without TLS close_notify (the data may be cut short)".into();
+    }
+    let text = e.to_string();
+    match text.find(": http") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
 }

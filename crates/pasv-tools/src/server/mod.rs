@@ -747,12 +747,12 @@ fn open_session(
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     // Before any session state: a banned address costs one write.
     if shared.defender.refuses(peer.ip()) {
-        refuse_banned(stream, peer);
+        refuse_banned(stream, peer, implicit_tls);
         return None;
     }
     let Some((slot, login)) = admit(&shared.config, admission, peer.ip()) else {
         shared.metrics.session_refused_by_limit();
-        refuse(stream, peer);
+        refuse(stream, peer, implicit_tls);
         return None;
     };
     let shared = Arc::clone(shared);
@@ -797,15 +797,34 @@ fn admit(
     ))
 }
 
-fn refuse(stream: TcpStream, peer: SocketAddr) {
+fn refuse(stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {
     tracing::warn!(peer = %peer, "connection refused: session limit");
-    // A fresh socket's send buffer is empty: this write does not block or fail short.
-    let _ = stream.try_write(b"421 Too many connections, try later.\r\n");
+    refuse_with(
+        stream,
+        implicit_tls,
+        b"421 Too many connections, try later.\r\n",
+    );
 }
 
-fn refuse_banned(stream: TcpStream, peer: SocketAddr) {
+fn refuse_banned(stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {
     // Debug, not warn: a banned client reconnecting in a loop would flood the log; the ban
     // itself was logged, and the refusals are counted.
     tracing::debug!(peer = %peer, "connection refused: address banned");
-    let _ = stream.try_write(b"421 Too many failed logins from your address, try later.\r\n");
+    refuse_with(
+        stream,
+        implicit_tls,
+        b"421 Too many failed logins from your address, try later.\r\n",
+    );
+}
+
+/// Answers a refused control connection with `reply` and closes it. On the implicit FTPS
+/// listener the client's first bytes are a TLS ClientHello and it reads a TLS record back:
+/// a plaintext reply would only show up as a TLS protocol error, and a handshake to carry
+/// the reply is what a flood of refused connections must not cost. The connection is
+/// closed without a word.
+fn refuse_with(stream: TcpStream, implicit_tls: bool, reply: &[u8]) {
+    if !implicit_tls {
+        // A fresh socket's send buffer is empty: this write does not block or fail short.
+        let _ = stream.try_write(reply);
+    }
 }

@@ -749,6 +749,28 @@ fn a_vanished_data_connection_is_a_426_and_no_connection_a_425() {
         s.replies(),
         ["425 Can't open data connection: accept timed out."]
     );
+    // A TLS stream cut without close_notify (rustls' text points to its manual): plain words.
+    s.retr_started("f");
+    let cut = io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "peer closed connection without sending TLS close_notify: \
+         https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+    );
+    s.end_transfer(Ending::Network(cut), false);
+    assert_eq!(
+        s.replies(),
+        [
+            "426 Connection closed; transfer aborted: the connection ended without TLS \
+          close_notify (the data may be cut short)."
+        ]
+    );
+    s.retr_started("f");
+    let other = io::Error::other("bad record: https://example.invalid/manual");
+    s.end_transfer(Ending::Network(other), false);
+    assert_eq!(
+        s.replies(),
+        ["426 Connection closed; transfer aborted: bad record."]
+    );
 }
 
 // ---- pipelining and output ----
