@@ -548,7 +548,7 @@ async fn a_refused_connection_on_the_implicit_port_is_closed_without_plaintext()
     let refused = tokio::time::timeout(TIMEOUT, tls.connect(loopback(), tcp))
         .await
         .expect("the refusal came in time");
-    let e = refused.err().expect("a session over the limit was served");
+    let e = refused.expect_err("a session over the limit was served");
     // Closed (a reset: the ClientHello was left unread), not a TLS protocol error.
     assert!(
         matches!(
