@@ -309,6 +309,12 @@ fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, 
 /// gets more than it spends on a data connection it does not read.
 const TLS13_TICKETS: usize = 4;
 
+/// TLS 1.3 tickets sent after a resumed download's or listing's handshake: one for the one a
+/// client that takes each ticket once spent on it (OpenSSL's servers do the same: more
+/// tickets only after a full handshake). A client that offers one ticket again and again
+/// needs none, and each ticket costs an encryption and a record.
+const DOWNLOAD_TICKETS: usize = 1;
+
 /// TLS 1.3 tickets sent on an upload connection of a session whose client spends its tickets
 /// (see [`TicketUse`]): two for the one spent on this connection and the one spent on the
 /// upload before, which got none.
@@ -593,9 +599,11 @@ impl SessionTls {
         config.session_storage = Arc::new(NoNewSessions {
             inner: Arc::clone(&self.control.session_storage),
         });
-        if upload {
-            config.send_tls13_tickets = UPLOAD_TICKETS;
-        }
+        config.send_tls13_tickets = if upload {
+            UPLOAD_TICKETS
+        } else {
+            DOWNLOAD_TICKETS
+        };
         TlsAcceptor::from(Arc::new(config))
     }
 
