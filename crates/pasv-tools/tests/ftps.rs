@@ -49,16 +49,23 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 // ---- real clients ----
 
-#[test]
-fn curl_explicit_ssl_reqd_and_implicit_ftps() {
+/// For a curl test (`None` when curl is missing): pasvd with `--tls-required all`, serving
+/// `body` as `name`; a work directory for curl; the body back.
+fn serving_curl(name: &str, body: Vec<u8>) -> Option<(Pasvd, tempfile::TempDir, Vec<u8>)> {
     if !have("curl") {
-        return;
+        return None;
     }
     let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
-    let work = tempfile::tempdir().expect("work");
+    fs::write(server.root.join(name), &body).expect("write");
+    Some((server, tempfile::tempdir().expect("work"), body))
+}
+
+#[test]
+fn curl_explicit_ssl_reqd_and_implicit_ftps() {
+    let Some((server, work, body)) = serving_curl("big.bin", pattern(1 << 20, 1)) else {
+        return;
+    };
     let w = work.path();
-    let body = pattern(1 << 20, 1);
-    fs::write(server.root.join("big.bin"), &body).expect("write");
     let ca = server.ca();
     let curl = |args: &[&str]| {
         run(
@@ -354,14 +361,10 @@ fn curl_uploads_many_files_in_one_session_after_a_download() {
     // and again: a download and several uploads in one session, each byte for byte. Upload
     // connections must not send it anything it leaves unread (its kernel would reset the
     // connection and lose the end of the upload).
-    if !have("curl") {
+    let Some((server, work, body)) = serving_curl("first.bin", pattern(1 << 20, 7)) else {
         return;
-    }
-    let server = Pasvd::start_at(PORTS, &["--tls-required", "all"]);
-    let work = tempfile::tempdir().expect("work");
+    };
     let w = work.path();
-    let body = pattern(1 << 20, 7);
-    fs::write(server.root.join("first.bin"), &body).expect("write");
     let ca = server.ca();
     let each = ["-sS", "--cacert", &ca, "--ssl-reqd", "--tls-max", "1.2"];
     let first = server.url("first.bin");

@@ -235,6 +235,7 @@ fn tls_control_connection_whose_client_stops_reading_is_freed() {
 const THIEF: &str = r#"
 import ftplib, socket, ssl, sys, threading
 port, cafile = int(sys.argv[1]), sys.argv[2]
+late = sys.argv[3:] == ['late']
 ctx = ssl.create_default_context(cafile=cafile)
 ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
 ftp.connect('127.0.0.1', port)
@@ -245,13 +246,20 @@ thief = socket.create_connection(('127.0.0.1', dport), timeout=20)
 def steal():
     try:
         t = ssl.create_default_context(cafile=cafile).wrap_socket(thief, server_hostname='127.0.0.1')
-        print('thief got', len(t.recv(1 << 20)), 'bytes')
+        print('thief got', len(t.recv(1 << 20)), 'bytes', flush=True)
     except Exception as e:
-        print('thief refused:', type(e).__name__)
+        print('thief refused:', type(e).__name__, flush=True)
 th = threading.Thread(target=steal); th.start()
-ftp.putcmd('RETR f.bin')
-th.join()
-real = socket.create_connection(('127.0.0.1', dport), timeout=5)
+if late:
+    # Both connect right after PASV; RETR once the test says the accept timeout passed.
+    real = socket.create_connection(('127.0.0.1', dport), timeout=20)
+    print('CONNECTED', flush=True)
+    sys.stdin.readline()
+    ftp.putcmd('RETR f.bin')
+else:
+    ftp.putcmd('RETR f.bin')
+    th.join()
+    real = socket.create_connection(('127.0.0.1', dport), timeout=5)
 got = b''
 try:
     conn = ctx.wrap_socket(real, server_hostname='127.0.0.1', session=ftp.sock.session)
@@ -261,6 +269,7 @@ try:
         got += b
 except Exception as e:
     print('real client data connection:', type(e).__name__, e)
+th.join()
 replies = []
 while True:
     r = ftp.getmultiline()
@@ -289,51 +298,11 @@ fn same_address_thief_without_resumption_does_not_fail_the_real_clients_transfer
     assert!(out.contains("REAL GOT 100000"), "{out}");
 }
 
-/// The same thief, when the transfer command comes after the accept timeout: the server
-/// took the connection that came first (the thief's) when the timeout passed and closed the
-/// listener, so the real client's connection behind it was reset and its transfer failed.
-/// The thief and the client connect right after PASV; the script waits on stdin until the
-/// server has logged that the accept timeout passed, then sends RETR.
-const THIEF_LATE: &str = r#"
-import ftplib, socket, ssl, sys, threading
-port, cafile = int(sys.argv[1]), sys.argv[2]
-ctx = ssl.create_default_context(cafile=cafile)
-ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
-ftp.connect('127.0.0.1', port)
-ftp.auth(); ftp.login('anonymous', 'x@'); ftp.prot_p(); ftp.voidcmd('TYPE I')
-ftp.voidcmd('NOOP')  # the TLS 1.3 tickets are read
-host, dport = ftplib.parse227(ftp.sendcmd('PASV'))
-thief = socket.create_connection(('127.0.0.1', dport), timeout=20)
-def steal():
-    try:
-        t = ssl.create_default_context(cafile=cafile).wrap_socket(thief, server_hostname='127.0.0.1')
-        print('thief got', len(t.recv(1 << 20)), 'bytes', flush=True)
-    except Exception as e:
-        print('thief refused:', type(e).__name__, flush=True)
-th = threading.Thread(target=steal); th.start()
-real = socket.create_connection(('127.0.0.1', dport), timeout=20)
-print('CONNECTED', flush=True)
-sys.stdin.readline()
-ftp.putcmd('RETR f.bin')
-got = b''
-try:
-    conn = ctx.wrap_socket(real, server_hostname='127.0.0.1', session=ftp.sock.session)
-    while True:
-        b = conn.recv(65536)
-        if not b: break
-        got += b
-except Exception as e:
-    print('real client data connection:', type(e).__name__, e)
-th.join()
-replies = []
-while True:
-    r = ftp.getmultiline()
-    replies.append(r)
-    if not r.startswith('1'): break
-print('replies:', replies)
-print('REAL GOT', len(got))
-"#;
-
+/// The same thief, when the transfer command comes after the accept timeout (`late`): the
+/// server took the connection that came first (the thief's) when the timeout passed and
+/// closed the listener, so the real client's connection behind it was reset and its transfer
+/// failed. The thief and the client connect right after PASV; the script waits on stdin
+/// until the server has logged that the accept timeout passed, then sends RETR.
 #[test]
 fn same_address_thief_ahead_of_a_late_transfer_command_does_not_fail_it() {
     if !have_python() {
@@ -342,8 +311,9 @@ fn same_address_thief_ahead_of_a_late_transfer_command_does_not_fail_it() {
     let server = Pasvd::start_at(PORTS, &["--accept-timeout", "3"]);
     fs::write(server.root.join("f.bin"), vec![2u8; 100_000]).expect("file");
     let mut child = Command::new("python3")
-        .args(["-c", THIEF_LATE])
+        .args(["-c", THIEF])
         .args([server.port.to_string(), path_arg(&server.cert.cert)])
+        .arg("late")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
