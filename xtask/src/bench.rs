@@ -629,6 +629,25 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         tls: false,
         open_loop: true,
     },
+    // The same with K=32: more sessions free at every slot's time, so fewer slots wait for
+    // one (each waiting session also holds its slot through the timer's lag).
+    Workload {
+        name: "1000ports-k32-rate",
+        kit_args: &[],
+        ports: 1000,
+        k: 32,
+        file: "1k",
+        duration_s: 5,
+        prebound_range: (24000, 24999),
+        per_lease_range: (25000, 25999),
+        busy_range: (26000, 26999),
+        baseline_range: (28000, 28999),
+        floor_range: (27000, 27999),
+        min_ratio: 0.0,
+        clean: false,
+        tls: false,
+        open_loop: true,
+    },
     // FTPS (issue 11): the target is >= 1.5x the best peer with zero errors for both.
     Workload {
         name: "ftps-20ports-k32",
@@ -1527,7 +1546,8 @@ mod tests {
                 "20ports-k32",
                 "1000ports-k8",
                 "1mib-retr-k8",
-                "1000ports-k8-rate"
+                "1000ports-k8-rate",
+                "1000ports-k32-rate"
             ]
         );
         let o = parse(&["--peers", "kit", "--workload", "ftps-1mib-retr-k8"]).unwrap();

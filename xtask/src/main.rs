@@ -77,9 +77,9 @@ fn print_help() {
          \x20       --pin          (python generator) generator on CPU 0, servers on CPU 1\n\
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
-         \x20                         1mib-retr-k8, 1000ports-k8-rate, ftps-20ports-k32,\n\
-         \x20                         ftps-1mib-retr-k8); repeatable\n\
-         \x20       --rates R1,R2  offered rates of 1000ports-k8-rate [2000,5000]: `pasv load\n\
+         \x20                         1mib-retr-k8, 1000ports-k8-rate, 1000ports-k32-rate,\n\
+         \x20                         ftps-20ports-k32, ftps-1mib-retr-k8); repeatable\n\
+         \x20       --rates R1,R2  offered rates of the *-rate workloads [2000,5000]: `pasv load\n\
          \x20                      --rate`, latency from each transfer's scheduled start;\n\
          \x20                      per rate achieved/offered, p50/p99/p99.9, server µs per\n\
          \x20                      transfer, pasvd's p99 over the best peer's (a server\n\
