@@ -697,13 +697,12 @@ async fn run_session(config: &LoadConfig, session: usize, pace: &Pace) -> Sessio
             // Log in before the schedule starts, so that its first slots do not wait for
             // the logins; a session that fails here tries again in the run.
             let login = Client::open(&config.url, client_config.clone());
-            match tokio::time::timeout(config.timeout, login).await {
-                Ok(Ok(c)) => client = Some(c),
-                Ok(Err(e)) => stats.error(format!("login_{}", e.kind()), format!("login: {e}")),
-                Err(_) => {
-                    let e = ClientError::Timeout("login");
-                    stats.error(format!("login_{}", e.kind()), format!("login: {e}"));
-                }
+            match tokio::time::timeout(config.timeout, login)
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Timeout("login")))
+            {
+                Ok(c) => client = Some(c),
+                Err(e) => stats.error(format!("login_{}", e.kind()), format!("login: {e}")),
             }
             ready.wait().await;
             let start = *start.get_or_init(|| async { clock::now() }).await;
