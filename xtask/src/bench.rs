@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use crate::fleet::{
     pasvd_command, run_load, Fleet, FleetSpec, Kit, LoadRun, LoadTarget, Spawned, PEERS,
-    SERVER_BOUND,
 };
 
 /// One measured benchmark, as criterion saved it.
@@ -112,6 +111,30 @@ pub(crate) struct Options {
     /// With `--peers`: another pasvd binary (an earlier build) run beside this one in the
     /// default mode, for a before/after comparison in the same run.
     pub(crate) baseline: Option<PathBuf>,
+    /// The offered rates (transfers per second) of the fixed-rate workloads.
+    pub(crate) rates: Vec<f64>,
+}
+
+/// The fixed-rate workloads' offered rates unless `--rates` says otherwise: below every
+/// server's capacity at 1000 ports, K=8 (docs/BENCHMARKS.md).
+const DEFAULT_RATES: [f64; 2] = [2000.0, 5000.0];
+
+/// `2000,5000`: each rate a number of transfers per second above 0 and at most `pasv
+/// load`'s limit.
+fn parse_rates(list: &str) -> Result<Vec<f64>> {
+    let rates = list
+        .split(',')
+        .map(|r| match r.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 && x <= 1e6 => Ok(x),
+            _ => bail!(
+                "--rates: {r:?} is not a rate (transfers per second, above 0, at most 1000000)"
+            ),
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    if rates.is_empty() {
+        bail!("--rates needs at least one rate");
+    }
+    Ok(rates)
 }
 
 /// Which load generator drives the side-by-side runs.
@@ -144,6 +167,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         transfers: 4000,
         sessions: 200,
         baseline: None,
+        rates: DEFAULT_RATES.to_vec(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -192,6 +216,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
                     .parse()
                     .context("--transfers takes a count")?
             }
+            "--rates" => options.rates = parse_rates(it.next().context("--rates needs a list")?)?,
             "--sessions" => {
                 options.sessions = it
                     .next()
@@ -519,6 +544,10 @@ pub(crate) struct Workload {
     /// Explicit FTPS (AUTH TLS, PROT P): peers and pasvd configured for TLS by the xtask
     /// ([`crate::ftps`]), `pasv load` over `ftpes://`.
     pub(crate) tls: bool,
+    /// Open loop at each of `--rates` (`pasv load --rate`) instead of back to back: the
+    /// servers' latency at the same offered load ([`rate_report`]); `min_ratio` and `clean`
+    /// do not apply.
+    pub(crate) open_loop: bool,
 }
 
 pub(crate) const WORKLOADS: &[Workload] = &[
@@ -537,6 +566,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         min_ratio: 1.5,
         clean: true,
         tls: false,
+        open_loop: false,
     },
     Workload {
         name: "1000ports-k8",
@@ -553,6 +583,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         min_ratio: 1.5,
         clean: false,
         tls: false,
+        open_loop: false,
     },
     Workload {
         name: "1mib-retr-k8",
@@ -578,6 +609,44 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         min_ratio: 1.2,
         clean: false,
         tls: false,
+        open_loop: false,
+    },
+    // Tail latency at fixed offered rates (issue 13): the ranges of 1000ports-k8.
+    Workload {
+        name: "1000ports-k8-rate",
+        kit_args: &[],
+        ports: 1000,
+        k: 8,
+        file: "1k",
+        duration_s: 5,
+        prebound_range: (24000, 24999),
+        per_lease_range: (25000, 25999),
+        busy_range: (26000, 26999),
+        baseline_range: (28000, 28999),
+        floor_range: (27000, 27999),
+        min_ratio: 0.0,
+        clean: false,
+        tls: false,
+        open_loop: true,
+    },
+    // The same with K=32: more sessions free at every slot's time, so fewer slots wait for
+    // one (each waiting session also holds its slot through the timer's lag).
+    Workload {
+        name: "1000ports-k32-rate",
+        kit_args: &[],
+        ports: 1000,
+        k: 32,
+        file: "1k",
+        duration_s: 5,
+        prebound_range: (24000, 24999),
+        per_lease_range: (25000, 25999),
+        busy_range: (26000, 26999),
+        baseline_range: (28000, 28999),
+        floor_range: (27000, 27999),
+        min_ratio: 0.0,
+        clean: false,
+        tls: false,
+        open_loop: true,
     },
     // FTPS (issue 11): the target is >= 1.5x the best peer with zero errors for both.
     Workload {
@@ -595,6 +664,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         min_ratio: 1.5,
         clean: true,
         tls: true,
+        open_loop: false,
     },
     Workload {
         name: "ftps-1mib-retr-k8",
@@ -611,6 +681,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         min_ratio: 1.5,
         clean: true,
         tls: true,
+        open_loop: false,
     },
 ];
 
@@ -632,7 +703,7 @@ fn run_peers(root: &Path, kit: &Kit, out: &Path, options: &Options) -> Result<us
     let cpu = options.pin.then_some(1);
     let mut missed = 0;
     for workload in WORKLOADS {
-        if !selected(options, workload) || workload.tls {
+        if !selected(options, workload) || workload.tls || workload.open_loop {
             continue;
         }
         let mut servers = Vec::new();
@@ -746,35 +817,51 @@ fn run_peers_pasv_load(
                 run_dir: dir.join("run"),
             },
         )?;
-        let load = LoadRun {
+        let load = |rate| LoadRun {
             file: &file,
             k: workload.k,
             duration_s: f64::from(workload.duration_s),
             max_transfers: None,
             pin,
             tls_ca: None,
+            rate,
         };
-        let results = measure_rounds(kit, &fleet.targets, &load, rounds, workload.name)?;
         let kinds: String = fleet
             .targets
             .iter()
             .map(|t| format!("{}\t{}\n", t.label, t.kind))
             .collect();
-        std::fs::write(dir.join("results.jsonl"), &results)?;
         std::fs::write(dir.join("targets.tsv"), &kinds)?;
-        let mut report = load_report(workload, &fleet.targets, &results, options.contended)?;
-        let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
-        report.push_str(&checks);
-        missed += failures;
-        if options.baseline.is_some() {
-            let (table, dropped) = baseline_report(&results)?;
-            report.push_str(&table);
-            missed += dropped;
-        }
-        summary.push((
-            workload.name.to_owned(),
-            crate::peers::summarize(&fleet.targets, &results)?,
-        ));
+        let report = if workload.open_loop {
+            // One series of interleaved rounds per offered rate, all in one results file.
+            let mut results = String::new();
+            for &rate in &options.rates {
+                let name = format!("{} at {rate}/s", workload.name);
+                results += &measure_rounds(kit, &fleet.targets, &load(Some(rate)), rounds, &name)?;
+            }
+            std::fs::write(dir.join("results.jsonl"), &results)?;
+            let (report, failures) =
+                rate_report(workload, &fleet.targets, &results, options.contended)?;
+            missed += failures;
+            report
+        } else {
+            let results = measure_rounds(kit, &fleet.targets, &load(None), rounds, workload.name)?;
+            std::fs::write(dir.join("results.jsonl"), &results)?;
+            let mut report = load_report(workload, &fleet.targets, &results, options.contended)?;
+            let (checks, failures) = check_peer_targets(workload, &results, &kinds)?;
+            report.push_str(&checks);
+            missed += failures;
+            if options.baseline.is_some() {
+                let (table, dropped) = baseline_report(&results)?;
+                report.push_str(&table);
+                missed += dropped;
+            }
+            summary.push((
+                workload.name.to_owned(),
+                crate::peers::summarize(&fleet.targets, &results)?,
+            ));
+            report
+        };
         drop(fleet);
         std::fs::write(
             out.join(format!("peers-{}{suffix}.md", workload.name)),
@@ -828,17 +915,24 @@ pub(crate) fn measure_rounds(
             } else {
                 String::new()
             };
+            let open = &d["open_loop"];
+            let (rate, p99) = if open.is_object() {
+                // Open loop: the achieved rate and the latency from the scheduled start.
+                (&open["achieved_per_s"], &open["latency_ms"]["p99"])
+            } else {
+                (&d["transfers_per_s"], &d["latency_ms"]["p99"])
+            };
             println!(
                 "{} round {round} {}: {:.0}/s, p99 {} ms, server core {} busy, {} us/transfer{}{tls}",
                 name,
                 t.label,
-                d["transfers_per_s"].as_f64().unwrap_or(0.0),
-                d["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                rate.as_f64().unwrap_or(0.0),
+                p99.as_f64().unwrap_or(0.0),
                 share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
                 d["server_us_per_transfer"]
                     .as_f64()
                     .map_or("-".into(), |u| format!("{u:.1}")),
-                if share.is_some_and(|s| s < SERVER_BOUND) {
+                if d["generator_bound"].as_bool() == Some(true) {
                     " (generator-bound)"
                 } else {
                     ""
@@ -861,6 +955,164 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
 }
 
+/// The JSON lines of a results file.
+fn parse_results(results: &str) -> Result<Vec<Value>> {
+    results
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).context("results.jsonl"))
+        .collect()
+}
+
+/// Runs labelled `rN:TARGET`, grouped by target (runs of no target in `targets` left out).
+fn runs_by_target(
+    targets: &[LoadTarget],
+    runs: impl IntoIterator<Item = Value>,
+) -> BTreeMap<&str, Vec<Value>> {
+    let mut rows: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for d in runs {
+        let label = d["label"].as_str().unwrap_or_default();
+        let target = label
+            .split_once(':')
+            .and_then(|(_, t)| targets.iter().find(|x| x.label == t));
+        if let Some(t) = target {
+            rows.entry(t.label.as_str()).or_default().push(d);
+        }
+    }
+    rows
+}
+
+/// The median over `runs` of the figure `f` reads from each.
+fn median_of(runs: &[Value], f: &dyn Fn(&Value) -> Option<f64>) -> Option<f64> {
+    median(runs.iter().filter_map(f).collect())
+}
+
+/// Where generator and servers ran, for a report's heading.
+fn placement(contended: bool) -> &'static str {
+    if contended {
+        "`pasv load` and servers unpinned, sharing both cores"
+    } else {
+        "`pasv load` on CPU 0, servers on CPU 1"
+    }
+}
+
+/// At a fixed offered rate, a server that completes less than this share of it did not keep
+/// up: it is marked overloaded and its latency is not compared.
+const KEEPS_UP: f64 = 0.99;
+
+/// The report of an open-loop workload ([`Workload::open_loop`]): per offered rate, per
+/// target, medians over the rounds of the achieved rate over the offered one, the latency
+/// from the scheduled start (p50, p99, p99.9), the late slots, the server core's and the
+/// server processes' µs per transfer, and p99 over the best peer's (the lowest p99 of the
+/// peers that kept up, [`KEEPS_UP`]). Then the target of issue 13 for every pasvd of this
+/// build (`custom`): at every rate, keep up with a p99 no higher than the best peer's.
+/// Returns the markdown and how many of those targets were missed (a rate no peer kept up
+/// with compares nothing and is not counted).
+fn rate_report(
+    workload: &Workload,
+    targets: &[LoadTarget],
+    results: &str,
+    contended: bool,
+) -> Result<(String, usize)> {
+    let lines = parse_results(results)?;
+    let offered = |d: &Value| d["open_loop"]["offered_per_s"].as_f64();
+    let mut rates: Vec<f64> = Vec::new();
+    for r in lines.iter().filter_map(offered) {
+        if !rates.contains(&r) {
+            rates.push(r);
+        }
+    }
+    let mut out = format!(
+        "### {} ({} ports, K={}, {} RETR, fixed offered rates, {})\n\n\
+         Latency from each transfer's scheduled start (`pasv load --rate`), medians over the \
+         rounds; a server below {:.0}% of the offered rate is overloaded and not compared.\n",
+        workload.name,
+        workload.ports,
+        workload.k,
+        workload.file,
+        placement(contended),
+        KEEPS_UP * 100.0
+    );
+    let mut verdicts = String::new();
+    let mut missed = 0;
+    for rate in rates {
+        let rows = runs_by_target(
+            targets,
+            lines.iter().filter(|d| offered(d) == Some(rate)).cloned(),
+        );
+        let figure = |label: &str, f: &dyn Fn(&Value) -> Option<f64>| {
+            rows.get(label).and_then(|runs| median_of(runs, f))
+        };
+        let open = |key: &'static str| move |d: &Value| d["open_loop"][key].as_f64();
+        let p99_of = |label: &str| figure(label, &|d| d["open_loop"]["latency_ms"]["p99"].as_f64());
+        let keeps_up = |label: &str| {
+            figure(label, &open("achieved_per_s")).is_some_and(|a| a >= rate * KEEPS_UP)
+        };
+        let best_peer = targets
+            .iter()
+            .filter(|t| t.kind == "peer" && keeps_up(&t.label))
+            .filter_map(|t| p99_of(&t.label))
+            .reduce(f64::min);
+        let _ = writeln!(
+            out,
+            "\n#### {rate:.0} transfers/s offered\n\n\
+             | target | achieved / offered | p50 ms | p99 ms | p99.9 ms | late slots | server µs/transfer | process µs/transfer | p99 vs best peer | note |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
+        );
+        let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |x| format!("{x:.digits$}"));
+        for t in targets
+            .iter()
+            .filter(|t| rows.contains_key(t.label.as_str()))
+        {
+            let label = t.label.as_str();
+            let latency =
+                |q: &'static str| figure(label, &move |d| d["open_loop"]["latency_ms"][q].as_f64());
+            let ratio = p99_of(label)
+                .zip(best_peer)
+                .filter(|_| keeps_up(label))
+                .map(|(p, b)| p / b);
+            let _ = writeln!(
+                out,
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f(figure(label, &open("achieved_per_s")).map(|a| a / rate), 3),
+                f(latency("p50"), 2),
+                f(latency("p99"), 2),
+                f(latency("p999"), 2),
+                f(figure(label, &open("late_slots")), 0),
+                f(figure(label, &|d| d["server_us_per_transfer"].as_f64()), 1),
+                f(
+                    figure(label, &|d| d["server_process_us_per_transfer"].as_f64()),
+                    1
+                ),
+                ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+                if keeps_up(label) { "" } else { "overloaded" }
+            );
+            if t.kind == "custom" {
+                let verdict = match (keeps_up(label), ratio) {
+                    (false, _) => "MISSED (overloaded)",
+                    (true, Some(r)) if r <= 1.0 => "pass",
+                    (true, Some(_)) => "MISSED",
+                    (true, None) => "no peer kept up",
+                };
+                if verdict.starts_with("MISSED") {
+                    missed += 1;
+                }
+                let _ = writeln!(
+                    verdicts,
+                    "| {label} | {rate:.0} | {} | {verdict} |",
+                    ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+                );
+            }
+        }
+    }
+    let _ = write!(
+        out,
+        "\n#### Target: keep up, with a p99 no higher than the best peer's (issue 13)\n\n\
+         | target | offered/s | p99 vs best peer | result |\n|---|---|---|---|\n{verdicts}"
+    );
+    Ok((out, missed))
+}
+
 /// The markdown table of a `pasv load` comparison: per target, medians over the rounds of
 /// transfers/s, server-core µs per transfer, server core busy share and latency; a target
 /// whose server core was below 90% busy in any round is marked generator-bound. Then every
@@ -871,19 +1123,8 @@ fn load_report(
     results: &str,
     contended: bool,
 ) -> Result<String> {
-    let mut rows: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    for line in results.lines().filter(|l| !l.trim().is_empty()) {
-        let d: Value = serde_json::from_str(line)?;
-        let label = d["label"].as_str().unwrap_or_default().to_owned();
-        if let Some((_, t)) = label.split_once(':') {
-            if let Some(t) = targets.iter().find(|x| x.label == t) {
-                rows.entry(t.label.as_str()).or_default().push(d);
-            }
-        }
-    }
-    let get = |runs: &[Value], f: &dyn Fn(&Value) -> Option<f64>| {
-        median(runs.iter().filter_map(f).collect())
-    };
+    let rows = runs_by_target(targets, parse_results(results)?);
+    let get = median_of;
     let best_peer = targets
         .iter()
         .filter(|t| t.kind == "peer")
@@ -893,11 +1134,7 @@ fn load_report(
             })
         })
         .fold(None, |b: Option<f64>, m| Some(b.map_or(m, |b| b.max(m))));
-    let placement = if contended {
-        "`pasv load` and servers unpinned, sharing both cores"
-    } else {
-        "`pasv load` on CPU 0, servers on CPU 1"
-    };
+    let placement = placement(contended);
     let mut out = format!(
         "### {} ({} ports, K={}, {} RETR, {placement})\n\n\
          | target | median transfers/s | server µs/transfer | process µs/transfer | server core busy | 425s | p99 ms | vs best peer | note |\n\
@@ -1127,6 +1364,117 @@ fn check_peer_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::SERVER_BOUND;
+
+    fn target(label: &str, kind: &'static str) -> LoadTarget {
+        LoadTarget {
+            label: label.into(),
+            kind,
+            port: 1,
+            user: String::new(),
+            pass: String::new(),
+            range: (1, 2),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn rate_report_compares_p99_with_the_best_peer_that_kept_up() {
+        let targets = [
+            target("vsftpd", "peer"),
+            target("pure-ftpd", "peer"),
+            target("pasvd-prebound", "custom"),
+            target("pasvd-per-lease", "custom"),
+            target("floor", "floor"),
+        ];
+        let line = |round: u32, label: &str, rate: f64, achieved: f64, p99: f64| {
+            format!(
+                "{{\"label\":\"r{round}:{label}\",\"server_us_per_transfer\":{},\"server_process_us_per_transfer\":50.0,\
+                 \"open_loop\":{{\"offered_per_s\":{rate},\"achieved_per_s\":{achieved},\"late_slots\":{round},\
+                 \"latency_ms\":{{\"p50\":{},\"p99\":{p99},\"p999\":{}}}}}}}\n",
+                p99 * 10.0,
+                p99 / 2.0,
+                p99 * 2.0
+            )
+        };
+        let mut results = String::new();
+        for (rate, rows) in [
+            // 2000/s: everybody keeps up; the best peer's p99 is pure-ftpd's 2.0 ms.
+            (
+                2000.0,
+                [
+                    ("vsftpd", 1999.0, [3.2, 3.0, 2.8]),
+                    ("pure-ftpd", 2000.0, [2.0, 1.8, 2.4]),
+                    ("pasvd-prebound", 2000.0, [1.5, 1.6, 1.4]),
+                    ("pasvd-per-lease", 2000.0, [2.5, 2.5, 2.5]),
+                    ("floor", 2000.0, [1.0, 1.0, 1.0]),
+                ],
+            ),
+            // 5000/s: vsftpd (80%) and per-lease (98.9%) fall behind; vsftpd's short p99
+            // is not the best peer's.
+            (
+                5000.0,
+                [
+                    ("vsftpd", 4000.0, [0.5, 0.5, 0.5]),
+                    ("pure-ftpd", 4990.0, [4.0, 4.0, 4.0]),
+                    ("pasvd-prebound", 5000.0, [3.0, 3.0, 3.0]),
+                    ("pasvd-per-lease", 4945.0, [1.0, 1.0, 1.0]),
+                    ("floor", 5000.0, [2.0, 2.0, 2.0]),
+                ],
+            ),
+        ] {
+            for round in 1..=3 {
+                for (label, achieved, p99s) in rows {
+                    results += &line(round, label, rate, achieved, p99s[round as usize - 1]);
+                }
+            }
+        }
+        let workload = WORKLOADS.iter().find(|w| w.open_loop).unwrap();
+        assert_eq!((workload.ports, workload.k), (1000, 8));
+        let (table, missed) = rate_report(workload, &targets, &results, false).unwrap();
+        let has = |row: &str| assert!(table.contains(row), "{row}\nnot in\n{table}");
+        has("#### 2000 transfers/s offered");
+        has("| vsftpd | 1.000 | 1.50 | 3.00 | 6.00 | 2 | 30.0 | 50.0 | 1.50x |  |");
+        has("| pure-ftpd | 1.000 | 1.00 | 2.00 | 4.00 | 2 | 20.0 | 50.0 | 1.00x |  |");
+        has("| pasvd-prebound | 1.000 | 0.75 | 1.50 | 3.00 | 2 | 15.0 | 50.0 | 0.75x |  |");
+        has("| floor | 1.000 | 0.50 | 1.00 | 2.00 | 2 | 10.0 | 50.0 | 0.50x |  |");
+        has("#### 5000 transfers/s offered");
+        has("| vsftpd | 0.800 | 0.25 | 0.50 | 1.00 | 2 | 5.0 | 50.0 | - | overloaded |");
+        has("| pasvd-prebound | 1.000 | 1.50 | 3.00 | 6.00 | 2 | 30.0 | 50.0 | 0.75x |  |");
+        has("| pasvd-per-lease | 0.989 | 0.50 | 1.00 | 2.00 | 2 | 10.0 | 50.0 | - | overloaded |");
+        // The targets: this build's pasvd only, per rate.
+        has("| pasvd-prebound | 2000 | 0.75x | pass |");
+        has("| pasvd-per-lease | 2000 | 1.25x | MISSED |");
+        has("| pasvd-prebound | 5000 | 0.75x | pass |");
+        has("| pasvd-per-lease | 5000 | - | MISSED (overloaded) |");
+        assert!(!table.contains("| floor | 2000 |"), "{table}");
+        assert_eq!(missed, 2, "{table}");
+
+        // A rate no peer kept up with compares nothing and misses nothing.
+        let alone =
+            line(1, "vsftpd", 9000.0, 10.0, 1.0) + &line(1, "pasvd-prebound", 9000.0, 9000.0, 1.0);
+        let (table, missed) = rate_report(workload, &targets, &alone, false).unwrap();
+        assert_eq!(missed, 0, "{table}");
+        assert!(
+            table.contains("| pasvd-prebound | 9000 | - | no peer kept up |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn rates_are_parsed_and_checked() {
+        assert_eq!(parse_rates("2000,5000").unwrap(), [2000.0, 5000.0]);
+        assert_eq!(parse_rates(" 750.5 ").unwrap(), [750.5]);
+        for bad in ["", "0", "2000,", "-5", "nan", "inf", "2e6", "fast"] {
+            assert!(parse_rates(bad).is_err(), "{bad:?} accepted");
+        }
+        let parse =
+            |a: &[&str]| parse_options(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(parse(&["--peers", "kit"]).unwrap().rates, DEFAULT_RATES);
+        let o = parse(&["--peers", "kit", "--rates", "1000,3000"]).unwrap();
+        assert_eq!(o.rates, [1000.0, 3000.0]);
+        assert!(parse(&["--rates", "0"]).is_err());
+    }
 
     #[test]
     fn load_report_gives_server_cost_and_marks_generator_bound_runs() {
@@ -1192,7 +1540,16 @@ mod tests {
         let o = parse(&["--peers", "kit", "--tls"]).unwrap();
         assert_eq!(names(&o), ["ftps-20ports-k32", "ftps-1mib-retr-k8"]);
         let o = parse(&["--peers", "kit"]).unwrap();
-        assert_eq!(names(&o), ["20ports-k32", "1000ports-k8", "1mib-retr-k8"]);
+        assert_eq!(
+            names(&o),
+            [
+                "20ports-k32",
+                "1000ports-k8",
+                "1mib-retr-k8",
+                "1000ports-k8-rate",
+                "1000ports-k32-rate"
+            ]
+        );
         let o = parse(&["--peers", "kit", "--workload", "ftps-1mib-retr-k8"]).unwrap();
         assert_eq!(names(&o), ["ftps-1mib-retr-k8"]);
         let o = parse(&["--tls", "--workload", "ftps-20ports-k32"]).unwrap();

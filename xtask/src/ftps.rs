@@ -612,6 +612,7 @@ fn preflight(kit: &Kit, t: &LoadTarget, file: &str, ca: &Path) -> std::result::R
         max_transfers: Some(PREFLIGHT_TRANSFERS),
         pin: false,
         tls_ca: Some(ca),
+        rate: None,
     };
     let out = load_command(kit, t, &run)
         .args(["--timeout", "5", "--json"])
@@ -1055,6 +1056,7 @@ pub fn run_workload(
         max_transfers: None,
         pin: true,
         tls_ca: Some(&fleet.cert.cert),
+        rate: None,
     };
     let results = measure_rounds(kit, &fleet.targets, &load, rounds, workload.name)?;
     let results = rate_over_run(&results, f64::from(workload.duration_s))?;

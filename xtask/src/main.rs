@@ -10,6 +10,8 @@
 //! cargo xtask bench --peers KIT --syscalls [--transfers N]  syscalls and wake-ups per transfer
 //! cargo xtask bench --peers KIT --memory [--sessions N]     memory per session and transfer
 //! cargo xtask bench --peers KIT --peers-only --contended    generator and servers unpinned
+//! cargo xtask bench --peers KIT --peers-only --workload 1000ports-k8-rate [--rates R1,R2]
+//!                                                 tail latency at fixed offered rates
 //! cargo xtask dist [--out DIR]                   man pages and shell completions
 //! ```
 //!
@@ -75,8 +77,13 @@ fn print_help() {
          \x20       --pin          (python generator) generator on CPU 0, servers on CPU 1\n\
          \x20       --busy-poll-us N  also a prebound pasvd with --busy-poll-us N\n\
          \x20       --workload NAME   only this workload (20ports-k32, 1000ports-k8,\n\
-         \x20                         1mib-retr-k8, ftps-20ports-k32, ftps-1mib-retr-k8);\n\
-         \x20                         repeatable\n\
+         \x20                         1mib-retr-k8, 1000ports-k8-rate, 1000ports-k32-rate,\n\
+         \x20                         ftps-20ports-k32, ftps-1mib-retr-k8); repeatable\n\
+         \x20       --rates R1,R2  offered rates of the *-rate workloads [2000,5000]: `pasv load\n\
+         \x20                      --rate`, latency from each transfer's scheduled start;\n\
+         \x20                      per rate achieved/offered, p50/p99/p99.9, server µs per\n\
+         \x20                      transfer, pasvd's p99 over the best peer's (a server\n\
+         \x20                      below 99% of the rate is overloaded, not compared)\n\
          \x20       --baseline BIN (--peers) also BIN, an earlier pasvd build, in the default\n\
          \x20                      mode, interleaved; the report compares it with this build\n\
          \x20                      and counts a figure that dropped by more than 5% as missed\n\

@@ -104,6 +104,7 @@ pub fn syscalls(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
         max_transfers: Some(options.transfers),
         pin: true,
         tls_ca: None,
+        rate: None,
     };
     let mut rows = Vec::new();
     for t in &fleet.targets {
@@ -170,6 +171,7 @@ pub fn k_sweep_and_plots(
                     max_transfers: None,
                     pin: true,
                     tls_ca: None,
+                    rate: None,
                 };
                 for t in &fleet.targets {
                     let d = run_load(kit, t, &run)?;

@@ -945,6 +945,100 @@ async fn load_reports_against_pasvd() {
     // --delete-after removed every session's upload.
     let left: Vec<_> = std::fs::read_dir(server.path("upload")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+    // Closed loop: no open-loop figures.
+    assert!(v["open_loop"].is_null(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_at_a_fixed_rate_against_pasvd() {
+    let server = pasvd(26210, 26229, |_| {}).await;
+    let url = server.url("hello.txt");
+    // 120 slots at 400/s (0.3 s), spread over 4 sessions; --duration only bounds the run.
+    let o = pasv(
+        &[
+            "load",
+            &url,
+            "-k",
+            "4",
+            "--rate",
+            "400",
+            "--max-transfers",
+            "120",
+            "--duration",
+            "30",
+            "--expect-range",
+            "26210-26229",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    let v = json(&o);
+    assert_eq!(v["transfers"], 120, "{v}");
+    assert_eq!(v["errors"].as_object().unwrap().len(), 0, "{v}");
+    assert_eq!(v["ports_outside_range"], 0, "{v}");
+    let ol = &v["open_loop"];
+    assert_eq!(ol["offered_per_s"], 400.0, "{v}");
+    assert_eq!(ol["slots"], 120, "{v}");
+    assert_eq!(ol["slots_started"], 120, "{v}");
+    assert_eq!(ol["slots_not_started"], 0, "{v}");
+    // Every slot completed: 120 transfers over the 0.3 s they were offered in.
+    let achieved = ol["achieved_per_s"].as_f64().unwrap();
+    assert!((achieved - 400.0).abs() < 1e-6, "{v}");
+    let late = ol["late_slots"].as_u64().unwrap();
+    assert!(late <= 120, "{v}");
+    for key in ["p50", "p99", "max"] {
+        assert!(
+            ol["late_ms"][key].as_f64().unwrap() >= 0.0,
+            "late_ms.{key}: {v}"
+        );
+    }
+    let l = &ol["latency_ms"];
+    let p = |key: &str| {
+        l[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("latency_ms.{key}: {v}"))
+    };
+    assert!(p("p50") > 0.0, "{v}");
+    assert!(p("p50") <= p("p90") && p("p90") <= p("p99"), "{v}");
+    assert!(p("p99") <= p("p999") && p("p999") <= p("max"), "{v}");
+    // From the schedule, a transfer takes at least as long as from its start.
+    assert!(
+        p("max") >= v["latency_ms"]["max"].as_f64().unwrap() * 0.99,
+        "{v}"
+    );
+
+    let text = pasv(
+        &[
+            "load",
+            &url,
+            "-k",
+            "2",
+            "--rate",
+            "200",
+            "--max-transfers",
+            "10",
+        ],
+        None,
+    )
+    .await;
+    assert!(text.status.success(), "{text:?}");
+    let out = stdout(&text);
+    for line in [
+        "offered           200.0/s (10 slots)",
+        "from schedule ms",
+        "late slots",
+    ] {
+        assert!(out.contains(line), "{line:?} not in {out}");
+    }
+
+    for bad in ["0", "-1", "nan", "inf", "2000000", "many"] {
+        let o = pasv(&["load", &url, &format!("--rate={bad}")], None).await;
+        assert!(!o.status.success(), "--rate {bad} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("invalid rate"), "--rate {bad}: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

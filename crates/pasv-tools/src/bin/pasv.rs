@@ -453,6 +453,7 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     let duration = parse_secs(args.duration, "--duration")?.min(Duration::from_secs(3600));
     let mut config = load::LoadConfig::new(u, args.sessions, duration);
     config.max_transfers = args.max_transfers;
+    config.rate = args.rate;
     config.mix = args.mix;
     config.size = args.size;
     config.expect_size = args.expect_size;

@@ -177,7 +177,8 @@ pub enum Cmd {
         /// `ftp://[user[:pass]@]host[:port]/path`
         url: String,
     },
-    /// Load generator: K sessions looping transfers.
+    /// Load generator: K sessions looping transfers, back to back or at a fixed offered rate
+    /// (--rate).
     Load(LoadArgs),
     /// Infer a server's passive-port behaviour from the outside.
     Probe(ProbeArgs),
@@ -220,6 +221,10 @@ pub struct LoadArgs {
     /// Stop after this many transfer attempts.
     #[arg(long)]
     pub max_transfers: Option<u64>,
+    /// Open loop: offer this many transfers per second at fixed intervals, each taken by the
+    /// first free session, latency counted from its scheduled start (at most 1000000).
+    #[arg(long)]
+    pub rate: Option<load::Rate>,
     /// Operation weights, e.g. retr=8,stor=1,list=1.
     #[arg(long, default_value = "retr=1")]
     pub mix: load::Mix,

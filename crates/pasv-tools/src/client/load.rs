@@ -6,6 +6,13 @@
 //! (421, reset, "500 OOPS" followed by a close) is counted as lost and logs in again.
 //! Latency is measured per transfer from sending PASV to the final reply, the way
 //! `ftpload.py` measures it, so the two generators' numbers compare.
+//!
+//! That loop is *closed*: a session starts its next transfer when the last one ends, so a
+//! slow server is offered less work and its latency measures the generator's queue as much as
+//! the server. With [`LoadConfig::rate`] the run is *open*: transfers are scheduled at fixed
+//! intervals (slot `i` at `i / rate` after the start), each taken by whichever session is free
+//! first, and a transfer's latency also counts from its slot's time, so a slot that waited
+//! for a free session counts its wait against the server (no coordinated omission).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,6 +26,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Barrier, OnceCell};
+use tokio::time::Instant;
 
 use super::{
     Client, ClientConfig, ClientError, ClientTls, DataMode, Download, FtpUrl, ListCommand,
@@ -134,6 +143,9 @@ pub struct LoadConfig {
     /// FTPS (`None`: plain FTP); each session resumes its own control connection's TLS
     /// session on its data connections.
     pub tls: Option<ClientTls>,
+    /// Open loop: transfers offered at this fixed rate (`None`: closed loop, each session
+    /// back to back). The sessions log in first; the schedule starts when all have tried.
+    pub rate: Option<Rate>,
 }
 
 impl LoadConfig {
@@ -154,7 +166,210 @@ impl LoadConfig {
             timeout: Duration::from_secs(10),
             socket_buffer: None,
             tls: None,
+            rate: None,
         }
+    }
+}
+
+/// The largest `--rate`, transfers per second: far above what one generator core sustains.
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// An offered rate of the open-loop mode, transfers per second: finite, above 0, at most
+/// [`MAX_RATE`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rate(f64);
+
+/// A rate that is not a number, not above 0, or above [`MAX_RATE`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rate {0:?}: expected transfers per second, a number above 0 and at most 1000000")]
+pub struct RateError(String);
+
+impl Rate {
+    /// `per_s` transfers per second, if it is finite, above 0 and at most [`MAX_RATE`].
+    pub fn new(per_s: f64) -> Result<Rate, RateError> {
+        if per_s.is_finite() && per_s > 0.0 && per_s <= MAX_RATE {
+            Ok(Rate(per_s))
+        } else {
+            Err(RateError(per_s.to_string()))
+        }
+    }
+
+    /// Transfers per second.
+    pub fn per_s(self) -> f64 {
+        self.0
+    }
+}
+
+impl FromStr for Rate {
+    type Err = RateError;
+
+    /// `2000`, `2500.5`.
+    fn from_str(s: &str) -> Result<Rate, RateError> {
+        let per_s: f64 = s.trim().parse().map_err(|_| RateError(s.to_owned()))?;
+        Rate::new(per_s).map_err(|_| RateError(s.to_owned()))
+    }
+}
+
+/// The open-loop schedule: slot `i` is due `i / rate` after the start, and a run has
+/// `len` slots (those due before the end of the duration, at most `max_transfers`).
+///
+/// Every slot's time is computed from its number, so no error accumulates over a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Schedule {
+    rate: Rate,
+    len: u64,
+}
+
+impl Schedule {
+    fn new(rate: Rate, duration: Duration, max_transfers: Option<u64>) -> Schedule {
+        // Slots due before the end: i / rate < duration. Rate and duration are bounded, so
+        // the product fits (at most 3.6e9 for an hour at the largest rate).
+        let due = (duration.as_secs_f64() * rate.0).ceil();
+        let due = if due >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            due as u64
+        };
+        Schedule {
+            rate,
+            len: max_transfers.map_or(due, |max| max.min(due)),
+        }
+    }
+
+    /// When slot `slot` is due, counted from the start.
+    fn offset(&self, slot: u64) -> Duration {
+        Duration::from_secs_f64(slot as f64 / self.rate.0)
+    }
+
+    /// The time the slots were offered over: `len / rate`.
+    fn window(&self) -> Duration {
+        self.offset(self.len)
+    }
+}
+
+/// Hands out a schedule's slots in order, each to the session that asks first: a free
+/// session takes the next slot at once (and waits for its time), so a slot is taken late
+/// only when no session was free when it came due.
+#[derive(Debug)]
+struct Slots {
+    schedule: Schedule,
+    next: AtomicU64,
+}
+
+impl Slots {
+    fn new(schedule: Schedule) -> Slots {
+        Slots {
+            schedule,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The next slot's offset from the start, or `None` when every slot is taken.
+    fn claim(&self) -> Option<Duration> {
+        // Each session stops at its first `None`, so the counter passes `len` by at most K.
+        let slot = self.next.fetch_add(1, Ordering::Relaxed);
+        (slot < self.schedule.len).then(|| self.schedule.offset(slot))
+    }
+}
+
+/// What the open loop records per session: latency from each slot's time, and the slots
+/// that were taken late.
+#[derive(Debug)]
+struct OpenStats {
+    /// Completed transfers, from the slot's time to the final reply, µs.
+    from_schedule_us: Histogram<u64>,
+    /// Late slots (taken after their time): how long after their time they started, µs.
+    late_us: Histogram<u64>,
+    /// Slots whose transfer began.
+    started: u64,
+}
+
+impl OpenStats {
+    fn new() -> OpenStats {
+        OpenStats {
+            from_schedule_us: latency_histogram(),
+            late_us: latency_histogram(),
+            started: 0,
+        }
+    }
+
+    /// One slot, due at `due`, taken by a free session at `taken`, begun at `started`
+    /// (the later of the two, plus the timer's lag), and ended at `completed` if the transfer
+    /// completed (`None`: it failed, and only its start counts).
+    fn record(
+        &mut self,
+        due: Instant,
+        taken: Instant,
+        started: Instant,
+        completed: Option<Instant>,
+    ) {
+        self.started += 1;
+        if taken > due {
+            record_us(&mut self.late_us, started.saturating_duration_since(due));
+        }
+        if let Some(end) = completed {
+            record_us(
+                &mut self.from_schedule_us,
+                end.saturating_duration_since(due),
+            );
+        }
+    }
+
+    fn merge(&mut self, other: &OpenStats) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.from_schedule_us.add(&other.from_schedule_us);
+        let _ = self.late_us.add(&other.late_us);
+        self.started += other.started;
+    }
+
+    /// The report of a run of `schedule` that completed `transfers` of its slots.
+    fn report(&self, schedule: &Schedule, transfers: u64) -> OpenLoopReport {
+        let window = schedule.window().as_secs_f64();
+        let late = latency_of(&self.late_us);
+        OpenLoopReport {
+            offered_per_s: schedule.rate.0,
+            achieved_per_s: if window > 0.0 {
+                transfers as f64 / window
+            } else {
+                0.0
+            },
+            slots: schedule.len,
+            slots_started: self.started,
+            slots_not_started: schedule.len.saturating_sub(self.started),
+            late_slots: self.late_us.len(),
+            late_ms: LateBy {
+                p50: late.p50,
+                p99: late.p99,
+                max: late.max,
+            },
+            latency_ms: latency_of(&self.from_schedule_us),
+        }
+    }
+}
+
+/// 1 µs to 60 s (longer counts as 60 s) at 2 significant digits (1%): about 20 KiB, so
+/// thousands of sessions stay cheap; 3 digits would take 140 KiB each.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+fn record_us(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
+/// The percentiles of a histogram of µs, in ms (all 0 when it is empty).
+fn latency_of(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50: ms(h.value_at_quantile(0.50)),
+        p90: ms(h.value_at_quantile(0.90)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
     }
 }
 
@@ -167,10 +382,46 @@ pub struct Latency {
     pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
     /// Largest.
     pub max: f64,
     /// Mean.
     pub mean: f64,
+}
+
+/// How long after their time the late slots of an open-loop run started, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LateBy {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// The open-loop part of a report ([`LoadConfig::rate`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLoopReport {
+    /// Transfers per second offered (`--rate`).
+    pub offered_per_s: f64,
+    /// Completed transfers over the time the slots were offered (`slots / offered_per_s`):
+    /// equal to `offered_per_s` when every slot's transfer completed.
+    pub achieved_per_s: f64,
+    /// Slots scheduled: those due before the end of the duration, at most
+    /// `--max-transfers`.
+    pub slots: u64,
+    /// Slots whose transfer began.
+    pub slots_started: u64,
+    /// Slots no session took before the end of the run (a server that fell behind).
+    pub slots_not_started: u64,
+    /// Slots taken after their time, because no session was free when they came due.
+    pub late_slots: u64,
+    /// How long after their time the late slots started.
+    pub late_ms: LateBy,
+    /// Latency of completed transfers from their slot's time to the final reply.
+    pub latency_ms: Latency,
 }
 
 /// The result of a run.
@@ -223,6 +474,8 @@ pub struct LoadReport {
     pub tls_data_handshakes_full: u64,
     /// FTPS data connection handshakes that resumed the control connection's TLS session.
     pub tls_data_handshakes_resumed: u64,
+    /// The open loop's figures (`null` in a closed-loop run).
+    pub open_loop: Option<OpenLoopReport>,
 }
 
 const MAX_ERROR_TEXTS: usize = 32;
@@ -242,10 +495,12 @@ struct SessionStats {
     passive_replies: u64,
     handshakes_full: u64,
     handshakes_resumed: u64,
+    /// The open loop's figures (`None` in a closed-loop run).
+    open: Option<OpenStats>,
 }
 
 impl SessionStats {
-    fn new() -> SessionStats {
+    fn new(open_loop: bool) -> SessionStats {
         SessionStats {
             transfers: 0,
             by_op: [0; 3],
@@ -254,16 +509,13 @@ impl SessionStats {
             errors_by_text: BTreeMap::new(),
             count_425: 0,
             sessions_lost: 0,
-            // 1 µs to 60 s (longer transfers count as 60 s) at 2 significant digits (1%):
-            // about 20 KiB per session, so thousands of sessions stay cheap; 3 digits would
-            // take 140 KiB each.
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
-                .expect("constant histogram bounds are valid"),
+            latency_us: latency_histogram(),
             ports: BTreeSet::new(),
             ports_outside_range: 0,
             passive_replies: 0,
             handshakes_full: 0,
             handshakes_resumed: 0,
+            open: open_loop.then(OpenStats::new),
         }
     }
 
@@ -300,6 +552,9 @@ impl SessionStats {
         self.passive_replies += other.passive_replies;
         self.handshakes_full += other.handshakes_full;
         self.handshakes_resumed += other.handshakes_resumed;
+        if let (Some(mine), Some(theirs)) = (&mut self.open, &other.open) {
+            mine.merge(theirs);
+        }
     }
 }
 
@@ -311,28 +566,66 @@ fn note_text(map: &mut BTreeMap<String, u64>, text: String, n: u64) {
     *map.entry(text).or_default() += n;
 }
 
+/// How the sessions of a run pace their transfers.
+#[derive(Debug)]
+enum Pace {
+    /// Closed loop: back to back until `deadline`; `attempts` counts against
+    /// `max_transfers`.
+    Closed {
+        deadline: Instant,
+        attempts: AtomicU64,
+    },
+    /// Open loop: the sessions log in, meet at `ready`, and the first one past it sets the
+    /// schedule's `start`; then each free session takes the next of `slots`.
+    Open {
+        slots: Slots,
+        ready: Barrier,
+        start: OnceCell<Instant>,
+    },
+}
+
 /// Runs the load and reports.
 pub async fn run(config: LoadConfig) -> LoadReport {
     let config = Arc::new(config);
     let cpu_start = process_cpu_time();
-    let started = clock::now();
-    let deadline = started + config.duration;
-    let attempts = Arc::new(AtomicU64::new(0));
+    let launched = clock::now();
+    let pace = Arc::new(match config.rate {
+        None => Pace::Closed {
+            deadline: launched + config.duration,
+            attempts: AtomicU64::new(0),
+        },
+        Some(rate) => Pace::Open {
+            slots: Slots::new(Schedule::new(rate, config.duration, config.max_transfers)),
+            ready: Barrier::new(config.sessions),
+            start: OnceCell::new(),
+        },
+    });
     let mut tasks = Vec::with_capacity(config.sessions);
     for session in 0..config.sessions {
         let config = Arc::clone(&config);
-        let attempts = Arc::clone(&attempts);
+        let pace = Arc::clone(&pace);
         tasks.push(tokio::spawn(async move {
-            run_session(&config, session, deadline, &attempts).await
+            run_session(&config, session, &pace).await
         }));
     }
-    let mut total = SessionStats::new();
+    let mut total = SessionStats::new(config.rate.is_some());
     for task in tasks {
         match task.await {
             Ok(stats) => total.merge(stats),
             Err(e) => total.error("panic".into(), e.to_string()),
         }
     }
+    // An open loop's time runs from the schedule's start, after the logins.
+    let (started, open_loop) = match &*pace {
+        Pace::Closed { .. } => (launched, None),
+        Pace::Open { slots, start, .. } => (
+            start.get().copied().unwrap_or(launched),
+            total
+                .open
+                .as_ref()
+                .map(|o| o.report(&slots.schedule, total.transfers)),
+        ),
+    };
     let elapsed = clock::now()
         .saturating_duration_since(started)
         .as_secs_f64()
@@ -341,19 +634,7 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
         _ => None,
     };
-    let h = &total.latency_us;
-    let ms = |us: u64| us as f64 / 1000.0;
-    let latency_ms = if h.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            mean: h.mean() / 1000.0,
-        }
-    };
+    let latency_ms = latency_of(&total.latency_us);
     let by_op = ["retr", "stor", "list"]
         .iter()
         .zip(total.by_op)
@@ -384,16 +665,12 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         tls: config.tls.is_some(),
         tls_data_handshakes_full: total.handshakes_full,
         tls_data_handshakes_resumed: total.handshakes_resumed,
+        open_loop,
     }
 }
 
-async fn run_session(
-    config: &LoadConfig,
-    session: usize,
-    deadline: tokio::time::Instant,
-    attempts: &AtomicU64,
-) -> SessionStats {
-    let mut stats = SessionStats::new();
+async fn run_session(config: &LoadConfig, session: usize, pace: &Pace) -> SessionStats {
+    let mut stats = SessionStats::new(matches!(pace, Pace::Open { .. }));
     let mut rng = StdRng::seed_from_u64(0x7061_7376 ^ session as u64);
     // One buffer per session, reused by every transfer: 256 KiB lets a single read drain
     // what loopback delivers in one go.
@@ -408,9 +685,35 @@ async fn run_session(
     let mut stored = false;
     let mut client: Option<Client> = None;
     let mut login_backoff = Duration::from_millis(10);
+    let cut_off = || ClientError::Timeout("the end of the run");
+    // The open loop's slots and the instant its schedule started.
+    let (deadline, open) = match pace {
+        Pace::Closed { deadline, .. } => (*deadline, None),
+        Pace::Open {
+            slots,
+            ready,
+            start,
+        } => {
+            // Log in before the schedule starts, so that its first slots do not wait for
+            // the logins; a session that fails here tries again in the run.
+            let login = Client::open(&config.url, client_config.clone());
+            match tokio::time::timeout(config.timeout, login)
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Timeout("login")))
+            {
+                Ok(c) => client = Some(c),
+                Err(e) => stats.error(format!("login_{}", e.kind()), format!("login: {e}")),
+            }
+            ready.wait().await;
+            let start = *start.get_or_init(|| async { clock::now() }).await;
+            (start + config.duration, Some((slots, start)))
+        }
+    };
     // Nothing in flight at the end of the run outlives it by more than the timeout.
     let cut = deadline + config.timeout;
-    let cut_off = || ClientError::Timeout("the end of the run");
+    // The open loop's one timer per session, reset to each slot's time.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     while clock::now() < deadline {
         let mut c = match client.take() {
             Some(c) => c,
@@ -433,12 +736,28 @@ async fn run_session(
                 }
             }
         };
-        if let Some(max) = config.max_transfers {
-            if attempts.fetch_add(1, Ordering::Relaxed) >= max {
+        // The open loop's slot: when it was due and when this session took it.
+        let slot = if let Some((slots, start)) = open {
+            let Some(offset) = slots.claim() else {
                 client = Some(c);
                 break;
+            };
+            let due = start + offset;
+            let taken = clock::now();
+            if due > taken {
+                timer.as_mut().reset(due);
+                timer.as_mut().await;
             }
-        }
+            Some((due, taken))
+        } else {
+            if let (Pace::Closed { attempts, .. }, Some(max)) = (pace, config.max_transfers) {
+                if attempts.fetch_add(1, Ordering::Relaxed) >= max {
+                    client = Some(c);
+                    break;
+                }
+            }
+            None
+        };
         let op = config.mix.pick(&mut rng);
         let t0 = clock::now();
         let transfer = async {
@@ -452,7 +771,8 @@ async fn run_session(
             Ok(result) => (result, false),
             Err(_) => (Err(cut_off()), true),
         };
-        let latency = clock::now().saturating_duration_since(t0);
+        let finished = clock::now();
+        let latency = finished.saturating_duration_since(t0);
         if let Some(addr) = c.take_last_data_addr() {
             stats.passive_replies += 1;
             stats.ports.insert(addr.port());
@@ -463,6 +783,7 @@ async fn run_session(
             }
         }
         let result_failed = result.is_err();
+        let mut completed = None;
         match result {
             Ok(bytes) if op == Op::Retr && config.expect_size && bytes != config.size => {
                 stats.error(
@@ -475,10 +796,8 @@ async fn run_session(
                 stats.by_op[op as usize] += 1;
                 stats.bytes += bytes;
                 stored |= op == Op::Stor;
-                let us = u64::try_from(latency.as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                stats.latency_us.saturating_record(us);
+                record_us(&mut stats.latency_us, latency);
+                completed = Some(finished);
             }
             Err(e) => {
                 if e.code().map(|c| c.get()) == Some(425) {
@@ -486,6 +805,9 @@ async fn run_session(
                 }
                 stats.error(e.kind(), error_text(&e));
             }
+        }
+        if let (Some(open), Some((due, taken))) = (&mut stats.open, slot) {
+            open.record(due, taken, t0, completed);
         }
         if result_failed && !c.is_broken() {
             c.check_connection();
@@ -591,6 +913,32 @@ impl fmt::Display for LoadReport {
             "latency ms        p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.max
         )?;
+        if let Some(o) = &self.open_loop {
+            writeln!(
+                f,
+                "offered           {:.1}/s ({} slots), achieved {:.1}/s ({:.1}%)",
+                o.offered_per_s,
+                o.slots,
+                o.achieved_per_s,
+                100.0 * o.achieved_per_s / o.offered_per_s
+            )?;
+            let l = &o.latency_ms;
+            writeln!(
+                f,
+                "from schedule ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            )?;
+            writeln!(
+                f,
+                "late slots        {} of {} started, late by p50 {:.2}  p99 {:.2}  max {:.2} ms; {} not started",
+                o.late_slots,
+                o.slots_started,
+                o.late_ms.p50,
+                o.late_ms.p99,
+                o.late_ms.max,
+                o.slots_not_started
+            )?;
+        }
         writeln!(f, "425 refusals      {}", self.count_425)?;
         writeln!(f, "sessions lost     {}", self.sessions_lost)?;
         match (self.min_port, self.max_port) {
@@ -673,6 +1021,158 @@ mod tests {
             (2800..3200).contains(&counts[Op::Retr as usize]),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn rates_are_validated() {
+        assert_eq!("2000".parse::<Rate>().unwrap().per_s(), 2000.0);
+        assert_eq!(" 2.5 ".parse::<Rate>().unwrap().per_s(), 2.5);
+        assert!(Rate::new(MAX_RATE).is_ok());
+        for bad in ["0", "-5", "NaN", "inf", "1e7", "1000000.5", "fast", ""] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.to_string().contains("above 0 and at most 1000000"), "{e}");
+        }
+        assert!(Rate::new(f64::NAN).is_err() && Rate::new(-0.0).is_err());
+    }
+
+    fn rate(per_s: f64) -> Rate {
+        Rate::new(per_s).unwrap()
+    }
+
+    #[test]
+    fn slots_are_due_at_fixed_intervals_without_drift() {
+        let s = Schedule::new(rate(3000.0), Duration::from_secs(10), None);
+        assert_eq!(s.len, 30_000);
+        assert_eq!(s.offset(0), Duration::ZERO);
+        assert_eq!(s.offset(3), Duration::from_millis(1));
+        assert_eq!(s.window(), Duration::from_secs(10));
+        // Computed from the slot's number, not summed: no drift after millions of slots.
+        let long = Schedule::new(rate(3000.0), Duration::from_secs(3600), None);
+        assert_eq!(long.len, 10_800_000);
+        assert_eq!(long.offset(9_000_000), Duration::from_secs(3000));
+        // Slots due before the end of the duration, at most --max-transfers.
+        assert_eq!(
+            Schedule::new(rate(1000.0), Duration::from_micros(2500), None).len,
+            3
+        );
+        let capped = Schedule::new(rate(1000.0), Duration::from_secs(10), Some(100));
+        assert_eq!(capped.len, 100);
+        assert_eq!(capped.window(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn every_slot_is_taken_once_in_order() {
+        let slots = Slots::new(Schedule::new(rate(1000.0), Duration::from_secs(1), None));
+        let taken: Vec<Vec<Duration>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| std::iter::from_fn(|| slots.claim()).collect()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for one in &taken {
+            assert!(one.windows(2).all(|w| w[0] < w[1]), "out of order");
+        }
+        let mut all: Vec<Duration> = taken.concat();
+        all.sort();
+        let expected: Vec<Duration> = (0..1000).map(Duration::from_millis).collect();
+        assert_eq!(all, expected);
+        assert_eq!(slots.claim(), None);
+    }
+
+    /// Runs a schedule through `k` sessions on a fake clock, as `run_session` does: the
+    /// session free first takes the next slot, starts it at its time plus the timer's `lag`
+    /// (or at once if it is overdue), and is busy for `service(slot)`.
+    fn simulate(
+        k: usize,
+        schedule: Schedule,
+        lag: Duration,
+        service: impl Fn(u64) -> Option<Duration>,
+    ) -> OpenStats {
+        let base = clock::now();
+        let slots = Slots::new(schedule);
+        let mut free_at = vec![base; k];
+        let mut stats = OpenStats::new();
+        for slot in 0.. {
+            let (session, taken) = free_at
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by_key(|(i, t)| (*t, *i))
+                .unwrap();
+            let Some(offset) = slots.claim() else {
+                break;
+            };
+            let due = base + offset;
+            let started = if taken < due { due + lag } else { taken };
+            // `None`: the transfer fails after 1 ms.
+            let busy = service(slot);
+            let end = started + busy.unwrap_or(Duration::from_millis(1));
+            stats.record(due, taken, started, busy.map(|_| end));
+            free_at[session] = end;
+        }
+        stats
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= b * 0.02
+    }
+
+    #[test]
+    fn latency_counts_from_the_scheduled_start() {
+        // One session, a slot every 1 ms, each transfer 2 ms: slot i starts at 2i ms and
+        // ends at 2i + 2, so its latency from the schedule is i + 2 ms and it started i ms
+        // late; measured from its actual start every transfer would take 2 ms.
+        let schedule = Schedule::new(rate(1000.0), Duration::from_millis(10), None);
+        let two_ms = |_| Some(Duration::from_millis(2));
+        let stats = simulate(1, schedule, Duration::ZERO, two_ms);
+        let r = stats.report(&schedule, 10);
+        assert_eq!((r.slots, r.slots_started, r.slots_not_started), (10, 10, 0));
+        assert_eq!(r.late_slots, 9, "{r:?}");
+        assert!(close(r.late_ms.max, 9.0), "{r:?}");
+        assert!(close(r.latency_ms.max, 11.0), "{r:?}");
+        assert!(close(r.latency_ms.p50, 6.0), "{r:?}");
+        assert!(close(r.latency_ms.p99, 11.0), "{r:?}");
+        assert!(close(r.latency_ms.mean, 6.5), "{r:?}");
+        assert!(close(r.achieved_per_s, 1000.0) && r.offered_per_s == 1000.0);
+
+        // Two sessions keep up with the same schedule: every slot on time, 2 ms each.
+        let r = simulate(2, schedule, Duration::ZERO, two_ms).report(&schedule, 10);
+        assert_eq!(r.late_slots, 0, "{r:?}");
+        assert_eq!(r.late_ms, LateBy::default());
+        assert!(
+            close(r.latency_ms.p50, 2.0) && close(r.latency_ms.max, 2.0),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_stall_makes_the_following_slots_late_and_failures_count_no_latency() {
+        // Four sessions, a slot every 1 ms, 1 ms transfers, each started 0.3 ms after its
+        // time (the timer's lag: in the latency, but no slot is late for it); slot 10 stalls
+        // for 20 ms and slots 30 and 31 fail. The other three sessions keep up, so no slot
+        // waits for a session.
+        let schedule = Schedule::new(rate(1000.0), Duration::from_millis(100), None);
+        let service = |slot| match slot {
+            10 => Some(Duration::from_millis(20)),
+            30 | 31 => None,
+            _ => Some(Duration::from_millis(1)),
+        };
+        let lag = Duration::from_micros(300);
+        let r = simulate(4, schedule, lag, service).report(&schedule, 98);
+        assert_eq!((r.slots_started, r.late_slots), (100, 0), "{r:?}");
+        assert!(close(r.latency_ms.p50, 1.3), "{r:?}");
+        assert!(close(r.latency_ms.max, 20.3), "{r:?}");
+        assert!(close(r.achieved_per_s, 980.0), "{r:?}");
+        // One session with 0.5 ms transfers: the stall (slot 10, from 10 to 30 ms) makes
+        // slot k > 10 start at 30 + (k - 11) / 2 ms, late by 24.5 - k / 2 ms, until slot 49
+        // is on time again: 38 late slots, the first 19 ms late.
+        let service = |slot| Some(Duration::from_micros(if slot == 10 { 20_000 } else { 500 }));
+        let r = simulate(1, schedule, Duration::ZERO, service).report(&schedule, 100);
+        assert_eq!(r.late_slots, 38, "{r:?}");
+        assert!(close(r.late_ms.max, 19.0), "{r:?}");
+        // 61 slots of 0.5 ms, then the late ones from 1 to 19.5 ms: the 90th is 15 ms.
+        assert!(close(r.latency_ms.p90, 15.0), "{r:?}");
+        assert!(close(r.latency_ms.max, 20.0), "{r:?}");
     }
 
     #[test]
