@@ -160,6 +160,11 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The certificate reader (started by pasvd itself, with an empty environment) does
+    // nothing else: no log, no configuration.
+    if let Some(Sub::TlsReader { cert, key }) = &cli.command {
+        return Ok(server::cert_reader::run(cert, key)?);
+    }
     if let Some(Sub::Passwd) = cli.command {
         return passwd();
     }
@@ -223,6 +228,10 @@ fn serve(config: Config, demo: bool, log: &BufferedStderr) -> anyhow::Result<()>
     // privileges it started with. The log flusher and the runtime's workers start afterwards
     // and inherit the new account.
     let mut bound = BoundServer::bind(config.clone())?;
+    // With run_as and certificate files, a child that keeps these privileges reads the files
+    // for SIGHUP reloads (keys are often readable by root only). It is this very program:
+    // /proc/self/exe names the running binary even if the file was replaced since.
+    bound.start_cert_reader(std::path::Path::new("/proc/self/exe"))?;
     bound.drop_privileges()?;
     log.spawn_flusher();
     if demo {
