@@ -247,16 +247,18 @@ pub(crate) fn serve(
                 format!("unknown request byte {:#04x}", request[0]),
             ));
         }
-        let reply = match (read_file(cert), read_file(key)) {
-            (Err(reason), _) => Reply::Failed {
+        let reply = match read_file(cert) {
+            Err(reason) => Reply::Failed {
                 which: Which::Cert,
                 reason,
             },
-            (Ok(_), Err(reason)) => Reply::Failed {
-                which: Which::Key,
-                reason,
+            Ok(cert) => match read_file(key) {
+                Err(reason) => Reply::Failed {
+                    which: Which::Key,
+                    reason,
+                },
+                Ok(key) => Reply::Files { cert, key },
             },
-            (Ok(cert), Ok(key)) => Reply::Files { cert, key },
         };
         output.write_all(&encode(&reply))?;
         output.flush()?;

@@ -436,12 +436,19 @@ impl BoundServer {
     /// reload reads the files through it, so a key readable by root only can be reloaded
     /// after the switch. One round trip checks that it answers. Call it before
     /// [`BoundServer::drop_privileges`]; returns the reader's process id, or `None` when
-    /// no reader is needed (no `run_as`, no certificate files, privileges already dropped).
+    /// no reader is needed (no `run_as`, or the process already runs as that account; no
+    /// certificate files; privileges already dropped).
     pub fn start_cert_reader(
         &mut self,
         program: &std::path::Path,
     ) -> Result<Option<u32>, ServerError> {
-        if self.privileges_dropped || self.run_as.is_none() {
+        // Only a process that will change accounts has privileges to keep (one a service
+        // manager started as the run_as account reads no more than that account).
+        let switching = self
+            .run_as
+            .as_ref()
+            .is_some_and(|account| rustix::process::geteuid() != account.uid);
+        if self.privileges_dropped || !switching {
             return Ok(None);
         }
         let Some(tls) = &self.tls else {
