@@ -398,7 +398,10 @@ fn sighup_reload_reads_a_root_only_key_after_privileges_are_dropped() {
     // Root only: read by the certificate reader, no warning, the reload works.
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
     let (warned, outcome) = reload_under_run_as(&root, &cert, &key);
-    assert!(!warned, "a warning although the certificate reader reads the key");
+    assert!(
+        !warned,
+        "a warning although the certificate reader reads the key"
+    );
     assert!(
         outcome.contains("certificate reloaded"),
         "SIGHUP reload of a root-only key under run_as: {outcome}"

@@ -159,12 +159,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // The certificate reader (started by pasvd itself, with an empty environment) does
-    // nothing else: no log, no configuration.
-    if let Some(Sub::TlsReader { cert, key }) = &cli.command {
-        return Ok(server::cert_reader::run(cert, key)?);
+    // The certificate reader, `pasvd tls-reader CERT KEY`, started by pasvd itself (with an
+    // empty environment) before it switches to run_as: dispatched before anything else, it
+    // reads no flag, no environment, no configuration and sets up no log. Not a clap
+    // subcommand, so no help text, man page or shell completion offers it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, sub, cert, key] = &args[..] {
+        if sub == server::cert_reader::SUBCOMMAND {
+            return Ok(server::cert_reader::run(cert.as_ref(), key.as_ref())?);
+        }
     }
+    let cli = Cli::parse();
     if let Some(Sub::Passwd) = cli.command {
         return passwd();
     }

@@ -195,14 +195,4 @@ pub struct Cli {
 pub enum Sub {
     /// Reads a password from stdin and prints its argon2 hash for the users file.
     Passwd,
-    /// The privileged certificate reader pasvd starts itself before switching to run_as
-    /// (not for use by hand): answers each request byte on stdin with CERT and KEY on
-    /// stdout, until stdin closes.
-    #[command(name = "tls-reader", hide = true)]
-    TlsReader {
-        /// The certificate chain file.
-        cert: PathBuf,
-        /// The private key file.
-        key: PathBuf,
-    },
 }
