@@ -785,6 +785,164 @@ async fn sighup_swaps_the_certificate_for_new_sessions_while_old_ones_keep_worki
     old.expect("NOOP", 200).await;
 }
 
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue; // ended meanwhile
+        };
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Whether descriptor `fd` of process `pid` is one that pasvd inherited from this test
+/// (and passed on, not knowing it): open here, without close-on-exec, on the same file.
+/// Descriptors leaked by whatever started the test (a job server's pipe) are such; pasvd's
+/// own sockets and files are not.
+fn inherited_from_here(pid: u32, fd: u32) -> bool {
+    let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+        return false;
+    };
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("fdinfo flags");
+    const O_CLOEXEC: u32 = 0o2_000_000;
+    let target = |pid: &str| fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    flags & O_CLOEXEC == 0 && target("self").is_some() && target("self") == target(&pid.to_string())
+}
+
+/// Whether process `pid` still runs (a zombie has ended: whoever reaps it may be slow).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name in parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
+}
+
+#[tokio::test]
+async fn a_root_only_key_is_reloaded_after_run_as_through_the_certificate_reader() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "skipped a_root_only_key_is_reloaded_after_run_as_through_the_certificate_reader: \
+             it needs root (--run-as, a key only root may read)"
+        );
+        return;
+    }
+    let mut server = Pasvd::start_run_as(PORTS, &[], "nobody");
+    let pid = server.child.id();
+    let tls = connector(&[&server.cert.der], true);
+    let peer = |ctl: &Ctl<Tls>| {
+        ctl.stream
+            .get_ref()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("certificate")[0]
+            .clone()
+    };
+    let first = implicit(&server, &tls).await;
+    assert_eq!(peer(&first), server.cert.der);
+
+    // The reader: pasvd's only child, still root, holding stdin, stdout and stderr and none
+    // of pasvd's sockets or files (only what pasvd itself inherited, if anything).
+    let children = children_of(pid);
+    assert_eq!(children.len(), 1, "pasvd's children: {children:?}");
+    let reader = children[0];
+    let cmdline = fs::read(format!("/proc/{reader}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.split(|&b| b == 0).any(|arg| arg == b"tls-reader"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let status = fs::read_to_string(format!("/proc/{reader}/status")).expect("status");
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid");
+    assert_eq!(
+        uids.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "0", "0", "0", "0"]
+    );
+    let fds: Vec<u32> = fs::read_dir(format!("/proc/{reader}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.expect("fd").file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in [0, 1, 2] {
+        assert!(fds.contains(&fd), "the reader lacks fd {fd}: {fds:?}");
+    }
+    for &fd in fds.iter().filter(|&&fd| fd > 2) {
+        assert!(
+            inherited_from_here(reader, fd),
+            "the reader holds fd {fd} ({:?}), not one pasvd inherited",
+            fs::read_link(format!("/proc/{reader}/fd/{fd}"))
+        );
+    }
+
+    // A renewal: new files in place (the key root-only again), then SIGHUP.
+    let second = generate(&server.tls_dir(), "second");
+    fs::rename(&second.cert, &server.cert.cert).expect("rename cert");
+    fs::rename(&second.key, &server.cert.key).expect("rename key");
+    fs::set_permissions(
+        &server.cert.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&server.child),
+        rustix::process::Signal::HUP,
+    )
+    .expect("SIGHUP");
+    let (line, before) =
+        server.wait_log_any(&["TLS certificate reloaded", "TLS certificate reload failed"]);
+    assert!(line.contains("TLS certificate reloaded"), "{line}");
+    for earlier in &before {
+        assert!(
+            !earlier.contains("is not readable by the run_as account"),
+            "{earlier}"
+        );
+    }
+    let fresh = connector(&[&server.cert.der, &second.der], true);
+    let mut new = implicit(&server, &fresh).await;
+    assert_eq!(
+        peer(&new),
+        second.der,
+        "a new session gets the new certificate"
+    );
+    new.expect("NOOP", 200).await;
+
+    // However pasvd ends, the reader ends with it (its stdin closes).
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("pasvd ends");
+    // Polled: at most 2,000 looks 10 ms apart (20 s).
+    let gone = (0..2_000).any(|_| {
+        let gone = !running(reader);
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        gone
+    });
+    assert!(gone, "the reader {reader} outlived pasvd");
+}
+
 /// One HTTP/1.1 GET, the body.
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("metrics");

@@ -1,11 +1,13 @@
 //! The server's FTPS building blocks with real rustls handshakes over in-memory streams: a
 //! data connection is accepted only when it resumes a TLS session of its own control
-//! session (TLS 1.2 session ids, TLS 1.2 tickets, TLS 1.3 tickets), and a certificate reload
-//! reaches new handshakes only.
+//! session (TLS 1.2 session ids, TLS 1.2 tickets, TLS 1.3 tickets), a certificate reload
+//! reaches new handshakes only, and reloads through the certificate reader (the pasvd
+//! binary's `tls-reader`) fail clearly once it is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use pasv_tools::server::cert_reader::CertReader;
 use pasv_tools::server::tls::{
     CertResolver, CertSource, DataTlsError, SessionReuse, SessionTls, TlsServer,
 };
@@ -353,6 +355,102 @@ async fn data_handshake_that_never_comes_times_out() {
         Err(DataTlsError::Timeout(_)) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// The two paths of a [`CertSource::Files`].
+fn paths(source: &CertSource) -> (std::path::PathBuf, std::path::PathBuf) {
+    let CertSource::Files { cert, key } = source else {
+        unreachable!("files")
+    };
+    (cert.clone(), key.clone())
+}
+
+#[test]
+fn reloads_read_through_the_certificate_reader_and_fail_clearly_once_it_is_gone() {
+    let served = tempfile::tempdir().expect("tempdir");
+    let (first, source) = write_cert(served.path(), "first.example");
+    let resolver = CertResolver::new(source).expect("load");
+    // The reader is given other files than the resolver's: what a reload puts in place shows
+    // where it read from.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let (second, other) = write_cert(elsewhere.path(), "second.example");
+    let (cert, key) = paths(&other);
+    let reader = CertReader::spawn(env!("CARGO_BIN_EXE_pasvd").as_ref(), &cert, &key)
+        .expect("the reader starts");
+    let pid = reader.pid();
+    resolver.read_through(reader).expect("first reader");
+    assert_eq!(resolver.reader_pid(), Some(pid));
+    resolver.reload().expect("reload through the reader");
+    assert_eq!(leaf(&resolver), second);
+
+    // A file the reader cannot read is named, as in a direct read.
+    std::fs::remove_file(&key).expect("remove");
+    let err = resolver.reload().expect_err("no key");
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    assert_eq!(leaf(&resolver), second);
+
+    // Once the reader is gone every reload says so and the certificate stays.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("SIGKILL");
+    for _ in 0..2 {
+        let err = resolver
+            .reload()
+            .expect_err("the reader is gone")
+            .to_string();
+        assert!(err.contains("the certificate reader exited"), "{err}");
+        assert!(err.contains("until pasvd restarts"), "{err}");
+        assert_eq!(leaf(&resolver), second);
+    }
+    assert_ne!(leaf(&resolver), first);
+}
+
+#[test]
+fn a_server_whose_certificate_reader_does_not_answer_does_not_start() {
+    use pasv_tools::server::{BoundServer, Config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, source) = write_cert(dir.path(), "pasv.example");
+    let (cert, key) = paths(&source);
+    let config = || {
+        let mut config = Config::for_tests(dir.path().to_owned());
+        config.tls_cert = Some(cert.clone());
+        config.tls_key = Some(key.clone());
+        config.run_as = Some("nobody".to_owned());
+        config
+    };
+    // A program that exits at once, one that does not exist: no switch happens (the
+    // reader starts before it), so no root is needed.
+    let mut bound = BoundServer::bind(config()).expect("bind");
+    let err = bound
+        .start_cert_reader("/bin/true".as_ref())
+        .expect_err("no answer")
+        .to_string();
+    assert!(err.contains("the certificate reader (/bin/true)"), "{err}");
+    assert!(err.contains("exited"), "{err}");
+    let mut bound = BoundServer::bind(config()).expect("bind");
+    let err = bound
+        .start_cert_reader("/nonexistent/pasvd".as_ref())
+        .expect_err("no program")
+        .to_string();
+    assert!(err.contains("cannot start it"), "{err}");
+    // pasvd itself answers.
+    let mut bound = BoundServer::bind(config()).expect("bind");
+    let pid = bound
+        .start_cert_reader(env!("CARGO_BIN_EXE_pasvd").as_ref())
+        .expect("the reader answers");
+    assert!(pid.is_some());
+    // Without run_as no reader is started.
+    let mut plain = config();
+    plain.run_as = None;
+    let mut bound = BoundServer::bind(plain).expect("bind");
+    assert_eq!(
+        bound
+            .start_cert_reader(env!("CARGO_BIN_EXE_pasvd").as_ref())
+            .expect("nothing to do"),
+        None
+    );
 }
 
 #[test]

@@ -159,6 +159,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The certificate reader, `pasvd tls-reader CERT KEY`, started by pasvd itself (with an
+    // empty environment) before it switches to run_as: dispatched before anything else, it
+    // reads no flag, no environment, no configuration and sets up no log. Not a clap
+    // subcommand, so no help text, man page or shell completion offers it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, sub, cert, key] = &args[..] {
+        if sub == server::cert_reader::SUBCOMMAND {
+            return Ok(server::cert_reader::run(cert.as_ref(), key.as_ref())?);
+        }
+    }
     let cli = Cli::parse();
     if let Some(Sub::Passwd) = cli.command {
         return passwd();
@@ -223,6 +233,10 @@ fn serve(config: Config, demo: bool, log: &BufferedStderr) -> anyhow::Result<()>
     // privileges it started with. The log flusher and the runtime's workers start afterwards
     // and inherit the new account.
     let mut bound = BoundServer::bind(config.clone())?;
+    // With run_as and certificate files, a child that keeps these privileges reads the files
+    // for SIGHUP reloads (keys are often readable by root only). It is this very program:
+    // /proc/self/exe names the running binary even if the file was replaced since.
+    bound.start_cert_reader(std::path::Path::new("/proc/self/exe"))?;
     bound.drop_privileges()?;
     log.spawn_flusher();
     if demo {

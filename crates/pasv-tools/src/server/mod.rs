@@ -100,7 +100,8 @@
 //! the control socket, the data endpoint, files and the transfer task), `transfer` (the data copy and who closes), `ascii`
 //! (TYPE A line ends), `vfs` (every filesystem operation, confined to the root), `listing`
 //! (LIST/NLST/MLSD), `users` (argon2 accounts), `defender` (failed logins and bans),
-//! `xferlog`, `privileges` (the switch to `run_as`; see [`BoundServer`]).
+//! `xferlog`, `privileges` (the switch to `run_as`; see [`BoundServer`]), [`cert_reader`]
+//! (the child that keeps the first privileges to read TLS files for SIGHUP reloads).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -115,6 +116,7 @@ use tokio_util::sync::CancellationToken;
 
 mod ascii;
 mod busy_poll;
+pub mod cert_reader;
 pub mod config;
 mod core;
 mod defender;
@@ -425,6 +427,57 @@ impl BoundServer {
     /// The control address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Starts the privileged certificate reader ([`cert_reader`]) when the server will
+    /// switch to `run_as` and its certificate comes from files: `program` (the server's own
+    /// executable, `/proc/self/exe` for `pasvd`) run with [`cert_reader::SUBCOMMAND`] and
+    /// the two paths, keeping the privileges the process has now. From then on a SIGHUP
+    /// reload reads the files through it, so a key readable by root only can be reloaded
+    /// after the switch. One round trip checks that it answers. Call it before
+    /// [`BoundServer::drop_privileges`]; returns the reader's process id, or `None` when
+    /// no reader is needed (no `run_as`, or the process already runs as that account; no
+    /// certificate files; privileges already dropped).
+    pub fn start_cert_reader(
+        &mut self,
+        program: &std::path::Path,
+    ) -> Result<Option<u32>, ServerError> {
+        // Only a process that will change accounts has privileges to keep (one a service
+        // manager started as the run_as account reads no more than that account).
+        let switching = self
+            .run_as
+            .as_ref()
+            .is_some_and(|account| rustix::process::geteuid() != account.uid);
+        if self.privileges_dropped || !switching {
+            return Ok(None);
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let resolver = tls.resolver();
+        let tls::CertSource::Files { cert, key } = resolver.source() else {
+            return Ok(None);
+        };
+        let failed = |what: String| ServerError::Config {
+            reason: format!(
+                "TLS: the certificate reader ({}): {what}",
+                program.display()
+            ),
+        };
+        let reader = cert_reader::CertReader::spawn(program, cert, key)
+            .map_err(|e| failed(format!("cannot start it: {e}")))?;
+        let pid = reader.pid();
+        resolver
+            .read_through(reader)
+            .map_err(|e| failed(e.to_string()))?;
+        // The first request: it runs and answers, and the files it reads are usable.
+        resolver.reload().map_err(|e| failed(e.to_string()))?;
+        tracing::info!(
+            pid,
+            "TLS certificate and key read by a privileged reader process: a SIGHUP reload \
+             works after the switch to run_as"
+        );
+        Ok(Some(pid))
     }
 
     /// Switches the process to the `run_as` account: supplementary groups, group id, user id

@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
@@ -38,6 +38,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use super::cert_reader::{self, CertReader};
 
 /// What a session must protect with TLS (`tls_required`, `--tls-required`), like vsftpd's
 /// `force_local_logins_ssl` / `force_local_data_ssl` and ProFTPD's `TLSRequired`.
@@ -159,6 +161,10 @@ pub enum TlsError {
     /// A self-signed certificate could not be generated.
     #[error("self-signed certificate: {0}")]
     SelfSigned(String),
+    /// The privileged certificate reader could not be started, or exited, or answered out
+    /// of step ([`CertResolver::read_through`]).
+    #[error("{0}")]
+    Reader(String),
 }
 
 /// Where the server's certificate comes from.
@@ -186,12 +192,16 @@ pub struct CertResolver {
     current: RwLock<Arc<CertifiedKey>>,
     source: CertSource,
     provider: Arc<CryptoProvider>,
+    /// Reads the files for [`CertResolver::reload`] when set (see
+    /// [`CertResolver::read_through`]).
+    reader: OnceLock<CertReader>,
 }
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertResolver")
             .field("source", &self.source)
+            .field("reader", &self.reader.get().map(CertReader::pid))
             .finish_non_exhaustive()
     }
 }
@@ -205,12 +215,28 @@ impl CertResolver {
     /// Loads the certificate from `source` (or generates it).
     pub fn new(source: CertSource) -> Result<CertResolver, TlsError> {
         let provider = provider();
-        let key = load(&source, &provider)?;
+        let key = load(&source, None, &provider)?;
         Ok(CertResolver {
             current: RwLock::new(Arc::new(key)),
             source,
             provider,
+            reader: OnceLock::new(),
         })
+    }
+
+    /// From now on [`CertResolver::reload`] gets the files' bytes from `reader` (a process
+    /// that kept the privileges the server started with, see
+    /// [`super::cert_reader`]) instead of opening them itself; the parsing stays here.
+    /// Refused when a reader is already in place.
+    pub fn read_through(&self, reader: CertReader) -> Result<(), TlsError> {
+        self.reader
+            .set(reader)
+            .map_err(|_| TlsError::Reader("a certificate reader is already in use".to_owned()))
+    }
+
+    /// The process id of the certificate reader, when one is in use.
+    pub fn reader_pid(&self) -> Option<u32> {
+        self.reader.get().map(CertReader::pid)
     }
 
     /// Where the certificate comes from.
@@ -223,14 +249,15 @@ impl CertResolver {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Reads the files again and, if they hold a usable chain and a key that fits it, puts
-    /// them in place for new handshakes. On error the certificate in place stays. A
-    /// self-signed certificate is kept as it is.
+    /// Reads the files again (through the certificate reader when there is one) and, if
+    /// they hold a usable chain and a key that fits it, puts them in place for new
+    /// handshakes. On error the certificate in place stays. A self-signed certificate is
+    /// kept as it is. Blocking (file reads, or a round trip to the reader).
     pub fn reload(&self) -> Result<(), TlsError> {
         if let CertSource::SelfSigned { .. } = self.source {
             return Ok(());
         }
-        let key = load(&self.source, &self.provider)?;
+        let key = load(&self.source, self.reader.get(), &self.provider)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         Ok(())
     }
@@ -274,24 +301,61 @@ fn file_error(path: &Path, reason: impl fmt::Display) -> TlsError {
     }
 }
 
-fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+/// The bytes of the certificate and key files: from the reader when there is one,
+/// otherwise read here with the privileges the process has now.
+fn read_files(
+    cert: &Path,
+    key: &Path,
+    reader: Option<&CertReader>,
+) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    match reader {
+        Some(reader) => reader.read().map_err(|e| match e {
+            cert_reader::ReadError::File { which, reason } => match which {
+                cert_reader::Which::Cert => file_error(cert, reason),
+                cert_reader::Which::Key => file_error(key, reason),
+            },
+            cert_reader::ReadError::Reader(reason) => TlsError::Reader(reason),
+        }),
+        None => Ok((
+            cert_reader::read_file(cert).map_err(|e| file_error(cert, e))?,
+            cert_reader::read_file(key).map_err(|e| file_error(key, e))?,
+        )),
+    }
+}
+
+/// The certificate chain and key in the PEM texts of the files `cert` and `key` (named in
+/// errors): the one place certificate files are parsed.
+fn parse(
+    cert: &Path,
+    key: &Path,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(cert, e))?;
+    if chain.is_empty() {
+        return Err(file_error(cert, "no CERTIFICATE in the file"));
+    }
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => file_error(
+            key,
+            "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY in the file",
+        ),
+        other => file_error(key, other),
+    })?;
+    Ok((chain, der))
+}
+
+fn load(
+    source: &CertSource,
+    reader: Option<&CertReader>,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     let (chain, key) = match source {
         CertSource::Files { cert, key } => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| file_error(cert, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| file_error(cert, e))?;
-            if chain.is_empty() {
-                return Err(file_error(cert, "no CERTIFICATE in the file"));
-            }
-            let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-                rustls_pki_types::pem::Error::NoItemsFound => file_error(
-                    key,
-                    "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY in the file",
-                ),
-                other => file_error(key, other),
-            })?;
-            (chain, der)
+            let (cert_pem, key_pem) = read_files(cert, key, reader)?;
+            parse(cert, key, &cert_pem, &key_pem)?
         }
         CertSource::SelfSigned { names } => {
             let generated = rcgen::generate_simple_self_signed(names.clone())
@@ -417,18 +481,24 @@ impl TlsServer {
     /// Whether the certificate and key files can be read now (call after the switch to
     /// `run_as`, named `account`): SIGHUP reads them again with these privileges. When they
     /// cannot, a warning says that every reload will fail and how to fix it.
+    /// Nothing to check when a certificate reader reads the files
+    /// ([`CertResolver::read_through`]).
     pub(crate) fn check_readable_as(&self, account: &str) -> bool {
         let CertSource::Files { cert, key } = self.resolver.source() else {
             return true;
         };
+        if self.resolver.reader_pid().is_some() {
+            return true;
+        }
         let mut readable = true;
         for path in [cert, key] {
             if let Err(e) = std::fs::File::open(path) {
                 readable = false;
                 tracing::warn!(
                     "TLS file {} is not readable by the run_as account {account} ({e}): \
-                     a SIGHUP reload will fail and keep the current certificate; give it to \
-                     that account's group with mode 0640 (see docs/FTPS.md)",
+                     a SIGHUP reload will fail and keep the current certificate; start the \
+                     certificate reader (pasvd does) or give the file to that account's group \
+                     with mode 0640 (see docs/FTPS.md)",
                     path.display()
                 );
             }

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -53,12 +54,42 @@ impl Pasvd {
     /// pasvd with `extra` flags on a range of 10 ports from `base` on (each test binary
     /// passes its own base, below the ephemeral ports; 10 ports more per call).
     pub fn start_at(base: u16, extra: &[&str]) -> Pasvd {
+        Pasvd::start_with(base, extra, None)
+    }
+
+    /// The same with `--run-as account` (call as root): the served root is readable by
+    /// every account, the certificate and key are mode 0600 in a directory (`tls_dir`)
+    /// only root may enter, as keys usually are.
+    pub fn start_run_as(base: u16, extra: &[&str], account: &str) -> Pasvd {
+        Pasvd::start_with(base, extra, Some(account))
+    }
+
+    /// The certificate's directory (root-only with [`Pasvd::start_run_as`]).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    fn start_with(base: u16, extra: &[&str], run_as: Option<&str>) -> Pasvd {
         static NEXT: AtomicU16 = AtomicU16::new(0);
         let lo = base + NEXT.fetch_add(10, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
         fs::create_dir(&root).expect("root");
-        let cert = generate(dir.path(), "server");
+        let tls = dir.path().join("tls");
+        fs::create_dir(&tls).expect("tls dir");
+        let cert = generate(&tls, "server");
+        let mut run_as_args = Vec::new();
+        if let Some(account) = run_as {
+            let mode = |path: &Path, mode| {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod")
+            };
+            mode(dir.path(), 0o755);
+            mode(&root, 0o755);
+            mode(&tls, 0o700);
+            mode(&cert.cert, 0o600);
+            mode(&cert.key, 0o600);
+            run_as_args = vec!["--run-as", account];
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_pasvd"))
             .args([
                 "--listen",
@@ -79,6 +110,7 @@ impl Pasvd {
             .args(["--pasv-min-port", &lo.to_string()])
             .args(["--pasv-max-port", &(lo + 9).to_string()])
             .args(extra)
+            .args(run_as_args)
             .env("PASVD_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -128,14 +160,21 @@ impl Pasvd {
     /// Waits (bounded: each line within the timeout, at most 10,000 lines) for a log line
     /// containing `text`.
     pub fn wait_log(&self, text: &str) {
+        self.wait_log_any(&[text]);
+    }
+
+    /// Waits (bounded as [`Pasvd::wait_log`]) for a log line containing one of `texts`:
+    /// that line and the lines before it.
+    pub fn wait_log_any(&self, texts: &[&str]) -> (String, Vec<String>) {
+        let mut before = Vec::new();
         for _ in 0..10_000 {
             match self.log.recv_timeout(TIMEOUT) {
-                Ok(line) if line.contains(text) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {text:?}: {e}"),
+                Ok(line) if texts.iter().any(|t| line.contains(t)) => return (line, before),
+                Ok(line) => before.push(line),
+                Err(e) => panic!("no log line with one of {texts:?}: {e}"),
             }
         }
-        panic!("no log line with {text:?} in 10,000 lines");
+        panic!("no log line with one of {texts:?} in 10,000 lines");
     }
 }
 
