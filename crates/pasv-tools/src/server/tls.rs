@@ -683,7 +683,7 @@ impl SessionTls {
     /// away the end of the upload still waiting in the server's socket (curl 7.88 with
     /// OpenSSL does this). Such clients offer one ticket again and again and get no TLS 1.3
     /// tickets here; a client that spends a ticket per connection (rustls) gets new ones, as
-    /// many as it spent (see [`TicketUse`]), and must read them.
+    /// many as it spent (see `TicketUse` in this module), and must read them.
     pub async fn accept_upload<S>(&self, stream: S) -> Result<Accepted<S>, DataTlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
