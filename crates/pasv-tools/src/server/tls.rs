@@ -659,11 +659,17 @@ impl SessionTls {
     /// spends them (see [`TicketUse`]).
     fn data_acceptor(&self, upload: bool) -> TlsAcceptor {
         let mut config = (*self.control).clone();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        config.cert_resolver = Arc::new(DataCert {
+            inner: Arc::clone(&self.control.cert_resolver),
+            full: Arc::clone(&full),
+        });
         config.ticketer = Arc::new(DataTicketer {
             inner: Arc::clone(&self.control.ticketer),
             session: Arc::clone(&self.tickets),
             upload,
-            resumed: std::sync::atomic::AtomicBool::new(false),
+            decrypted: std::sync::Mutex::new(None),
+            full,
             issue: std::sync::OnceLock::new(),
         });
         config.session_storage = Arc::new(NoNewSessions {
@@ -755,15 +761,28 @@ impl TicketUse {
 }
 
 /// The ticket key of one data connection: decrypts with the session's key, and encrypts
-/// (issues tickets) only once a ticket of the session decrypted on this connection, that
-/// is, when the connection resumes this session, and on an upload only when the session's
-/// client spends tickets ([`TicketUse`]).
+/// (issues tickets) only when the connection resumed this session, and on an upload only
+/// when the session's client spends tickets ([`TicketUse`]).
+///
+/// A ticket that decrypts is not a resumption: rustls decrypts each offered ticket before it
+/// checks that the ticket fits the handshake (the same server name, cipher suite and
+/// extended master secret) and before it checks the PSK binder, which proves the client
+/// holds the ticket's secret. A TLS 1.3 ticket identity travels in the clear in the
+/// ClientHello, so a port thief that saw one can offer it with another server name: the
+/// ticket decrypts, the server goes on with a full handshake, and the tickets issued after
+/// it would resume the victim's session on the thief's next connection. A full handshake
+/// is told by its signature ([`DataCert`]): tickets only when the connection signed nothing.
+/// The ticket's use is counted for [`TicketUse`] only then too.
 #[derive(Debug)]
 struct DataTicketer {
     inner: Arc<dyn rustls::server::ProducesTickets>,
     session: Arc<TicketUse>,
     upload: bool,
-    resumed: std::sync::atomic::AtomicBool,
+    /// The last ticket offered on this connection that decrypted with the session's key.
+    decrypted: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Set when the connection's handshake signed with the certificate's key: a full
+    /// handshake (see [`DataCert`]).
+    full: Arc<std::sync::atomic::AtomicBool>,
     /// Decided at the connection's first ticket, the same for the others.
     issue: std::sync::OnceLock<bool>,
 }
@@ -778,10 +797,27 @@ impl rustls::server::ProducesTickets for DataTicketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        if !self.resumed.load(std::sync::atomic::Ordering::Relaxed) {
+        // Called once the handshake is done (TLS 1.3), or within its last flight (TLS 1.2),
+        // after the server's signature of a full handshake in both.
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        if !*self.issue.get_or_init(|| self.session.issue(self.upload)) {
+        let issue = self.issue.get_or_init(|| {
+            let decrypted = self
+                .decrypted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            match decrypted {
+                Some(ticket) => {
+                    self.session.resumed(&ticket);
+                    self.session.issue(self.upload)
+                }
+                // Resumed with nothing of this session (a TLS 1.2 session id): nothing.
+                None => false,
+            }
+        });
+        if !*issue {
             return None;
         }
         self.inner.encrypt(plain)
@@ -790,11 +826,59 @@ impl rustls::server::ProducesTickets for DataTicketer {
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let plain = self.inner.decrypt(cipher);
         if plain.is_some() {
-            self.session.resumed(cipher);
-            self.resumed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            *self.decrypted.lock().unwrap_or_else(|e| e.into_inner()) = Some(cipher.to_vec());
         }
         plain
+    }
+}
+
+/// The certificate of one data connection: the session's, with a key that marks the
+/// connection's handshake as a full one as soon as it is asked to sign (a TLS 1.3
+/// CertificateVerify, a TLS 1.2 ServerKeyExchange; a resumption signs nothing). See
+/// [`DataTicketer`].
+#[derive(Debug)]
+struct DataCert {
+    inner: Arc<dyn ResolvesServerCert>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ResolvesServerCert for DataCert {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certified = self.inner.resolve(hello)?;
+        let mut marked = CertifiedKey::new(
+            certified.cert.clone(),
+            Arc::new(FullHandshakeKey {
+                inner: Arc::clone(&certified.key),
+                full: Arc::clone(&self.full),
+            }),
+        );
+        marked.ocsp.clone_from(&certified.ocsp);
+        Some(Arc::new(marked))
+    }
+}
+
+/// A signing key that records that it was asked to sign (see [`DataCert`]).
+#[derive(Debug)]
+struct FullHandshakeKey {
+    inner: Arc<dyn rustls::sign::SigningKey>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rustls::sign::SigningKey for FullHandshakeKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        self.full.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.choose_scheme(offered)
+    }
+
+    fn public_key(&self) -> Option<rustls_pki_types::SubjectPublicKeyInfoDer<'_>> {
+        self.inner.public_key()
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        self.inner.algorithm()
     }
 }
 
