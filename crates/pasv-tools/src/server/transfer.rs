@@ -133,6 +133,15 @@ fn refusal_of(refused: &DataTlsError) -> (DataTlsRefusal, String) {
 /// costs a full handshake's CPU.
 const MAX_REFUSED_HANDSHAKES: u32 = 4;
 
+/// How long one data connection's TLS handshake may take before the endpoint gives up on it
+/// and accepts the next: a share of the accept time, so that a same-address connection that
+/// arrives first and sends nothing cannot hold the transfer until its deadline (it counts
+/// as one of the [`MAX_REFUSED_HANDSHAKES`]), and at least a second, far more than a
+/// client's ClientHello needs after its connect.
+fn handshake_step(accept_timeout: Duration) -> Duration {
+    (accept_timeout / MAX_REFUSED_HANDSHAKES).max(Duration::from_secs(1))
+}
+
 /// PROT P: the data connection is TLS, bound to this control session.
 pub(crate) struct DataTls {
     pub(crate) session: SessionTls,
@@ -315,7 +324,8 @@ impl Transfer {
                             tls.session.accept_upload(&mut tcp).await
                         }
                     };
-                    let handshake = tokio::time::timeout_at(deadline, handshake);
+                    let step = deadline.min(clock::now() + handshake_step(tls.accept_timeout));
+                    let handshake = tokio::time::timeout_at(step, handshake);
                     let accepted = tokio::select! {
                         r = handshake => Some(r),
                         _ = &mut self.abort => None,
@@ -351,8 +361,11 @@ impl Transfer {
                             // bounded number of refused handshakes.
                             refused_handshakes += 1;
                             let retry = match listening.as_mut() {
+                                // A silent connection's step timed out: the next may be
+                                // the client's, while the accept time lasts.
                                 Some(passive)
-                                    if refusal != DataTlsRefusal::Timeout
+                                    if (refusal != DataTlsRefusal::Timeout
+                                        || clock::now() < deadline)
                                         && refused_handshakes < MAX_REFUSED_HANDSHAKES =>
                                 {
                                     Some(passive)
