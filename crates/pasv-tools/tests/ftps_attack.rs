@@ -235,7 +235,7 @@ fn tls_control_connection_whose_client_stops_reading_is_freed() {
 const THIEF: &str = r#"
 import ftplib, socket, ssl, sys, threading
 port, cafile = int(sys.argv[1]), sys.argv[2]
-late = sys.argv[3:] == ['late']
+mode = (sys.argv[3:] or ['prompt'])[0]  # prompt, late or silent
 ctx = ssl.create_default_context(cafile=cafile)
 ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
 ftp.connect('127.0.0.1', port)
@@ -249,8 +249,10 @@ def steal():
         print('thief got', len(t.recv(1 << 20)), 'bytes', flush=True)
     except Exception as e:
         print('thief refused:', type(e).__name__, flush=True)
-th = threading.Thread(target=steal); th.start()
-if late:
+th = threading.Thread(target=steal)
+if mode != 'silent':  # a silent thief connects and says nothing
+    th.start()
+if mode == 'late':
     # Both connect right after PASV; RETR once the test says the accept timeout passed.
     real = socket.create_connection(('127.0.0.1', dport), timeout=20)
     print('CONNECTED', flush=True)
@@ -258,8 +260,9 @@ if late:
     ftp.putcmd('RETR f.bin')
 else:
     ftp.putcmd('RETR f.bin')
-    th.join()
-    real = socket.create_connection(('127.0.0.1', dport), timeout=5)
+    if mode == 'prompt':
+        th.join()
+    real = socket.create_connection(('127.0.0.1', dport), timeout=30)
 got = b''
 try:
     conn = ctx.wrap_socket(real, server_hostname='127.0.0.1', session=ftp.sock.session)
@@ -269,7 +272,8 @@ try:
         got += b
 except Exception as e:
     print('real client data connection:', type(e).__name__, e)
-th.join()
+if th.is_alive():
+    th.join()
 replies = []
 while True:
     r = ftp.getmultiline()
@@ -486,37 +490,7 @@ fn sighup_reload_reads_a_root_only_key_after_privileges_are_dropped() {
 /// one, so the real client's connection behind it was never looked at and the transfer
 /// failed with 425: the thief failed every transfer of the victim without any TLS. Each
 /// handshake now gets a share of the accept time, and a silent connection counts as one of
-/// the refused handshakes.
-const SILENT_THIEF: &str = r#"
-import ftplib, socket, ssl, sys
-port, cafile = int(sys.argv[1]), sys.argv[2]
-ctx = ssl.create_default_context(cafile=cafile)
-ftp = ftplib.FTP_TLS(context=ctx, timeout=30)
-ftp.connect('127.0.0.1', port)
-ftp.auth(); ftp.login('anonymous', 'x@'); ftp.prot_p(); ftp.voidcmd('TYPE I')
-ftp.voidcmd('NOOP')  # the TLS 1.3 tickets are read
-host, dport = ftplib.parse227(ftp.sendcmd('PASV'))
-thief = socket.create_connection(('127.0.0.1', dport), timeout=30)  # and silence
-ftp.putcmd('RETR f.bin')
-real = socket.create_connection(('127.0.0.1', dport), timeout=30)
-got = b''
-try:
-    conn = ctx.wrap_socket(real, server_hostname='127.0.0.1', session=ftp.sock.session)
-    while True:
-        b = conn.recv(65536)
-        if not b: break
-        got += b
-except Exception as e:
-    print('real client data connection:', type(e).__name__, e)
-replies = []
-while True:
-    r = ftp.getmultiline()
-    replies.append(r)
-    if not r.startswith('1'): break
-print('replies:', replies)
-print('REAL GOT', len(got))
-thief.close()
-"#;
+/// the refused handshakes. The script is `THIEF` in mode `silent`.
 
 #[test]
 fn silent_same_address_thief_ahead_of_the_client_does_not_fail_the_transfer() {
@@ -526,8 +500,12 @@ fn silent_same_address_thief_ahead_of_the_client_does_not_fail_the_transfer() {
     let server = Pasvd::start_at(PORTS, &["--accept-timeout", "3"]);
     fs::write(server.root.join("f.bin"), vec![3u8; 100_000]).expect("file");
     let out = python(
-        SILENT_THIEF,
-        &[server.port.to_string(), path_arg(&server.cert.cert)],
+        THIEF,
+        &[
+            server.port.to_string(),
+            path_arg(&server.cert.cert),
+            "silent".into(),
+        ],
     );
     assert!(out.contains("REAL GOT 100000"), "{out}");
 }
