@@ -26,7 +26,6 @@
 //! read.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -130,7 +129,19 @@ impl fmt::Display for FrameError {
 /// Reads `path` whole, refusing a file above [`MAX_FILE`] bytes. The one place both the
 /// reader and a direct reload read a certificate or key file.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    // Non-blocking, so that a FIFO (or a device) at the path is refused at once below
+    // instead of blocking the read, and with it every later reload.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| e.to_string())?
+    };
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
     let mut bytes = Vec::new();
     file.take(u64::from(MAX_FILE) + 1)
         .read_to_end(&mut bytes)
@@ -484,6 +495,26 @@ mod tests {
             panic!("decodes");
         };
         assert_eq!(reason, "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("key.pem");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        // Nobody writes to it: a blocking open or read would never return.
+        assert_eq!(read_file(&fifo), Err("not a regular file".to_owned()));
+        assert_eq!(read_file(dir.path()), Err("not a regular file".to_owned()));
+        let file = dir.path().join("cert.pem");
+        std::fs::write(&file, b"pem").expect("write");
+        assert_eq!(read_file(&file), Ok(b"pem".to_vec()));
     }
 
     #[test]
