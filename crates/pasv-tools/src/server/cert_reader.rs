@@ -152,6 +152,38 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// A place on the way to `path` that the account `uid` (with groups `gids`) could change: a
+/// directory above the path or above the file its links lead to that the account owns, may
+/// write through its group, or anyone may write to without the sticky bit. Such an account
+/// could swap the file for a link to any other file, and a privileged reader would read that
+/// one for it; `None` when there is no such place.
+pub(crate) fn changeable_by(path: &Path, uid: u32, gids: &[u32]) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut paths = vec![path.to_path_buf()];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        paths.push(real);
+    }
+    for path in &paths {
+        for dir in path.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let mode = meta.mode();
+            let sticky = mode & 0o1000 != 0;
+            if meta.uid() == uid
+                || (gids.contains(&meta.gid()) && mode & 0o020 != 0)
+                || (mode & 0o002 != 0 && !sticky)
+            {
+                return Some(dir.to_path_buf());
+            }
+        }
+    }
+    None
+}
+
 fn put_len(out: &mut Vec<u8>, bytes: &[u8]) {
     // Callers keep every part within its limit (below u32::MAX).
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -495,6 +527,50 @@ mod tests {
             panic!("decodes");
         };
         assert_eq!(reason, "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn directories_the_account_could_change_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (chown)");
+            return;
+        }
+        let account = 4242;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("mkdir");
+        let key = certs.join("key.pem");
+        std::fs::write(&key, b"key").expect("write");
+        let chmod = |mode| std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(mode));
+        chmod(0o755).expect("chmod");
+        assert_eq!(changeable_by(&key, account, &[account]), None);
+        // Owned by the account.
+        std::os::unix::fs::chown(&certs, Some(account), None).expect("chown");
+        assert_eq!(changeable_by(&key, account, &[]), Some(certs.clone()));
+        std::os::unix::fs::chown(&certs, Some(0), Some(account)).expect("chown");
+        // Writable through one of its groups, or by anyone.
+        chmod(0o775).expect("chmod");
+        assert_eq!(
+            changeable_by(&key, account, &[account]),
+            Some(certs.clone())
+        );
+        assert_eq!(changeable_by(&key, account, &[1]), None);
+        chmod(0o777).expect("chmod");
+        assert_eq!(changeable_by(&key, account, &[]), Some(certs.clone()));
+        // Anyone may write, but only owners remove or rename: like /tmp.
+        chmod(0o1777).expect("chmod");
+        assert_eq!(changeable_by(&key, account, &[]), None);
+        // Through a link: the directory of the file it leads to counts too.
+        chmod(0o755).expect("chmod");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::write(elsewhere.join("real.pem"), b"key").expect("write");
+        std::os::unix::fs::chown(&elsewhere, Some(account), None).expect("chown");
+        let link = certs.join("link.pem");
+        std::os::unix::fs::symlink(elsewhere.join("real.pem"), &link).expect("symlink");
+        let real_dir = std::fs::canonicalize(&elsewhere).expect("canonical");
+        assert_eq!(changeable_by(&link, account, &[]), Some(real_dir));
     }
 
     #[test]

@@ -458,6 +458,25 @@ impl BoundServer {
         let tls::CertSource::Files { cert, key } = resolver.source() else {
             return Ok(None);
         };
+        // A reader reads as root whatever the paths lead to: not for paths the account it
+        // works for could re-point (it would read any file for it). Such files are the
+        // account's to read anyway; if it cannot, the warning at the switch says so.
+        if let Some(account) = &self.run_as {
+            let gids: Vec<u32> = account.groups.iter().map(|g| g.as_raw()).collect();
+            for path in [cert, key] {
+                if let Some(place) = cert_reader::changeable_by(path, account.uid.as_raw(), &gids) {
+                    tracing::warn!(
+                        "no privileged certificate reader: {} leads through {}, which the \
+                         run_as account {} can change; make the directories root's and not \
+                         writable by that account (see docs/FTPS.md)",
+                        path.display(),
+                        place.display(),
+                        account.name
+                    );
+                    return Ok(None);
+                }
+            }
+        }
         let failed = |what: String| ServerError::Config {
             reason: format!(
                 "TLS: the certificate reader ({}): {what}",
