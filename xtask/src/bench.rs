@@ -550,6 +550,33 @@ pub(crate) struct Workload {
     pub(crate) open_loop: bool,
 }
 
+/// A workload on the 1000-port ranges (1 KiB RETR, 5 s, plaintext).
+const fn thousand_ports(
+    name: &'static str,
+    kit_args: &'static [&'static str],
+    k: u32,
+    min_ratio: f64,
+    open_loop: bool,
+) -> Workload {
+    Workload {
+        name,
+        kit_args,
+        ports: 1000,
+        k,
+        file: "1k",
+        duration_s: 5,
+        prebound_range: (24000, 24999),
+        per_lease_range: (25000, 25999),
+        busy_range: (26000, 26999),
+        baseline_range: (28000, 28999),
+        floor_range: (27000, 27999),
+        min_ratio,
+        clean: false,
+        tls: false,
+        open_loop,
+    }
+}
+
 pub(crate) const WORKLOADS: &[Workload] = &[
     Workload {
         name: "20ports-k32",
@@ -568,23 +595,13 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         tls: false,
         open_loop: false,
     },
-    Workload {
-        name: "1000ports-k8",
-        kit_args: &["--range-size", "1000", "-k", "8", "--duration", "5"],
-        ports: 1000,
-        k: 8,
-        file: "1k",
-        duration_s: 5,
-        prebound_range: (24000, 24999),
-        per_lease_range: (25000, 25999),
-        busy_range: (26000, 26999),
-        baseline_range: (28000, 28999),
-        floor_range: (27000, 27999),
-        min_ratio: 1.5,
-        clean: false,
-        tls: false,
-        open_loop: false,
-    },
+    thousand_ports(
+        "1000ports-k8",
+        &["--range-size", "1000", "-k", "8", "--duration", "5"],
+        8,
+        1.5,
+        false,
+    ),
     Workload {
         name: "1mib-retr-k8",
         kit_args: &[
@@ -612,42 +629,10 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         open_loop: false,
     },
     // Tail latency at fixed offered rates (issue 13): the ranges of 1000ports-k8.
-    Workload {
-        name: "1000ports-k8-rate",
-        kit_args: &[],
-        ports: 1000,
-        k: 8,
-        file: "1k",
-        duration_s: 5,
-        prebound_range: (24000, 24999),
-        per_lease_range: (25000, 25999),
-        busy_range: (26000, 26999),
-        baseline_range: (28000, 28999),
-        floor_range: (27000, 27999),
-        min_ratio: 0.0,
-        clean: false,
-        tls: false,
-        open_loop: true,
-    },
+    thousand_ports("1000ports-k8-rate", &[], 8, 0.0, true),
     // The same with K=32: more sessions free at every slot's time, so fewer slots wait for
     // one (each waiting session also holds its slot through the timer's lag).
-    Workload {
-        name: "1000ports-k32-rate",
-        kit_args: &[],
-        ports: 1000,
-        k: 32,
-        file: "1k",
-        duration_s: 5,
-        prebound_range: (24000, 24999),
-        per_lease_range: (25000, 25999),
-        busy_range: (26000, 26999),
-        baseline_range: (28000, 28999),
-        floor_range: (27000, 27999),
-        min_ratio: 0.0,
-        clean: false,
-        tls: false,
-        open_loop: true,
-    },
+    thousand_ports("1000ports-k32-rate", &[], 32, 0.0, true),
     // FTPS (issue 11): the target is >= 1.5x the best peer with zero errors for both.
     Workload {
         name: "ftps-20ports-k32",
