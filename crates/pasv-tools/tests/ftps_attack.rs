@@ -16,16 +16,7 @@ use ftps_daemon::Pasvd;
 const PORTS: u16 = 31_500;
 
 fn have_python() -> bool {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: python3 is not installed");
-    }
-    ok
+    ftps_daemon::have("python3")
 }
 
 /// Runs `script` with python3, arguments `args`; returns its stdout (stderr is shown).
