@@ -29,8 +29,12 @@ struct Daemon {
 impl Daemon {
     /// Starts pasvd on 127.0.0.1:0 with a passive block of its own, `args` and `env`.
     fn spawn(args: &[&OsStr], env: &[(&str, &OsStr)]) -> Daemon {
+        Daemon::spawn_by(Command::new(env!("CARGO_BIN_EXE_pasvd")), args, env)
+    }
+
+    /// [`Daemon::spawn`] through `command`, which runs pasvd (a wrapper such as `taskset`).
+    fn spawn_by(mut command: Command, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Daemon {
         let (lo, hi) = support::port_block_from(26_600, 10);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pasvd"));
         command
             .args(["--listen", "127.0.0.1:0", "--pasv-address", "127.0.0.1"])
             .args(["--pasv-min-port", &lo.to_string()])
@@ -161,6 +165,75 @@ fn thread_credentials(pid: Pid) -> Vec<ThreadCredentials> {
         });
     }
     threads
+}
+
+/// How many threads the process has besides its main thread and the log flusher: the
+/// multi-threaded runtime's workers (no blocking-pool thread runs in these tests). Counted,
+/// not named: a thread that has not run yet still carries the process's name.
+fn runtime_workers(pid: Pid) -> usize {
+    let tasks = PathBuf::from(format!("/proc/{}/task", pid.as_raw_nonzero()));
+    let threads = fs::read_dir(&tasks).unwrap().count();
+    assert!(threads >= 2, "{threads} threads: no log flusher?");
+    threads - 2
+}
+
+/// Serves a root with one file, started by `command` with `args`: the runtime's worker
+/// threads once it listens, after a download.
+async fn workers_serving(command: Command, args: &[&str]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f.txt"), b"threads\n").unwrap();
+    let mut all: Vec<&OsStr> = vec!["--root".as_ref(), dir.path().as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    let daemon = Daemon::spawn_by(command, &all, &[]);
+    let addr = daemon.listening().expect("pasvd listens");
+    let mut ftp = Ftp::login(addr).await;
+    assert_eq!(ftp.retr("f.txt").await, b"threads\n");
+    ftp.expect("QUIT", 221).await;
+    let workers = runtime_workers(daemon.pid());
+    let (status, _) = daemon.stop();
+    assert!(status.success(), "{status}");
+    workers
+}
+
+#[tokio::test]
+async fn the_runtime_runs_the_threads_asked_for() {
+    let pasvd = || Command::new(env!("CARGO_BIN_EXE_pasvd"));
+    // One thread: the single-threaded runtime, no worker threads at all.
+    assert_eq!(workers_serving(pasvd(), &["--threads", "1"]).await, 0);
+    assert_eq!(workers_serving(pasvd(), &["--threads", "3"]).await, 3);
+}
+
+#[tokio::test]
+async fn by_default_the_runtime_has_a_thread_per_cpu_it_may_use() {
+    // Pinned to one CPU, as the benchmark and `taskset` users run it: one thread.
+    let mut pinned = Command::new("taskset");
+    pinned.args(["-c", "0", env!("CARGO_BIN_EXE_pasvd")]);
+    assert_eq!(workers_serving(pinned, &[]).await, 0);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let expected = if cpus == 1 { 0 } else { cpus };
+    let unpinned = Command::new(env!("CARGO_BIN_EXE_pasvd"));
+    assert_eq!(workers_serving(unpinned, &[]).await, expected);
+}
+
+#[test]
+fn threads_above_one_with_busy_polling_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(
+        &[
+            "--root".as_ref(),
+            dir.path().as_os_str(),
+            "--busy-poll-us".as_ref(),
+            "100".as_ref(),
+            "--threads".as_ref(),
+            "2".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(daemon.listening(), None);
+    let (status, log) = daemon.wait();
+    assert!(!status.success());
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("busy polling runs on one thread"), "{log}");
 }
 
 fn assert_all_threads_run_as(pid: Pid, uid: u32, gid: u32) -> usize {

@@ -46,7 +46,10 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.global.verbose);
     let threads = match &cli.command {
-        Cmd::Load(args) => args.threads.max(1),
+        Cmd::Load(args) => match args.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        },
         _ => 1,
     };
     let runtime = if threads > 1 {

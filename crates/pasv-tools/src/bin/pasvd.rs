@@ -50,6 +50,7 @@ fn overrides(cli: &Cli) -> ConfigFile {
     o.no_port = cli.no_port.then_some(true);
     o.no_fsync = cli.no_fsync.then_some(true);
     o.busy_poll_us = cli.busy_poll_us;
+    o.threads = cli.threads;
     o.no_ascii = cli.no_ascii.then_some(true);
     o.run_as = cli.run_as.clone();
     o.login_timeout = cli.login_timeout;
@@ -244,12 +245,16 @@ fn serve(config: Config, demo: bool, log: &BufferedStderr) -> anyhow::Result<()>
         server::populate_demo(&config.root)
             .with_context(|| format!("creating the demo directory {}", config.root.display()))?;
     }
-    // Busy polling needs the polling task on the thread that owns the I/O driver, which a
-    // current-thread runtime guarantees (see the server's busy_poll module).
-    let mut builder = if config.busy_poll.is_zero() {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
+    // One thread runs a current-thread runtime: on one CPU the multi-threaded scheduler's
+    // queues and cross-thread wake-ups are pure cost. Busy polling needs it too: the polling
+    // task on the thread that owns the I/O driver (see the server's busy_poll module).
+    let threads = config.runtime_threads();
+    let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
     };
     let runtime = builder
         .enable_all()

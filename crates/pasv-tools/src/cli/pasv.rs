@@ -243,8 +243,9 @@ pub struct LoadArgs {
     /// The server's passive range; offers outside it are counted.
     #[arg(long, value_parser = parse_range)]
     pub expect_range: Option<(u16, u16)>,
-    /// Runtime worker threads.
-    #[arg(long, default_value_t = 2)]
+    /// Runtime threads: 0 (the default) runs one per CPU this process may use, so a load
+    /// pinned to one CPU (`taskset -c 0`) runs single-threaded, its cheapest.
+    #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]

@@ -140,6 +140,10 @@ pub struct Cli {
     /// (0 = off): lower latency and no wake-up per command, for a core spent spinning.
     #[arg(long, env = "PASVD_BUSY_POLL_US")]
     pub busy_poll_us: Option<u64>,
+    /// Runtime threads (0 = one per CPU pasvd may run on; 1 = a single-threaded runtime,
+    /// the cheapest on one CPU).
+    #[arg(long, env = "PASVD_THREADS")]
+    pub threads: Option<usize>,
     /// Ignore TYPE A: send and store every file as is (binary), like vsftpd's default.
     #[arg(long, env = "PASVD_NO_ASCII")]
     pub no_ascii: bool,

@@ -238,6 +238,11 @@ pub struct Config {
     /// would cost (over loopback, the client pays for it) and spends the server's core on
     /// spinning; see the `busy_poll` module.
     pub busy_poll: Duration,
+    /// Runtime threads serving sessions; 0 (the default) runs one per CPU the process may
+    /// use (its affinity mask, so `taskset -c 1 pasvd` gets one). With one thread the
+    /// runtime is single-threaded: no work stealing and no wake-ups across threads, which
+    /// on one CPU are pure cost. Busy polling always runs one.
+    pub threads: usize,
     /// The account (a name in `/etc/passwd`) the server switches to once its sockets are
     /// bound, when started as root: its groups, group id and user id. `None` keeps the
     /// starting account (a warning is logged if that is root).
@@ -312,6 +317,7 @@ impl Default for Config {
             ascii_transfers: true,
             banner: "pasvd ready".to_owned(),
             busy_poll: Duration::ZERO,
+            threads: 0,
             run_as: None,
             metrics: None,
             log_format: LogFormat::Text,
@@ -331,6 +337,18 @@ pub fn demo_root() -> PathBuf {
 }
 
 impl Config {
+    /// How many runtime threads to run: `threads`, or with 0 one per CPU this process may
+    /// run on; always 1 with busy polling.
+    pub fn runtime_threads(&self) -> usize {
+        if !self.busy_poll.is_zero() {
+            return 1;
+        }
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// A configuration for tests: `127.0.0.1:0`, the given root, passive ports leased on
     /// 127.0.0.1 from the default range (tests usually set their own), anonymous with write
     /// access, short timeouts, no login delay, and no limit of passive leases per address
@@ -466,6 +484,7 @@ impl Config {
         line("fsync_uploads", self.fsync_uploads.to_string());
         line("ascii_transfers", self.ascii_transfers.to_string());
         line("busy_poll_us", self.busy_poll.as_micros().to_string());
+        line("threads", self.threads.to_string());
         line("banner", quote(&self.banner));
         line(
             "xferlog",
@@ -701,6 +720,18 @@ impl Config {
                 MAX_BUSY_POLL.as_micros()
             ));
         }
+        if !self.busy_poll.is_zero() && self.threads > 1 {
+            return bad(format!(
+                "threads (--threads): busy polling runs on one thread, not {} (set 0 or 1)",
+                self.threads
+            ));
+        }
+        if self.threads > MAX_THREADS {
+            return bad(format!(
+                "threads (--threads): {} is out of range (0 to {MAX_THREADS})",
+                self.threads
+            ));
+        }
         if self.pasv_min_port == 0 || self.pasv_min_port > self.pasv_max_port {
             return bad(format!(
                 "pasv_min_port, pasv_max_port (--pasv-min-port, --pasv-max-port): passive range \
@@ -813,6 +844,8 @@ impl Config {
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest busy polling after an input: a second of spinning.
 const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
+/// More runtime threads than this only adds memory and scheduling.
+const MAX_THREADS: usize = 1024;
 /// Most sessions `max_clients` and `max_per_ip` may name (each takes a file descriptor).
 const MAX_SESSIONS: u64 = 1_000_000;
 /// Most failed logins a session may be allowed.
@@ -911,6 +944,7 @@ pub struct ConfigFile {
     pub banner: Option<String>,
     /// Microseconds (the unit of Linux's `net.core.busy_poll`).
     pub busy_poll_us: Option<u64>,
+    pub threads: Option<usize>,
     /// Same as `anonymous_enable = false` (the key of the `--no-anonymous` flag).
     pub no_anonymous: Option<bool>,
     /// Same as `port_enable = false` (the key of the `--no-port` flag).
@@ -1149,6 +1183,9 @@ impl ConfigFile {
             check_count("busy_poll_us", v, 0, MAX_BUSY_POLL.as_micros() as u64)?;
             config.busy_poll = Duration::from_micros(v);
         }
+        if let Some(v) = self.threads {
+            config.threads = v;
+        }
         if let Some(v) = self.no_anonymous {
             config.anonymous_enable = !v;
         }
@@ -1270,6 +1307,26 @@ mod tests {
     }
 
     #[test]
+    fn threads_default_to_the_cpus_and_busy_polling_runs_one() {
+        let mut config = Config::default();
+        assert_eq!(config.threads, 0);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(config.runtime_threads(), cpus);
+        let file: ConfigFile = toml::from_str("threads = 3").unwrap();
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.runtime_threads(), 3);
+        config.busy_poll = Duration::from_micros(50);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("busy polling runs on one thread"),
+            "{refused}"
+        );
+        config.threads = 0;
+        config.validate().unwrap();
+        assert_eq!(config.runtime_threads(), 1);
+    }
+
+    #[test]
     fn ascii_transfers_are_on_unless_switched_off() {
         let mut config = Config::default();
         assert!(config.ascii_transfers);
@@ -1321,6 +1378,7 @@ mod tests {
             ("login_fail_delay = 1e6", "login_fail_delay", "0 to 86400"),
             ("shutdown_timeout = 1e6", "shutdown_timeout", "0 to 86400"),
             ("busy_poll_us = 5000000", "busy_poll_us", "0 to 1000000"),
+            ("threads = 100000", "threads (--threads)", "0 to 1024"),
             ("listen_backlog = 0", "listen_backlog", "1 to 65535"),
             (
                 "listen_backlog = 4294967295",
