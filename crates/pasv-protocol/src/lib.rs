@@ -148,5 +148,5 @@ pub use crate::{
     },
     escape::Escaped,
     hint::{format_retry_hint, parse_retry_hint},
-    reply::{Reply, ReplyClass, ReplyCode, TextLine},
+    reply::{decimal, Reply, ReplyClass, ReplyCode, TextLine},
 };

@@ -557,18 +557,31 @@ impl Reply {
 
 /// `n` in decimal, no leading zeros.
 fn put_decimal(dst: &mut impl BufMut, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
+    let mut digits = [0u8; 20];
+    dst.put_slice(decimal(u64::from(n), &mut digits));
+}
+
+/// The decimal digits of `n` (no leading zeros), written at the end of `buf`: numbers in
+/// replies and log lines without `fmt`'s padding machinery, which a server writing several
+/// per transfer notices.
+///
+/// ```
+/// let mut buf = [0u8; 20];
+/// assert_eq!(pasv_protocol::decimal(1024, &mut buf), b"1024");
+/// assert_eq!(pasv_protocol::decimal(u64::MAX, &mut buf), b"18446744073709551615");
+/// ```
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
     let mut n = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        buf[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    dst.put_slice(&digits[at..]);
+    &buf[at..]
 }
 
 impl fmt::Display for Reply {

@@ -32,7 +32,12 @@ pub struct PlainText;
 thread_local! {
     /// The second of the last line this thread wrote and its `YYYY-MM-DDTHH:MM:SS.` text.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// The line being written, kept between lines so that writing one allocates nothing.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
+
+/// Lines longer than this are not kept in [`LINE`] for the next one.
+const KEEP_LINE: usize = 4096;
 
 impl<S, N> FormatEvent<S, N> for PlainText
 where
@@ -45,40 +50,80 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let since = crate::clock::wall_now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        write_timestamp(&mut writer, since.as_secs(), since.subsec_micros())?;
-        let meta = event.metadata();
-        writer.write_str(level_text(meta.level()))?;
-        if let Some(scope) = ctx.event_scope() {
-            let mut seen = false;
-            for span in scope.from_root() {
-                writer.write_str(span.metadata().name())?;
-                seen = true;
-                let ext = span.extensions();
-                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
-                    if !fields.is_empty() {
-                        write!(writer, "{{{fields}}}")?;
-                    }
+        // The line is put together in a `String` of this thread, then handed over in one
+        // piece: each piece written to `writer` is a dynamic call, and a line has dozens.
+        // A field whose `Debug` logs an event of its own finds the buffer taken and gets a
+        // fresh one.
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                let written = format_line(ctx, event, &mut line);
+                let result = written.and_then(|()| writer.write_str(&line));
+                if line.capacity() > KEEP_LINE {
+                    *line = String::new();
                 }
-                writer.write_char(':')?;
+                result
             }
-            if seen {
-                writer.write_char(' ')?;
+            Err(_) => {
+                let mut line = String::new();
+                format_line(ctx, event, &mut line)?;
+                writer.write_str(&line)
             }
-        }
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
-        let mut visitor = Fields {
-            writer: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        event.record(&mut visitor);
-        visitor.result?;
-        writer.write_char('\n')
+        })
     }
+}
+
+/// The whole line of `event`, newline included, into `line`.
+fn format_line<S, N>(
+    ctx: &FmtContext<'_, S, N>,
+    event: &Event<'_>,
+    line: &mut String,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let since = crate::clock::wall_now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    write_timestamp(line, since.as_secs(), since.subsec_micros())?;
+    let meta = event.metadata();
+    line.push_str(level_text(meta.level()));
+    if let Some(scope) = ctx.event_scope() {
+        let mut seen = false;
+        for span in scope.from_root() {
+            line.push_str(span.metadata().name());
+            seen = true;
+            let ext = span.extensions();
+            if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                if !fields.is_empty() {
+                    write!(line, "{{{fields}}}")?;
+                }
+            }
+            line.push(':');
+        }
+        if seen {
+            line.push(' ');
+        }
+    }
+    line.push_str(meta.target());
+    line.push_str(": ");
+    let mut visitor = Fields {
+        line,
+        first: true,
+        result: Ok(()),
+    };
+    event.record(&mut visitor);
+    visitor.result?;
+    line.push('\n');
+    Ok(())
+}
+
+/// `value` in decimal, without going through `fmt`'s padding machinery.
+fn push_u64(line: &mut String, value: u64) {
+    let mut buf = [0u8; 20];
+    // ASCII digits only.
+    line.push_str(std::str::from_utf8(pasv_protocol::decimal(value, &mut buf)).unwrap_or("?"));
 }
 
 /// `" INFO "` and the others, right-aligned to five as the `Full` format pads them, with the
@@ -128,28 +173,26 @@ fn write_second(out: &mut String, secs: u64) -> fmt::Result {
 
 /// Writes an event's fields as the `Full` format does: the message bare, the others
 /// ` name=value` with the value's `Debug` text (strings quoted and escaped).
-struct Fields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
+struct Fields<'a> {
+    line: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn separate(&mut self) -> fmt::Result {
+impl Fields<'_> {
+    fn separate(&mut self) {
         if self.first {
             self.first = false;
-            Ok(())
         } else {
-            self.writer.write_char(' ')
+            self.line.push(' ');
         }
     }
 
-    fn name(&mut self, field: &Field) -> fmt::Result {
-        self.separate()?;
+    fn name(&mut self, field: &Field) {
+        self.separate();
         let name = field.name();
-        self.writer
-            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
-        self.writer.write_char('=')
+        self.line.push_str(name.strip_prefix("r#").unwrap_or(name));
+        self.line.push('=');
     }
 }
 
@@ -159,48 +202,48 @@ fn plain(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_err() {
             return;
         }
         self.result = if field.name() == "message" {
-            self.separate()
-                .and_then(|()| write_message(self.writer, value))
+            self.separate();
+            write_message(self.line, value)
         } else {
-            self.name(field).and_then(|()| {
-                if plain(value) {
-                    self.writer.write_char('"')?;
-                    self.writer.write_str(value)?;
-                    self.writer.write_char('"')
-                } else {
-                    write!(self.writer, "{value:?}")
-                }
-            })
+            self.name(field);
+            if plain(value) {
+                self.line.push('"');
+                self.line.push_str(value);
+                self.line.push('"');
+                Ok(())
+            } else {
+                write!(self.line, "{value:?}")
+            }
         };
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value}"));
+            self.name(field);
+            push_u64(self.line, value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value}"));
+            self.name(field);
+            if value < 0 {
+                self.line.push('-');
+            }
+            push_u64(self.line, value.unsigned_abs());
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
+            self.name(field);
+            self.line.push_str(if value { "true" } else { "false" });
         }
     }
 
@@ -209,27 +252,37 @@ impl Visit for Fields<'_, '_> {
             return;
         }
         self.result = if field.name() == "message" {
-            self.separate().and_then(|()| {
-                let mut text = String::new();
-                write!(text, "{value:?}")?;
-                write_message(self.writer, &text)
-            })
+            self.separate();
+            // Written in place, then escaped where a terminal would act on it.
+            let start = self.line.len();
+            match write!(self.line, "{value:?}") {
+                Ok(()) if needs_message_escape(&self.line[start..]) => {
+                    let text = self.line.split_off(start);
+                    write_message(self.line, &text)
+                }
+                other => other,
+            }
         } else {
-            self.name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"))
+            self.name(field);
+            write!(self.line, "{value:?}")
         };
     }
+}
+
+/// Whether `text` has a control character a terminal would act on.
+fn needs_message_escape(text: &str) -> bool {
+    text.chars().any(|c| {
+        matches!(
+            c,
+            '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
+        )
+    })
 }
 
 /// The message with the control characters a terminal would act on escaped, as the `Full`
 /// format's escape guard does.
 fn write_message(writer: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    if text.chars().all(|c| {
-        !matches!(
-            c,
-            '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
-        )
-    }) {
+    if !needs_message_escape(text) {
         return writer.write_str(text);
     }
     for c in text.chars() {

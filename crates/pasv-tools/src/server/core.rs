@@ -1040,11 +1040,15 @@ impl Core {
             (Pending::Retr { path }, Ok(FsDone::Opened { len })) => {
                 let ascii = self.ascii();
                 // The count is of the stored file's bytes; in TYPE A more may cross the wire.
-                let mut text = b"Opening ".to_vec();
-                text.extend_from_slice(if ascii { b"ASCII" } else { b"BINARY" });
+                let mode: &[u8] = if ascii { b"ASCII" } else { b"BINARY" };
+                let mut text = Vec::with_capacity(64 + path.len());
+                text.extend_from_slice(b"Opening ");
+                text.extend_from_slice(mode);
                 text.extend_from_slice(b" mode data connection for ");
                 text.extend_from_slice(&path);
-                text.extend_from_slice(format!(" ({len} bytes).").as_bytes());
+                text.extend_from_slice(b" (");
+                text.extend_from_slice(pasv_protocol::decimal(len, &mut [0; 20]));
+                text.extend_from_slice(b" bytes).");
                 self.reply(ReplyCode::FILE_STATUS_OK, &text);
                 self.start(Job::Download { ascii }, "RETR", path, None);
             }
