@@ -1,6 +1,8 @@
 //! FileZilla Server's passive port choice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 

@@ -12,7 +12,7 @@
 //! waiter can use. One driver task sleeps until the queue's next deadline or quarantine end
 //! ([`WaitQueue::poll_timeout`]). The simulator runs the same queue.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
