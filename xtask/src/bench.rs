@@ -536,6 +536,8 @@ pub(crate) struct Workload {
     pub(crate) baseline_range: (u16, u16),
     /// The floor's range.
     pub(crate) floor_range: (u16, u16),
+    /// The range of the floor that makes pasvd's confinement calls (`floor --root`).
+    pub(crate) floor_confined_range: (u16, u16),
     /// Median transfers/s over the best peer's median, at least.
     pub(crate) min_ratio: f64,
     /// No 425, no session ended by the server, no port outside the range (FTPS workloads:
@@ -570,6 +572,7 @@ const fn thousand_ports(
         busy_range: (26000, 26999),
         baseline_range: (28000, 28999),
         floor_range: (27000, 27999),
+        floor_confined_range: (29000, 29999),
         min_ratio,
         clean: false,
         tls: false,
@@ -590,6 +593,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         busy_range: (30200, 30219),
         baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
+        floor_confined_range: (30500, 30519),
         min_ratio: 1.5,
         clean: true,
         tls: false,
@@ -623,6 +627,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         busy_range: (30200, 30219),
         baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
+        floor_confined_range: (30500, 30519),
         min_ratio: 1.2,
         clean: false,
         tls: false,
@@ -646,6 +651,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         busy_range: (30200, 30219),
         baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
+        floor_confined_range: (30500, 30519),
         min_ratio: 1.5,
         clean: true,
         tls: true,
@@ -663,6 +669,7 @@ pub(crate) const WORKLOADS: &[Workload] = &[
         busy_range: (30200, 30219),
         baseline_range: (30400, 30419),
         floor_range: (30300, 30319),
+        floor_confined_range: (30500, 30519),
         min_ratio: 1.5,
         clean: true,
         tls: true,
@@ -797,6 +804,7 @@ fn run_peers_pasv_load(
                     .clone()
                     .map(|bin| (bin, workload.baseline_range)),
                 floor: workload.floor_range,
+                floor_confined: Some(workload.floor_confined_range),
                 floor_file,
                 pin,
                 run_dir: dir.join("run"),

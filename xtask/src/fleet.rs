@@ -261,6 +261,10 @@ pub struct FleetSpec {
     pub baseline: Option<(PathBuf, (u16, u16))>,
     /// The floor's range.
     pub floor: (u16, u16),
+    /// A second floor on this range, `floor-confined`, that opens each file beneath the
+    /// folder of `floor_file` and resets queued connections at each grant (`floor --root`),
+    /// if any.
+    pub floor_confined: Option<(u16, u16)>,
     /// The file the floor serves for every RETR (under the kit's data folder).
     pub floor_file: PathBuf,
     /// Servers on CPU 1 (else anywhere).
@@ -383,22 +387,29 @@ impl Fleet {
             );
             fleet.children.push(server);
         }
-        let mut floor = on_cpu(cpu, &kit.floor);
-        floor
-            .args(["--pasv", &format!("{}-{}", spec.floor.0, spec.floor.1)])
-            .arg("--file")
-            .arg(&spec.floor_file);
-        let server = Spawned::start(floor, "floor")?;
-        fleet.targets.push(LoadTarget {
-            label: "floor".into(),
-            kind: "floor",
-            port: server.port,
-            user: "anonymous".into(),
-            pass: "x".into(),
-            range: spec.floor,
-            pid: server.pid(),
+        let confined = spec.floor_confined.map(|range| {
+            let root = spec.floor_file.parent().unwrap_or(Path::new("/"));
+            ("floor-confined", range, "--root", root)
         });
-        fleet.children.push(server);
+        let plain = ("floor", spec.floor, "--file", spec.floor_file.as_path());
+        for (label, range, flag, path) in std::iter::once(plain).chain(confined) {
+            let mut floor = on_cpu(cpu, &kit.floor);
+            floor
+                .args(["--pasv", &format!("{}-{}", range.0, range.1)])
+                .arg(flag)
+                .arg(path);
+            let server = Spawned::start(floor, label)?;
+            fleet.targets.push(LoadTarget {
+                label: label.into(),
+                kind: "floor",
+                port: server.port,
+                user: "anonymous".into(),
+                pass: "x".into(),
+                range,
+                pid: server.pid(),
+            });
+            fleet.children.push(server);
+        }
         Ok(fleet)
     }
 

@@ -83,6 +83,7 @@ fn default_fleet(kit: &Kit, out: &Path, workload: usize, name: &str, file: &str)
             busy: None,
             baseline: None,
             floor: w.floor_range,
+            floor_confined: None,
             floor_file: kit.file(file)?,
             pin: true,
             run_dir: out.join(name).join("run"),
@@ -271,7 +272,7 @@ fn bars(
         let i = i as u32;
         let colour = if label.starts_with("pasvd") {
             RGBColor(31, 119, 180)
-        } else if label == "floor" {
+        } else if label.starts_with("floor") {
             RGBColor(120, 120, 120)
         } else {
             RGBColor(255, 127, 14)
