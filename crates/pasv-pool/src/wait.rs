@@ -267,6 +267,17 @@ impl<T> WaitQueue<T> {
         }
     }
 
+    /// Leases a port to `peer` on an address that passes `filter` when [`acquire`] would
+    /// lease one at once; `None` (nothing counted, nothing queued) when it would queue or
+    /// refuse. A caller whose wait token costs something to make (a channel) tries this
+    /// first and makes the token only for `acquire`.
+    ///
+    /// [`acquire`]: Self::acquire
+    pub fn try_acquire(&mut self, now: Instant, peer: IpAddr, filter: AddrFilter) -> Option<Lease> {
+        let now = self.advance(now);
+        self.pool.acquire_inner(now, peer, filter, false).ok()
+    }
+
     /// Leases a port to `peer` on an address that passes `filter`, or queues the newcomer
     /// until `deadline` with `token` (returned in its [`WaitEvent`]). Waiters are served
     /// first: a newcomer gets only a port none of them can use.
@@ -581,6 +592,29 @@ mod tests {
             q.poll_event(),
             Some(WaitEvent::Granted { token: 2, .. })
         ));
+    }
+
+    #[test]
+    fn try_acquire_leases_a_free_port_and_otherwise_leaves_no_trace() {
+        let mut q = queue(2, |c| c);
+        let a = q
+            .try_acquire(at(0), peer(1), AddrFilter::Any)
+            .expect("a free port");
+        let b = leased(q.acquire(at(0), peer(2), AddrFilter::Any, at(0), 0));
+        // Nothing free: no lease, no refusal counted, nobody queued.
+        assert!(q.try_acquire(at(1), peer(3), AddrFilter::Any).is_none());
+        assert_eq!(q.pool().stats(at(1)).refusals, 0);
+        assert_eq!(q.len(), 0);
+        // A waiter comes first: a port released while it waits is not for the newcomer.
+        waiting(q.acquire(at(2), peer(3), AddrFilter::Any, at(5_000), 3));
+        q.release(a, at(3), Closer::Client).unwrap();
+        assert!(q.try_acquire(at(4), peer(4), AddrFilter::Any).is_none());
+        assert!(matches!(
+            q.poll_event(),
+            Some(WaitEvent::Granted { token: 3, .. })
+        ));
+        q.release(b, at(5), Closer::Client).unwrap();
+        assert!(q.try_acquire(at(6), peer(4), AddrFilter::Any).is_some());
     }
 
     #[test]

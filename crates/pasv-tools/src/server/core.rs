@@ -521,6 +521,8 @@ pub(crate) struct Core {
     metrics: Arc<Counters>,
     id: u64,
     peer: SocketAddr,
+    /// `peer`'s address as the transfer log writes it, rendered once for the session.
+    peer_ip: Box<str>,
     local: SocketAddr,
     state: State,
     account: Option<Account>,
@@ -574,6 +576,7 @@ impl Core {
             metrics,
             id,
             peer,
+            peer_ip: peer.ip().to_string().into(),
             local,
             state: State::AwaitingUser,
             account: None,
@@ -1881,7 +1884,7 @@ impl Core {
         };
         tracing::info!(
             session = self.id,
-            peer = %self.peer.ip(),
+            peer = %self.peer_ip,
             user = self.account.as_ref().map_or("", |a| a.name.as_str()),
             command = verb,
             direction = direction.label(),

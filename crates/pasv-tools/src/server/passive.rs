@@ -404,10 +404,19 @@ impl PassivePorts {
         loop {
             let now = clock::now();
             let at = clock::pool_instant(now);
-            let (tx, rx) = oneshot::channel();
+            // The channel a waiter is granted through is made only when a free port was
+            // not found at once (most PASVs find one).
+            let mut rx = None;
             let admission = {
                 let mut queue = lock(&self.queue);
-                let admission = queue.acquire(at, peer, filter, deadline, tx);
+                let admission = match queue.try_acquire(at, peer, filter) {
+                    Some(lease) => Admission::Leased(lease),
+                    None => {
+                        let (tx, waiter) = oneshot::channel();
+                        rx = Some(waiter);
+                        queue.acquire(at, peer, filter, deadline, tx)
+                    }
+                };
                 dispatch(&mut queue, at);
                 admission
             };
@@ -420,7 +429,7 @@ impl PassivePorts {
                     let mut wait = Waiting {
                         ports: self,
                         id,
-                        rx: Some(rx),
+                        rx,
                     };
                     match wait.outcome().await {
                         Some(WaitOutcome::Granted { lease, at }) => (lease, at),
