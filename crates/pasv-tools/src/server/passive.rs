@@ -396,13 +396,15 @@ impl PassivePorts {
         if !self.has_address(filter) {
             return Err(Refusal::NoAddress);
         }
-        let deadline = clock::pool_instant(clock::now() + self.wait);
+        // One clock reading serves a PASV that finds a port at once; the loop reads again
+        // after a wait or a failed bind.
+        let mut now = clock::now();
+        let deadline = clock::pool_instant(now + self.wait);
         let mut bind_failures = 0;
         let mut in_use_failures = 0;
         // When the first try found no port: the wait is measured from there.
         let mut waiting_since: Option<Instant> = None;
         loop {
-            let now = clock::now();
             let at = clock::pool_instant(now);
             // The channel a waiter is granted through is made only when a free port was
             // not found at once (most PASVs find one).
@@ -459,11 +461,11 @@ impl PassivePorts {
                     return Err(self.refusal(refusal));
                 }
             };
-            let now = clock::now();
             if let Some(since) = waiting_since.take() {
+                now = clock::now();
                 self.counters.pool_wait(now - since, true);
             }
-            match self.listen(lease, peer, leased_at) {
+            match self.listen(lease, peer, leased_at, now) {
                 Ok(passive) => {
                     let mut unexplained = lock(&self.unexplained);
                     if !unexplained.is_empty() {
@@ -490,6 +492,7 @@ impl PassivePorts {
                         // failures end by themselves; the cap only bounds the work.
                         in_use_failures += 1;
                         if in_use_failures < MAX_IN_USE_FAILURES {
+                            now = clock::now();
                             continue;
                         }
                     } else {
@@ -500,6 +503,7 @@ impl PassivePorts {
                     {
                         return Err(Refusal::Bind(e));
                     }
+                    now = clock::now();
                 }
             }
         }
@@ -599,6 +603,7 @@ impl PassivePorts {
         lease: Lease,
         peer: IpAddr,
         leased_at: pasv_pool::Instant,
+        now: Instant,
     ) -> Result<Passive, (Lease, io::Error)> {
         let addr = lease.addr();
         let acceptor = match self.mode {
@@ -642,7 +647,7 @@ impl PassivePorts {
                 leased_at,
             },
             acceptor,
-            deadline: clock::now() + self.accept_timeout,
+            deadline: now + self.accept_timeout,
             peer,
             keep_listening: false,
             held: None,
