@@ -71,8 +71,16 @@ pub fn summarize(targets: &[LoadTarget], results: &str) -> Result<Vec<SummaryRow
 }
 
 /// The fleet of the ranges of `WORKLOADS[workload]` with pasvd in its default mode only, the
-/// floor serving `file`, every server on CPU 1.
-fn default_fleet(kit: &Kit, out: &Path, workload: usize, name: &str, file: &str) -> Result<Fleet> {
+/// floor serving `file` (and, if `confined`, the floor with pasvd's confinement calls), every
+/// server on CPU 1.
+fn default_fleet(
+    kit: &Kit,
+    out: &Path,
+    workload: usize,
+    name: &str,
+    file: &str,
+    confined: bool,
+) -> Result<Fleet> {
     let w = &WORKLOADS[workload];
     Fleet::start(
         kit,
@@ -83,7 +91,7 @@ fn default_fleet(kit: &Kit, out: &Path, workload: usize, name: &str, file: &str)
             busy: None,
             baseline: None,
             floor: w.floor_range,
-            floor_confined: None,
+            floor_confined: confined.then_some(w.floor_confined_range),
             floor_file: kit.file(file)?,
             pin: true,
             run_dir: out.join(name).join("run"),
@@ -95,7 +103,7 @@ fn default_fleet(kit: &Kit, out: &Path, workload: usize, name: &str, file: &str)
 /// transfer of every server, 1000 ports, K=8, 1 KiB RETR, a fixed number of transfers;
 /// writes `target/pasv-bench/syscalls.md`.
 pub fn syscalls(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
-    let fleet = default_fleet(kit, out, 1, "syscalls", "f1k.bin")?;
+    let fleet = default_fleet(kit, out, 1, "syscalls", "f1k.bin", true)?;
     let dir = out.join("syscalls");
     std::fs::create_dir_all(&dir)?;
     let run = LoadRun {
@@ -127,7 +135,7 @@ pub fn syscalls(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
 /// with a quarter of them downloading (16 MiB files, not read: the transfers stay under way);
 /// writes `target/pasv-bench/memory.md`.
 pub fn memory(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
-    let fleet = default_fleet(kit, out, 1, "memory", "f16m.bin")?;
+    let fleet = default_fleet(kit, out, 1, "memory", "f16m.bin", false)?;
     let transfers = (options.sessions / 4).max(1);
     let mut rows = Vec::new();
     for t in &fleet.targets {
@@ -161,7 +169,7 @@ pub fn k_sweep_and_plots(
     let mut sweep: Vec<(u16, String, u32, f64)> = Vec::new();
     for (workload, name) in [(0usize, "k-sweep-20"), (1, "k-sweep-1000")] {
         let ports = WORKLOADS[workload].ports;
-        let fleet = default_fleet(kit, out, workload, name, "f1k.bin")?;
+        let fleet = default_fleet(kit, out, workload, name, "f1k.bin", false)?;
         let mut rates: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
         for round in 1..=rounds {
             for k in KS {
