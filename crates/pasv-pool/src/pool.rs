@@ -1,8 +1,9 @@
 //! The pool: leases, releases, quarantine and the sans-IO timer.
 
-use std::collections::{BTreeSet, VecDeque};
-
-use foldhash::{HashMap, HashMapExt};
+// Hashing: maps keyed by what the server chooses (slot numbers) use foldhash, fast and
+// seeded per process; maps keyed by a client's address keep std's SipHash, which resists
+// keys picked to collide (foldhash does not claim to against a patient attacker).
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,9 +171,9 @@ pub struct PoolStats {
 #[derive(Debug, Default)]
 pub(crate) struct PeerLedger {
     /// slot -> generation of the peer's lease on it.
-    leases: HashMap<u32, u32>,
+    leases: foldhash::HashMap<u32, u32>,
     /// slot -> end of the peer's quarantine on it.
-    blocked: HashMap<u32, Instant>,
+    blocked: foldhash::HashMap<u32, Instant>,
 }
 
 impl PeerLedger {

@@ -1,8 +1,6 @@
 //! FileZilla Server's passive port choice.
 
-use std::collections::VecDeque;
-
-use foldhash::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -22,7 +20,8 @@ pub const FILEZILLA_LEDGER: Duration = Duration::from_secs(240);
 #[derive(Debug, Clone, Default)]
 pub struct FileZilla {
     recent: HashMap<(u16, IpAddr), Instant>,
-    per_port: HashMap<u16, u32>,
+    /// Keyed by port only, the server's choice: foldhash (see the pool's hashing note).
+    per_port: foldhash::HashMap<u16, u32>,
     expiry: VecDeque<(Instant, u16, IpAddr)>,
 }
 

@@ -12,6 +12,8 @@
 //! waiter can use. One driver task sleeps until the queue's next deadline or quarantine end
 //! ([`WaitQueue::poll_timeout`]). The simulator runs the same queue.
 
+// Maps keyed by local addresses and ports (the server's choice) use foldhash; the registry,
+// keyed by the client's address too, keeps std's SipHash (see pasv-pool's hashing note).
 use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,7 +74,8 @@ pub(crate) type DataConn = std::net::TcpStream;
 /// with the runtime.
 type PassiveListener = std::net::TcpListener;
 
-type Registry = Arc<Mutex<HashMap<(SocketAddr, IpAddr), oneshot::Sender<DataConn>>>>;
+type Registry =
+    Arc<Mutex<std::collections::HashMap<(SocketAddr, IpAddr), oneshot::Sender<DataConn>>>>;
 
 /// Locks a mutex, ignoring poisoning: the data it guards stays consistent between statements.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
