@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A started floor, killed when dropped.
 struct Floor {
@@ -76,6 +77,9 @@ impl Control {
             .map(|n| n.parse().expect("number"))
             .collect();
         let mut data = TcpStream::connect(("127.0.0.1", nums[4] * 256 + nums[5])).expect("data");
+        // A failure shows as an error, not a hang.
+        data.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let first = self.send(&format!("RETR {name}"));
         let mut bytes = Vec::new();
         if first.starts_with("150") {
@@ -90,6 +94,7 @@ impl Control {
 /// beside `root/`.
 fn tree(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("floor-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("mkdir");
     std::fs::write(root.join("small.bin"), vec![7u8; 1024]).expect("write");
@@ -99,8 +104,8 @@ fn tree(name: &str) -> std::path::PathBuf {
     )
     .expect("write");
     std::fs::write(dir.join("secret"), b"outside").expect("write");
-    let _ = std::os::unix::fs::symlink("../secret", root.join("link"));
-    let _ = std::fs::create_dir(root.join("sub"));
+    std::os::unix::fs::symlink("../secret", root.join("link")).expect("symlink");
+    std::fs::create_dir(root.join("sub")).expect("mkdir");
     dir
 }
 
@@ -110,21 +115,37 @@ fn the_confined_floor_serves_files_beneath_its_root_and_nothing_else() {
     let root = dir.join("root");
     let floor = Floor::start(&[
         "--pasv",
-        "31700-31709",
+        "31800-31809",
         "--root",
         root.to_str().expect("utf-8"),
     ]);
     let mut c = Control::open(floor.port);
+    // A connection queued on the port before the PASV that lends it (the floor lends its
+    // first port first) is reset at the grant, not taken for the transfer.
+    let mut early = TcpStream::connect(("127.0.0.1", 31800)).expect("early connection");
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     for name in ["small.bin", "/big.bin", "small.bin"] {
         let (first, bytes) = c.retr(name);
         assert!(first.starts_with("150"), "{name}: {first}");
         let want = std::fs::read(root.join(name.trim_start_matches('/'))).expect("read");
         assert_eq!(bytes, want, "{name}");
     }
+    let mut got = Vec::new();
+    assert!(
+        early.read_to_end(&mut got).is_err() || got.is_empty(),
+        "the early connection got {} bytes",
+        got.len()
+    );
     for name in ["../secret", "link", "sub", "missing"] {
         let (first, bytes) = c.retr(name);
         assert!(first.starts_with("550"), "{name}: {first}");
         assert!(bytes.is_empty(), "{name}");
+        // The port goes back after a refusal: the next transfer still works.
+        let (first, bytes) = c.retr("small.bin");
+        assert!(first.starts_with("150"), "after {name}: {first}");
+        assert_eq!(bytes.len(), 1024, "after {name}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -135,7 +156,7 @@ fn the_plain_floor_sends_its_one_file_for_any_name() {
     let file = dir.join("root").join("small.bin");
     let floor = Floor::start(&[
         "--pasv",
-        "31710-31719",
+        "31810-31819",
         "--file",
         file.to_str().expect("utf-8"),
     ]);

@@ -15,7 +15,7 @@
 //! a regular file, reads it (or `sendfile`s one over 64 KiB) and closes it; PASV first resets
 //! any connection already queued on the port it lends (one `accept` that finds the backlog
 //! empty: a connection from before the grant is never taken for the transfer); the data
-//! leaves with `MSG_MORE`, so data and the FIN of the `close` share a segment. That measures
+//! leaves with `MSG_MORE` and a `shutdown`, so data and FIN share a segment. That measures
 //! what the rules cost apart from how pasvd is built.
 //!
 //! ```text
@@ -332,9 +332,9 @@ fn accept_waiting(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketA
     }
 }
 
-/// Sends `file` on `data` as pasvd does: a small file read and sent with `MSG_MORE`, so the
-/// FIN of the caller's `close` joins the data; a larger one by `sendfile`, then our FIN by
-/// `shutdown`.
+/// Sends `file` on `data` as pasvd does and ends the connection with our FIN: a small file
+/// read and sent with `MSG_MORE`, so the FIN of the `shutdown` joins the data; a larger one
+/// by `sendfile`.
 fn send_file(
     data: &TcpStream,
     file: OwnedFd,
@@ -359,8 +359,6 @@ fn send_file(
                 SendFlags::MORE | SendFlags::NOSIGNAL,
             )?;
         }
-        // The caller's `close` adds the FIN to the queued data, as pasvd's does.
-        return Ok(());
     } else {
         let mut sent = 0u64;
         while sent < size {

@@ -565,6 +565,44 @@ fn check_config_prints_the_effective_settings_and_exits() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// A client that writes on its download connection still gets the whole file: the server's
+/// FIN goes out with the data before it closes a socket with unread input (which resets the
+/// connection and would drop data still queued).
+#[test]
+fn a_small_download_reaches_a_client_that_wrote_on_its_data_connection() {
+    let server = Pasvd::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.root.join("small.bin"), vec![7u8; 1024]).unwrap();
+    let script = r#"
+import ftplib, socket, sys
+port = int(sys.argv[1])
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=30)
+f.login()
+f.voidcmd('TYPE I')
+for _ in range(3):
+    host, dport = f.makepasv()
+    conn = socket.create_connection((host, dport), timeout=30)
+    conn.sendall(b'x')
+    f.sendcmd('RETR small.bin')
+    data = b''
+    while True:
+        try:
+            chunk = conn.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert data == bytes([7]) * 1024, len(data)
+    conn.close()
+    f.voidresp()
+f.quit()
+print('ok')
+"#;
+    run_python(script, server.port, work.path());
+}
+
 /// A small download reaches the client as one segment carrying the data and the FIN (the
 /// server sends it with MSG_MORE and then shuts down), so the client's data socket receives
 /// exactly two segments: the SYN-ACK and that one (`tcpi_segs_in` from TCP_INFO).

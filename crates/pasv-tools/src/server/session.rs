@@ -1126,11 +1126,8 @@ impl Driver {
         // Sent with MSG_MORE, the data waits in the socket until our FIN joins it: one
         // segment carries both, so the client gets data and EOF in one wake-up and one
         // packet less crosses the stack each way. (TCP_CORK did the same with a system call
-        // more.) The FIN is the `close`'s: the kernel adds it to the data still queued and
-        // sends the segment after we let go, as a `shutdown` would, with one system call
-        // less (a client that wrote on its download connection gets a reset instead, its
-        // bytes unread). Whatever a short write leaves goes out with the transfer task's
-        // plain writes, which push it.
+        // more.) Whatever a short write leaves goes out with the transfer task's plain
+        // writes, which push it.
         use rustix::net::SendFlags;
         let written =
             rustix::net::send(&stream, &body[..len], SendFlags::MORE | SendFlags::NOSIGNAL)
@@ -1147,10 +1144,20 @@ impl Driver {
         match written {
             Ok(n) if n == len => {
                 // Our FIN first, as in the task: TIME_WAIT on the passive port.
-                drop(stream);
+                let shut = stream.shutdown(std::net::Shutdown::Write);
                 self.keep_buffer(body);
-                guard.release(Closer::Server);
-                Ok(finished(Ending::Complete, Closer::Server, n as u64))
+                match shut {
+                    Ok(()) => {
+                        drop(stream);
+                        guard.release(Closer::Server);
+                        Ok(finished(Ending::Complete, Closer::Server, n as u64))
+                    }
+                    Err(e) => {
+                        super::passive::reset(stream);
+                        guard.release(Closer::Reset);
+                        Ok(finished(Ending::Network(e), Closer::Reset, n as u64))
+                    }
+                }
             }
             Ok(n) => {
                 let rest = body[n..len].to_vec();
