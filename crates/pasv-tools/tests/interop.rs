@@ -565,21 +565,32 @@ fn check_config_prints_the_effective_settings_and_exits() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// Runs the Python `body` against a fresh pasvd with `small.bin` (1 KiB of 7s) in its root:
+/// `f` is an ftplib session logged in and in binary mode; QUIT follows.
+fn with_small_download(body: &str) {
+    let server = Pasvd::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.root.join("small.bin"), vec![7u8; 1024]).unwrap();
+    let script = format!(
+        "import ftplib, socket, struct, sys\n\
+         f = ftplib.FTP()\n\
+         f.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
+         f.login()\n\
+         f.voidcmd('TYPE I')\n\
+         {body}\n\
+         f.quit()\n\
+         print('ok')\n"
+    );
+    run_python(&script, server.port, work.path());
+}
+
 /// A client that writes on its download connection still gets the whole file: the server's
 /// FIN goes out with the data before it closes a socket with unread input (which resets the
 /// connection and would drop data still queued).
 #[test]
 fn a_small_download_reaches_a_client_that_wrote_on_its_data_connection() {
-    let server = Pasvd::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    fs::write(server.root.join("small.bin"), vec![7u8; 1024]).unwrap();
-    let script = r#"
-import ftplib, socket, sys
-port = int(sys.argv[1])
-f = ftplib.FTP()
-f.connect('127.0.0.1', port, timeout=30)
-f.login()
-f.voidcmd('TYPE I')
+    with_small_download(
+        r#"
 for _ in range(3):
     host, dport = f.makepasv()
     conn = socket.create_connection((host, dport), timeout=30)
@@ -597,10 +608,8 @@ for _ in range(3):
     assert data == bytes([7]) * 1024, len(data)
     conn.close()
     f.voidresp()
-f.quit()
-print('ok')
-"#;
-    run_python(script, server.port, work.path());
+"#,
+    );
 }
 
 /// A small download reaches the client as one segment carrying the data and the FIN (the
@@ -608,16 +617,8 @@ print('ok')
 /// exactly two segments: the SYN-ACK and that one (`tcpi_segs_in` from TCP_INFO).
 #[test]
 fn a_small_download_arrives_with_its_fin_in_one_segment() {
-    let server = Pasvd::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    fs::write(server.root.join("small.bin"), vec![7u8; 1024]).unwrap();
-    let script = r#"
-import ftplib, socket, struct, sys
-port = int(sys.argv[1])
-f = ftplib.FTP()
-f.connect('127.0.0.1', port, timeout=30)
-f.login()
-f.voidcmd('TYPE I')
+    with_small_download(
+        r#"
 counts = []
 for _ in range(5):
     conn = f.transfercmd('RETR small.bin')
@@ -633,9 +634,7 @@ for _ in range(5):
     counts.append(struct.unpack_from('I', info, 140)[0])
     conn.close()
     f.voidresp()
-f.quit()
 assert counts == [2] * 5, counts
-print('ok')
-"#;
-    run_python(script, server.port, work.path());
+"#,
+    );
 }
