@@ -469,6 +469,10 @@ pub const USER_HZ: f64 = 100.0;
 /// of the loop, not the server.
 pub const SERVER_BOUND: f64 = 0.90;
 
+/// At or above this share of one core busy, a single-threaded `pasv load` was the limit of
+/// its run: it could offer no more, and the server kept up with all it offered.
+pub const GENERATOR_SATURATED: f64 = 0.90;
+
 /// One `pasv load` run.
 pub struct LoadRun<'a> {
     /// The file RETR fetches.
@@ -485,6 +489,9 @@ pub struct LoadRun<'a> {
     pub tls_ca: Option<&'a Path>,
     /// Open loop: transfers offered per second (`pasv load --rate`); `None`: closed loop.
     pub rate: Option<f64>,
+    /// `pasv load --threads`: its runtime threads; 0, one per CPU it may run on (pinned to
+    /// CPU 0, that is one).
+    pub threads: u32,
 }
 
 /// The `pasv load` command line of `run` against `t` (without `--json`).
@@ -509,6 +516,9 @@ pub fn load_command(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Command {
     }
     if let Some(rate) = run.rate {
         c.args(["--rate", &rate.to_string()]);
+    }
+    if run.threads != 0 {
+        c.args(["--threads", &run.threads.to_string()]);
     }
     c
 }
@@ -588,6 +598,11 @@ pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
     d["server_process_us_per_transfer"] = (transfers > 0.0)
         .then(|| cpu_after.saturating_sub(cpu_before) as f64 / USER_HZ * 1e6 / transfers)
         .into();
+    if run.threads == 1 && run.rate.is_none() {
+        if let Some(cores) = d["loadgen_cpu_cores"].as_f64() {
+            d["generator_saturated"] = (cores >= GENERATOR_SATURATED).into();
+        }
+    }
     if run.pin {
         let busy_j = (after.0 - before.0) as f64;
         let share = busy_j / (after.1 - before.1).max(1) as f64;
@@ -1034,6 +1049,7 @@ mod tests {
             pin: false,
             tls_ca: Some(&ca),
             rate: None,
+            threads: 0,
         };
         let args = |run: &LoadRun<'_>| -> Vec<String> {
             load_command(&kit, &t, run)

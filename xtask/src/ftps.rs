@@ -613,6 +613,7 @@ fn preflight(kit: &Kit, t: &LoadTarget, file: &str, ca: &Path) -> std::result::R
         pin: false,
         tls_ca: Some(ca),
         rate: None,
+        threads: 0,
     };
     let out = load_command(kit, t, &run)
         .args(["--timeout", "5", "--json"])
@@ -1057,6 +1058,7 @@ pub fn run_workload(
         pin: true,
         tls_ca: Some(&fleet.cert.cert),
         rate: None,
+        threads: 0,
     };
     let results = measure_rounds(kit, &fleet.targets, &load, rounds, workload.name)?;
     let results = rate_over_run(&results, f64::from(workload.duration_s))?;

@@ -114,6 +114,7 @@ pub fn syscalls(kit: &Kit, out: &Path, options: &Options) -> Result<()> {
         pin: true,
         tls_ca: None,
         rate: None,
+        threads: 0,
     };
     let mut rows = Vec::new();
     for t in &fleet.targets {
@@ -181,6 +182,7 @@ pub fn k_sweep_and_plots(
                     pin: true,
                     tls_ca: None,
                     rate: None,
+                    threads: 0,
                 };
                 for t in &fleet.targets {
                     let d = run_load(kit, t, &run)?;
