@@ -365,7 +365,8 @@ impl Fleet {
         }
         if let Some((bin, range)) = &spec.baseline {
             let command = pasvd_command(bin, &kit.data, *range, "prebound", &[], cpu);
-            let server = Spawned::start(command, "baseline pasvd")?;
+            let log = spec.run_dir.join("pasvd-baseline.log");
+            let server = Spawned::start_logged(command, "baseline pasvd", &log)?;
             // Beside this build's default pasvd, so that the two run one after the other
             // in every round (the rounds alternate direction: see `round_order`).
             let at = fleet
