@@ -599,7 +599,9 @@ pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
     d["server_process_us_per_transfer"] = (transfers > 0.0)
         .then(|| cpu_after.saturating_sub(cpu_before) as f64 / USER_HZ * 1e6 / transfers)
         .into();
-    if run.threads == 1 && run.rate.is_none() {
+    // One runtime thread: asked for, or the default on the one CPU it is pinned to.
+    let single_threaded = run.threads == 1 || (run.threads == 0 && run.pin);
+    if single_threaded && run.rate.is_none() {
         if let Some(cores) = d["loadgen_cpu_cores"].as_f64() {
             d["generator_saturated"] = (cores >= GENERATOR_SATURATED).into();
         }
