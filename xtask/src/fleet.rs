@@ -365,8 +365,9 @@ impl Fleet {
         }
         if let Some((bin, range)) = &spec.baseline {
             let command = pasvd_command(bin, &kit.data, *range, "prebound", &[], cpu);
-            let log = spec.run_dir.join("pasvd-baseline.log");
-            let server = Spawned::start_logged(command, "baseline pasvd", &log)?;
+            // Its stderr (a log line per transfer) goes where this build's pasvd's goes, so
+            // that the two pay the same for it.
+            let server = Spawned::start(command, "baseline pasvd")?;
             // Beside this build's default pasvd, so that the two run one after the other
             // in every round (the rounds alternate direction: see `round_order`).
             let at = fleet
@@ -470,9 +471,32 @@ pub const USER_HZ: f64 = 100.0;
 /// of the loop, not the server.
 pub const SERVER_BOUND: f64 = 0.90;
 
-/// At or above this share of one core busy, a single-threaded `pasv load` was the limit of
-/// its run: it could offer no more, and the server kept up with all it offered.
+/// At or above this share of one core busy, a single-threaded `pasv load` could offer no more
+/// (see [`generator_saturated`]).
 pub const GENERATOR_SATURATED: f64 = 0.90;
+
+/// Whether the generator, not the server, set the rate of the closed-loop run `d`: pinned
+/// and single-threaded (on its one CPU), it kept its core at least [`GENERATOR_SATURATED`]
+/// busy while the server's core stayed below [`SERVER_BOUND`], and nothing failed (a server
+/// that fails fast, or drops sessions, keeps a generator busy too). Contended runs never
+/// qualify: there the two share the cores and neither bound can be read.
+pub fn generator_saturated(run: &LoadRun<'_>, d: &Value) -> bool {
+    let single_threaded = run.threads <= 1;
+    let count = |key: &str| d[key].as_u64().unwrap_or(0);
+    run.pin
+        && single_threaded
+        && run.rate.is_none()
+        && d["loadgen_cpu_cores"]
+            .as_f64()
+            .is_some_and(|c| c >= GENERATOR_SATURATED)
+        && d["server_core_busy"]
+            .as_f64()
+            .is_some_and(|b| b < SERVER_BOUND)
+        && d["errors"].as_object().is_none_or(|e| e.is_empty())
+        && count("count_425") == 0
+        && count("sessions_lost") == 0
+        && count("ports_outside_range") == 0
+}
 
 /// One `pasv load` run.
 pub struct LoadRun<'a> {
@@ -599,13 +623,6 @@ pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
     d["server_process_us_per_transfer"] = (transfers > 0.0)
         .then(|| cpu_after.saturating_sub(cpu_before) as f64 / USER_HZ * 1e6 / transfers)
         .into();
-    // One runtime thread: asked for, or the default on the one CPU it is pinned to.
-    let single_threaded = run.threads == 1 || (run.threads == 0 && run.pin);
-    if single_threaded && run.rate.is_none() {
-        if let Some(cores) = d["loadgen_cpu_cores"].as_f64() {
-            d["generator_saturated"] = (cores >= GENERATOR_SATURATED).into();
-        }
-    }
     if run.pin {
         let busy_j = (after.0 - before.0) as f64;
         let share = busy_j / (after.1 - before.1).max(1) as f64;
@@ -616,6 +633,7 @@ pub fn run_load(kit: &Kit, t: &LoadTarget, run: &LoadRun<'_>) -> Result<Value> {
             d["generator_bound"] = (share < SERVER_BOUND).into();
         }
     }
+    d["generator_saturated"] = generator_saturated(run, &d).into();
     Ok(d)
 }
 
@@ -1023,6 +1041,47 @@ pub fn memory_report(rows: &[(String, MemoryRow)], file: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_clean_pinned_single_threaded_closed_loop_run_is_generator_saturated() {
+        let run = LoadRun {
+            file: "f1k.bin",
+            k: 8,
+            duration_s: 5.0,
+            max_transfers: None,
+            pin: true,
+            tls_ca: None,
+            rate: None,
+            threads: 1,
+        };
+        let clean = serde_json::json!({
+            "loadgen_cpu_cores": 0.97, "server_core_busy": 0.88, "errors": {},
+            "count_425": 0, "sessions_lost": 0, "ports_outside_range": 0,
+        });
+        assert!(generator_saturated(&run, &clean));
+        let with = |key: &str, v: Value| {
+            let mut d = clean.clone();
+            d[key] = v;
+            generator_saturated(&run, &d)
+        };
+        assert!(!with("loadgen_cpu_cores", 0.85.into()));
+        // The server's core was the limit.
+        assert!(!with("server_core_busy", 0.95.into()));
+        // A server that fails fast keeps the generator busy too.
+        assert!(!with("errors", serde_json::json!({"550": 3})));
+        assert!(!with("count_425", 1.into()));
+        assert!(!with("sessions_lost", 1.into()));
+        assert!(!with("ports_outside_range", 1.into()));
+        // Pinned to one CPU, the generator's default is one thread.
+        assert!(generator_saturated(&LoadRun { threads: 0, ..run }, &clean));
+        assert!(!generator_saturated(&LoadRun { threads: 2, ..run }, &clean));
+        assert!(!generator_saturated(&LoadRun { pin: false, ..run }, &clean));
+        let open_loop = LoadRun {
+            rate: Some(5000.0),
+            ..run
+        };
+        assert!(!generator_saturated(&open_loop, &clean));
+    }
 
     #[test]
     fn tls_runs_go_over_ftpes_and_trust_the_run_certificate() {

@@ -823,6 +823,7 @@ pub fn rate_over_run(results: &str, duration_s: f64) -> Result<String> {
             // limited the run.
             d["server_core_busy"] = Value::Null;
             d["generator_bound"] = Value::Null;
+            d["generator_saturated"] = Value::Null;
         }
         out.push_str(&d.to_string());
         out.push('\n');
