@@ -102,8 +102,8 @@ pub(crate) struct Options {
     pub(crate) plot: bool,
     /// With `--peers`: generator and servers unpinned, sharing both cores.
     pub(crate) contended: bool,
-    /// `pasv load`'s runtime threads in the workloads: 1 by default, the generator of the
-    /// pinned runs (one CPU, one thread) also when it runs unpinned; 0, one per CPU.
+    /// `pasv load`'s runtime threads in the workloads: 1, what it runs pinned to one CPU;
+    /// `--contended --load-threads 0` leaves it one per CPU.
     pub(crate) load_threads: u32,
     /// With `--peers`: the FTPS workloads instead of the plaintext ones.
     pub(crate) tls: bool,
@@ -1312,8 +1312,8 @@ struct PeerRuns {
     refusals_425: u64,
     sessions_ended: u64,
     outside_range: u64,
-    /// Rounds whose single-threaded generator kept its core at least
-    /// [`GENERATOR_SATURATED`](crate::fleet::GENERATOR_SATURATED) busy.
+    /// Rounds in which the generator, not the server, set the rate
+    /// ([`generator_saturated`](crate::fleet::generator_saturated)).
     saturated: usize,
 }
 
