@@ -102,7 +102,7 @@ pub(crate) struct Options {
     pub(crate) plot: bool,
     /// With `--peers`: generator and servers unpinned, sharing both cores.
     pub(crate) contended: bool,
-    /// `pasv load`'s runtime threads in the workloads: 1, what it runs pinned to one CPU;
+    /// `pasv load`'s threads (event loops) in the workloads: 1, what it runs pinned to one CPU;
     /// `--contended --load-threads 0` leaves it one per CPU.
     pub(crate) load_threads: u32,
     /// With `--peers`: the FTPS workloads instead of the plaintext ones.

@@ -38,6 +38,10 @@ fn main() -> Result<()> {
         return Ok(());
     };
     let rest: Vec<String> = args.collect();
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        print_help();
+        return Ok(());
+    }
     match command.as_str() {
         "bench" => bench::run(&rest),
         "dist" => dist::run(&rest),
@@ -99,7 +103,7 @@ fn print_help() {
          \x20       --plot         (--peers) then transfers/s against K = 1, 8, 32, 128 on 20\n\
          \x20                      and 1000 ports; writes docs/peers.svg and docs/peers-k.svg\n\
          \x20       --contended    (--peers) generator and servers unpinned on both cores\n\
-         \x20       --load-threads N  (--contended) `pasv load`'s runtime threads [1: as\n\
+         \x20       --load-threads N  (--contended) `pasv load`'s threads (event loops) [1: as\n\
          \x20                      on its CPU when pinned]; 0, one per CPU\n\
          \x20       --syscalls     (--peers) instead of the workloads: syscalls (strace -c -f)\n\
          \x20                      and context switches (perf stat) per transfer of every\n\

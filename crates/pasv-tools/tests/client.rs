@@ -912,6 +912,8 @@ async fn load_reports_against_pasvd() {
             "--delete-after",
             "--mode",
             "epsv",
+            "--threads",
+            "2",
             "--json",
         ],
         None,
@@ -919,6 +921,7 @@ async fn load_reports_against_pasvd() {
     .await;
     assert!(o.status.success(), "{o:?}");
     let v = json(&o);
+    assert_eq!(v["threads"], 2, "{v}");
     for key in [
         "transfers",
         "transfers_per_s",
@@ -950,6 +953,54 @@ async fn load_reports_against_pasvd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_runs_every_session_whatever_its_thread() {
+    let server = pasvd(26230, 26249, |_| {}).await;
+    std::fs::create_dir(server.path("upload")).unwrap();
+    // 7 sessions dealt to 3 event loops (3, 2 and 2): each session stores its own file, so
+    // the files left say which sessions ran. Far more threads than sessions gives one each.
+    for (threads, sessions) in [("3", 7), ("64", 3)] {
+        let k = sessions.to_string();
+        let o = pasv(
+            &[
+                "load",
+                &server.url("hello.txt"),
+                "-k",
+                &k,
+                "--threads",
+                threads,
+                "--mix",
+                "stor=1",
+                "--max-transfers",
+                "40",
+                "--duration",
+                "30",
+                "--stor-path",
+                &format!("upload/t{threads}-{{session}}.bin"),
+                "--json",
+            ],
+            None,
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        let v = json(&o);
+        assert_eq!(v["threads"], sessions.min(threads.parse().unwrap()), "{v}");
+        assert_eq!(v["transfers"], 40, "{v}");
+        assert_eq!(v["errors"].as_object().unwrap().len(), 0, "{v}");
+        let mut left: Vec<String> = std::fs::read_dir(server.path("upload"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with(&format!("t{threads}-")))
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = (0..sessions)
+            .map(|s| format!("t{threads}-{s}.bin"))
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_at_a_fixed_rate_against_pasvd() {
     let server = pasvd(26210, 26229, |_| {}).await;
     let url = server.url("hello.txt");
@@ -968,6 +1019,8 @@ async fn load_at_a_fixed_rate_against_pasvd() {
             "30",
             "--expect-range",
             "26210-26229",
+            "--threads",
+            "3",
             "--json",
         ],
         None,
@@ -975,6 +1028,8 @@ async fn load_at_a_fixed_rate_against_pasvd() {
     .await;
     assert!(o.status.success(), "{o:?}");
     let v = json(&o);
+    // 4 sessions on 3 event loops, meeting before the schedule starts.
+    assert_eq!(v["threads"], 3, "{v}");
     assert_eq!(v["transfers"], 120, "{v}");
     assert_eq!(v["errors"].as_object().unwrap().len(), 0, "{v}");
     assert_eq!(v["ports_outside_range"], 0, "{v}");
@@ -1039,6 +1094,10 @@ async fn load_at_a_fixed_rate_against_pasvd() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("invalid rate"), "--rate {bad}: {err}");
     }
+    let o = pasv(&["load", &url, "--threads", "1025"], None).await;
+    assert!(!o.status.success(), "--threads 1025 accepted");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--threads must be at most 1024"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------

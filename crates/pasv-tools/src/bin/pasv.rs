@@ -45,23 +45,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.global.verbose);
-    let threads = match &cli.command {
-        Cmd::Load(args) => match args.threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        },
-        _ => 1,
-    };
-    let runtime = if threads > 1 {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    // One thread: `pasv load --threads` starts the threads of its own event loops.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -448,6 +435,9 @@ fn load_data_mode(g: &Global) -> anyhow::Result<DataMode> {
     }
 }
 
+/// The most event loops `pasv load --threads` starts (each is a thread).
+const MAX_LOAD_THREADS: usize = 1024;
+
 async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     let u = url(&args.url)?;
     if !(1..=10_000).contains(&args.sessions) {
@@ -467,6 +457,11 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.socket_buffer = socket_buffer(g)?;
     config.timeout = parse_secs(g.timeout, "--timeout")?;
     config.tls = client_tls(g, &config.url)?;
+    config.threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n if n <= MAX_LOAD_THREADS => n,
+        _ => bail!("--threads must be at most {MAX_LOAD_THREADS}"),
+    };
     let report = load::run(config).await;
     print_report(&report, args.json)?;
     if report.transfers == 0 && !report.errors.is_empty() {

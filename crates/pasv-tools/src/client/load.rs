@@ -1,8 +1,9 @@
 //! The load generator behind `pasv load`.
 //!
-//! K sessions run as tokio tasks, each on one logged-in control connection, looping
-//! PASV (or EPSV) → data connect → RETR, STOR or LIST → EOF → final reply until the duration
-//! ends or the shared transfer count is used up. A session whose control connection breaks
+//! K sessions run as tokio tasks, dealt round robin to [`LoadConfig::threads`] event loops
+//! (single-threaded runtimes, no work moving between them). Each session, on one logged-in
+//! control connection, loops PASV (or EPSV) → data connect → RETR, STOR or LIST → EOF →
+//! final reply until the duration ends or the shared transfer count is used up. A session whose control connection breaks
 //! (421, reset, "500 OOPS" followed by a close) is counted as lost and logs in again.
 //! Latency is measured per transfer from sending PASV to the final reply, the way
 //! `ftpload.py` measures it, so the two generators' numbers compare.
@@ -146,6 +147,10 @@ pub struct LoadConfig {
     /// Open loop: transfers offered at this fixed rate (`None`: closed loop, each session
     /// back to back). The sessions log in first; the schedule starts when all have tried.
     pub rate: Option<Rate>,
+    /// Event loops, each with every `threads`-th session and no work moving between them
+    /// (at most one per session): the caller's runtime runs the first share, a thread of its
+    /// own with a single-threaded runtime each of the others.
+    pub threads: usize,
 }
 
 impl LoadConfig {
@@ -167,6 +172,7 @@ impl LoadConfig {
             socket_buffer: None,
             tls: None,
             rate: None,
+            threads: 1,
         }
     }
 }
@@ -490,6 +496,8 @@ pub struct LoadReport {
     pub tls_data_handshakes_resumed: u64,
     /// The open loop's figures (`null` in a closed-loop run).
     pub open_loop: Option<OpenLoopReport>,
+    /// Threads the sessions ran on, each with an event loop of its own.
+    pub threads: usize,
 }
 
 const MAX_ERROR_TEXTS: usize = 32;
@@ -614,21 +622,7 @@ pub async fn run(config: LoadConfig) -> LoadReport {
             start: OnceCell::new(),
         },
     });
-    let mut tasks = Vec::with_capacity(config.sessions);
-    for session in 0..config.sessions {
-        let config = Arc::clone(&config);
-        let pace = Arc::clone(&pace);
-        tasks.push(tokio::spawn(async move {
-            run_session(&config, session, &pace).await
-        }));
-    }
-    let mut total = SessionStats::new(config.rate.is_some());
-    for task in tasks {
-        match task.await {
-            Ok(stats) => total.merge(stats),
-            Err(e) => total.error("panic".into(), e.to_string()),
-        }
-    }
+    let (total, threads) = run_sessions(&config, &pace).await;
     // An open loop's time runs from the schedule's start, after the logins.
     let (started, open_loop) = match &*pace {
         Pace::Closed { .. } => (launched, None),
@@ -680,7 +674,99 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         tls_data_handshakes_full: total.handshakes_full,
         tls_data_handshakes_resumed: total.handshakes_resumed,
         open_loop,
+        threads,
     }
+}
+
+/// Runs every session to its end, spread over [`LoadConfig::threads`] event loops: the
+/// caller's runtime takes the first share, a thread of its own each of the others. The merged
+/// figures, and the number of event loops that ran.
+async fn run_sessions(config: &Arc<LoadConfig>, pace: &Arc<Pace>) -> (SessionStats, usize) {
+    let mut shares = shares(config.sessions, config.threads)
+        .into_iter()
+        .enumerate();
+    // Sessions whose thread could not start run here: none is lost, and in an open loop
+    // every session reaches the meeting point the others wait at.
+    let mut here = shares.next().map(|(_, share)| share).unwrap_or_default();
+    let mut started = Vec::new();
+    for (t, share) in shares {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::warn!("load thread {t}: no runtime ({e}); its sessions run on the first");
+                here.extend(share);
+                continue;
+            }
+        };
+        let (config, pace) = (Arc::clone(config), Arc::clone(pace));
+        // A thread that fails to start drops its closure, and the share with it: a copy.
+        let kept = share.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("pasv-load-{t}"))
+            .spawn(move || runtime.block_on(spawn_sessions(config, pace, share)));
+        match spawned {
+            Ok(handle) => started.push(handle),
+            Err(e) => {
+                tracing::warn!("load thread {t}: not started ({e}); its sessions run on the first");
+                here.extend(kept);
+            }
+        }
+    }
+    let loops = 1 + started.len();
+    let mut total = spawn_sessions(Arc::clone(config), Arc::clone(pace), here).await;
+    for handle in started {
+        // The threads end with their sessions, which end by the deadline; joined off this
+        // runtime, whose other tasks may still need it.
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(stats)) => total.merge(stats),
+            Ok(Err(panic)) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                total.error("panic".into(), text);
+            }
+            Err(e) => total.error("panic".into(), e.to_string()),
+        }
+    }
+    (total, loops)
+}
+
+/// Sessions `0..sessions` dealt round robin to `threads` event loops (at least one, at most
+/// one per session): each loop's sessions, in order.
+fn shares(sessions: usize, threads: usize) -> Vec<Vec<usize>> {
+    let loops = threads.clamp(1, sessions.max(1));
+    (0..loops)
+        .map(|t| (t..sessions).step_by(loops).collect())
+        .collect()
+}
+
+/// Runs `sessions` as tasks on the current runtime and merges their figures.
+async fn spawn_sessions(
+    config: Arc<LoadConfig>,
+    pace: Arc<Pace>,
+    sessions: Vec<usize>,
+) -> SessionStats {
+    let mut tasks = Vec::with_capacity(sessions.len());
+    for session in sessions {
+        let config = Arc::clone(&config);
+        let pace = Arc::clone(&pace);
+        tasks.push(tokio::spawn(async move {
+            run_session(&config, session, &pace).await
+        }));
+    }
+    let mut total = SessionStats::new(config.rate.is_some());
+    for task in tasks {
+        match task.await {
+            Ok(stats) => total.merge(stats),
+            Err(e) => total.error("panic".into(), e.to_string()),
+        }
+    }
+    total
 }
 
 async fn run_session(config: &LoadConfig, session: usize, pace: &Pace) -> SessionStats {
@@ -910,7 +996,11 @@ impl fmt::Display for LoadReport {
     /// The human table `pasv load` prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "target            {}", self.target)?;
-        writeln!(f, "sessions          {}", self.sessions)?;
+        writeln!(
+            f,
+            "sessions          {} on {} thread(s)",
+            self.sessions, self.threads
+        )?;
         writeln!(f, "elapsed           {:.2} s", self.elapsed_s)?;
         writeln!(
             f,
@@ -1011,6 +1101,28 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_dealt_round_robin_each_once() {
+        assert_eq!(shares(8, 2), vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
+        assert_eq!(shares(5, 3), vec![vec![0, 3], vec![1, 4], vec![2]]);
+        // Never more loops than sessions, never none.
+        assert_eq!(shares(2, 16), vec![vec![0], vec![1]]);
+        assert_eq!(shares(3, 0), vec![vec![0, 1, 2]]);
+        for (sessions, threads) in [(1, 1), (7, 2), (100, 8), (10_000, 64)] {
+            let dealt = shares(sessions, threads);
+            let mut all: Vec<usize> = dealt.iter().flatten().copied().collect();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (0..sessions).collect::<Vec<_>>(),
+                "{sessions}/{threads}"
+            );
+            let sizes: Vec<usize> = dealt.iter().map(Vec::len).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{sessions}/{threads}: {sizes:?}");
+        }
+    }
 
     #[test]
     fn mix_parses_and_picks_by_weight() {
