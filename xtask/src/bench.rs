@@ -1003,7 +1003,7 @@ fn median_of(runs: &[Value], f: &dyn Fn(&Value) -> Option<f64>) -> Option<f64> {
     median(runs.iter().filter_map(f).collect())
 }
 
-/// Where generator and servers ran, and the generator's runtime threads.
+/// Where generator and servers ran, and the generator's threads (event loops).
 #[derive(Debug, Clone, Copy)]
 struct Placement {
     /// Generator and servers unpinned, sharing both cores.
@@ -1013,7 +1013,7 @@ struct Placement {
 }
 
 impl Placement {
-    /// `pasv load` on CPU 0 (one runtime thread), the servers on CPU 1.
+    /// `pasv load` on CPU 0 (one event loop), the servers on CPU 1.
     #[cfg(test)]
     const PINNED: Placement = Placement {
         contended: false,
@@ -1023,9 +1023,9 @@ impl Placement {
     /// For a report's heading.
     fn describe(self) -> String {
         let threads = match self.load_threads {
-            0 if self.contended => "one runtime thread per CPU".to_owned(),
-            0 | 1 => "one runtime thread".to_owned(),
-            n => format!("{n} runtime threads"),
+            0 if self.contended => "one event loop per CPU".to_owned(),
+            0 | 1 => "one event loop".to_owned(),
+            n => format!("{n} event loops"),
         };
         if self.contended {
             format!("`pasv load` ({threads}) and servers unpinned, sharing both cores")

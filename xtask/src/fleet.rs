@@ -514,7 +514,7 @@ pub struct LoadRun<'a> {
     pub tls_ca: Option<&'a Path>,
     /// Open loop: transfers offered per second (`pasv load --rate`); `None`: closed loop.
     pub rate: Option<f64>,
-    /// `pasv load --threads`: its runtime threads; 0, one per CPU it may run on (pinned to
+    /// `pasv load --threads`: its threads (event loops); 0, one per CPU it may run on (pinned to
     /// CPU 0, that is one).
     pub threads: u32,
 }

@@ -38,11 +38,12 @@ fn main() -> Result<()> {
         return Ok(());
     };
     let rest: Vec<String> = args.collect();
-    if rest.iter().any(|a| a == "--help" || a == "-h") {
-        print_help();
-        return Ok(());
-    }
+    let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     match command.as_str() {
+        "bench" | "dist" | "model-check" if wants_help => {
+            print_help();
+            Ok(())
+        }
         "bench" => bench::run(&rest),
         "dist" => dist::run(&rest),
         "model-check" => model::run_model_check(&rest),

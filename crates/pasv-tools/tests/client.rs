@@ -958,6 +958,7 @@ async fn load_runs_every_session_whatever_its_thread() {
     std::fs::create_dir(server.path("upload")).unwrap();
     // 7 sessions dealt to 3 event loops (3, 2 and 2): each session stores its own file, so
     // the files left say which sessions ran. Far more threads than sessions gives one each.
+    // Bounded by time, not by a shared count of transfers: every session gets its second.
     for (threads, sessions) in [("3", 7), ("64", 3)] {
         let k = sessions.to_string();
         let o = pasv(
@@ -970,10 +971,8 @@ async fn load_runs_every_session_whatever_its_thread() {
                 threads,
                 "--mix",
                 "stor=1",
-                "--max-transfers",
-                "40",
                 "--duration",
-                "30",
+                "1",
                 "--stor-path",
                 &format!("upload/t{threads}-{{session}}.bin"),
                 "--json",
@@ -984,7 +983,7 @@ async fn load_runs_every_session_whatever_its_thread() {
         assert!(o.status.success(), "{o:?}");
         let v = json(&o);
         assert_eq!(v["threads"], sessions.min(threads.parse().unwrap()), "{v}");
-        assert_eq!(v["transfers"], 40, "{v}");
+        assert!(v["transfers"].as_u64().unwrap() >= sessions, "{v}");
         assert_eq!(v["errors"].as_object().unwrap().len(), 0, "{v}");
         let mut left: Vec<String> = std::fs::read_dir(server.path("upload"))
             .unwrap()

@@ -458,7 +458,9 @@ async fn run_load(g: &Global, args: LoadArgs) -> anyhow::Result<()> {
     config.timeout = parse_secs(g.timeout, "--timeout")?;
     config.tls = client_tls(g, &config.url)?;
     config.threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_LOAD_THREADS),
         n if n <= MAX_LOAD_THREADS => n,
         _ => bail!("--threads must be at most {MAX_LOAD_THREADS}"),
     };

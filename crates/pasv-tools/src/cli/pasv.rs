@@ -244,8 +244,9 @@ pub struct LoadArgs {
     #[arg(long, value_parser = parse_range)]
     pub expect_range: Option<(u16, u16)>,
     /// Threads, each running an event loop of its own with every N-th session (no work
-    /// moves between them): 0 (the default) runs one per CPU this process may use, so a load
-    /// pinned to one CPU (`taskset -c 0`) runs single-threaded, its cheapest. At most 1024.
+    /// moves between them; never more than -k): 0 (the default) runs one per CPU this process
+    /// may use, so a load pinned to one CPU (`taskset -c 0`) runs single-threaded, its
+    /// cheapest. At most 1024.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Print one JSON object instead of the table.

@@ -1,7 +1,8 @@
 //! The load generator behind `pasv load`.
 //!
 //! K sessions run as tokio tasks, dealt round robin to [`LoadConfig::threads`] event loops
-//! (single-threaded runtimes, no work moving between them). Each session, on one logged-in
+//! (the caller's runtime and single-threaded ones on threads of their own, no work moving
+//! between them). Each session, on one logged-in
 //! control connection, loops PASV (or EPSV) → data connect → RETR, STOR or LIST → EOF →
 //! final reply until the duration ends or the shared transfer count is used up. A session whose control connection breaks
 //! (421, reset, "500 OOPS" followed by a close) is counted as lost and logs in again.
@@ -148,8 +149,8 @@ pub struct LoadConfig {
     /// back to back). The sessions log in first; the schedule starts when all have tried.
     pub rate: Option<Rate>,
     /// Event loops, each with every `threads`-th session and no work moving between them
-    /// (at most one per session): the caller's runtime runs the first share, a thread of its
-    /// own with a single-threaded runtime each of the others.
+    /// (0 counts as 1; never more loops than sessions): the caller's runtime runs the first
+    /// share, a thread of its own with a single-threaded runtime each of the others.
     pub threads: usize,
 }
 
@@ -496,7 +497,8 @@ pub struct LoadReport {
     pub tls_data_handshakes_resumed: u64,
     /// The open loop's figures (`null` in a closed-loop run).
     pub open_loop: Option<OpenLoopReport>,
-    /// Threads the sessions ran on, each with an event loop of its own.
+    /// Event loops the sessions ran on: the caller's runtime and a thread of its own each of
+    /// the others.
     pub threads: usize,
 }
 
@@ -682,46 +684,42 @@ pub async fn run(config: LoadConfig) -> LoadReport {
 /// caller's runtime takes the first share, a thread of its own each of the others. The merged
 /// figures, and the number of event loops that ran.
 async fn run_sessions(config: &Arc<LoadConfig>, pace: &Arc<Pace>) -> (SessionStats, usize) {
-    let mut shares = shares(config.sessions, config.threads)
-        .into_iter()
-        .enumerate();
-    // Sessions whose thread could not start run here: none is lost, and in an open loop
-    // every session reaches the meeting point the others wait at.
-    let mut here = shares.next().map(|(_, share)| share).unwrap_or_default();
-    let mut started = Vec::new();
-    for (t, share) in shares {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::warn!("load thread {t}: no runtime ({e}); its sessions run on the first");
-                here.extend(share);
-                continue;
-            }
-        };
-        let (config, pace) = (Arc::clone(config), Arc::clone(pace));
-        // A thread that fails to start drops its closure, and the share with it: a copy.
-        let kept = share.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("pasv-load-{t}"))
-            .spawn(move || runtime.block_on(spawn_sessions(config, pace, share)));
-        match spawned {
-            Ok(handle) => started.push(handle),
-            Err(e) => {
-                tracing::warn!("load thread {t}: not started ({e}); its sessions run on the first");
-                here.extend(kept);
-            }
-        }
-    }
+    let (here, started) = start_loops(
+        shares(config.sessions, config.threads),
+        |t, share, ready| {
+            let (config, pace) = (Arc::clone(config), Arc::clone(pace));
+            std::thread::Builder::new()
+                .name(format!("pasv-load-{t}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return None;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    let stats = runtime.block_on(spawn_sessions(config, pace, share));
+                    // The figures are in: no waiting for the runtime's blocking threads (a name
+                    // lookup the resolver still holds) before they are reported.
+                    runtime.shutdown_background();
+                    Some(stats)
+                })
+        },
+    )
+    .await;
     let loops = 1 + started.len();
     let mut total = spawn_sessions(Arc::clone(config), Arc::clone(pace), here).await;
     for handle in started {
         // The threads end with their sessions, which end by the deadline; joined off this
         // runtime, whose other tasks may still need it.
         match tokio::task::spawn_blocking(move || handle.join()).await {
-            Ok(Ok(stats)) => total.merge(stats),
+            Ok(Ok(Some(stats))) => total.merge(stats),
+            // A loop that said it was ready always returns its figures.
+            Ok(Ok(None)) => {}
             Ok(Err(panic)) => {
                 let text = panic
                     .downcast_ref::<&str>()
@@ -734,6 +732,55 @@ async fn run_sessions(config: &Arc<LoadConfig>, pace: &Arc<Pace>) -> (SessionSta
         }
     }
     (total, loops)
+}
+
+/// A loop's thread: its figures, `None` if it never got a runtime.
+type LoopThread = std::thread::JoinHandle<Option<SessionStats>>;
+
+/// Starts a thread for each share after the first with `spawn(index, share, ready)`, which
+/// says on `ready` whether the thread's runtime started. The first share, with the shares of
+/// every loop that could not start (no thread, no runtime, a panic before `ready`), is left
+/// to the caller: no session is lost, and in an open loop every session reaches the meeting
+/// point the others wait at. All threads are spawned before any is waited for.
+async fn start_loops<F>(shares: Vec<Vec<usize>>, mut spawn: F) -> (Vec<usize>, Vec<LoopThread>)
+where
+    F: FnMut(
+        usize,
+        Vec<usize>,
+        tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    ) -> std::io::Result<LoopThread>,
+{
+    let mut shares = shares.into_iter().enumerate();
+    let mut here = shares.next().map(|(_, share)| share).unwrap_or_default();
+    let mut spawned = Vec::new();
+    for (t, share) in shares {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        // A thread that fails to start drops its closure, and the share with it: a copy.
+        match spawn(t, share.clone(), ready) {
+            Ok(handle) => spawned.push((t, share, handle, is_ready)),
+            Err(e) => {
+                tracing::warn!("load thread {t}: not started ({e}); its sessions run on the first");
+                here.extend(share);
+            }
+        }
+    }
+    let mut started = Vec::new();
+    for (t, share, handle, is_ready) in spawned {
+        match is_ready.await {
+            Ok(Ok(())) => started.push(handle),
+            Ok(Err(e)) => {
+                tracing::warn!("load thread {t}: no runtime ({e}); its sessions run on the first");
+                here.extend(share);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "load thread {t}: ended before it was ready; its sessions run on the first"
+                );
+                here.extend(share);
+            }
+        }
+    }
+    (here, started)
 }
 
 /// Sessions `0..sessions` dealt round robin to `threads` event loops (at least one, at most
@@ -1101,6 +1148,34 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sessions_of_a_loop_that_cannot_start_run_on_the_first() {
+        let dealt = shares(10, 5);
+        let (here, started) = start_loops(dealt, |t, _share, ready| match t {
+            // No thread.
+            1 => Err(std::io::Error::other("no thread")),
+            // A thread, but no runtime.
+            2 => std::thread::Builder::new().spawn(move || {
+                let _ = ready.send(Err(std::io::Error::other("no runtime")));
+                None
+            }),
+            // A thread that ends before it says anything.
+            3 => std::thread::Builder::new().spawn(move || {
+                drop(ready);
+                None
+            }),
+            _ => std::thread::Builder::new().spawn(move || {
+                let _ = ready.send(Ok(()));
+                Some(SessionStats::new(false))
+            }),
+        })
+        .await;
+        assert_eq!(here, vec![0, 5, 1, 6, 2, 7, 3, 8]);
+        assert_eq!(started.len(), 1);
+        let stats = started.into_iter().next().unwrap().join().unwrap();
+        assert!(stats.is_some());
+    }
 
     #[test]
     fn sessions_are_dealt_round_robin_each_once() {
