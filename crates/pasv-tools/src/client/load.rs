@@ -2,10 +2,10 @@
 //!
 //! K sessions run as tokio tasks, dealt round robin to [`LoadConfig::threads`] event loops
 //! (the caller's runtime and single-threaded ones on threads of their own, no work moving
-//! between them). Each session, on one logged-in
-//! control connection, loops PASV (or EPSV) → data connect → RETR, STOR or LIST → EOF →
-//! final reply until the duration ends or the shared transfer count is used up. A session whose control connection breaks
-//! (421, reset, "500 OOPS" followed by a close) is counted as lost and logs in again.
+//! between them). Each session, on one logged-in control connection, loops PASV (or EPSV)
+//! → data connect → RETR, STOR or LIST → EOF → final reply until the duration ends or the
+//! shared transfer count is used up. A session whose control connection breaks (421,
+//! reset, "500 OOPS" followed by a close) is counted as lost and logs in again.
 //! Latency is measured per transfer from sending PASV to the final reply, the way
 //! `ftpload.py` measures it, so the two generators' numbers compare.
 //!
