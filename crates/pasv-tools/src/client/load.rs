@@ -766,19 +766,16 @@ where
     }
     let mut started = Vec::new();
     for (t, share, handle, is_ready) in spawned {
-        match is_ready.await {
-            Ok(Ok(())) => started.push(handle),
-            Ok(Err(e)) => {
-                tracing::warn!("load thread {t}: no runtime ({e}); its sessions run on the first");
-                here.extend(share);
+        let why = match is_ready.await {
+            Ok(Ok(())) => {
+                started.push(handle);
+                continue;
             }
-            Err(_) => {
-                tracing::warn!(
-                    "load thread {t}: ended before it was ready; its sessions run on the first"
-                );
-                here.extend(share);
-            }
-        }
+            Ok(Err(e)) => format!("no runtime ({e})"),
+            Err(_) => "ended before it was ready".to_owned(),
+        };
+        tracing::warn!("load thread {t}: {why}; its sessions run on the first");
+        here.extend(share);
     }
     (here, started)
 }
